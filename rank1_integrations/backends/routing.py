@@ -1,0 +1,128 @@
+"""Which server gets the next request: a pure, thread-safe decision over server health.
+
+The router does no I/O and reads time only through the clock it is given, so the
+sync and async drivers share it and tests can drive it with a fake clock. A
+server that fails (connection refused or dropped, timeout, 429, 5xx) is left
+alone for a cool-down that doubles with each consecutive failure; the first
+success resets it. A server found to serve something else is disabled for good.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Router", "ServerHealth"]
+
+
+@dataclass
+class ServerHealth:
+    """What the router knows about one server."""
+
+    url: str
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    down_until: float = 0.0
+    disabled_reason: str | None = None
+    successes: int = 0
+    failures: int = 0
+
+
+class Router:
+    """Least-loaded choice among healthy servers, avoiding the ones a request already tried."""
+
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        base_cooldown: float = 1.0,
+        max_cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not servers:
+            raise ValueError("a router needs at least one server")
+        self._servers = [ServerHealth(url) for url in servers]
+        self._index = {url: i for i, url in enumerate(servers)}
+        self._base_cooldown = base_cooldown
+        self._max_cooldown = max_cooldown
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._turn = 0
+
+    @property
+    def servers(self) -> list[str]:
+        return [server.url for server in self._servers]
+
+    def health(self) -> list[ServerHealth]:
+        """A snapshot of every server's state (copies)."""
+        with self._lock:
+            return [ServerHealth(**vars(server)) for server in self._servers]
+
+    def pick(self, avoid: Collection[str] = ()) -> str:
+        """The server for the next attempt.
+
+        Prefers enabled servers that are up and not in ``avoid`` (those this request
+        already tried), then any server that is up, then the enabled server that
+        comes back soonest: a request is never refused for lack of a healthy server,
+        it is sent where it has the best chance.
+        """
+        with self._lock:
+            now = self._clock()
+            enabled = [s for s in self._servers if s.disabled_reason is None] or self._servers
+            up = [s for s in enabled if s.down_until <= now]
+            fresh = [s for s in up if s.url not in avoid]
+            candidates = fresh or up
+            if not candidates:
+                return min(enabled, key=lambda s: s.down_until).url
+            # Least in flight; ties go round-robin so equal servers share the load.
+            self._turn += 1
+            count = len(self._servers)
+            chosen = min(candidates, key=lambda s: (s.in_flight, (self._index[s.url] - self._turn) % count))
+            return chosen.url
+
+    def can_route_around(self, url: str) -> bool:
+        """Whether some other enabled server exists to send a request to."""
+        with self._lock:
+            return any(s.url != url and s.disabled_reason is None for s in self._servers)
+
+    def seconds_until_available(self, avoid: Collection[str] = ()) -> float:
+        """How long until some enabled server is up (0 if one is up now), preferring ones not in ``avoid``."""
+        with self._lock:
+            now = self._clock()
+            enabled = [s for s in self._servers if s.disabled_reason is None] or self._servers
+            fresh = [s for s in enabled if s.url not in avoid] or enabled
+            return max(0.0, min(s.down_until for s in fresh) - now)
+
+    def started(self, url: str) -> None:
+        with self._lock:
+            self._servers[self._index[url]].in_flight += 1
+
+    def finished(self, url: str) -> None:
+        with self._lock:
+            server = self._servers[self._index[url]]
+            server.in_flight = max(0, server.in_flight - 1)
+
+    def succeeded(self, url: str) -> None:
+        with self._lock:
+            server = self._servers[self._index[url]]
+            server.consecutive_failures = 0
+            server.down_until = 0.0
+            server.successes += 1
+
+    def failed(self, url: str, *, retry_after: float | None = None) -> None:
+        """A failure that says the server is unwell (not one that says the request was bad)."""
+        with self._lock:
+            server = self._servers[self._index[url]]
+            server.consecutive_failures += 1
+            server.failures += 1
+            cooldown = min(self._max_cooldown, self._base_cooldown * 2 ** (server.consecutive_failures - 1))
+            if retry_after is not None:
+                cooldown = max(cooldown, min(retry_after, self._max_cooldown))
+            server.down_until = max(server.down_until, self._clock() + cooldown)
+
+    def disable(self, url: str, reason: str) -> None:
+        """Stop sending to a server (it serves another model, or is not vLLM)."""
+        with self._lock:
+            self._servers[self._index[url]].disabled_reason = reason

@@ -1,0 +1,113 @@
+"""One error root with a small tree, so callers can catch by cause.
+
+Library errors (vLLM, transformers, HTTP clients) are translated at the backend
+boundary with ``raise ... from err``; nothing here carries secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BackendError",
+    "IncompatibleServerError",
+    "InvalidInputError",
+    "MissingDependencyError",
+    "ModelOutputError",
+    "PassageFailure",
+    "PassagesFailedError",
+    "Rank1Error",
+    "ServerConnectionError",
+    "ServerStatusError",
+    "ServerTimeoutError",
+]
+
+
+class Rank1Error(Exception):
+    """Root of every error raised by rank1_integrations."""
+
+
+class MissingDependencyError(Rank1Error, ImportError):
+    """An optional dependency is not installed; the message names the extra."""
+
+    def __init__(self, module: str, extras: Sequence[str], purpose: str) -> None:
+        self.module = module
+        self.extras = tuple(extras)
+        commands = " or ".join(f"pip install 'rank1-integrations[{extra}]'" for extra in self.extras)
+        super().__init__(f"{purpose} needs the '{module}' package, which is not installed. Install it with: {commands}")
+
+
+class InvalidInputError(Rank1Error, ValueError):
+    """The caller passed something rank1 cannot judge (empty query, non-string passage, ...)."""
+
+
+class BackendError(Rank1Error):
+    """The engine or server failed to produce completions (load failure, transport, timeout)."""
+
+
+class ServerConnectionError(BackendError):
+    """A server could not be reached, or dropped the connection before answering.
+
+    ``server`` is the server's URL with any credentials removed.
+    """
+
+    def __init__(self, message: str, *, server: str | None = None) -> None:
+        super().__init__(message)
+        self.server = server
+
+
+class ServerTimeoutError(ServerConnectionError):
+    """A server did not answer within the request's timeout."""
+
+
+class ServerStatusError(BackendError):
+    """A server answered with an HTTP error status; ``retry_after`` is its Retry-After in seconds, if any."""
+
+    def __init__(
+        self, message: str, *, status: int, server: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.server = server
+        self.retry_after = retry_after
+
+
+class IncompatibleServerError(BackendError):
+    """The server answered, but is not a vLLM server serving the requested model (or lacks a needed feature)."""
+
+    def __init__(self, message: str, *, server: str | None = None) -> None:
+        super().__init__(message)
+        self.server = server
+
+
+class ModelOutputError(Rank1Error):
+    """The backend answered, but not with what the rank1 protocol needs (e.g. no label log-probabilities)."""
+
+
+class PassageFailure:
+    """Why one passage could not be judged; kept small and free of secrets."""
+
+    __slots__ = ("batch", "error", "index")
+
+    def __init__(self, index: int, error: Rank1Error, *, batch: int = 0) -> None:
+        self.index = index
+        self.error = error
+        self.batch = batch
+        """Which (query, passages) pair of a ``judge_many`` call; 0 for ``judge``."""
+
+    def __repr__(self) -> str:
+        return f"PassageFailure(batch={self.batch}, index={self.index}, error={self.error!r})"
+
+
+class PassagesFailedError(BackendError):
+    """Some passages of a call could not be judged; ``failures`` says which and why."""
+
+    def __init__(self, failures: Sequence[PassageFailure], total: int) -> None:
+        self.failures = tuple(failures)
+        indices = ", ".join(str(f.index) if f.batch == 0 else f"{f.batch}:{f.index}" for f in self.failures[:20])
+        more = "" if len(self.failures) <= 20 else f" (+{len(self.failures) - 20} more)"
+        first = self.failures[0].error if self.failures else None
+        super().__init__(
+            f"{len(self.failures)} of {total} passages could not be judged: indices {indices}{more}; "
+            f"first cause: {first}"
+        )

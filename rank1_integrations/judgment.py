@@ -1,0 +1,36 @@
+"""The result of rank1 judging one passage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Judgment"]
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """rank1's verdict on one passage for one query.
+
+    ``score`` is p(true) over true+false at the answer position. A passage that
+    could not be judged (only with ``on_failure="mark_unjudged"``) has ``score``
+    and ``relevant`` set to None and ``error`` saying why.
+    """
+
+    index: int
+    """Position of the passage in the list given to the reranker."""
+    score: float | None
+    relevant: bool | None
+    """The model's verdict: the label it generated, or the likelier label when forced."""
+    reasoning: str
+    """The text between ``<think>`` and ``</think>`` (cut back to a sentence end when forced)."""
+    forced: bool = False
+    """True when reasoning ran past the budget and the answer had to be forced."""
+    reasoning_tokens: int = 0
+    """Tokens the model generated for this passage (the reasoning budget it used)."""
+    truncated: bool = False
+    """True when the passage was cut to fit the context window."""
+    error: str | None = None
+
+    @property
+    def judged(self) -> bool:
+        return self.score is not None

@@ -1,0 +1,207 @@
+"""``Rank1Reranker``: judge passages for a query with rank1, on any backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from rank1_integrations.backends.base import AsyncBackend, Backend, CompletionRequest, CompletionResult
+from rank1_integrations.errors import InvalidInputError, ModelOutputError
+from rank1_integrations.judging import FailurePolicy, JudgingRun
+from rank1_integrations.judgment import Judgment
+from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PreparedPrompt, PromptBuilder
+from rank1_integrations.protocol import FALSE_LABEL, TRUE_LABEL
+from rank1_integrations.templates import resolve_template
+
+__all__ = ["DEFAULT_MAX_REASONING_TOKENS", "Rank1Reranker"]
+
+DEFAULT_MAX_REASONING_TOKENS = 8192
+"""The reasoning budget of the rank1 authors' runs."""
+
+_KEEP = object()
+
+
+class Rank1Reranker:
+    """Judges passages with a rank1 model: a score, a verdict and the reasoning for each.
+
+    One call is one engine batch (two when some answers must be forced), whatever
+    the number of passages or queries.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        template: str | None = None,
+        max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
+        context_size: int | None = None,
+        on_failure: FailurePolicy = "raise",
+    ) -> None:
+        if not isinstance(max_reasoning_tokens, int) or max_reasoning_tokens < 1:
+            raise InvalidInputError(f"max_reasoning_tokens must be a positive int, got {max_reasoning_tokens!r}")
+        engine_context = backend.max_model_len
+        if context_size is None:
+            context_size = engine_context
+        elif not isinstance(context_size, int) or not 0 < context_size <= engine_context:
+            raise InvalidInputError(
+                f"context_size must be a positive int no larger than the engine's {engine_context}, "
+                f"got {context_size!r}"
+            )
+        if on_failure not in ("raise", "mark_unjudged"):
+            raise InvalidInputError(f"on_failure must be 'raise' or 'mark_unjudged', got {on_failure!r}")
+        self.backend = backend
+        self.template = resolve_template(template)
+        self.max_reasoning_tokens = max_reasoning_tokens
+        self.context_size = context_size
+        self.on_failure: FailurePolicy = on_failure
+        self.label_token_ids = (_label_id(backend, TRUE_LABEL), _label_id(backend, FALSE_LABEL))
+        # Fails early (typed) when the budget leaves no room for any prompt.
+        self._builder_for(self.template)
+
+    @classmethod
+    def from_vllm(
+        cls,
+        model: str,
+        *,
+        template: str | None = None,
+        max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
+        context_size: int | None = None,
+        on_failure: FailurePolicy = "raise",
+        **engine_kwargs: Any,
+    ) -> Rank1Reranker:
+        """A reranker on an embedded ``vllm.LLM``; ``engine_kwargs`` go to vLLM unchanged.
+
+        ``context_size`` also becomes the engine's ``max_model_len`` unless that is given.
+        """
+        from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
+
+        if context_size is not None:
+            engine_kwargs.setdefault("max_model_len", context_size)
+        backend = VLLMEngineBackend.load(model, **engine_kwargs)
+        return cls(
+            backend,
+            template=template,
+            max_reasoning_tokens=max_reasoning_tokens,
+            context_size=context_size,
+            on_failure=on_failure,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self.backend.model_name!r}, "
+            f"max_reasoning_tokens={self.max_reasoning_tokens}, context_size={self.context_size}, "
+            f"template={'custom' if self.template else None}, on_failure={self.on_failure!r})"
+        )
+
+    def build_prompt(self, query: str, passage: str, *, template: Any = _KEEP) -> PreparedPrompt:
+        """The exact prompt (text and token ids) this reranker would send for one passage."""
+        _validated([(query, [passage])])
+        return self._builder_for(self.template if template is _KEEP else resolve_template(template)).build(
+            query, passage
+        )
+
+    def judge(self, query: str, passages: Sequence[str], *, template: Any = _KEEP) -> list[Judgment]:
+        """Judge every passage for the query; same length and order as ``passages``."""
+        return self.judge_many([(query, passages)], template=template)[0]
+
+    async def ajudge(self, query: str, passages: Sequence[str], *, template: Any = _KEEP) -> list[Judgment]:
+        """Async :meth:`judge`; never blocks the event loop."""
+        return (await self.ajudge_many([(query, passages)], template=template))[0]
+
+    def judge_many(
+        self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
+    ) -> list[list[Judgment]]:
+        """Judge several (query, passages) pairs in one engine batch."""
+        run, sizes = self._plan(batches, template)
+        if run is None:
+            return [[] for _ in sizes]
+        requests = run.start()
+        while requests:
+            requests = run.advance(self.backend.complete(requests))
+        return _split(run.judgments(self.on_failure), sizes)
+
+    async def ajudge_many(
+        self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
+    ) -> list[list[Judgment]]:
+        """Async :meth:`judge_many`."""
+        run, sizes = self._plan(batches, template)
+        if run is None:
+            return [[] for _ in sizes]
+        requests = run.start()
+        while requests:
+            requests = run.advance(await self._acomplete(requests))
+        return _split(run.judgments(self.on_failure), sizes)
+
+    async def _acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
+        if isinstance(self.backend, AsyncBackend):
+            return await self.backend.acomplete(requests)
+        return await asyncio.to_thread(self.backend.complete, requests)
+
+    def _builder_for(self, template: str | None) -> PromptBuilder:
+        return PromptBuilder(
+            self.backend.tokenizer,
+            template=template,
+            max_prompt_tokens=self.context_size - self.max_reasoning_tokens - FORCED_ANSWER_MARGIN,
+        )
+
+    def _plan(self, batches: Sequence[tuple[str, Sequence[str]]], template: Any) -> tuple[JudgingRun | None, list[int]]:
+        checked = _validated(batches)
+        builder = self._builder_for(self.template if template is _KEEP else resolve_template(template))
+        prompts = [builder.build(query, passage) for query, passages in checked for passage in passages]
+        positions = [(batch, index) for batch, (_, passages) in enumerate(checked) for index in range(len(passages))]
+        sizes = [len(passages) for _, passages in checked]
+        if not prompts:
+            return None, sizes
+        run = JudgingRun(
+            prompts,
+            builder,
+            positions=positions,
+            label_token_ids=self.label_token_ids,
+            max_reasoning_tokens=self.max_reasoning_tokens,
+        )
+        return run, sizes
+
+
+def _label_id(backend: Backend, label: str) -> int:
+    ids = backend.tokenizer.encode_plain(label)
+    if len(ids) != 1:
+        raise ModelOutputError(
+            f"the model's tokenizer splits the label {label!r} into {len(ids)} tokens; "
+            "rank1 models answer with single-token labels: is this a rank1 model?"
+        )
+    return ids[0]
+
+
+def _validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
+        raise InvalidInputError("judge_many takes a sequence of (query, passages) pairs")
+    checked: list[tuple[str, Sequence[str]]] = []
+    for number, batch in enumerate(batches):
+        if not isinstance(batch, tuple | list) or len(batch) != 2:
+            raise InvalidInputError(f"batch {number} must be a (query, passages) pair")
+        query, passages = batch
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
+        if not query.strip():
+            raise InvalidInputError("query is empty")
+        if isinstance(passages, (str, bytes)) or not isinstance(passages, Sequence):
+            raise InvalidInputError(f"passages must be a sequence of strings, got {type(passages).__name__}")
+        wrong_type = [i for i, p in enumerate(passages) if not isinstance(p, str)]
+        if wrong_type:
+            raise InvalidInputError(f"passages at indices {wrong_type[:20]} are not strings")
+        empty = [i for i, p in enumerate(passages) if not p.strip()]
+        if empty:
+            raise InvalidInputError(f"passages at indices {empty[:20]} are empty")
+        checked.append((query, passages))
+    return checked
+
+
+def _split(judgments: list[Judgment], sizes: list[int]) -> list[list[Judgment]]:
+    """Undo the flattening of several queries' passages into one batch."""
+    result: list[list[Judgment]] = []
+    offset = 0
+    for size in sizes:
+        result.append(judgments[offset : offset + size])
+        offset += size
+    return result

@@ -1,0 +1,179 @@
+"""Turning prompt pieces into token ids without letting data become control tokens.
+
+A prompt is a sequence of pieces: trusted text (rank1's instructions, a template),
+data (queries, passages, the model's own reasoning) and control markers
+(``<think>``, ``</think>``). Runs of text are encoded in one call, exactly as the
+authors' whole-string tokenization does; but any special-token string found
+inside *data* is encoded one character at a time, so it can never turn into a
+control token, and control markers become their token id only where they are
+single tokens of the model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Control",
+    "Data",
+    "HFPromptTokenizer",
+    "PromptPiece",
+    "PromptTokenizer",
+    "Trusted",
+    "encode_prompt",
+]
+
+
+@runtime_checkable
+class PromptTokenizer(Protocol):
+    """What prompt building needs from a tokenizer; backends provide one."""
+
+    @property
+    def leading_ids(self) -> Sequence[int]:
+        """Ids the tokenizer puts before a prompt (a BOS token), possibly none."""
+        ...
+
+    @property
+    def protected_strings(self) -> Sequence[str]:
+        """Strings that would encode to special/added tokens; never allowed in from data."""
+        ...
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Encode text with no special tokens added and no special-token strings parsed."""
+        ...
+
+    def single_token_id(self, text: str) -> int | None:
+        """The id when ``text`` is exactly one token of the vocabulary, else None."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of the ids, special tokens included."""
+        ...
+
+
+@dataclass(frozen=True)
+class Trusted:
+    """Text the integration itself writes (instructions, the user's template)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Data:
+    """Text from outside (query, passage, model output): never becomes a control token."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Control:
+    """A protocol marker such as ``<think>``: its single token where the vocabulary has one."""
+
+    marker: str
+
+
+PromptPiece = Trusted | Data | Control
+
+
+def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece]) -> list[int]:
+    """Token ids of the prompt the pieces spell, with data defused (see the module doc)."""
+    ids = list(tokenizer.leading_ids)
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            ids.extend(tokenizer.encode_plain("".join(pending)))
+            pending.clear()
+
+    protected = _protected_pattern(tuple(tokenizer.protected_strings))
+    for piece in pieces:
+        if isinstance(piece, Control):
+            token_id = tokenizer.single_token_id(piece.marker)
+            if token_id is None:
+                pending.append(piece.marker)
+            else:
+                flush()
+                ids.append(token_id)
+        elif isinstance(piece, Data):
+            for part, is_protected in _split_protected(piece.text, protected):
+                if is_protected:
+                    flush()
+                    for char in part:
+                        ids.extend(tokenizer.encode_plain(char))
+                else:
+                    pending.append(part)
+        else:
+            pending.append(piece.text)
+    flush()
+    return ids
+
+
+_PATTERN_CACHE: dict[tuple[str, ...], re.Pattern[str] | None] = {}
+
+
+def _protected_pattern(strings: tuple[str, ...]) -> re.Pattern[str] | None:
+    if strings not in _PATTERN_CACHE:
+        # Longest first, so that "</think>" wins over a shorter token it contains.
+        alternatives = sorted({s for s in strings if s}, key=len, reverse=True)
+        _PATTERN_CACHE[strings] = re.compile("|".join(re.escape(s) for s in alternatives)) if alternatives else None
+    return _PATTERN_CACHE[strings]
+
+
+def _split_protected(text: str, pattern: re.Pattern[str] | None) -> Iterator[tuple[str, bool]]:
+    if pattern is None:
+        yield text, False
+        return
+    start = 0
+    for match in pattern.finditer(text):
+        if match.start() > start:
+            yield text[start : match.start()], False
+        yield match.group(), True
+        start = match.end()
+    if start < len(text):
+        yield text[start:], False
+
+
+class HFPromptTokenizer:
+    """:class:`PromptTokenizer` over a Hugging Face tokenizer (the one the engine uses)."""
+
+    def __init__(self, hf_tokenizer: Any, *, extra_protected: Sequence[str] = ()) -> None:
+        self._tokenizer = hf_tokenizer
+        added: dict[str, int] = dict(hf_tokenizer.get_added_vocab())
+        self._added = added
+        specials = [s for s in getattr(hf_tokenizer, "all_special_tokens", []) if isinstance(s, str)]
+        self._protected = tuple(sorted({*added, *specials, *extra_protected}))
+        with_specials = list(hf_tokenizer("a", add_special_tokens=True)["input_ids"])
+        without = list(hf_tokenizer("a", add_special_tokens=False)["input_ids"])
+        # Whatever the tokenizer adds in front of text (BOS) is part of every prompt,
+        # as when the authors hand vLLM a text prompt; anything appended (EOS) is not.
+        self._leading: tuple[int, ...] = ()
+        for position in range(len(with_specials) - len(without) + 1):
+            if with_specials[position : position + len(without)] == without:
+                self._leading = tuple(with_specials[:position])
+                break
+
+    @property
+    def leading_ids(self) -> Sequence[int]:
+        return self._leading
+
+    @property
+    def protected_strings(self) -> Sequence[str]:
+        return self._protected
+
+    def encode_plain(self, text: str) -> list[int]:
+        if not text:
+            return []
+        encoded = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)
+        return list(encoded["input_ids"])
+
+    def single_token_id(self, text: str) -> int | None:
+        if text in self._added:
+            return self._added[text]
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        return int(ids[0]) if len(ids) == 1 else None
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=False))

@@ -1,0 +1,82 @@
+"""Shared fixtures: offline test models and real vLLM engines on CPU.
+
+Engines start in-process with the fast CPU settings from the shared vLLM notes;
+models are built by the tests themselves (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parent.parent
+_CACHE = Path(os.environ.get("RANK1_TEST_CACHE", _REPO / ".cache" / "tests"))
+
+# Must be set before vLLM is imported anywhere in the test process.
+for _name, _value in {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_CACHE_ROOT": str(_CACHE / "vllm"),
+    "TORCHINDUCTOR_CACHE_DIR": str(_CACHE / "inductor"),
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+ENGINE_KWARGS = {"enforce_eager": True, "dtype": "float32", "max_model_len": 1024, "seed": 0}
+"""Fast, deterministic CPU engine settings used by every engine test."""
+
+SCRIPTED_BUDGET = 40
+"""Reasoning budget of ``scripted_reranker``: the scripted short answers fit, OPEN_REASONING does not."""
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    _CACHE.mkdir(parents=True, exist_ok=True)
+    return _CACHE
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(model_cache: Path) -> Path:
+    from rank1_integrations.testing.tiny_models import build_tokenizer
+
+    return build_tokenizer(model_cache / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer(tokenizer_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def scripted_model_dir(model_cache: Path) -> Path:
+    from rank1_integrations.testing.tiny_models import build_scripted_model
+
+    return build_scripted_model(model_cache / "scripted")
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(model_cache: Path) -> Path:
+    from rank1_integrations.testing.tiny_models import build_random_model
+
+    return build_random_model(model_cache / "random")
+
+
+@pytest.fixture(scope="session")
+def scripted_reranker(scripted_model_dir: Path) -> Iterator[object]:
+    from rank1_integrations import Rank1Reranker
+
+    return Rank1Reranker.from_vllm(str(scripted_model_dir), max_reasoning_tokens=SCRIPTED_BUDGET, **ENGINE_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def random_reranker(random_model_dir: Path) -> Iterator[object]:
+    from rank1_integrations import Rank1Reranker
+
+    return Rank1Reranker.from_vllm(str(random_model_dir), max_reasoning_tokens=16, **ENGINE_KWARGS)

@@ -1,0 +1,136 @@
+"""The pure judging core: completions in, judgments out (synthetic completions, no engine)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rank1_integrations.backends.base import Completion, CompletionRequest
+from rank1_integrations.errors import BackendError, ModelOutputError, PassagesFailedError
+from rank1_integrations.judging import JudgingRun
+from rank1_integrations.prompting import PromptBuilder
+from rank1_integrations.protocol import STOP_STRINGS
+from rank1_integrations.tokenization import HFPromptTokenizer
+
+TRUE_ID, FALSE_ID = 101, 102
+BUDGET = 30
+
+
+@pytest.fixture(scope="module")
+def builder(hf_tokenizer) -> PromptBuilder:
+    return PromptBuilder(HFPromptTokenizer(hf_tokenizer), template=None, max_prompt_tokens=500)
+
+
+def _run(builder: PromptBuilder, passages: list[str]) -> tuple[JudgingRun, list[CompletionRequest]]:
+    prompts = [builder.build("the query", p) for p in passages]
+    run = JudgingRun(prompts, builder, label_token_ids=(TRUE_ID, FALSE_ID), max_reasoning_tokens=BUDGET)
+    return run, run.start()
+
+
+def _answered(label: int, lp_true: float, lp_false: float, text: str = "Because.") -> Completion:
+    stop = STOP_STRINGS[0] if label == TRUE_ID else STOP_STRINGS[1]
+    return Completion((7, 8, 9, label), text, "stop", stop, (lp_true, lp_false))
+
+
+def _cut_off(text: str, tokens: int = BUDGET) -> Completion:
+    return Completion(tuple(range(tokens)), text, "length", None, (-1.0, -2.0))
+
+
+def test_one_request_per_prompt_with_the_protocols_settings(builder) -> None:
+    _, requests = _run(builder, ["a", "b", "c"])
+    assert len(requests) == 3
+    assert {r.stop for r in requests} == {STOP_STRINGS}
+    assert {r.max_tokens for r in requests} == {BUDGET}
+    assert {r.label_token_ids for r in requests} == {(TRUE_ID, FALSE_ID)}
+
+
+def test_natural_answers_become_judgments_without_a_second_pass(builder) -> None:
+    run, _ = _run(builder, ["a", "b"])
+    follow_up = run.advance(
+        [_answered(TRUE_ID, math.log(0.8), math.log(0.2), " It is. "), _answered(FALSE_ID, -3.0, -0.1)]
+    )
+    assert follow_up == []
+    first, second = run.judgments()
+    assert (first.index, first.relevant, first.forced, first.reasoning) == (0, True, False, "It is.")
+    assert first.score == pytest.approx(0.8, abs=1e-12)
+    assert first.reasoning_tokens == 4
+    assert (second.index, second.relevant) == (1, False)
+    assert second.score == pytest.approx(1 / (1 + math.exp(2.9)), abs=1e-12)
+
+
+def test_budget_exhaustion_and_eos_force_an_answer_from_trimmed_reasoning(builder) -> None:
+    run, requests = _run(builder, ["a", "b", "c"])
+    eos_without_answer = Completion((5, 6, 0), "Done thinking. no answer", "stop", None, None)
+    follow_up = run.advance([_answered(TRUE_ID, -0.1, -3.0), _cut_off("First. Second is cut"), eos_without_answer])
+    assert len(follow_up) == 2
+    assert all(r.max_tokens == 1 and r.stop == () for r in follow_up)
+    # The forced prompt extends the original prompt with the trimmed reasoning and </think>.
+    assert follow_up[0].prompt_token_ids[: len(requests[1].prompt_token_ids)] == requests[1].prompt_token_ids
+    assert (
+        run.advance(
+            [
+                Completion((TRUE_ID,), " true", "length", None, (math.log(0.3), math.log(0.6))),
+                Completion((FALSE_ID,), " false", "length", None, (-5.0, -0.01)),
+            ]
+        )
+        == []
+    )
+    natural, forced_cut, forced_eos = run.judgments()
+    assert not natural.forced
+    assert (forced_cut.forced, forced_cut.reasoning, forced_cut.reasoning_tokens) == (True, "First.", BUDGET)
+    assert forced_cut.score == pytest.approx(1 / 3, abs=1e-12)
+    assert forced_cut.relevant is False
+    assert (forced_eos.forced, forced_eos.reasoning) == (True, "Done thinking.")
+
+
+def test_a_stop_string_whose_last_token_is_not_a_label_is_forced(builder) -> None:
+    run, _ = _run(builder, ["a"])
+    odd = Completion((7, 8, 55), "Reasoning.", "stop", STOP_STRINGS[0], (-1.0, -1.0))
+    assert len(run.advance([odd])) == 1
+
+
+def test_failures_raise_with_their_indices_or_come_back_unjudged(builder) -> None:
+    run, _ = _run(builder, ["a", "b", "c"])
+    run.advance([_answered(TRUE_ID, -0.1, -3.0), BackendError("connection reset"), _answered(FALSE_ID, -3, -0.1)])
+    with pytest.raises(PassagesFailedError) as caught:
+        run.judgments("raise")
+    assert [f.index for f in caught.value.failures] == [1]
+    assert "connection reset" in str(caught.value)
+    judged, unjudged, judged_too = run.judgments("mark_unjudged")
+    assert judged.judged
+    assert judged_too.judged
+    assert (unjudged.index, unjudged.score, unjudged.relevant, unjudged.judged) == (1, None, None, False)
+    assert unjudged.error is not None
+    assert "connection reset" in unjudged.error
+
+
+def test_missing_label_logprobs_at_the_answer_are_a_model_output_error(builder) -> None:
+    run, _ = _run(builder, ["a"])
+    run.advance([Completion((1, TRUE_ID), "x", "stop", STOP_STRINGS[0], None)])
+    with pytest.raises(PassagesFailedError) as caught:
+        run.judgments()
+    assert isinstance(caught.value.failures[0].error, ModelOutputError)
+
+
+def test_a_backend_that_loses_results_fails_the_call_loudly(builder) -> None:
+    run, _ = _run(builder, ["a", "b"])
+    with pytest.raises(BackendError, match="1 results for 2 requests"):
+        run.advance([_answered(TRUE_ID, -0.1, -3.0)])
+
+
+def test_positions_name_the_batch_and_index_of_failed_passages(builder) -> None:
+    prompts = [builder.build("q", p) for p in ("a", "b", "c")]
+    run = JudgingRun(
+        prompts,
+        builder,
+        positions=[(0, 0), (1, 0), (1, 1)],
+        label_token_ids=(TRUE_ID, FALSE_ID),
+        max_reasoning_tokens=5,
+    )
+    run.start()
+    run.advance([_answered(TRUE_ID, -0.1, -3.0), _answered(TRUE_ID, -0.1, -3.0), BackendError("boom")])
+    with pytest.raises(PassagesFailedError, match="1:1") as caught:
+        run.judgments()
+    assert (caught.value.failures[0].batch, caught.value.failures[0].index) == (1, 1)
+    assert [j.index for j in run.judgments("mark_unjudged")] == [0, 0, 1]
