@@ -154,12 +154,21 @@ def test_calls_from_several_threads_at_once_are_safe(scripted_reranker) -> None:
         query, passages = cases[slot]
         results[slot] = _summary(scripted_reranker.judge(query, passages))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    barrier = threading.Barrier(len(cases))
+    batches_before = scripted_reranker.backend.engine_batches
+
+    def start_together(slot: int) -> None:
+        barrier.wait()
+        work(slot)
+
+    threads = [threading.Thread(target=start_together, args=(i,)) for i in range(len(cases))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
     assert results == expected
+    # Concurrent callers shared engine batches instead of queueing one by one.
+    assert scripted_reranker.backend.engine_batches - batches_before < len(cases)
 
 
 def test_empty_passage_list_returns_empty_without_touching_the_engine(counted) -> None:

