@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rank1_integrations.backends.base import AsyncBackend, Backend, CompletionRequest, CompletionResult
-from rank1_integrations.errors import InvalidInputError, ModelOutputError
+from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError
 from rank1_integrations.judging import FailurePolicy, JudgingRun
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PreparedPrompt, PromptBuilder
@@ -87,6 +87,54 @@ class Rank1Reranker:
             on_failure=on_failure,
         )
 
+    @classmethod
+    def from_server(
+        cls,
+        base_url: str | Sequence[str],
+        model: str | None = None,
+        *,
+        api_key: Any = None,
+        timeout: float | None = None,
+        max_retries: int = 3,
+        max_concurrency: int = 32,
+        template: str | None = None,
+        max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
+        context_size: int | None = None,
+        on_failure: FailurePolicy = "raise",
+        **backend_kwargs: Any,
+    ) -> Rank1Reranker:
+        """A reranker on vLLM OpenAI-compatible servers: one ``base_url`` or a list of replicas.
+
+        ``model`` is the served model name (None: the only one served). ``api_key``
+        (a string or ``SecretStr``) defaults to ``RANK1_API_KEY``, then ``VLLM_API_KEY``.
+        ``timeout`` is the seconds to wait for one completion (None: sized from the
+        reasoning budget); failed HTTP calls are retried ``max_retries`` times, on another
+        server when there is one. ``backend_kwargs`` go to ``RemoteBackend`` (``verify``,
+        ``prompts_per_request``, backoff settings, ...). See ``docs/remote.md``.
+        """
+        from rank1_integrations.backends.remote import RemoteBackend
+
+        backend = RemoteBackend(
+            base_url,
+            model,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            **backend_kwargs,
+        )
+        try:
+            return cls(
+                backend,
+                template=template,
+                max_reasoning_tokens=max_reasoning_tokens,
+                context_size=context_size,
+                on_failure=on_failure,
+            )
+        except BaseException:
+            backend.close()
+            raise
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(model={self.backend.model_name!r}, "
@@ -118,7 +166,11 @@ class Rank1Reranker:
             return [[] for _ in sizes]
         requests = run.start()
         while requests:
-            requests = run.advance(self.backend.complete(requests))
+            try:
+                results = self.backend.complete(requests)
+            except BackendError as err:
+                results = [err] * len(requests)
+            requests = run.advance(results)
         return _split(run.judgments(self.on_failure), sizes)
 
     async def ajudge_many(
@@ -130,7 +182,11 @@ class Rank1Reranker:
             return [[] for _ in sizes]
         requests = run.start()
         while requests:
-            requests = run.advance(await self._acomplete(requests))
+            try:
+                results = await self._acomplete(requests)
+            except BackendError as err:
+                results = [err] * len(requests)
+            requests = run.advance(results)
         return _split(run.judgments(self.on_failure), sizes)
 
     async def _acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
