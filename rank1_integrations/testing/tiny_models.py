@@ -26,11 +26,22 @@ if TYPE_CHECKING:
 
     from transformers import PreTrainedTokenizerBase, Qwen2ForCausalLM
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # bump when the builders change what they produce
 MARKER_FILE = "rank1_tiny_model.json"
 EOS_TOKEN, THINK_TOKEN, END_THINK_TOKEN = "<|endoftext|>", "<think>", "</think>"
 TRUE_LABEL, FALSE_LABEL = " true", " false"
 VOCAB_SIZE = 2000
+#: Architecture: head_dim 32 (vLLM's CPU attention needs head_dim in {32, 64, ...}), float32.
+TINY_QWEN2: dict[str, int | bool | str] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+    "dtype": "float32",
+}
 #: Trained probability of the written label right after ``</think>`` (soft target, so
 #: both labels sit in the top logprobs and scores are not saturated at 0/1).
 LABEL_CONFIDENCE = 0.9
@@ -107,12 +118,16 @@ DEFAULT_SCRIPT: tuple[ScriptedJudgment, ...] = (
 )
 
 
-def _corpus(script: Sequence[ScriptedJudgment]) -> Iterator[str]:
-    """Tokenizer training text: prompt words, the script, labels and stdlib English."""
+def _corpus() -> Iterator[str]:
+    """Tokenizer training text: prompt words, the default script, labels, stdlib English.
+
+    Custom scripts are left out on purpose: every build shares one tokenizer (same
+    label ids), and byte-level BPE encodes any text anyway.
+    """
     import importlib
 
     special = (EOS_TOKEN, THINK_TOKEN, END_THINK_TOKEN)
-    for item in (*DEFAULT_SCRIPT, *script):
+    for item in DEFAULT_SCRIPT:
         text = rank1_prompt(item.query, item.passage) + item.completion
         for tok in special:
             text = text.replace(tok, "\n")
@@ -129,11 +144,15 @@ def _corpus(script: Sequence[ScriptedJudgment]) -> Iterator[str]:
         yield doc if isinstance(doc, str) else ""
 
 
-def _train_tokenizer(script: Sequence[ScriptedJudgment]) -> PreTrainedTokenizerBase:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+def _train_tokenizer() -> PreTrainedTokenizerBase:
+    """Train the Qwen2-style byte-level BPE and check the labels are single tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    # NFC like Qwen2; transformers' Qwen2Tokenizer (which AutoTokenizer picks for a
+    # folder whose config.json says qwen2) would add it anyway.
+    tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
@@ -148,7 +167,7 @@ def _train_tokenizer(script: Sequence[ScriptedJudgment]) -> PreTrainedTokenizerB
         special_tokens=[EOS_TOKEN, THINK_TOKEN, END_THINK_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(script), trainer=trainer)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=EOS_TOKEN,
@@ -167,7 +186,7 @@ def _train_tokenizer(script: Sequence[ScriptedJudgment]) -> PreTrainedTokenizerB
 def build_tokenizer(out_dir: Path) -> Path:
     """Train the tiny Qwen2-style tokenizer and ``save_pretrained`` it into ``out_dir``."""
     out_dir = Path(out_dir)
-    _train_tokenizer(DEFAULT_SCRIPT).save_pretrained(str(out_dir))
+    _train_tokenizer().save_pretrained(str(out_dir))
     return out_dir
 
 
@@ -207,7 +226,7 @@ def _build(out_dir: Path, kind: str, seed: int, script: Sequence[ScriptedJudgmen
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        tokenizer = _train_tokenizer(script)
+        tokenizer = _train_tokenizer()
         tokenizer.save_pretrained(str(stage))
         model, steps = _make_model(tokenizer, seed, script if kind == "scripted" else None)
         model.save_pretrained(str(stage))
@@ -216,14 +235,7 @@ def _build(out_dir: Path, kind: str, seed: int, script: Sequence[ScriptedJudgmen
         for name in files:
             (stage / name).chmod(0o644)  # mkdtemp/safetensors leave owner-only modes
             (stage / name).replace(out_dir / name)
-        marker = {
-            "spec_hash": spec_hash,
-            "kind": kind,
-            "seed": seed,
-            "train_steps": steps,
-            "builder_version": BUILDER_VERSION,
-            "files": files,
-        }
+        marker = {"spec_hash": spec_hash, "kind": kind, "seed": seed, "train_steps": steps, "files": files}
         (stage / MARKER_FILE).write_text(json.dumps(marker, indent=2))
         (stage / MARKER_FILE).replace(out_dir / MARKER_FILE)
     finally:
@@ -240,9 +252,14 @@ def build_scripted_model(out_dir: Path, script: Sequence[ScriptedJudgment] = DEF
     """Model trained so greedy decoding of each prompt reproduces its completion + EOS.
 
     Cached: returns ``out_dir`` untouched when its marker matches this exact spec.
-    Raises RuntimeError when training does not reach an exact reproduction.
+    Raises ValueError for a script with two entries on one (query, passage), and
+    RuntimeError when training does not reach an exact reproduction.
     """
-    return _build(Path(out_dir), "scripted", seed, tuple(script))
+    script = tuple(script)
+    if len({(item.query, item.passage) for item in script}) != len(script):
+        msg = "script has two completions for the same (query, passage); greedy decoding can give only one"
+        raise ValueError(msg)
+    return _build(Path(out_dir), "scripted", seed, script)
 
 
 def _make_model(
@@ -253,20 +270,8 @@ def _make_model(
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     eos = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        dtype="float32",
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=eos,
-    )
+    special_ids = {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}
+    config = Qwen2Config(vocab_size=len(tokenizer), **TINY_QWEN2, **special_ids)
     # fork_rng keeps the caller's global RNG untouched; deterministic algorithms and one
     # thread make the same seed give the same weights (thread count changes reduction
     # order). One thread is also 10x faster than two on a busy 2-core machine: these
@@ -283,14 +288,12 @@ def _make_model(
             torch.use_deterministic_algorithms(was_deterministic)
             torch.set_num_threads(threads)
     # Only token ids: vLLM turns generation_config fields into default sampling params.
-    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    model.generation_config = GenerationConfig(**special_ids)
     return model.eval(), steps
 
 
-@dataclass
-class _Example:
-    ids: list[int]
-    targets: dict[int, dict[int, float]]  # position -> {next token id: probability}
+# (token ids, {position: {next token id: target probability}})
+_Example = tuple[list[int], dict[int, dict[int, float]]]
 
 
 def _examples(
@@ -313,14 +316,14 @@ def _examples(
         for label in ("true", "false"):
             if item.completion.endswith(END_THINK_TOKEN + " " + label):
                 targets[len(ids) - 3] = soft(label, LABEL_CONFIDENCE)
-        examples.append(_Example(ids, targets))
+        examples.append((ids, targets))
         expected.append((prompt, completion))
         if item.forced_label is not None and END_THINK_TOKEN not in item.completion:
             reasoning = item.completion.strip()
             for cut in (i + 1 for i, ch in enumerate(reasoning) if ch in _SENTENCE_ENDS):
                 text = rank1_prompt(item.query, item.passage) + "\n" + reasoning[:cut]
                 forced = tok(text + "\n" + END_THINK_TOKEN)["input_ids"]
-                examples.append(_Example(forced, {len(forced) - 1: soft(item.forced_label, FORCED_CONFIDENCE)}))
+                examples.append((forced, {len(forced) - 1: soft(item.forced_label, FORCED_CONFIDENCE)}))
     return examples, expected
 
 
@@ -337,11 +340,11 @@ def _train(
 
     examples, expected = _examples(tok, script)
     eos = tok.convert_tokens_to_ids(EOS_TOKEN)
-    width = max(len(ex.ids) for ex in examples)
-    batch = torch.tensor([ex.ids + [eos] * (width - len(ex.ids)) for ex in examples])
+    width = max(len(ids) for ids, _ in examples)
+    batch = torch.tensor([ids + [eos] * (width - len(ids)) for ids, _ in examples])
     rows, cols, dense = [], [], []
-    for b, ex in enumerate(examples):
-        for pos, target in sorted(ex.targets.items()):
+    for b, (_, targets) in enumerate(examples):
+        for pos, target in sorted(targets.items()):
             rows.append(b)
             cols.append(pos)
             dist = [0.0] * len(tok)
