@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from rank1_integrations.backends.base import AsyncBackend, Backend, CompletionRequest, CompletionResult
+from rank1_integrations.cache import JudgmentCache, MemoryCache, cache_key
+from rank1_integrations.calls import CallPlan, plan_call, validated
 from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError
-from rank1_integrations.judging import FailurePolicy, JudgingRun
+from rank1_integrations.judging import FailurePolicy
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PreparedPrompt, PromptBuilder
 from rank1_integrations.protocol import FALSE_LABEL, TRUE_LABEL
@@ -37,6 +39,7 @@ class Rank1Reranker:
         max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
         context_size: int | None = None,
         on_failure: FailurePolicy = "raise",
+        cache: JudgmentCache | bool = True,
     ) -> None:
         if not isinstance(max_reasoning_tokens, int) or max_reasoning_tokens < 1:
             raise InvalidInputError(f"max_reasoning_tokens must be a positive int, got {max_reasoning_tokens!r}")
@@ -55,6 +58,7 @@ class Rank1Reranker:
         self.max_reasoning_tokens = max_reasoning_tokens
         self.context_size = context_size
         self.on_failure: FailurePolicy = on_failure
+        self.cache: JudgmentCache | None = MemoryCache() if cache is True else None if cache is False else cache
         self.label_token_ids = (_label_id(backend, TRUE_LABEL), _label_id(backend, FALSE_LABEL))
         # Fails early (typed) when the budget leaves no room for any prompt.
         self._builder_for(self.template)
@@ -68,6 +72,7 @@ class Rank1Reranker:
         max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
         context_size: int | None = None,
         on_failure: FailurePolicy = "raise",
+        cache: JudgmentCache | bool = True,
         **engine_kwargs: Any,
     ) -> Rank1Reranker:
         """A reranker on an embedded ``vllm.LLM``; ``engine_kwargs`` go to vLLM unchanged.
@@ -85,6 +90,7 @@ class Rank1Reranker:
             max_reasoning_tokens=max_reasoning_tokens,
             context_size=context_size,
             on_failure=on_failure,
+            cache=cache,
         )
 
     @classmethod
@@ -101,6 +107,7 @@ class Rank1Reranker:
         max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
         context_size: int | None = None,
         on_failure: FailurePolicy = "raise",
+        cache: JudgmentCache | bool = True,
         **backend_kwargs: Any,
     ) -> Rank1Reranker:
         """A reranker on vLLM OpenAI-compatible servers: one ``base_url`` or a list of replicas.
@@ -130,6 +137,7 @@ class Rank1Reranker:
                 max_reasoning_tokens=max_reasoning_tokens,
                 context_size=context_size,
                 on_failure=on_failure,
+                cache=cache,
             )
         except BaseException:
             backend.close()
@@ -144,7 +152,7 @@ class Rank1Reranker:
 
     def build_prompt(self, query: str, passage: str, *, template: Any = _KEEP) -> PreparedPrompt:
         """The exact prompt (text and token ids) this reranker would send for one passage."""
-        _validated([(query, [passage])])
+        validated([(query, [passage])])
         return self._builder_for(self.template if template is _KEEP else resolve_template(template)).build(
             query, passage
         )
@@ -161,33 +169,31 @@ class Rank1Reranker:
         self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
     ) -> list[list[Judgment]]:
         """Judge several (query, passages) pairs in one engine batch."""
-        run, sizes = self._plan(batches, template)
-        if run is None:
-            return [[] for _ in sizes]
-        requests = run.start()
+        plan = self._plan(batches, template)
+        requests = plan.run.start() if plan.run else []
         while requests:
+            assert plan.run is not None
             try:
                 results = self.backend.complete(requests)
             except BackendError as err:
                 results = [err] * len(requests)
-            requests = run.advance(results)
-        return _split(run.judgments(self.on_failure), sizes)
+            requests = plan.run.advance(results)
+        return plan.finish(self.on_failure, self.cache)
 
     async def ajudge_many(
         self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
     ) -> list[list[Judgment]]:
         """Async :meth:`judge_many`."""
-        run, sizes = self._plan(batches, template)
-        if run is None:
-            return [[] for _ in sizes]
-        requests = run.start()
+        plan = self._plan(batches, template)
+        requests = plan.run.start() if plan.run else []
         while requests:
+            assert plan.run is not None
             try:
                 results = await self._acomplete(requests)
             except BackendError as err:
                 results = [err] * len(requests)
-            requests = run.advance(results)
-        return _split(run.judgments(self.on_failure), sizes)
+            requests = plan.run.advance(results)
+        return plan.finish(self.on_failure, self.cache)
 
     async def _acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
         if isinstance(self.backend, AsyncBackend):
@@ -201,22 +207,27 @@ class Rank1Reranker:
             max_prompt_tokens=self.context_size - self.max_reasoning_tokens - FORCED_ANSWER_MARGIN,
         )
 
-    def _plan(self, batches: Sequence[tuple[str, Sequence[str]]], template: Any) -> tuple[JudgingRun | None, list[int]]:
-        checked = _validated(batches)
-        builder = self._builder_for(self.template if template is _KEEP else resolve_template(template))
-        prompts = [builder.build(query, passage) for query, passages in checked for passage in passages]
-        positions = [(batch, index) for batch, (_, passages) in enumerate(checked) for index in range(len(passages))]
-        sizes = [len(passages) for _, passages in checked]
-        if not prompts:
-            return None, sizes
-        run = JudgingRun(
-            prompts,
-            builder,
-            positions=positions,
+    def _plan(self, batches: Sequence[tuple[str, Sequence[str]]], template: Any) -> CallPlan:
+        resolved = self.template if template is _KEEP else resolve_template(template)
+
+        def key_for(query: str, passage: str) -> str:
+            return cache_key(
+                model=self.backend.model_name,
+                template=resolved,
+                query=query,
+                passage=passage,
+                max_reasoning_tokens=self.max_reasoning_tokens,
+                context_size=self.context_size,
+            )
+
+        return plan_call(
+            batches,
+            self._builder_for(resolved),
             label_token_ids=self.label_token_ids,
             max_reasoning_tokens=self.max_reasoning_tokens,
+            cache=self.cache,
+            key_for=key_for,
         )
-        return run, sizes
 
 
 def _label_id(backend: Backend, label: str) -> int:
@@ -227,37 +238,3 @@ def _label_id(backend: Backend, label: str) -> int:
             "rank1 models answer with single-token labels: is this a rank1 model?"
         )
     return ids[0]
-
-
-def _validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:
-    if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence):
-        raise InvalidInputError("judge_many takes a sequence of (query, passages) pairs")
-    checked: list[tuple[str, Sequence[str]]] = []
-    for number, batch in enumerate(batches):
-        if not isinstance(batch, tuple | list) or len(batch) != 2:
-            raise InvalidInputError(f"batch {number} must be a (query, passages) pair")
-        query, passages = batch
-        if not isinstance(query, str):
-            raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
-        if not query.strip():
-            raise InvalidInputError("query is empty")
-        if isinstance(passages, (str, bytes)) or not isinstance(passages, Sequence):
-            raise InvalidInputError(f"passages must be a sequence of strings, got {type(passages).__name__}")
-        wrong_type = [i for i, p in enumerate(passages) if not isinstance(p, str)]
-        if wrong_type:
-            raise InvalidInputError(f"passages at indices {wrong_type[:20]} are not strings")
-        empty = [i for i, p in enumerate(passages) if not p.strip()]
-        if empty:
-            raise InvalidInputError(f"passages at indices {empty[:20]} are empty")
-        checked.append((query, passages))
-    return checked
-
-
-def _split(judgments: list[Judgment], sizes: list[int]) -> list[list[Judgment]]:
-    """Undo the flattening of several queries' passages into one batch."""
-    result: list[list[Judgment]] = []
-    offset = 0
-    for size in sizes:
-        result.append(judgments[offset : offset + size])
-        offset += size
-    return result

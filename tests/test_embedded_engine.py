@@ -60,7 +60,7 @@ class CountingBackend:
 @pytest.fixture
 def counted(scripted_reranker: Rank1Reranker) -> tuple[Rank1Reranker, CountingBackend]:
     backend = CountingBackend(scripted_reranker.backend)
-    return Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET), backend
+    return Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False), backend
 
 
 def _scripted(query: str, passage: str) -> str:
@@ -105,7 +105,7 @@ def test_forced_path_is_exact(scripted_reranker, scripted_model_dir, hf_tokenize
 def test_reasoning_that_ends_without_an_answer_is_forced_too(scripted_reranker, scripted_model_dir) -> None:
     # With room to finish, the scripted long reasoning ends with EOS and no answer:
     # the protocol forces an answer from the whole reasoning.
-    roomy = Rank1Reranker(scripted_reranker.backend, max_reasoning_tokens=200)
+    roomy = Rank1Reranker(scripted_reranker.backend, max_reasoning_tokens=200, cache=False)
     (judgment,) = roomy.judge(LEN_QUERY, [OPEN_PASSAGE])
     assert judgment.forced
     assert judgment.reasoning == OPEN_REASONING
@@ -232,3 +232,34 @@ def test_a_reasoning_budget_larger_than_the_context_is_a_typed_error(scripted_re
 
 def _summary(judgments: list[Judgment]) -> list[tuple[object, ...]]:
     return [(j.index, j.relevant, j.forced, j.reasoning, round(j.score or -1, 5)) for j in judgments]
+
+
+def test_a_repeat_is_answered_from_the_cache_without_the_engine(scripted_reranker, tmp_path) -> None:
+    from rank1_integrations.cache import DiskCache, MemoryCache
+
+    backend = CountingBackend(scripted_reranker.backend)
+    memory = MemoryCache()
+    reranker = Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=memory)
+    first = reranker.judge(LEN_QUERY, [LEN_PASSAGE, OPEN_PASSAGE])
+    assert [len(b) for b in backend.batches] == [2, 1]
+    # Same passages in another order and with a new one: only the new one reaches the engine.
+    again = reranker.judge(LEN_QUERY, [SORTED_PASSAGE, OPEN_PASSAGE, LEN_PASSAGE])
+    assert [len(b) for b in backend.batches] == [2, 1, 1]
+    assert [j.index for j in again] == [0, 1, 2]
+    assert _summary([again[2]])[0][1:] == _summary([first[0]])[0][1:]
+    assert again[1].forced
+    assert again[1].score == first[1].score
+    # Anything a judgment depends on is part of the key: another budget misses.
+    Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET + 1, cache=memory).judge(LEN_QUERY, [LEN_PASSAGE])
+    assert len(backend.batches) == 4
+
+    disk_path = tmp_path / "judgments.sqlite"
+    Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=DiskCache(disk_path)).judge(
+        JOIN_QUERY, [JOIN_PASSAGE]
+    )
+    batches = len(backend.batches)
+    reopened = Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=DiskCache(disk_path))
+    (from_disk,) = reopened.judge(JOIN_QUERY, [JOIN_PASSAGE])
+    assert len(backend.batches) == batches
+    assert from_disk.relevant is True
+    assert not from_disk.forced

@@ -1,0 +1,96 @@
+"""One judging call, before and after the engine: validation, cache look-up, assembly.
+
+Pure logic: it builds the :class:`JudgingRun` for what the cache does not know and
+puts fresh and cached judgments back in the caller's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rank1_integrations.cache import JudgmentCache
+from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.judging import FailurePolicy, JudgingRun
+from rank1_integrations.judgment import Judgment
+from rank1_integrations.prompting import PromptBuilder
+
+__all__ = ["CallPlan", "plan_call", "validated"]
+
+Position = tuple[int, int]
+"""(which (query, passages) pair, index of the passage in it)."""
+
+
+@dataclass
+class CallPlan:
+    """What one call must ask the engine, and how to answer the caller afterwards."""
+
+    sizes: list[int]
+    run: JudgingRun | None
+    fresh: list[Position]
+    known: dict[Position, Judgment] = field(default_factory=dict)
+    keys: dict[Position, str] = field(default_factory=dict)
+
+    def finish(self, on_failure: FailurePolicy, cache: JudgmentCache | None) -> list[list[Judgment]]:
+        """Every passage's judgment in the caller's order; fresh judged ones go to the cache."""
+        fresh = dict(zip(self.fresh, self.run.judgments(on_failure), strict=True)) if self.run else {}
+        if cache is not None and fresh:
+            cache.put_many({self.keys[pos]: j for pos, j in fresh.items() if j.judged and pos in self.keys})
+        return [[fresh.get((b, i)) or self.known[(b, i)] for i in range(size)] for b, size in enumerate(self.sizes)]
+
+
+def plan_call(
+    batches: Sequence[tuple[str, Sequence[str]]],
+    builder: PromptBuilder,
+    *,
+    label_token_ids: tuple[int, int],
+    max_reasoning_tokens: int,
+    cache: JudgmentCache | None,
+    key_for: Callable[[str, str], str],
+) -> CallPlan:
+    checked = validated(batches)
+    positions = [(b, i) for b, (_, passages) in enumerate(checked) for i in range(len(passages))]
+    text = {(b, i): (checked[b][0], checked[b][1][i]) for b, i in positions}
+    keys: dict[Position, str] = {}
+    known: dict[Position, Judgment] = {}
+    if cache is not None and positions:
+        keys = {pos: key_for(*text[pos]) for pos in positions}
+        hits = cache.get_many(list(dict.fromkeys(keys.values())))
+        known = {pos: dataclasses.replace(hits[key], index=pos[1]) for pos, key in keys.items() if key in hits}
+    fresh = [pos for pos in positions if pos not in known]
+    run = None
+    if fresh:
+        run = JudgingRun(
+            [builder.build(*text[pos]) for pos in fresh],
+            builder,
+            positions=fresh,
+            label_token_ids=label_token_ids,
+            max_reasoning_tokens=max_reasoning_tokens,
+        )
+    return CallPlan([len(p) for _, p in checked], run, fresh, known, keys)
+
+
+def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:
+    """The caller's (query, passages) pairs, or a typed error naming what is wrong."""
+    if isinstance(batches, str | bytes) or not isinstance(batches, Sequence):
+        raise InvalidInputError("judge_many takes a sequence of (query, passages) pairs")
+    checked: list[tuple[str, Sequence[str]]] = []
+    for number, batch in enumerate(batches):
+        if not isinstance(batch, tuple | list) or len(batch) != 2:
+            raise InvalidInputError(f"batch {number} must be a (query, passages) pair")
+        query, passages = batch
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
+        if not query.strip():
+            raise InvalidInputError("query is empty")
+        if isinstance(passages, str | bytes) or not isinstance(passages, Sequence):
+            raise InvalidInputError(f"passages must be a sequence of strings, got {type(passages).__name__}")
+        wrong_type = [i for i, p in enumerate(passages) if not isinstance(p, str)]
+        if wrong_type:
+            raise InvalidInputError(f"passages at indices {wrong_type[:20]} are not strings")
+        empty = [i for i, p in enumerate(passages) if not p.strip()]
+        if empty:
+            raise InvalidInputError(f"passages at indices {empty[:20]} are empty")
+        checked.append((query, passages))
+    return checked
