@@ -73,9 +73,12 @@ class Rank1Reranker:
         context_size: int | None = None,
         on_failure: FailurePolicy = "raise",
         cache: JudgmentCache | bool = True,
+        progress: bool = False,
         **engine_kwargs: Any,
     ) -> Rank1Reranker:
         """A reranker on an embedded ``vllm.LLM``; ``engine_kwargs`` go to vLLM unchanged.
+
+        ``progress`` shows vLLM's progress bar for each batch (off by default in library use).
 
         ``context_size`` also becomes the engine's ``max_model_len`` unless that is given.
         """
@@ -83,7 +86,7 @@ class Rank1Reranker:
 
         if context_size is not None:
             engine_kwargs.setdefault("max_model_len", context_size)
-        backend = VLLMEngineBackend.load(model, **engine_kwargs)
+        backend = VLLMEngineBackend.load(model, progress=progress, **engine_kwargs)
         return cls(
             backend,
             template=template,

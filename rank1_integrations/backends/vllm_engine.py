@@ -25,8 +25,10 @@ class VLLMEngineBackend:
     (threads, or ``acomplete`` from many tasks) are coalesced into shared batches.
     """
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, *, progress: bool = False) -> None:
         self._llm = llm
+        self.progress = progress
+        """Show vLLM's progress bar for each batch (long batch runs, notebooks, CLIs)."""
         self._coalescer: BatchCoalescer[CompletionRequest, CompletionResult] = BatchCoalescer(self._generate)
         self._tokenizer = HFPromptTokenizer(llm.get_tokenizer())
         self._model_name = str(llm.model_config.model)
@@ -34,14 +36,14 @@ class VLLMEngineBackend:
         self._sampling_params: dict[tuple[int, tuple[str, ...], tuple[int, int]], Any] = {}
 
     @classmethod
-    def load(cls, model: str, **engine_kwargs: Any) -> VLLMEngineBackend:
+    def load(cls, model: str, *, progress: bool = False, **engine_kwargs: Any) -> VLLMEngineBackend:
         """Start an engine for ``model``; ``engine_kwargs`` go to ``vllm.LLM`` unchanged."""
         vllm = require("vllm", extras=_EXTRAS, purpose="The embedded vLLM backend")
         try:
             llm = vllm.LLM(model=model, **engine_kwargs)
         except Exception as err:  # vLLM raises many kinds; all mean the engine did not start
             raise BackendError(f"vLLM could not load model {model!r}: {type(err).__name__}: {err}") from err
-        return cls(llm)
+        return cls(llm, progress=progress)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self._model_name!r}, max_model_len={self._max_model_len})"
@@ -79,7 +81,7 @@ class VLLMEngineBackend:
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
         params = [self._params_for(r) for r in requests]
         try:
-            outputs = self._llm.generate(prompts, params, use_tqdm=False)
+            outputs = self._llm.generate(prompts, params, use_tqdm=self.progress)
         except Exception as err:
             raise BackendError(f"vLLM generate failed: {type(err).__name__}: {err}") from err
         return [_completion(output, request) for output, request in zip(outputs, requests, strict=True)]
