@@ -153,6 +153,22 @@ class Rank1Reranker:
             f"template={'custom' if self.template else None}, on_failure={self.on_failure!r})"
         )
 
+    def close(self) -> None:
+        """Release the backend's connections (remote servers); the embedded engine stays up.
+
+        vLLM keeps process-wide state per engine: tearing one embedded engine down can
+        break others in the same process, so an embedded engine lives as long as the process.
+        """
+        close = getattr(self.backend, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> Rank1Reranker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def build_prompt(self, query: str, passage: str, *, template: Any = _KEEP) -> PreparedPrompt:
         """The exact prompt (text and token ids) this reranker would send for one passage."""
         validated([(query, [passage])])
@@ -187,7 +203,8 @@ class Rank1Reranker:
         self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
     ) -> list[list[Judgment]]:
         """Async :meth:`judge_many`."""
-        plan = self._plan(batches, template)
+        # Prompt building tokenizes (over HTTP on the remote backend): keep it off the event loop.
+        plan = await asyncio.to_thread(self._plan, batches, template)
         requests = plan.run.start() if plan.run else []
         while requests:
             assert plan.run is not None

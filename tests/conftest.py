@@ -27,6 +27,9 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
+# Fixtures shared by the adapter tests (reranker, truth) live beside their helpers.
+pytest_plugins = ["tests.adapter_support"]
+
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "float32", "max_model_len": 1024, "seed": 0}
 """Fast, deterministic CPU engine settings used by every engine test."""
 

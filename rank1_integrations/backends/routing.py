@@ -118,8 +118,8 @@ class Router:
             server.consecutive_failures += 1
             server.failures += 1
             cooldown = min(self._max_cooldown, self._base_cooldown * 2 ** (server.consecutive_failures - 1))
-            if retry_after is not None:
-                cooldown = max(cooldown, min(retry_after, self._max_cooldown))
+            if retry_after is not None:  # the server said when to come back (already capped by the caller)
+                cooldown = max(cooldown, retry_after)
             server.down_until = max(server.down_until, self._clock() + cooldown)
 
     def disable(self, url: str, reason: str) -> None:

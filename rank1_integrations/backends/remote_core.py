@@ -1,0 +1,477 @@
+"""The I/O-free core of the remote backend: what to send, how to read it, when to retry.
+
+Shaped like httpx's ``BaseClient`` and tenacity's decision core: everything here is a
+pure decision, shared by the synchronous and the asynchronous driver in
+:mod:`rank1_integrations.backends.remote`, which only send HTTP calls and wait.
+
+A batch of :class:`CompletionRequest` is cut into *jobs* (requests with the same
+sampling settings, ``prompts_per_request`` prompts per HTTP request). Each job runs
+the sans-I/O generator :meth:`RemoteCore.run_job`: it yields the HTTP calls it
+needs and receives their outcome (a decoded JSON body or a typed error) until it
+returns one result per request of the job. Retries and server choice happen around
+each single call, with tenacity and the :class:`Router`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr
+from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
+
+from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
+from rank1_integrations.backends.remote_wire import (
+    check_completions,
+    completion_body,
+    echo_body,
+    error_detail,
+    label_prompts,
+    max_model_len_of,
+    needs_label_fallback,
+    only_model,
+    parse_completions,
+    retry_after,
+    with_echoed_labels,
+)
+from rank1_integrations.backends.routing import Router
+from rank1_integrations.errors import (
+    BackendError,
+    IncompatibleServerError,
+    InvalidInputError,
+    Rank1Error,
+    ServerConnectionError,
+    ServerStatusError,
+    ServerTimeoutError,
+)
+
+__all__ = [
+    "API_KEY_ENV_VARS",
+    "Endpoint",
+    "HttpCall",
+    "Job",
+    "RemoteCore",
+    "RemoteSettings",
+    "ServerURL",
+    "resolve_api_key",
+]
+
+logger = logging.getLogger("rank1_integrations.backends.remote")
+
+API_KEY_ENV_VARS = ("RANK1_API_KEY", "VLLM_API_KEY")
+"""Where an API key is looked up when none is given, in order. ``OPENAI_API_KEY`` is
+deliberately not read: it usually holds a key for api.openai.com, which must not be
+sent to a self-hosted server."""
+
+_NO_KEY = "EMPTY"  # vLLM's documented placeholder when the server needs no key
+
+Endpoint = Literal["completions", "models", "tokenize", "detokenize", "tokenizer_info"]
+
+
+# 408 Request Timeout, 425 Too Early, 429 Too Many Requests, and 5xx can change on a retry.
+_RETRYABLE_STATUS = frozenset({408, 425, 429})
+
+
+@dataclass(frozen=True)
+class ServerURL:
+    """One server: its OpenAI API base (``.../v1``), its root (``/tokenize`` lives there), a safe display."""
+
+    api: str
+    root: str
+    display: str
+
+    @classmethod
+    def parse(cls, url: str) -> ServerURL:
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidInputError(f"a server URL must be a non-empty string, got {url!r}")
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidInputError(
+                f"server URL {redact_url(url)!r} must start with http:// or https:// and name a host"
+            )
+        if parts.query or parts.fragment:
+            raise InvalidInputError(f"server URL {redact_url(url)!r} must not have a query string or fragment")
+        path = parts.path.rstrip("/")
+        root_path = path[: -len("/v1")] if path.endswith("/v1") else path
+        root = urlunsplit((parts.scheme, parts.netloc, root_path, "", ""))
+        api = urlunsplit((parts.scheme, parts.netloc, f"{root_path}/v1", "", ""))
+        return cls(api=api, root=root, display=redact_url(api))
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info or query string (either may carry a credential)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def resolve_api_key(api_key: str | SecretStr | None) -> SecretStr | None:
+    """The key to send: the one given, else the first of :data:`API_KEY_ENV_VARS` that is set."""
+    if isinstance(api_key, SecretStr):
+        value = api_key.get_secret_value()
+    elif api_key is None:
+        value = next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), "")
+    elif isinstance(api_key, str):
+        value = api_key
+    else:
+        raise InvalidInputError(f"api_key must be a string or SecretStr, got {type(api_key).__name__}")
+    return SecretStr(value) if value else None
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """How the remote backend talks to its servers (see ``docs/remote.md``)."""
+
+    timeout: float | None = None
+    """Seconds to wait for one completion response; None sizes it from the request's budget."""
+    connect_timeout: float = 10.0
+    metadata_timeout: float = 30.0
+    """Seconds for the small calls (models, tokenize, detokenize)."""
+    seconds_per_token: float = 0.1
+    base_timeout: float = 120.0
+    max_retries: int = 3
+    """Retries per HTTP call after the first attempt (0 disables retrying)."""
+    initial_backoff: float = 0.5
+    max_backoff: float = 20.0
+    max_retry_after: float = 60.0
+    """A server's Retry-After is honoured up to this many seconds."""
+    max_concurrency: int = 32
+    """HTTP requests in flight at once, over all servers."""
+    prompts_per_request: int = 1
+    """Prompts sent in one ``/v1/completions`` request (vLLM batches concurrent requests anyway)."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "connect_timeout": self.connect_timeout,
+            "metadata_timeout": self.metadata_timeout,
+            "base_timeout": self.base_timeout,
+        }
+        if self.timeout is not None:
+            positive["timeout"] = self.timeout
+        for name, value in positive.items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise InvalidInputError(f"{name} must be a positive number, got {value!r}")
+        for name, number in {
+            "max_concurrency": self.max_concurrency,
+            "prompts_per_request": self.prompts_per_request,
+        }.items():
+            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+                raise InvalidInputError(f"{name} must be a positive int, got {number!r}")
+        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
+            raise InvalidInputError(f"max_retries must be a non-negative int, got {self.max_retries!r}")
+        for name, delay in {
+            "seconds_per_token": self.seconds_per_token,
+            "initial_backoff": self.initial_backoff,
+            "max_backoff": self.max_backoff,
+            "max_retry_after": self.max_retry_after,
+        }.items():
+            if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
+                raise InvalidInputError(f"{name} must be a non-negative number, got {delay!r}")
+
+    def completion_timeout(self, max_tokens: int) -> float:
+        """Seconds to wait for a completion of up to ``max_tokens`` generated tokens."""
+        if self.timeout is not None:
+            return float(self.timeout)
+        return self.base_timeout + self.seconds_per_token * max_tokens
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    """One HTTP call to make; ``server`` pins it to one server (else the router chooses)."""
+
+    endpoint: Endpoint
+    body: Mapping[str, Any] | None
+    timeout: float
+    server: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Requests sent together: their positions in the batch and the requests themselves."""
+
+    positions: tuple[int, ...]
+    requests: tuple[CompletionRequest, ...]
+
+
+@dataclass
+class RemoteCore:
+    """Every decision of the remote backend that involves no I/O; one per backend."""
+
+    servers: tuple[ServerURL, ...]
+    model: str
+    settings: RemoteSettings
+    api_key: SecretStr | None = None
+    router: Router = field(init=False)
+    label_ids_supported: bool = True
+    """False once a server has rejected ``logprob_token_ids`` (an older vLLM)."""
+
+    def __post_init__(self) -> None:
+        displays = [server.display for server in self.servers]
+        if len(set(displays)) != len(displays):
+            raise InvalidInputError(f"the same server is listed twice: {displays}")
+        self.router = Router(
+            displays,
+            base_cooldown=max(self.settings.initial_backoff * 2, 0.01),
+            max_cooldown=max(self.settings.max_backoff, 0.01),
+        )
+        self._by_display = {server.display: server for server in self.servers}
+
+    def server(self, display: str) -> ServerURL:
+        return self._by_display[display]
+
+    @property
+    def api_key_value(self) -> str:
+        """What the openai client sends as the bearer token."""
+        return self.api_key.get_secret_value() if self.api_key is not None else _NO_KEY
+
+    # -- calls ------------------------------------------------------------------------
+
+    def models_call(self, server: str) -> HttpCall:
+        return HttpCall("models", None, self.settings.metadata_timeout, server=server)
+
+    def tokenizer_info_call(self) -> HttpCall:
+        return HttpCall("tokenizer_info", None, self.settings.metadata_timeout)
+
+    def tokenize_call(self, text: str, *, add_special_tokens: bool, token_strs: bool = False) -> HttpCall:
+        body = {
+            "model": self.model,
+            "prompt": text,
+            "add_special_tokens": add_special_tokens,
+            "return_token_strs": token_strs,
+        }
+        return HttpCall("tokenize", body, self.settings.metadata_timeout)
+
+    def detokenize_call(self, token_ids: Sequence[int]) -> HttpCall:
+        return HttpCall("detokenize", {"model": self.model, "tokens": list(token_ids)}, self.settings.metadata_timeout)
+
+    def completion_call(self, requests: Sequence[CompletionRequest]) -> HttpCall:
+        """One ``/v1/completions`` request for requests that share their sampling settings."""
+        body = completion_body(self.model, requests, label_ids=self.label_ids_supported)
+        return HttpCall("completions", body, self.settings.completion_timeout(requests[0].max_tokens))
+
+    def echo_call(self, prompts: Sequence[Sequence[int]]) -> HttpCall:
+        """Prompt log-probabilities of ``prompts`` (each ends in the label to score)."""
+        return HttpCall("completions", echo_body(self.model, prompts), self.settings.completion_timeout(1))
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def plan_jobs(self, requests: Sequence[CompletionRequest]) -> list[Job]:
+        """Group requests with equal sampling settings, ``prompts_per_request`` to a job, in order."""
+        groups: dict[tuple[int, tuple[str, ...], tuple[int, int]], list[int]] = {}
+        for position, request in enumerate(requests):
+            groups.setdefault((request.max_tokens, request.stop, request.label_token_ids), []).append(position)
+        size = self.settings.prompts_per_request
+        jobs = []
+        for positions in groups.values():
+            for start in range(0, len(positions), size):
+                chunk = tuple(positions[start : start + size])
+                jobs.append(Job(chunk, tuple(requests[p] for p in chunk)))
+        return jobs
+
+    @staticmethod
+    def assemble(
+        total: int, jobs: Sequence[Job], outcomes: Sequence[Sequence[CompletionResult]]
+    ) -> list[CompletionResult]:
+        """Put every job's results back at their requests' positions; nothing missing or doubled."""
+        results: list[CompletionResult | None] = [None] * total
+        for job, job_results in zip(jobs, outcomes, strict=True):
+            if len(job_results) != len(job.positions):
+                raise BackendError(f"internal error: {len(job_results)} results for {len(job.positions)} requests")
+            for position, result in zip(job.positions, job_results, strict=True):
+                if results[position] is not None:
+                    raise BackendError(f"internal error: request {position} got two results")
+                results[position] = result
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            raise BackendError(f"internal error: requests {missing[:20]} got no result")
+        return [r for r in results if r is not None]
+
+    def run_job(self, job: Job) -> Generator[HttpCall, Any, list[CompletionResult]]:
+        """The calls one job needs, as a sans-I/O generator: send it outcomes, get results back.
+
+        Each yielded :class:`HttpCall` is answered with the decoded JSON body, or the
+        :class:`Rank1Error` left after retries. Never raises for a server's fault.
+        """
+        count = len(job.requests)
+        while True:
+            call = self.completion_call(job.requests)
+            outcome = yield call
+            if (
+                isinstance(outcome, ServerStatusError)
+                and "logprob_token_ids" in (call.body or {})
+                and self.rejects_label_ids(outcome)
+            ):
+                if self.label_ids_supported:
+                    logger.warning(
+                        "server %s rejected logprob_token_ids (vLLM older than 0.32?); label log-probabilities "
+                        "will be read from prompt log-probabilities instead (one extra request per answer)",
+                        outcome.server,
+                    )
+                self.label_ids_supported = False
+                continue
+            break
+        if isinstance(outcome, Rank1Error):
+            return [outcome] * count
+        results = parse_completions(outcome, job.requests)
+        pending = [
+            (i, request, result)
+            for i, (request, result) in enumerate(zip(job.requests, results, strict=True))
+            if isinstance(result, Completion) and needs_label_fallback(request, result)
+        ]
+        if not pending:
+            return results
+        prompts = [label_prompts(request, completion) for _, request, completion in pending]
+        echo = yield self.echo_call([prompt for pair in prompts for prompt in pair])
+        for number, ((i, _, completion), pair) in enumerate(zip(pending, prompts, strict=True)):
+            results[i] = with_echoed_labels(completion, pair, 2 * number, echo)
+        return results
+
+    # -- reading answers --------------------------------------------------------------
+
+    def check_response(self, call: HttpCall, body: Any, server: str) -> None:
+        """Raise :class:`IncompatibleServerError` when an answer is not what a vLLM server sends."""
+        if call.endpoint == "completions":
+            check_completions(body, self.model, server)
+
+    def max_model_len(self, models: Any, server: str) -> int:
+        """The model's ``max_model_len`` from a server's ``/v1/models`` (choosing the model if unset)."""
+        if not self.model:
+            self.model = only_model(models, server)
+        return max_model_len_of(models, self.model, server)
+
+    # -- errors and retries -----------------------------------------------------------
+
+    def scrub(self, text: str) -> str:
+        """Text with the API key and any URL password removed, should a message ever carry them."""
+        secrets = [self.api_key.get_secret_value()] if self.api_key is not None else []
+        secrets += [urlsplit(server.api).password or "" for server in self.servers]
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "**********")
+        return text
+
+    def translate_error(self, err: BaseException, server: str, call: HttpCall) -> Rank1Error:
+        """The openai/httpx error of one call as this project's error (nothing secret in it)."""
+        import openai
+
+        where = redact_url(self.url_for(call, server))
+        if isinstance(err, Rank1Error):
+            return err
+        if isinstance(err, openai.APITimeoutError | TimeoutError | asyncio.TimeoutError):
+            return ServerTimeoutError(f"{where} did not answer within {call.timeout:.0f} s", server=server)
+        if isinstance(err, openai.APIConnectionError):
+            cause = err.__cause__ or err.__context__
+            detail = f": {type(cause).__name__}" if cause is not None else ""
+            if cause is not None and str(cause):
+                detail += f" ({self.scrub(str(cause))[:200]})"
+            return ServerConnectionError(f"could not reach {where}{detail}", server=server)
+        if isinstance(err, openai.APIStatusError):
+            status = err.status_code
+            detail = self.scrub(error_detail(err.response))
+            hint = ""
+            if status == 401:
+                hint = f" (the server needs an API key: pass api_key= or set {API_KEY_ENV_VARS[0]})"
+            elif status == 404 and call.endpoint in ("tokenize", "detokenize"):
+                hint = " (rank1 needs vLLM's /tokenize and /detokenize endpoints: is this a vLLM server?)"
+            return ServerStatusError(
+                f"{where} answered HTTP {status}{hint}: {detail}",
+                status=status,
+                server=server,
+                retry_after=retry_after(err.response.headers, self.settings.max_retry_after),
+            )
+        if isinstance(err, ValueError):  # the body was not JSON
+            return IncompatibleServerError(
+                f"{where} answered with something that is not JSON: is it a vLLM server?", server=server
+            )
+        return ServerConnectionError(f"request to {where} failed: {type(err).__name__}", server=server)
+
+    @staticmethod
+    def rejects_label_ids(err: ServerStatusError) -> bool:
+        return err.status in (400, 422) and "logprob_token_ids" in str(err)
+
+    def is_retryable(self, err: BaseException) -> bool:
+        if isinstance(err, ServerConnectionError):  # includes timeouts
+            return True
+        if isinstance(err, ServerStatusError):
+            return err.status in _RETRYABLE_STATUS or err.status >= 500
+        if isinstance(err, IncompatibleServerError) and err.server is not None:
+            return self.router.can_route_around(err.server)
+        return False
+
+    def record_failure(self, server: str, err: Rank1Error) -> None:
+        """Tell the router what a failure says about the server's health."""
+        if isinstance(err, IncompatibleServerError):
+            self.router.disable(server, str(err))
+        elif self.is_retryable(err):
+            come_back = err.retry_after if isinstance(err, ServerStatusError) else None
+            self.router.failed(server, retry_after=come_back)
+
+    def retry_arguments(self, call: HttpCall, tried: list[str]) -> dict[str, Any]:
+        """Keyword arguments for ``tenacity.Retrying`` / ``AsyncRetrying`` around one call."""
+
+        def wait(state: RetryCallState) -> float:
+            # Full-jitter exponential backoff, but never before some server is up again
+            # (a 429's Retry-After or a failed server's cool-down); a request that can
+            # move to another healthy server does not wait for the one that failed.
+            attempt = state.attempt_number
+            ceiling = min(self.settings.max_backoff, self.settings.initial_backoff * 2 ** (attempt - 1))
+            backoff = random.uniform(0, ceiling)
+            pinned = [call.server] if call.server is not None else []
+            available = (
+                self.router.seconds_until_available(avoid=tried)
+                if call.server is None
+                else self.router.seconds_until_available(avoid=[s for s in self.router.servers if s not in pinned])
+            )
+            return min(max(backoff, available), max(self.settings.max_retry_after, self.settings.max_backoff))
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            logger.warning(
+                "retrying %s after %s (attempt %d of %d) in %.2f s: %s",
+                _endpoint_path(call.endpoint),
+                type(error).__name__,
+                state.attempt_number,
+                self.settings.max_retries + 1,
+                state.upcoming_sleep,
+                error,
+            )
+
+        return {
+            "stop": stop_after_attempt(self.settings.max_retries + 1),
+            "wait": wait,
+            "retry": retry_if_exception(self.is_retryable),
+            "reraise": True,
+            "before_sleep": before_sleep,
+        }
+
+    def pick_server(self, call: HttpCall, tried: list[str]) -> str:
+        server = call.server if call.server is not None else self.router.pick(tried)
+        tried.append(server)
+        return server
+
+    def url_for(self, call: HttpCall, server: str) -> str:
+        """The URL a call goes to (``/v1/completions`` and ``/v1/models`` under the API base, the rest at the root)."""
+        urls = self.server(server)
+        if call.endpoint in ("completions", "models"):
+            return f"{urls.api}/{call.endpoint}"
+        return f"{urls.root}/{call.endpoint}"
+
+
+def _endpoint_path(endpoint: Endpoint) -> str:
+    return "/v1/" + endpoint if endpoint in ("completions", "models") else "/" + endpoint

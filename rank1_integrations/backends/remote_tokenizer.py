@@ -1,0 +1,259 @@
+"""A :class:`PromptTokenizer` over a vLLM server's ``/tokenize`` and ``/detokenize`` endpoints.
+
+No local copy of the model is needed: token ids, label ids and truncation all come
+from the tokenizer the server itself runs. Results are cached, so a text is sent
+at most once.
+
+Special-token strings must never enter a prompt from data. The server's
+``/tokenize`` always parses them, so the tokenizer needs to know them: it reads
+the added vocabulary from ``/tokenizer_info`` (served when vLLM runs with
+``--enable-tokenizer-info-endpoint``), and otherwise asks the server which of the
+special tokens of the model families rank1 is built on (Qwen2.5, Llama 3.1,
+Mistral) plus any ``extra_protected`` strings are single tokens of its vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, TypeVar
+
+from rank1_integrations.backends.remote_core import HttpCall, RemoteCore
+from rank1_integrations.errors import IncompatibleServerError, ServerStatusError
+from rank1_integrations.tokenization import _protected_pattern, _split_protected
+
+__all__ = ["KNOWN_SPECIAL_TOKENS", "RemoteTokenizer"]
+
+logger = logging.getLogger("rank1_integrations.backends.remote")
+
+KNOWN_SPECIAL_TOKENS: tuple[str, ...] = (
+    # rank1's own markers
+    "<think>",
+    "</think>",
+    # Qwen2 / Qwen2.5
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    # Llama 3 / 3.1
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
+    "<|finetune_right_pad_id|>",
+    *(f"<|reserved_special_token_{i}|>" for i in range(256)),
+    # Mistral
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<pad>",
+    "[INST]",
+    "[/INST]",
+    "[AVAILABLE_TOOLS]",
+    "[/AVAILABLE_TOOLS]",
+    "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]",
+    "[TOOL_CALLS]",
+    "[TOOL_CONTENT]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[PREFIX]",
+    "[MIDDLE]",
+    "[SUFFIX]",
+    "[IMG]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+)
+"""Special tokens probed for when the server does not serve ``/tokenizer_info``."""
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class _LRU(Generic[_K, _V]):
+    """A small thread-safe least-recently-used cache."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[_K, _V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: _K) -> _V | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: _K, value: _V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+class RemoteTokenizer:
+    """The server's tokenizer, one cached HTTP call per new text."""
+
+    def __init__(
+        self,
+        core: RemoteCore,
+        call: Callable[[HttpCall], Any],
+        *,
+        extra_protected: Sequence[str] = (),
+        cache_size: int = 16384,
+    ) -> None:
+        self._core = core
+        self._call = call
+        self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(cache_size)
+        self._decoded: _LRU[tuple[int, ...], str] = _LRU(cache_size)
+        self._added = self._added_vocabulary(extra_protected)
+        self._protected = tuple(sorted({*self._added, *(s for s in extra_protected if s)}))
+        with_specials = self._tokenize("a", add_special_tokens=True)
+        without = self._tokenize("a", add_special_tokens=False)
+        # Same rule as HFPromptTokenizer: what the tokenizer puts before text (BOS) leads every prompt.
+        self._leading: tuple[int, ...] = ()
+        for position in range(len(with_specials) - len(without) + 1):
+            if with_specials[position : position + len(without)] == without:
+                self._leading = with_specials[:position]
+                break
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self._core.model!r}, protected={len(self._protected)} strings)"
+
+    @property
+    def leading_ids(self) -> Sequence[int]:
+        return self._leading
+
+    @property
+    def protected_strings(self) -> Sequence[str]:
+        return self._protected
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Ids of ``text`` with no special tokens added and none parsed.
+
+        The server always parses special-token strings, so any protected string is
+        encoded one character at a time here, as :func:`encode_prompt` does for data.
+        """
+        if not text:
+            return []
+        ids: list[int] = []
+        for part, is_protected in _split_protected(text, _protected_pattern(self._protected)):
+            if is_protected:
+                for char in part:
+                    ids.extend(self._tokenize(char, add_special_tokens=False))
+            else:
+                ids.extend(self._tokenize(part, add_special_tokens=False))
+        return ids
+
+    def single_token_id(self, text: str) -> int | None:
+        if text in self._added:
+            return self._added[text]
+        ids = self._tokenize(text, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        key = tuple(int(t) for t in token_ids)
+        if not key:
+            return ""
+        cached = self._decoded.get(key)
+        if cached is not None:
+            return cached
+        body = self._call(self._core.detokenize_call(key))
+        text = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            raise IncompatibleServerError("the server's /detokenize answer has no 'prompt' text: is it vLLM?")
+        self._decoded.put(key, text)
+        return text
+
+    def _tokenize(self, text: str, *, add_special_tokens: bool) -> tuple[int, ...]:
+        key = (text, add_special_tokens)
+        cached = self._encoded.get(key)
+        if cached is not None:
+            return cached
+        body = self._call(self._core.tokenize_call(text, add_special_tokens=add_special_tokens))
+        ids = _token_list(body)
+        self._encoded.put(key, ids)
+        return ids
+
+    def _added_vocabulary(self, extra: Sequence[str]) -> dict[str, int]:
+        """Added/special tokens and their ids: from ``/tokenizer_info``, else by probing known ones."""
+        try:
+            info = self._call(self._core.tokenizer_info_call())
+        except ServerStatusError as err:
+            if err.status not in (404, 405, 501):
+                raise
+            info = None
+        if isinstance(info, dict) and isinstance(info.get("added_tokens_decoder"), dict):
+            added: dict[str, int] = {}
+            for key, value in info["added_tokens_decoder"].items():
+                content = value.get("content") if isinstance(value, dict) else value
+                if isinstance(content, str) and content and str(key).isdigit():
+                    added[content] = int(key)
+            # Special tokens named in the config but not listed as added still get protected.
+            extra = (*extra, *_special_token_strings(info))
+            missing = [s for s in dict.fromkeys(extra) if s and s not in added]
+            added.update(self._probe(missing))
+            return added
+        logger.info(
+            "the server has no /tokenizer_info (start vLLM with --enable-tokenizer-info-endpoint to protect "
+            "its exact added vocabulary); probing %d known special tokens instead",
+            len(KNOWN_SPECIAL_TOKENS),
+        )
+        return self._probe(list(dict.fromkeys((*KNOWN_SPECIAL_TOKENS, *extra))))
+
+    def _probe(self, candidates: Sequence[str]) -> dict[str, int]:
+        """Which candidates the server's tokenizer reads as one token of their own (one request)."""
+        wanted = [c for c in candidates if c and "\n" not in c]
+        if not wanted:
+            return {}
+        body = self._call(self._core.tokenize_call("\n".join(wanted), add_special_tokens=False, token_strs=True))
+        ids = _token_list(body)
+        strings = body.get("token_strs") if isinstance(body, dict) else None
+        if not isinstance(strings, list) or len(strings) != len(ids):
+            raise IncompatibleServerError("the server's /tokenize ignored return_token_strs: is it vLLM?")
+        wanted_set = set(wanted)
+        return {s: i for i, s in zip(ids, strings, strict=True) if isinstance(s, str) and s in wanted_set}
+
+
+def _special_token_strings(info: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    for key, value in info.items():
+        if key.endswith("_token") and isinstance(value, str):
+            found.append(value)
+        elif key in ("additional_special_tokens", "extra_special_tokens"):
+            values = value.values() if isinstance(value, dict) else value
+            if isinstance(values, list | tuple) or hasattr(values, "__iter__"):
+                found.extend(v for v in values if isinstance(v, str))
+    return found
+
+
+def _token_list(body: Any) -> tuple[int, ...]:
+    tokens = body.get("tokens") if isinstance(body, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise IncompatibleServerError("the server's /tokenize answer has no token list: is it vLLM?")
+    return tuple(tokens)

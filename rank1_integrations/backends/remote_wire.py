@@ -1,0 +1,313 @@
+"""vLLM's OpenAI-compatible wire format: the bodies rank1 sends and how their answers are read.
+
+Pure functions, no I/O. Log-probabilities are keyed by token id (``"token_id:N"``,
+from ``return_tokens_as_token_ids``), never by decoded string, and completions are
+matched to prompts by choice index. Whatever a server leaves out comes back as a
+:class:`ModelOutputError` for that prompt (or an :class:`IncompatibleServerError`
+when the whole answer is not a vLLM one), never as a ``KeyError``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
+from rank1_integrations.errors import IncompatibleServerError, ModelOutputError, Rank1Error
+
+__all__ = [
+    "OPENAI_COMPLETION_PARAMS",
+    "check_completions",
+    "completion_body",
+    "echo_body",
+    "error_detail",
+    "label_prompts",
+    "max_model_len_of",
+    "needs_label_fallback",
+    "only_model",
+    "parse_completions",
+    "retry_after",
+    "with_echoed_labels",
+]
+
+OPENAI_COMPLETION_PARAMS = frozenset({"model", "prompt", "max_tokens", "temperature", "logprobs", "stop", "echo", "n"})
+"""Parameters the openai client's ``completions.create`` takes by name; the rest of a body
+goes in ``extra_body`` (vLLM's extensions)."""
+
+_TOKEN_ID_PREFIX = "token_id:"
+_DETAIL_LIMIT = 400
+
+
+def completion_body(model: str, requests: Sequence[CompletionRequest], *, label_ids: bool) -> dict[str, Any]:
+    """One ``/v1/completions`` body for requests that share their sampling settings."""
+    first = requests[0]
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": [list(r.prompt_token_ids) for r in requests],
+        "max_tokens": first.max_tokens,
+        "temperature": 0.0,
+        # One top log-probability keeps answers small; the labels come from
+        # logprob_token_ids, exact at every position whatever the server's
+        # --logprobs-mode, and far below the default --max-logprobs 20.
+        "logprobs": 1,
+        # Else </think> vanishes from the text and the stop strings never match.
+        "skip_special_tokens": False,
+        "return_tokens_as_token_ids": True,
+        "return_token_ids": True,
+        "add_special_tokens": False,
+    }
+    if first.stop:
+        body["stop"] = list(first.stop)
+    if label_ids:
+        body["logprob_token_ids"] = list(first.label_token_ids)
+    return body
+
+
+def echo_body(model: str, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Prompt log-probabilities of ``prompts`` (each ends in the label to score)."""
+    return {
+        "model": model,
+        "prompt": [list(p) for p in prompts],
+        "max_tokens": 1,
+        "temperature": 0.0,
+        "echo": True,
+        "logprobs": 0,
+        "skip_special_tokens": False,
+        "return_tokens_as_token_ids": True,
+        "add_special_tokens": False,
+    }
+
+
+def check_completions(body: Any, model: str, server: str) -> None:
+    """Raise :class:`IncompatibleServerError` unless ``body`` is a completions answer for ``model``."""
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise IncompatibleServerError(
+            f"{server} answered /v1/completions without a 'choices' list: is it an OpenAI-compatible server?",
+            server=server,
+        )
+    served = body.get("model")
+    if served is not None and served != model:
+        raise IncompatibleServerError(
+            f"{server} answered for model {str(served)[:200]!r}, not {model!r}", server=server
+        )
+
+
+def only_model(body: Any, server: str) -> str:
+    """The one model a ``/v1/models`` answer lists."""
+    ids = _model_ids(body)
+    if len(ids) != 1 or not isinstance(ids[0], str) or not ids[0]:
+        raise IncompatibleServerError(
+            f"{server} serves {[str(i)[:200] for i in ids][:10]}: pass model= to choose one", server=server
+        )
+    return ids[0]
+
+
+def max_model_len_of(body: Any, model: str, server: str) -> int:
+    """vLLM's ``max_model_len`` for ``model`` in a ``/v1/models`` answer."""
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        raise IncompatibleServerError(
+            f"{server}/models did not return a model list: is it an OpenAI-compatible vLLM server?", server=server
+        )
+    entry = next((e for e in body["data"] if isinstance(e, dict) and e.get("id") == model), None)
+    if entry is None:
+        raise IncompatibleServerError(
+            f"{server} serves {[str(i)[:200] for i in _model_ids(body)][:10]}, not {model!r}; pass the served "
+            "model name (vLLM's --served-model-name, else its --model argument)",
+            server=server,
+        )
+    length = entry.get("max_model_len")
+    if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+        raise IncompatibleServerError(
+            f"{server}/models reports no max_model_len for {model!r}: rank1 needs a vLLM server "
+            "(python -m vllm.entrypoints.openai.api_server)",
+            server=server,
+        )
+    return length
+
+
+def _model_ids(body: Any) -> list[Any]:
+    data = body.get("data") if isinstance(body, dict) else None
+    return [e.get("id") for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+
+def parse_completions(body: Mapping[str, Any], requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
+    """One result per request from a checked completions answer, matched by choice index."""
+    by_index: dict[int, Any] = {}
+    doubled: set[int] = set()
+    for choice in body["choices"]:
+        index = choice.get("index") if isinstance(choice, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(requests):
+            continue
+        if index in by_index:
+            doubled.add(index)
+        by_index[index] = choice
+    results: list[CompletionResult] = []
+    for index, request in enumerate(requests):
+        if index in doubled:
+            results.append(ModelOutputError(f"the server returned several choices for prompt {index}"))
+        elif index not in by_index:
+            results.append(ModelOutputError(f"the server returned no choice for prompt {index}"))
+        else:
+            results.append(_parse_choice(by_index[index], request))
+    return results
+
+
+def needs_label_fallback(request: CompletionRequest, completion: Completion) -> bool:
+    """The labels are wanted at the last position (an answer, or a one-token forced answer) but missing."""
+    if completion.final_label_logprobs is not None or not completion.token_ids:
+        return False
+    return completion.token_ids[-1] in request.label_token_ids or request.max_tokens == 1
+
+
+def label_prompts(request: CompletionRequest, completion: Completion) -> list[tuple[int, ...]]:
+    """Prompt + generation up to the answer position, then each label: their last log-probability is the label's."""
+    prefix = request.prompt_token_ids + completion.token_ids[:-1]
+    return [(*prefix, label) for label in request.label_token_ids]
+
+
+def with_echoed_labels(
+    completion: Completion, prompts: Sequence[Sequence[int]], first_index: int, echo: Any
+) -> CompletionResult:
+    """``completion`` with its label log-probabilities read from an ``echo`` answer (choices from ``first_index``)."""
+    if isinstance(echo, Rank1Error):
+        return ModelOutputError(
+            "the server gave no label log-probabilities and the prompt log-probability fallback failed: "
+            f"{type(echo).__name__}: {echo}"
+        )
+    choices = {c.get("index"): c for c in echo.get("choices", []) if isinstance(c, dict)}
+    logprobs: list[float] = []
+    for offset, prompt in enumerate(prompts):
+        value = _echoed_last_logprob(choices.get(first_index + offset), prompt)
+        if isinstance(value, ModelOutputError):
+            return value
+        logprobs.append(value)
+    return Completion(
+        token_ids=completion.token_ids,
+        text=completion.text,
+        finish_reason=completion.finish_reason,
+        stop_reason=completion.stop_reason,
+        final_label_logprobs=(logprobs[0], logprobs[1]),
+    )
+
+
+def _token_id(token: Any) -> int | None:
+    if isinstance(token, str) and token.startswith(_TOKEN_ID_PREFIX):
+        try:
+            return int(token[len(_TOKEN_ID_PREFIX) :])
+        except ValueError:
+            return None
+    return None
+
+
+def _parse_choice(choice: Mapping[str, Any], request: CompletionRequest) -> CompletionResult:
+    """A :class:`Completion` from one choice, or a :class:`ModelOutputError` that says what is missing."""
+    text = choice.get("text")
+    finish_reason = choice.get("finish_reason")
+    if not isinstance(text, str) or finish_reason not in ("stop", "length"):
+        return ModelOutputError(
+            f"the server returned a choice without text or with finish_reason {str(finish_reason)[:50]!r}"
+        )
+    if "stop_reason" not in choice:
+        return ModelOutputError("the server returned no stop_reason: rank1 needs a vLLM server")
+    stop_reason = choice["stop_reason"]
+    if not (stop_reason is None or isinstance(stop_reason, str | int)):
+        return ModelOutputError(f"the server returned an unexpected stop_reason {str(stop_reason)[:50]!r}")
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        return ModelOutputError("the server returned no logprobs although they were requested")
+    tokens = logprobs.get("tokens")
+    top = logprobs.get("top_logprobs")
+    if not isinstance(tokens, list) or not isinstance(top, list) or len(tokens) != len(top):
+        return ModelOutputError("the server returned malformed logprobs (tokens and top_logprobs differ)")
+    token_ids = choice.get("token_ids")
+    from_tokens = [_token_id(t) for t in tokens]
+    if token_ids is None:
+        if any(t is None for t in from_tokens):
+            return ModelOutputError("the server returned neither token_ids nor token-id logprob keys")
+        token_ids = from_tokens
+    if not isinstance(token_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+        return ModelOutputError("the server returned malformed token_ids")
+    if len(token_ids) != len(tokens) or any(
+        parsed is not None and parsed != actual for parsed, actual in zip(from_tokens, token_ids, strict=True)
+    ):
+        return ModelOutputError("the server's token_ids do not match its logprobs")
+    final = _label_logprobs(top[-1], request.label_token_ids) if top else None
+    return Completion(
+        token_ids=tuple(token_ids),
+        text=text,
+        finish_reason=str(finish_reason),
+        stop_reason=stop_reason,
+        final_label_logprobs=final,
+    )
+
+
+def _label_logprobs(position: Any, labels: tuple[int, int]) -> tuple[float, float] | None:
+    """The two labels' log-probabilities, keyed by token id (``"token_id:N"``), never by decoded text."""
+    if not isinstance(position, dict):
+        return None
+    by_id: dict[int, float] = {}
+    for key, value in position.items():
+        token_id = _token_id(key)
+        if token_id is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            by_id[token_id] = float(value)
+    if labels[0] not in by_id or labels[1] not in by_id:
+        return None
+    return by_id[labels[0]], by_id[labels[1]]
+
+
+def _echoed_last_logprob(choice: Any, prompt: Sequence[int]) -> float | ModelOutputError:
+    """Log-probability of a prompt's last token, from an ``echo`` answer's prompt log-probabilities."""
+    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
+    tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
+    position = len(prompt) - 1
+    if not isinstance(values, list) or len(values) <= position:
+        return ModelOutputError("the server returned no prompt log-probabilities for the label fallback")
+    echoed = _token_id(tokens[position]) if isinstance(tokens, list) and len(tokens) > position else None
+    if echoed is not None and echoed != prompt[-1]:
+        return ModelOutputError("the server's prompt log-probabilities are not aligned with the prompt")
+    value = values[position]
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return ModelOutputError("the server returned no log-probability for the label in the fallback")
+    return float(value)
+
+
+def error_detail(response: Any) -> str:
+    """The server's error message (vLLM: ``{"error": {"message": ...}}``), shortened."""
+    try:
+        body = response.json()
+    except Exception:
+        text = getattr(response, "text", "") or ""
+        return text[:_DETAIL_LIMIT].strip() or "(no body)"
+    message: Any = body
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message", error) if isinstance(error, dict) else error
+        if isinstance(body.get("message"), str):
+            message = body["message"]
+    text = message if isinstance(message, str) else json.dumps(message)[:_DETAIL_LIMIT]
+    return text[:_DETAIL_LIMIT]
+
+
+def retry_after(headers: Mapping[str, str], cap: float) -> float | None:
+    """Seconds from ``Retry-After-Ms`` / ``Retry-After`` (seconds or an HTTP date), capped."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            if name != "retry-after":
+                continue
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                continue
+        if math.isfinite(seconds):
+            return min(max(seconds, 0.0), cap)
+    return None

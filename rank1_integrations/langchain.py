@@ -1,0 +1,193 @@
+"""LangChain document compressor: rank1 judges retrieved documents and keeps the relevant ones.
+
+``Rank1Rerank`` works wherever a ``BaseDocumentCompressor`` does
+(``ContextualCompressionRetriever``, ``DocumentCompressorPipeline``). It returns copies
+of the documents it keeps (``id`` and metadata kept), best first, each with
+``metadata["relevance_score"]`` and the ``rank1_*`` keys of
+:data:`rank1_integrations.selection.RANK1_METADATA_KEYS`. The filter order and the
+handling of empty and unjudged documents are those of :mod:`rank1_integrations.selection`.
+Needs only ``langchain-core`` (the ``langchain`` extra).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from rank1_integrations._optional import require
+
+require("langchain_core", extras=("langchain",), purpose="rank1_integrations.langchain")
+
+from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks  # noqa: E402
+from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
+from pydantic import ConfigDict, Field, model_validator  # noqa: E402
+
+from rank1_integrations.errors import InvalidInputError  # noqa: E402
+from rank1_integrations.judgment import Judgment  # noqa: E402
+from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
+from rank1_integrations.selection import (  # noqa: E402
+    DEFAULT_SOURCE_TEMPLATE,
+    ContextSource,
+    EmptyTextPolicy,
+    JudgingPlan,
+    SelectionPolicy,
+    format_context,
+    needs_judging,
+    plan_judging,
+    rank1_metadata,
+    resolve_reranker,
+    select,
+    template_kwargs,
+)
+
+__all__ = ["Rank1Rerank", "format_documents"]
+
+
+class Rank1Rerank(BaseDocumentCompressor):
+    """Rerank and filter documents with rank1; every kept document carries rank1's reasoning.
+
+    Give a ready ``reranker`` (shared, e.g. with a LlamaIndex postprocessor), or the settings
+    to build one: ``model`` (an embedded vLLM engine) or ``base_url`` (vLLM servers), plus
+    ``reranker_kwargs``. Filtering, in order:
+    ``score_threshold`` (or rank1's verdict), then ``top_n``, then ``min_keep``.
+    """
+
+    reranker: Rank1Reranker | None = None
+    """The rank1 reranker (any backend); built from ``model`` when not given."""
+    model: str | None = None
+    """Without ``reranker``: the model for an embedded engine, or the served model name with ``base_url``."""
+    base_url: str | list[str] | None = None
+    """Without ``reranker``: vLLM server URL(s) to build a reranker on (``Rank1Reranker.from_server``)."""
+    reranker_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """More arguments for ``Rank1Reranker.from_vllm`` / ``from_server`` (reranker, engine or server settings)."""
+    top_n: int | None = 3
+    """Keep at most this many documents; None: every passing document; 0: none."""
+    score_threshold: float | None = None
+    """A document passes when its score is at least this (in [0, 1]); None: when rank1 says relevant."""
+    min_keep: int = 0
+    """Keep at least this many (the best rejected ones) when rank1 rejects more; at most ``top_n``."""
+    template: str | None = None
+    """Relevance template (``FILL_QUERY_HERE`` or a ``DATASET_PROMPTS`` name); None: the reranker's own."""
+    empty_text: EmptyTextPolicy = "not_relevant"
+    """Documents with no text: ``"not_relevant"`` (never sent to rank1; score 0.0) or ``"raise"``."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    @model_validator(mode="after")
+    def _check_and_build(self) -> Rank1Rerank:
+        _ = self.policy  # checks the filter settings
+        _ = template_kwargs(self.template)  # checks the template
+        self.reranker = resolve_reranker(self.reranker, self.model, self.base_url, self.reranker_kwargs)
+        return self
+
+    @property
+    def policy(self) -> SelectionPolicy:
+        """The filter settings as a :class:`SelectionPolicy`."""
+        return SelectionPolicy(top_n=self.top_n, score_threshold=self.score_threshold, min_keep=self.min_keep)
+
+    @property
+    def _reranker(self) -> Rank1Reranker:
+        if self.reranker is None:  # only if the validator was bypassed (model_construct)
+            raise InvalidInputError("Rank1Rerank has no reranker: build it with reranker=, model= or base_url=")
+        return self.reranker
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Judge ``documents`` for ``query`` with rank1; return copies of the kept ones, best first.
+
+        The call is one run (``Rank1Rerank``) for the given ``callbacks``, so tracers see
+        its inputs, output documents and errors.
+        """
+        texts = _texts(documents)
+        manager = CallbackManager.configure(inheritable_callbacks=callbacks)
+        run = manager.on_chain_start(None, _run_inputs(documents, query), name=type(self).__name__)
+        try:
+            plan = plan_judging(texts, empty_text=self.empty_text)
+            judgments: list[Judgment] = []
+            if needs_judging(self.policy, plan):
+                judgments = self._reranker.judge(query, plan.passages, **template_kwargs(self.template))
+            result = self._keep(documents, plan, judgments)
+        except BaseException as err:
+            run.on_chain_error(err)
+            raise
+        run.on_chain_end({"documents": result})
+        return result
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Async :meth:`compress_documents`: awaits ``reranker.ajudge``, never blocks the event loop."""
+        texts = _texts(documents)
+        manager = AsyncCallbackManager.configure(inheritable_callbacks=callbacks)
+        run = await manager.on_chain_start(None, _run_inputs(documents, query), name=type(self).__name__)
+        try:
+            plan = plan_judging(texts, empty_text=self.empty_text)
+            judgments: list[Judgment] = []
+            if needs_judging(self.policy, plan):
+                judgments = await self._reranker.ajudge(query, plan.passages, **template_kwargs(self.template))
+            result = self._keep(documents, plan, judgments)
+        except BaseException as err:
+            await run.on_chain_error(err)
+            raise
+        await run.on_chain_end({"documents": result})
+        return result
+
+    def _keep(self, documents: Sequence[Document], plan: JudgingPlan, judgments: Sequence[Judgment]) -> list[Document]:
+        kept: list[Document] = []
+        for pick in select(self.policy, plan, judgments):
+            original = documents[pick.index]
+            metadata = copy.deepcopy(original.metadata)
+            metadata.update(rank1_metadata(pick))
+            kept.append(original.model_copy(update={"metadata": metadata}))
+        return kept
+
+
+def format_documents(
+    documents: Sequence[Document],
+    *,
+    source_key: str = "source",
+    template: str = DEFAULT_SOURCE_TEMPLATE,
+    separator: str = "\n\n",
+) -> str:
+    """A context block of numbered sources, each with rank1's verdict, score and reasoning.
+
+    Use it on ``Rank1Rerank``'s output, e.g. ``retriever | format_documents`` in a chain, with
+    :data:`rank1_integrations.selection.ANSWER_WITH_SOURCES_PROMPT` or your own prompt.
+    The source name is ``metadata[source_key]``, else the document's ``id``, else ``document N``.
+    """
+    return format_context(
+        [
+            ContextSource.from_metadata(doc.page_content, _source_name(doc, source_key, number), doc.metadata)
+            for number, doc in enumerate(documents, start=1)
+        ],
+        template=template,
+        separator=separator,
+    )
+
+
+def _texts(documents: Sequence[Document]) -> list[str]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise InvalidInputError(f"documents must be a sequence of Document, got {type(documents).__name__}")
+    wrong = [i for i, doc in enumerate(documents) if not isinstance(doc, Document)]
+    if wrong:
+        raise InvalidInputError(f"documents at indices {wrong[:20]} are not langchain_core Documents")
+    return [doc.page_content for doc in documents]
+
+
+def _run_inputs(documents: Sequence[Document], query: str) -> dict[str, Any]:
+    return {"query": query, "documents": list(documents)}
+
+
+def _source_name(document: Document, source_key: str, number: int) -> str:
+    source = document.metadata.get(source_key)
+    if source not in (None, ""):
+        return str(source)
+    return str(document.id) if document.id else f"document {number}"

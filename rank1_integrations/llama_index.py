@@ -1,0 +1,233 @@
+"""LlamaIndex node postprocessor: rank1 judges retrieved nodes and keeps the relevant ones.
+
+``Rank1Rerank`` works wherever a ``BaseNodePostprocessor`` does (query engines, chat
+engines, ``postprocess_nodes`` by hand), sync and async. It returns new
+``NodeWithScore`` objects holding copies of the kept nodes (``node_id`` kept), best first,
+scored by rank1, with ``relevance_score`` and the ``rank1_*`` metadata keys of
+:data:`rank1_integrations.selection.RANK1_METADATA_KEYS`. Those keys never reach the
+embedding text (so the reasoning cannot feed back into retrieval or a second
+reranker); rank1's reasoning reaches the LLM text unless ``reasoning_in_llm_text=False``.
+Needs only ``llama-index-core`` (the ``llama-index`` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rank1_integrations._optional import require
+
+require("llama_index.core", extras=("llama-index",), purpose="rank1_integrations.llama_index")
+
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator  # noqa: E402
+from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
+from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: E402
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
+from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
+
+from rank1_integrations.errors import InvalidInputError  # noqa: E402
+from rank1_integrations.judgment import Judgment  # noqa: E402
+from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
+from rank1_integrations.selection import (  # noqa: E402
+    DEFAULT_SOURCE_TEMPLATE,
+    RANK1_METADATA_KEYS,
+    REASONING_KEY,
+    ContextSource,
+    EmptyTextPolicy,
+    JudgingPlan,
+    Pick,
+    SelectionPolicy,
+    format_context,
+    needs_judging,
+    plan_judging,
+    rank1_metadata,
+    resolve_reranker,
+    select,
+    template_kwargs,
+)
+
+__all__ = ["RETRIEVAL_SCORE_KEY", "Rank1Rerank", "format_nodes"]
+
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+"""Metadata key of the retriever's score, with ``keep_retrieval_score=True`` (LlamaIndex's own key)."""
+
+dispatcher = get_dispatcher(__name__)
+
+
+class Rank1Rerank(BaseNodePostprocessor):
+    """Rerank and filter nodes with rank1; every kept node carries rank1's reasoning.
+
+    Give a ready ``reranker`` (shared, e.g. with a LangChain compressor), or the settings
+    to build one: ``model`` (an embedded vLLM engine) or ``base_url`` (vLLM servers), plus
+    ``reranker_kwargs`` (given to ``Rank1Reranker.from_vllm`` / ``from_server``). Filtering, in order:
+    ``score_threshold`` (or rank1's verdict), then ``top_n``, then ``min_keep``.
+    """
+
+    model: str | None = Field(
+        default=None,
+        description="Without a reranker: the model for an embedded engine, or the served model name with base_url.",
+    )
+    base_url: str | list[str] | None = Field(
+        default=None, description="Without a reranker: vLLM server URL(s) (Rank1Reranker.from_server)."
+    )
+    top_n: int | None = Field(default=3, description="Keep at most this many nodes; None: every passing node; 0: none.")
+    score_threshold: float | None = Field(
+        default=None, description="A node passes when its score is at least this (in [0, 1]); None: when relevant."
+    )
+    min_keep: int = Field(
+        default=0, description="Keep at least this many (the best rejected ones) when rank1 rejects more; <= top_n."
+    )
+    template: str | None = Field(
+        default=None, description="Relevance template (FILL_QUERY_HERE or a DATASET_PROMPTS name); None: reranker's."
+    )
+    empty_text: EmptyTextPolicy = Field(
+        default="not_relevant",
+        description="Nodes with no text: 'not_relevant' (never sent to rank1; score 0.0) or 'raise'.",
+    )
+    metadata_mode: MetadataMode = Field(
+        default=MetadataMode.EMBED, description="Which metadata goes into the text rank1 judges (node.get_content)."
+    )
+    reasoning_in_llm_text: bool = Field(
+        default=True, description="Show rank1's reasoning in the node's LLM text (metadata mode LLM)."
+    )
+    keep_retrieval_score: bool = Field(
+        default=False, description="Keep the retriever's score in metadata['retrieval_score']."
+    )
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    _reranker: Rank1Reranker = PrivateAttr()
+
+    def __init__(
+        self,
+        reranker: Rank1Reranker | None = None,
+        *,
+        reranker_kwargs: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(**fields)
+        self._reranker = resolve_reranker(reranker, self.model, self.base_url, reranker_kwargs or {})
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> Rank1Rerank:
+        _ = self.policy  # checks the filter settings
+        _ = template_kwargs(self.template)  # checks the template
+        return self
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Rank1Rerank"
+
+    @property
+    def reranker(self) -> Rank1Reranker:
+        """The rank1 reranker (any backend)."""
+        return self._reranker
+
+    @property
+    def policy(self) -> SelectionPolicy:
+        """The filter settings as a :class:`SelectionPolicy`."""
+        return SelectionPolicy(top_n=self.top_n, score_threshold=self.score_threshold, min_keep=self.min_keep)
+
+    def _postprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = self._start(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            plan = plan_judging(self._texts(nodes), empty_text=self.empty_text)
+            judgments: list[Judgment] = []
+            if needs_judging(self.policy, plan):
+                judgments = self._reranker.judge(query, plan.passages, **template_kwargs(self.template))
+            kept = self._keep(nodes, plan, judgments)
+            event.on_end(payload={EventPayload.NODES: kept})
+        dispatcher.event(ReRankEndEvent(nodes=kept))
+        return kept
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        query = self._start(nodes, query_bundle)
+        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
+            plan = plan_judging(self._texts(nodes), empty_text=self.empty_text)
+            judgments: list[Judgment] = []
+            if needs_judging(self.policy, plan):
+                judgments = await self._reranker.ajudge(query, plan.passages, **template_kwargs(self.template))
+            kept = self._keep(nodes, plan, judgments)
+            event.on_end(payload={EventPayload.NODES: kept})
+        dispatcher.event(ReRankEndEvent(nodes=kept))
+        return kept
+
+    def _start(self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None) -> str:
+        """Check the inputs, then emit the start event; returns the query text."""
+        if query_bundle is None:
+            raise InvalidInputError("Rank1Rerank needs the query: pass query_bundle or query_str")
+        wrong = [i for i, n in enumerate(nodes) if not isinstance(n, NodeWithScore)]
+        if wrong:
+            raise InvalidInputError(f"nodes at indices {wrong[:20]} are not NodeWithScore")
+        dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle,
+                nodes=list(nodes),
+                top_n=len(nodes) if self.top_n is None else self.top_n,
+                model_name=self._reranker.backend.model_name,
+            )
+        )
+        return query_bundle.query_str
+
+    def _payload(self, nodes: Sequence[NodeWithScore], query: str) -> dict[str, Any]:
+        return {
+            EventPayload.NODES: list(nodes),
+            EventPayload.MODEL_NAME: self._reranker.backend.model_name,
+            EventPayload.QUERY_STR: query,
+            EventPayload.TOP_K: self.top_n,
+        }
+
+    def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
+        return [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
+
+    def _keep(
+        self, nodes: Sequence[NodeWithScore], plan: JudgingPlan, judgments: Sequence[Judgment]
+    ) -> list[NodeWithScore]:
+        return [self._copy(nodes[pick.index], pick) for pick in select(self.policy, plan, judgments)]
+
+    def _copy(self, original: NodeWithScore, pick: Pick) -> NodeWithScore:
+        """A deep copy of the node with the rank1 metadata, hidden from the embedding text."""
+        added = rank1_metadata(pick)
+        if self.keep_retrieval_score:
+            added[RETRIEVAL_SCORE_KEY] = original.score
+        node = original.node.model_copy(deep=True)
+        hidden_from_llm = [key for key in added if not (key == REASONING_KEY and self.reasoning_in_llm_text)]
+        update = {
+            "metadata": {**node.metadata, **added},
+            "excluded_embed_metadata_keys": _merged(node.excluded_embed_metadata_keys, list(added)),
+            "excluded_llm_metadata_keys": _merged(node.excluded_llm_metadata_keys, hidden_from_llm),
+        }
+        return NodeWithScore(node=node.model_copy(update=update), score=pick.score)
+
+
+def format_nodes(
+    nodes: Sequence[NodeWithScore],
+    *,
+    source_key: str = "file_name",
+    template: str = DEFAULT_SOURCE_TEMPLATE,
+    separator: str = "\n\n",
+) -> str:
+    """A context block of numbered sources, each with rank1's verdict, score and reasoning.
+
+    Use it on ``Rank1Rerank``'s output (e.g. ``response.source_nodes``) with
+    :data:`rank1_integrations.selection.ANSWER_WITH_SOURCES_PROMPT` or your own prompt.
+    The text is the node's content without metadata; the source name is
+    ``metadata[source_key]``, else the node id.
+    """
+    sources = []
+    for n in nodes:
+        source = n.node.metadata.get(source_key)
+        name = str(source) if source not in (None, "") else n.node.node_id
+        sources.append(ContextSource.from_metadata(n.node.get_content(MetadataMode.NONE), name, n.node.metadata))
+    return format_context(sources, template=template, separator=separator)
+
+
+def _merged(existing: Sequence[str], ours: Sequence[str]) -> list[str]:
+    """The node's excluded keys (less the rank1 keys, which this pass decides afresh) plus ours."""
+    kept = [key for key in existing if key not in RANK1_METADATA_KEYS]
+    return kept + [key for key in ours if key not in kept]

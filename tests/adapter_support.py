@@ -1,0 +1,110 @@
+"""Shared by the adapter tests: a real (tiny) embedding, a recording backend, the scripted truth."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+
+import pytest
+
+from rank1_integrations import Judgment, Rank1Reranker
+from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult
+from rank1_integrations.errors import BackendError
+from rank1_integrations.testing.tiny_models import (
+    JOIN_PASSAGE,
+    JOIN_QUERY,
+    LEN_PASSAGE,
+    LEN_QUERY,
+    OPEN_PASSAGE,
+    SORTED_PASSAGE,
+)
+from tests.conftest import SCRIPTED_BUDGET
+
+TOLERANCE = 1e-4
+"""Scores match ``reranker.judge`` on the same passages (batch composition may move the last digits)."""
+REMOTE_TOLERANCE = 1e-3
+"""A server process computes with its own kernels and batches: a looser bound against the embedded engine."""
+BREAD = "Preheat the oven and bake the bread for forty minutes until golden."
+KNOWN = (LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE, JOIN_PASSAGE)
+
+_STOP_WORDS = frozenset(
+    {"a", "an", "and", "are", "be", "can", "do", "does", "from", "how", "i", "if", "in", "is", "it", "may", "of"}
+    | {"on", "or", "the", "this", "to", "what", "which", "with"}
+)
+
+
+def hashed_embedding(text: str, dims: int = 512) -> list[float]:
+    """Hashed words and character trigrams, L2-normalised: lexical retrieval, deterministic."""
+    vector = [0.0] * dims
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        if word not in _STOP_WORDS:
+            for feature in [word] + [f"<{word}>"[i : i + 3] for i in range(len(word))]:
+                vector[int(hashlib.blake2b(feature.encode(), digest_size=8).hexdigest(), 16) % dims] += 1.0
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+class RecordingBackend:
+    """The real engine backend; records each call and the passages sent, and fails chosen passages."""
+
+    def __init__(self, inner: Backend, *, fail: Sequence[str] = ()) -> None:
+        self.inner, self.fail = inner, tuple(fail)
+        self.calls: list[tuple[str, list[str]]] = []
+
+    model_name = property(lambda self: self.inner.model_name)
+    tokenizer = property(lambda self: self.inner.tokenizer)
+    max_model_len = property(lambda self: self.inner.max_model_len)
+
+    def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
+        prompts = self._record("complete", requests)
+        return self._inject(prompts, self.inner.complete(requests))
+
+    async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
+        prompts = self._record("acomplete", requests)
+        return self._inject(prompts, await self.inner.acomplete(requests))  # type: ignore[attr-defined]
+
+    def sent(self) -> list[str]:
+        """The passages of the first (reasoning) batch."""
+        return [next(p for p in KNOWN if p in prompt) for _, prompts in self.calls[:1] for prompt in prompts]
+
+    def _record(self, method: str, requests: Sequence[CompletionRequest]) -> list[str]:
+        prompts = [self.inner.tokenizer.decode(r.prompt_token_ids) for r in requests]
+        self.calls.append((method, prompts))
+        return prompts
+
+    def _inject(self, prompts: list[str], results: list[CompletionResult]) -> list[CompletionResult]:
+        return [
+            BackendError("injected failure") if any(p in prompt for p in self.fail) else result
+            for prompt, result in zip(prompts, results, strict=True)
+        ]
+
+
+def recording(reranker: Rank1Reranker, *, fail: Sequence[str] = (), on_failure="raise") -> Rank1Reranker:
+    backend = RecordingBackend(reranker.backend, fail=fail)
+    return Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, on_failure=on_failure, cache=False)
+
+
+@pytest.fixture(scope="module")
+def reranker(scripted_reranker) -> Rank1Reranker:
+    """The session's scripted engine, without a judgment cache: every call here reaches the engine."""
+    return Rank1Reranker(scripted_reranker.backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False)
+
+
+@pytest.fixture(scope="module")
+def truth(reranker) -> dict[str, Judgment]:
+    """rank1's judgments of the scripted pairs, straight from the core API."""
+    by_len = reranker.judge(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE])
+    result = dict(zip(["len", "sorted", "open"], by_len, strict=True))
+    result["join"], result["join/len"] = reranker.judge(JOIN_QUERY, [JOIN_PASSAGE, LEN_PASSAGE])
+    # what the script promises
+    assert [(j.relevant, j.forced) for j in result.values()] == [
+        (True, False),
+        (False, False),
+        (False, True),
+        (True, False),
+        (False, False),
+    ]
+    assert result["len"].score > result["open"].score > result["sorted"].score
+    return result

@@ -1,0 +1,409 @@
+"""The LlamaIndex postprocessor on a real rank1 reranker (the scripted test model on an embedded vLLM engine).
+
+Expectations come from the script (which passage rank1 calls relevant, which answer is
+forced) and from ``reranker.judge`` on the same passages (scores, reasoning).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.core.bridge.pydantic import Field, ValidationError
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.llms import MockLLM
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+from rank1_integrations import InvalidInputError, Judgment, MissingDependencyError
+from rank1_integrations.llama_index import Rank1Rerank, format_nodes
+from rank1_integrations.selection import RANK1_METADATA_KEYS
+from rank1_integrations.testing.tiny_models import (
+    JOIN_PASSAGE,
+    JOIN_QUERY,
+    LEN_PASSAGE,
+    LEN_QUERY,
+    OPEN_PASSAGE,
+    SORTED_PASSAGE,
+)
+from tests.adapter_support import (
+    BREAD,
+    REMOTE_TOLERANCE,
+    TOLERANCE,
+    hashed_embedding,
+    recording,
+)
+from tests.conftest import SCRIPTED_BUDGET
+
+pytestmark = pytest.mark.engine
+
+
+# -- helpers: a real (tiny) embedding, a recording backend, an event recorder -----------
+
+
+class BagOfWordsEmbedding(BaseEmbedding):
+    """Hashed words and character trigrams, L2-normalised: lexical retrieval, deterministic."""
+
+    def _embed(self, text: str) -> list[float]:
+        return hashed_embedding(text)
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._embed(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._embed(query)
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return self._embed(text)
+
+
+class EventRecorder(BaseEventHandler):
+    events: list[Any] = Field(default_factory=list)
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        if isinstance(event, ReRankStartEvent | ReRankEndEvent):
+            self.events.append(event)
+
+
+@pytest.fixture
+def events():
+    root = get_dispatcher()
+    recorder = EventRecorder()
+    root.add_event_handler(recorder)
+    yield recorder.events
+    root.event_handlers.remove(recorder)
+
+
+def nodes() -> list[NodeWithScore]:
+    def node(key: str, text: str, score: float) -> NodeWithScore:
+        metadata = {"file_name": f"{key}.txt", "nested": {"k": [1]}}
+        return NodeWithScore(
+            node=TextNode(
+                id_=key,
+                text=text,
+                metadata=metadata,
+                excluded_embed_metadata_keys=["file_name", "nested"],
+                excluded_llm_metadata_keys=["nested"],
+            ),
+            score=score,
+        )
+
+    return [node("sorted", SORTED_PASSAGE, 0.9), node("len", LEN_PASSAGE, 0.8), node("open", OPEN_PASSAGE, 0.7)]
+
+
+def rank1_keys(j: Judgment, *, kept_by: str = "relevance") -> dict[str, object]:
+    return {
+        "relevance_score": pytest.approx(j.score, abs=TOLERANCE),
+        "rank1_reasoning": j.reasoning,
+        "rank1_relevant": j.relevant,
+        "rank1_forced": j.forced,
+        "rank1_reasoning_tokens": j.reasoning_tokens,
+        "rank1_truncated": False,
+        "rank1_status": "judged",
+        "rank1_kept_by": kept_by,
+        "rank1_error": None,
+    }
+
+
+async def postprocess(
+    post: Rank1Rerank, given: list[NodeWithScore], query: str, use_async: bool
+) -> list[NodeWithScore]:
+    if use_async:
+        return await post.apostprocess_nodes(given, query_str=query)
+    return post.postprocess_nodes(given, query_str=query)
+
+
+# -- postprocess_nodes -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_keeps_relevant_nodes_as_copies_scored_by_rank1(reranker, truth, use_async):
+    given = nodes()
+    before = [copy.deepcopy(n.node.model_dump()) for n in given]
+    kept = await postprocess(Rank1Rerank(reranker), given, LEN_QUERY, use_async)
+    assert [(n.node.node_id, n.score) for n in kept] == [("len", pytest.approx(truth["len"].score, abs=TOLERANCE))]
+    node = kept[0].node
+    assert node is not given[1].node
+    assert kept[0] is not given[1]
+    assert node.metadata == {"file_name": "len.txt", "nested": {"k": [1]}, **rank1_keys(truth["len"])}
+    assert node.metadata["nested"] is not given[1].node.metadata["nested"]
+    assert node.excluded_embed_metadata_keys == ["file_name", "nested", *RANK1_METADATA_KEYS]
+    assert "rank1_reasoning" not in node.excluded_llm_metadata_keys
+    # rank1 saw the embedding text; the reasoning never joins it, but the LLM reads it
+    assert node.get_content(MetadataMode.EMBED) == LEN_PASSAGE
+    assert node.get_content(MetadataMode.LLM) == (
+        f"file_name: len.txt\nrank1_reasoning: {truth['len'].reasoning}\n\n{LEN_PASSAGE}"
+    )
+    assert [n.node.model_dump() for n in given] == before  # the caller's nodes are untouched
+
+
+def test_reasoning_can_stay_out_of_the_llm_text(reranker, truth):
+    post = Rank1Rerank(reranker, reasoning_in_llm_text=False, keep_retrieval_score=True)
+    (kept,) = post.postprocess_nodes(nodes(), query_str=LEN_QUERY)
+    assert kept.node.get_content(MetadataMode.LLM) == f"file_name: len.txt\n\n{LEN_PASSAGE}"
+    assert kept.node.metadata["retrieval_score"] == 0.8
+    assert kept.node.metadata["rank1_reasoning"] == truth["len"].reasoning
+    assert "retrieval_score" in kept.node.excluded_embed_metadata_keys
+
+
+async def test_a_second_reranker_sees_the_original_text(reranker, truth):
+    first = Rank1Rerank(reranker, min_keep=2, reasoning_in_llm_text=False)
+    spy = recording(reranker)
+    second = Rank1Rerank(spy, score_threshold=0.0)
+    kept = await second.apostprocess_nodes(first.postprocess_nodes(nodes(), query_str=LEN_QUERY), query_str=LEN_QUERY)
+    assert spy.backend.sent() == [LEN_PASSAGE, OPEN_PASSAGE]
+    assert [(n.node.node_id, n.node.metadata["rank1_kept_by"]) for n in kept] == [
+        ("len", "relevance"),
+        ("open", "relevance"),
+    ]
+    assert kept[1].node.metadata == {"file_name": "open.txt", "nested": {"k": [1]}, **rank1_keys(truth["open"])}
+    assert "rank1_reasoning: " in kept[1].node.get_content(MetadataMode.LLM)  # this pass's setting wins
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"min_keep": 2}, [("len", "relevance"), ("open", "min_keep")]),
+        (
+            {"score_threshold": 0.0, "top_n": None},
+            [("len", "relevance"), ("open", "relevance"), ("sorted", "relevance")],
+        ),
+        ({"score_threshold": 0.0, "top_n": 10}, [("len", "relevance"), ("open", "relevance"), ("sorted", "relevance")]),
+        ({"score_threshold": 0.15, "top_n": 1}, [("len", "relevance")]),
+        (
+            {"score_threshold": 0.99, "top_n": 3, "min_keep": 3},
+            [("len", "min_keep"), ("open", "min_keep"), ("sorted", "min_keep")],
+        ),
+    ],
+)
+def test_filter_order(reranker, truth, settings, expected):
+    kept = Rank1Rerank(reranker, **settings).postprocess_nodes(nodes(), query_str=LEN_QUERY)
+    assert [(n.node.node_id, n.node.metadata["rank1_kept_by"]) for n in kept] == expected
+    for n in kept:
+        assert n.score == pytest.approx(truth[n.node.node_id].score, abs=TOLERANCE)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_early_returns_emit_both_events_and_skip_the_engine(reranker, events, use_async):
+    spy = recording(reranker)
+    assert await postprocess(Rank1Rerank(spy, top_n=0), nodes(), LEN_QUERY, use_async) == []
+    assert await postprocess(Rank1Rerank(spy), [], LEN_QUERY, use_async) == []
+    empty = [NodeWithScore(node=TextNode(text=" ", id_="blank"), score=1.0)]
+    assert await postprocess(Rank1Rerank(spy), empty, LEN_QUERY, use_async) == []
+    assert spy.backend.calls == []
+    assert [(type(e).__name__, len(e.nodes)) for e in events] == [
+        ("ReRankStartEvent", 3),
+        ("ReRankEndEvent", 0),
+        ("ReRankStartEvent", 0),
+        ("ReRankEndEvent", 0),
+        ("ReRankStartEvent", 1),
+        ("ReRankEndEvent", 0),
+    ]
+
+
+def test_events_and_legacy_callbacks(reranker, events):
+    debug = LlamaDebugHandler()
+    post = Rank1Rerank(reranker, top_n=None, callback_manager=CallbackManager([debug]))
+    kept = post.postprocess_nodes(nodes(), query_bundle=QueryBundle(LEN_QUERY))
+    start, end = events
+    assert isinstance(start, ReRankStartEvent)
+    assert isinstance(end, ReRankEndEvent)
+    assert (start.query.query_str, start.top_n, len(start.nodes)) == (LEN_QUERY, 3, 3)
+    assert start.model_name == reranker.backend.model_name
+    assert end.nodes == kept
+    ((begin, finish),) = debug.get_event_pairs(CBEventType.RERANKING)
+    assert begin.payload[EventPayload.QUERY_STR] == LEN_QUERY
+    assert begin.payload[EventPayload.TOP_K] is None
+    assert finish.payload[EventPayload.NODES] == kept
+
+
+def test_empty_texts_and_duplicates(reranker, truth):
+    given = [
+        NodeWithScore(node=TextNode(text=LEN_PASSAGE, id_="a")),
+        NodeWithScore(node=TextNode(text="", id_="empty")),
+        NodeWithScore(node=TextNode(text=SORTED_PASSAGE, id_="s")),
+        NodeWithScore(node=TextNode(text=LEN_PASSAGE, id_="b")),
+    ]
+    spy = recording(reranker)
+    kept = Rank1Rerank(spy, score_threshold=0.0, top_n=None).postprocess_nodes(given, query_str=LEN_QUERY)
+    assert spy.backend.sent() == [LEN_PASSAGE, SORTED_PASSAGE]
+    assert [(n.node.node_id, n.node.metadata["rank1_status"]) for n in kept] == [
+        ("a", "judged"),
+        ("b", "judged"),
+        ("s", "judged"),
+        ("empty", "empty"),
+    ]
+    assert kept[0].score == kept[1].score == pytest.approx(truth["len"].score, abs=TOLERANCE)
+    assert kept[3].score == 0.0
+    with pytest.raises(InvalidInputError, match=r"indices \[1\]"):
+        Rank1Rerank(reranker, empty_text="raise").postprocess_nodes(given, query_str=LEN_QUERY)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_unjudged_nodes_are_explicit(reranker, truth, use_async):
+    spy = recording(reranker, fail=[SORTED_PASSAGE], on_failure="mark_unjudged")
+    kept = await postprocess(Rank1Rerank(spy, min_keep=3), nodes(), LEN_QUERY, use_async)
+    assert [(n.node.node_id, n.node.metadata["rank1_kept_by"]) for n in kept] == [
+        ("len", "relevance"),
+        ("open", "min_keep"),
+        ("sorted", "min_keep"),
+    ]
+    assert kept[2].score is None
+    assert kept[2].node.metadata["rank1_status"] == "unjudged"
+    assert kept[2].node.metadata["rank1_error"] == "BackendError: injected failure"
+
+
+async def test_async_is_native_and_sync_stays_sync(reranker):
+    spy = recording(reranker)
+    post = Rank1Rerank(spy)
+    assert type(post)._apostprocess_nodes is not BaseNodePostprocessor._apostprocess_nodes
+    await post.apostprocess_nodes(nodes()[:2], query_str=LEN_QUERY)
+    post.postprocess_nodes(nodes()[:2], query_str=LEN_QUERY)
+    assert [method for method, _ in spy.backend.calls] == ["acomplete", "complete"]
+
+
+def test_metadata_mode_picks_the_text_rank1_judges(reranker):
+    spy = recording(reranker)
+    Rank1Rerank(spy, metadata_mode=MetadataMode.LLM).postprocess_nodes(nodes()[1:2], query_str=LEN_QUERY)
+    assert f"file_name: len.txt\n\n{LEN_PASSAGE}" in spy.backend.calls[0][1][0]
+
+
+# -- inside a LlamaIndex index and query engine -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def index() -> VectorStoreIndex:
+    texts = {"len": LEN_PASSAGE, "sorted": SORTED_PASSAGE, "join": JOIN_PASSAGE, "bread": BREAD}
+    docs = [
+        Document(text=t, doc_id=k, metadata={"file_name": f"{k}.txt"}, excluded_embed_metadata_keys=["file_name"])
+        for k, t in texts.items()
+    ]
+    return VectorStoreIndex.from_documents(docs, embed_model=BagOfWordsEmbedding())
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_query_engine(reranker, truth, index, events, use_async):
+    retriever = index.as_retriever(similarity_top_k=2)
+    # the lexical retriever ranks the sorted() passage first; rank1 knows better
+    assert [n.node.ref_doc_id for n in retriever.retrieve(LEN_QUERY)] == ["sorted", "len"]
+    assert [n.node.ref_doc_id for n in retriever.retrieve(JOIN_QUERY)] == ["join", "len"]
+    engine = index.as_query_engine(
+        llm=MockLLM(), similarity_top_k=2, node_postprocessors=[Rank1Rerank(reranker, min_keep=2)]
+    )
+    responses = [await engine.aquery(q) if use_async else engine.query(q) for q in (LEN_QUERY, JOIN_QUERY)]
+    by_len, by_join = (r.source_nodes for r in responses)
+    assert [(n.node.ref_doc_id, n.score, n.node.metadata) for n in by_len] == [
+        ("len", pytest.approx(truth["len"].score, abs=TOLERANCE), {"file_name": "len.txt", **rank1_keys(truth["len"])}),
+        (
+            "sorted",
+            pytest.approx(truth["sorted"].score, abs=TOLERANCE),
+            {"file_name": "sorted.txt", **rank1_keys(truth["sorted"], kept_by="min_keep")},
+        ),
+    ]
+    assert [(n.node.ref_doc_id, n.node.metadata["rank1_kept_by"]) for n in by_join] == [
+        ("join", "relevance"),
+        ("len", "min_keep"),
+    ]
+    assert by_join[1].node.metadata["rank1_reasoning"] == truth["join/len"].reasoning
+    # the answer LLM (MockLLM echoes its prompt) was shown rank1's reasoning
+    assert f"rank1_reasoning: {truth['len'].reasoning}" in str(responses[0])
+    assert [type(e).__name__ for e in events] == ["ReRankStartEvent", "ReRankEndEvent"] * 2
+    assert format_nodes(by_len) == (
+        f"[1] len.txt (relevant, score {truth['len'].score:.2f})\n{LEN_PASSAGE}\n"
+        f"rank1's reasoning: {truth['len'].reasoning}\n\n"
+        f"[2] sorted.txt (not relevant, score {truth['sorted'].score:.2f}, kept only to reach the minimum number of "
+        f"sources)\n{SORTED_PASSAGE}\nrank1's reasoning: {truth['sorted'].reasoning}"
+    )
+
+
+@pytest.fixture(scope="module")
+def remote_postprocessor(scripted_model_dir, model_cache, request) -> Iterator[Rank1Rerank]:
+    """Built from server settings, on the run's shared vLLM server (started if not running yet)."""
+    from tests.vllm_server import shared_server, stop_all
+
+    request.config.add_cleanup(stop_all)
+    server = shared_server(scripted_model_dir, "--enable-tokenizer-info-endpoint", log_dir=model_cache).wait_ready()
+    kwargs = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    post = Rank1Rerank(base_url=server.base_url, model=server.model, reranker_kwargs=kwargs, min_keep=2)
+    yield post
+    post.reranker.backend.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_query_engine_on_the_remote_backend(remote_postprocessor, truth, index, use_async):
+    assert type(remote_postprocessor.reranker.backend).__name__ == "RemoteBackend"
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=2, node_postprocessors=[remote_postprocessor])
+    response = await engine.aquery(LEN_QUERY) if use_async else engine.query(LEN_QUERY)
+    assert [
+        (n.node.ref_doc_id, n.node.metadata["rank1_kept_by"], n.node.metadata["rank1_reasoning"])
+        for n in response.source_nodes
+    ] == [
+        ("len", "relevance", truth["len"].reasoning),
+        ("sorted", "min_keep", truth["sorted"].reasoning),
+    ]
+    for n, key in zip(response.source_nodes, ["len", "sorted"], strict=True):
+        assert n.score == pytest.approx(truth[key].score, abs=REMOTE_TOLERANCE)
+
+
+# -- settings and construction ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"top_n": -1}, "top_n must be None or an int >= 0"),
+        ({"top_n": 1, "min_keep": 2}, "cannot exceed top_n"),
+        ({"score_threshold": 2.0}, "score_threshold"),
+        ({"template": "no marker"}, "FILL_QUERY_HERE"),
+        ({"empty_text": "drop"}, "empty_text"),
+        ({"topn": 3}, "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_settings_fail_on_construction(reranker, settings, message):
+    with pytest.raises(ValidationError, match=message):
+        Rank1Rerank(reranker, **settings)
+
+
+def test_construction_and_serialization(reranker):
+    with pytest.raises(InvalidInputError, match="pass reranker="):
+        Rank1Rerank()
+    with pytest.raises(InvalidInputError, match="not both"):
+        Rank1Rerank(reranker, model="x")
+    post = Rank1Rerank(reranker, top_n=2, template="SciFact")
+    assert post.reranker is reranker
+    assert Rank1Rerank.class_name() == "Rank1Rerank"
+    data = post.to_dict()
+    assert (data["class_name"], data["top_n"], data["template"]) == ("Rank1Rerank", 2, "SciFact")
+    assert Rank1Rerank.from_dict(data, reranker=reranker).top_n == 2
+    with pytest.raises(InvalidInputError, match="query"):
+        post.postprocess_nodes(nodes())
+
+
+# -- optional dependency ---------------------------------------------------------------
+
+
+def test_missing_llama_index_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_index.core", None)
+    monkeypatch.delitem(sys.modules, "rank1_integrations.llama_index")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'rank1-integrations\[llama-index\]'") as info:
+        importlib.import_module("rank1_integrations.llama_index")
+    assert info.value.extras == ("llama-index",)
+
+
+def test_import_needs_only_llama_index_core():
+    code = (
+        "import sys, rank1_integrations.llama_index; "
+        "print(sorted(m for m in ('langchain_core', 'vllm', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,275 @@
+"""The framework-free selection logic: filter order, empty and unjudged documents, context blocks.
+
+Pure logic on plain ``Judgment`` objects; the adapters' tests run the same rules on a real engine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rank1_integrations import InvalidInputError, Judgment, Rank1Error
+from rank1_integrations.selection import (
+    RANK1_METADATA_KEYS,
+    ContextSource,
+    JudgingPlan,
+    Pick,
+    SelectionPolicy,
+    format_context,
+    needs_judging,
+    plan_judging,
+    rank1_metadata,
+    resolve_reranker,
+    select,
+    template_kwargs,
+)
+from rank1_integrations.templates import DATASET_PROMPTS
+
+
+def judged(index: int, score: float, reasoning: str = "", **kwargs) -> Judgment:
+    return Judgment(index=index, score=score, relevant=score > 0.5, reasoning=reasoning or f"r{index}", **kwargs)
+
+
+def unjudged(index: int) -> Judgment:
+    return Judgment(index=index, score=None, relevant=None, reasoning="", error="BackendError: boom")
+
+
+def run(texts: list[str], scores: list[float | None], **policy) -> list[tuple[int, str, str]]:
+    """(document index, status, kept_by) of the picks; ``scores`` are for the plan's passages."""
+    plan = plan_judging(texts)
+    judgments = [unjudged(i) if s is None else judged(i, s) for i, s in enumerate(scores)]
+    return [(p.index, p.status, p.kept_by) for p in select(SelectionPolicy(**policy), plan, judgments)]
+
+
+# -- policy ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"top_n": -1}, "top_n"),
+        ({"top_n": True}, "top_n"),
+        ({"top_n": 2.0}, "top_n"),
+        ({"score_threshold": 1.5}, "score_threshold"),
+        ({"score_threshold": -0.1}, "score_threshold"),
+        ({"score_threshold": math.nan}, "score_threshold"),
+        ({"score_threshold": True}, "score_threshold"),
+        ({"min_keep": -1}, "min_keep"),
+        ({"top_n": 1, "min_keep": 2}, r"min_keep \(2\) cannot exceed top_n \(1\)"),
+        ({"top_n": 0, "min_keep": 1}, "cannot exceed"),
+    ],
+)
+def test_policy_rejects_bad_settings(settings, message):
+    with pytest.raises(InvalidInputError, match=message):
+        SelectionPolicy(**settings)
+
+
+def test_policy_accepts_edges():
+    assert SelectionPolicy(top_n=None, min_keep=5).top_n is None
+    assert SelectionPolicy(top_n=0).min_keep == 0
+    assert SelectionPolicy(score_threshold=0).score_threshold == 0
+    assert SelectionPolicy(score_threshold=1.0, min_keep=3).min_keep == 3
+
+
+# -- plan ------------------------------------------------------------------------------
+
+
+def test_plan_sends_each_distinct_non_empty_text_once():
+    plan = plan_judging(["b", "", "a", "b", "  \n", "a", "c"])
+    assert plan == JudgingPlan(passages=("b", "a", "c"), slots=(0, None, 1, 0, None, 1, 2))
+
+
+def test_plan_can_refuse_empty_texts():
+    with pytest.raises(InvalidInputError, match=r"indices \[1, 3\] have no text"):
+        plan_judging(["a", "", "b", " "], empty_text="raise")
+    assert plan_judging(["a"], empty_text="raise").passages == ("a",)
+    with pytest.raises(InvalidInputError, match="empty_text"):
+        plan_judging(["a"], empty_text="drop")  # type: ignore[arg-type]
+
+
+def test_needs_judging():
+    assert needs_judging(SelectionPolicy(), plan_judging(["a"]))
+    assert not needs_judging(SelectionPolicy(), plan_judging([]))
+    assert not needs_judging(SelectionPolicy(), plan_judging(["", " "]))
+    assert not needs_judging(SelectionPolicy(top_n=0), plan_judging(["a"]))
+
+
+# -- select: the order threshold -> top_n -> min_keep ----------------------------------
+
+
+def test_ranks_by_score_and_filters_on_the_verdict_by_default():
+    texts = ["a", "b", "c", "d"]
+    assert run(texts, [0.6, 0.2, 0.9, 0.7], top_n=None) == [
+        (2, "judged", "relevance"),
+        (3, "judged", "relevance"),
+        (0, "judged", "relevance"),
+    ]
+
+
+def test_verdict_not_score_decides_without_threshold():
+    plan = plan_judging(["a", "b"])
+    # without a threshold only the verdict counts, whatever the score says
+    judgments = [
+        Judgment(0, 0.4, True, "x", forced=True),
+        Judgment(1, 0.45, False, "y"),
+    ]
+    assert [p.index for p in select(SelectionPolicy(), plan, judgments)] == [0]
+
+
+def test_threshold_is_inclusive_and_replaces_the_verdict():
+    texts = ["a", "b", "c"]
+    assert run(texts, [0.3, 0.9, 0.2], score_threshold=0.3) == [(1, "judged", "relevance"), (0, "judged", "relevance")]
+    assert run(texts, [0.3, 0.9, 0.2], score_threshold=0.95) == []
+    assert [i for i, _, _ in run(texts, [0.3, 0.9, 0.2], score_threshold=0.0, top_n=None)] == [1, 0, 2]
+
+
+def test_ties_keep_input_order():
+    assert [i for i, _, _ in run(["a", "b", "c"], [0.7, 0.9, 0.7], top_n=None)] == [1, 0, 2]
+
+
+@pytest.mark.parametrize(("top_n", "expected"), [(None, [3, 1, 0]), (0, []), (1, [3]), (2, [3, 1]), (99, [3, 1, 0])])
+def test_top_n_cuts_after_the_threshold(top_n, expected):
+    # d (0.95) > b (0.8) > a (0.6) pass; c (0.1) fails the verdict
+    assert [i for i, _, _ in run(["a", "b", "c", "d"], [0.6, 0.8, 0.1, 0.95], top_n=top_n)] == expected
+
+
+def test_top_n_zero_needs_no_judgments():
+    assert select(SelectionPolicy(top_n=0), plan_judging(["a", "b"]), []) == []
+
+
+def test_empty_input():
+    assert select(SelectionPolicy(min_keep=3), plan_judging([]), []) == []
+
+
+def test_min_keep_adds_the_best_rejected_after_threshold_and_top_n():
+    texts = ["a", "b", "c", "d"]
+    assert run(texts, [0.2, 0.4, 0.1, 0.3], min_keep=2) == [(1, "judged", "min_keep"), (3, "judged", "min_keep")]
+    assert run(texts, [0.9, 0.4, 0.1, 0.3], min_keep=2) == [(0, "judged", "relevance"), (1, "judged", "min_keep")]
+    # enough passed: min_keep adds nothing
+    assert run(texts, [0.9, 0.8, 0.1, 0.3], min_keep=2) == [(0, "judged", "relevance"), (1, "judged", "relevance")]
+    # top_n caps the passing ones first; min_keep <= top_n so it never exceeds the cap
+    assert run(texts, [0.9, 0.8, 0.7, 0.6], top_n=2, min_keep=2) == [
+        (0, "judged", "relevance"),
+        (1, "judged", "relevance"),
+    ]
+    # more than there are
+    assert len(run(texts, [0.2, 0.4, 0.1, 0.3], top_n=None, min_keep=10)) == 4
+
+
+def test_unjudged_never_pass_and_come_after_judged_rejects_for_min_keep():
+    texts = ["a", "b", "c", "d"]
+    scores: list[float | None] = [None, 0.3, None, 0.9]
+    assert run(texts, scores, score_threshold=0.0, top_n=None) == [
+        (3, "judged", "relevance"),
+        (1, "judged", "relevance"),
+    ]
+    assert run(texts, scores, top_n=None, min_keep=4) == [
+        (3, "judged", "relevance"),
+        (1, "judged", "min_keep"),
+        (0, "unjudged", "min_keep"),
+        (2, "unjudged", "min_keep"),
+    ]
+    assert run(texts, scores, top_n=None, min_keep=3)[-1] == (0, "unjudged", "min_keep")
+
+
+def test_empty_texts_score_zero_never_pass_the_verdict_and_never_fill_min_keep():
+    texts = ["a", "", "b", "   "]
+    assert run(texts, [0.2, 0.1], top_n=None) == []
+    assert run(texts, [0.2, 0.1], top_n=None, min_keep=4) == [(0, "judged", "min_keep"), (2, "judged", "min_keep")]
+    # a threshold of 0.0 keeps everything, empty texts last (in input order)
+    assert run(texts, [0.2, 0.0], score_threshold=0.0, top_n=None) == [
+        (0, "judged", "relevance"),
+        (2, "judged", "relevance"),
+        (1, "empty", "relevance"),
+        (3, "empty", "relevance"),
+    ]
+    pick = select(SelectionPolicy(score_threshold=0.0), plan_judging([""]), [])[0]
+    assert pick.judgment == Judgment(index=0, score=0.0, relevant=False, reasoning="")
+
+
+def test_duplicate_texts_share_one_judgment_and_all_come_back():
+    plan = plan_judging(["x", "y", "x"])
+    picks = select(SelectionPolicy(top_n=None), plan, [judged(0, 0.8, "same"), judged(1, 0.9)])
+    assert [p.index for p in picks] == [1, 0, 2]
+    assert picks[1].judgment is picks[2].judgment
+
+
+def test_lost_judgments_fail_loudly():
+    with pytest.raises(Rank1Error, match="1 judgments for 2 passages"):
+        select(SelectionPolicy(), plan_judging(["a", "b"]), [judged(0, 0.9)])
+
+
+def test_metadata_keys_and_values():
+    j = Judgment(0, 0.25, False, "why", forced=True, reasoning_tokens=7, truncated=True)
+    metadata = rank1_metadata(Pick(3, j, "judged", "min_keep"))
+    assert tuple(metadata) == RANK1_METADATA_KEYS
+    assert metadata == {
+        "relevance_score": 0.25,
+        "rank1_reasoning": "why",
+        "rank1_relevant": False,
+        "rank1_forced": True,
+        "rank1_reasoning_tokens": 7,
+        "rank1_truncated": True,
+        "rank1_status": "judged",
+        "rank1_kept_by": "min_keep",
+        "rank1_error": None,
+    }
+    failed = rank1_metadata(Pick(0, unjudged(0), "unjudged", "min_keep"))
+    assert failed["relevance_score"] is None
+    assert failed["rank1_relevant"] is None
+    assert failed["rank1_error"] == "BackendError: boom"
+
+
+# -- context blocks ----------------------------------------------------------------------
+
+
+def test_format_context():
+    sources = [
+        ContextSource("  Len returns a count. ", "len.txt", 0.91, True, "It answers it."),
+        ContextSource("Sorting.", "sorted.txt", 0.1, False, "About sorting.", kept_by="min_keep"),
+        ContextSource("Broken.", "x", None, None, "", status="unjudged", kept_by="min_keep"),
+        ContextSource("", "e", 0.0, False, "", status="empty"),
+    ]
+    assert format_context(sources) == (
+        "[1] len.txt (relevant, score 0.91)\nLen returns a count.\nrank1's reasoning: It answers it.\n\n"
+        "[2] sorted.txt (not relevant, score 0.10, kept only to reach the minimum number of sources)\n"
+        "Sorting.\nrank1's reasoning: About sorting.\n\n"
+        "[3] x (not judged)\nBroken.\nrank1's reasoning: (none given)\n\n"
+        "[4] e (empty text, not judged)\n\nrank1's reasoning: (none given)"
+    )
+    assert (
+        format_context(sources[:2], template="{number}|{source}|{score}", separator=";")
+        == "1|len.txt|0.91;2|sorted.txt|0.10"
+    )
+    assert format_context([]) == ""
+
+
+def test_context_source_from_metadata():
+    metadata = rank1_metadata(Pick(0, judged(0, 0.75, "ok"), "judged", "relevance"))
+    assert ContextSource.from_metadata("t", "s", metadata) == ContextSource("t", "s", 0.75, True, "ok")
+    plain = ContextSource.from_metadata("t", "s", {"relevance_score": True})
+    assert (plain.score, plain.status, plain.assessment) == (None, "unjudged", "not judged")
+
+
+# -- adapter plumbing -------------------------------------------------------------------
+
+
+def test_resolve_reranker_needs_exactly_one_source():
+    with pytest.raises(InvalidInputError, match="pass reranker="):
+        resolve_reranker(None, None, None, {})
+    with pytest.raises(InvalidInputError, match="pass reranker="):
+        resolve_reranker(None, None, None, {"max_reasoning_tokens": 8})
+    for model, base_url, kwargs in [("m", None, {}), (None, "http://x", {}), (None, None, {"cache": False})]:
+        with pytest.raises(InvalidInputError, match="not both"):
+            resolve_reranker(object(), model, base_url, kwargs)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="must be a Rank1Reranker"):
+        resolve_reranker(object(), None, None, {})  # type: ignore[arg-type]
+
+
+def test_template_kwargs():
+    assert template_kwargs(None) == {}
+    assert template_kwargs("SciFact") == {"template": DATASET_PROMPTS["SciFact"]}
+    assert template_kwargs("Is it about FILL_QUERY_HERE?") == {"template": "Is it about FILL_QUERY_HERE?"}
+    with pytest.raises(InvalidInputError, match="FILL_QUERY_HERE"):
+        template_kwargs("no marker")
