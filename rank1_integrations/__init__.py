@@ -4,6 +4,7 @@ Importing this package imports no heavy library: vLLM, torch, LangChain and
 LlamaIndex load only when the feature that needs them is used.
 """
 
+from rank1_integrations.cache import DiskCache, JudgmentCache, MemoryCache
 from rank1_integrations.errors import (
     BackendError,
     IncompatibleServerError,
@@ -25,9 +26,12 @@ __all__ = [
     "DATASET_PROMPTS",
     "DEFAULT_MAX_REASONING_TOKENS",
     "BackendError",
+    "DiskCache",
     "IncompatibleServerError",
     "InvalidInputError",
     "Judgment",
+    "JudgmentCache",
+    "MemoryCache",
     "MissingDependencyError",
     "ModelOutputError",
     "PassageFailure",
