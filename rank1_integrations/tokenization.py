@@ -24,6 +24,9 @@ __all__ = [
     "PromptTokenizer",
     "Trusted",
     "encode_prompt",
+    "leading_special_ids",
+    "protected_pattern",
+    "split_protected",
 ]
 
 
@@ -88,7 +91,7 @@ def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece]) -> 
             ids.extend(tokenizer.encode_plain("".join(pending)))
             pending.clear()
 
-    protected = _protected_pattern(tuple(tokenizer.protected_strings))
+    protected = protected_pattern(tuple(tokenizer.protected_strings))
     for piece in pieces:
         if isinstance(piece, Control):
             token_id = tokenizer.single_token_id(piece.marker)
@@ -98,7 +101,7 @@ def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece]) -> 
                 flush()
                 ids.append(token_id)
         elif isinstance(piece, Data):
-            for part, is_protected in _split_protected(piece.text, protected):
+            for part, is_protected in split_protected(piece.text, protected):
                 if is_protected:
                     flush()
                     for char in part:
@@ -114,7 +117,7 @@ def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece]) -> 
 _PATTERN_CACHE: dict[tuple[str, ...], re.Pattern[str] | None] = {}
 
 
-def _protected_pattern(strings: tuple[str, ...]) -> re.Pattern[str] | None:
+def protected_pattern(strings: tuple[str, ...]) -> re.Pattern[str] | None:
     if strings not in _PATTERN_CACHE:
         # Longest first, so that "</think>" wins over a shorter token it contains.
         alternatives = sorted({s for s in strings if s}, key=len, reverse=True)
@@ -122,7 +125,7 @@ def _protected_pattern(strings: tuple[str, ...]) -> re.Pattern[str] | None:
     return _PATTERN_CACHE[strings]
 
 
-def _split_protected(text: str, pattern: re.Pattern[str] | None) -> Iterator[tuple[str, bool]]:
+def split_protected(text: str, pattern: re.Pattern[str] | None) -> Iterator[tuple[str, bool]]:
     if pattern is None:
         yield text, False
         return
@@ -136,6 +139,19 @@ def _split_protected(text: str, pattern: re.Pattern[str] | None) -> Iterator[tup
         yield text[start:], False
 
 
+def leading_special_ids(with_specials: Sequence[int], without: Sequence[int]) -> tuple[int, ...]:
+    """What a tokenizer puts in front of text (a BOS token), from one text encoded both ways.
+
+    It is part of every prompt, as when the authors hand vLLM a text prompt; anything
+    appended after the text (an EOS) is not.
+    """
+    with_specials, without = list(with_specials), list(without)
+    for position in range(len(with_specials) - len(without) + 1):
+        if with_specials[position : position + len(without)] == without:
+            return tuple(with_specials[:position])
+    return ()
+
+
 class HFPromptTokenizer:
     """:class:`PromptTokenizer` over a Hugging Face tokenizer (the one the engine uses)."""
 
@@ -145,15 +161,10 @@ class HFPromptTokenizer:
         self._added = added
         specials = [s for s in getattr(hf_tokenizer, "all_special_tokens", []) if isinstance(s, str)]
         self._protected = tuple(sorted({*added, *specials, *extra_protected}))
-        with_specials = list(hf_tokenizer("a", add_special_tokens=True)["input_ids"])
-        without = list(hf_tokenizer("a", add_special_tokens=False)["input_ids"])
-        # Whatever the tokenizer adds in front of text (BOS) is part of every prompt,
-        # as when the authors hand vLLM a text prompt; anything appended (EOS) is not.
-        self._leading: tuple[int, ...] = ()
-        for position in range(len(with_specials) - len(without) + 1):
-            if with_specials[position : position + len(without)] == without:
-                self._leading = tuple(with_specials[:position])
-                break
+        self._leading = leading_special_ids(
+            hf_tokenizer("a", add_special_tokens=True)["input_ids"],
+            hf_tokenizer("a", add_special_tokens=False)["input_ids"],
+        )
 
     @property
     def leading_ids(self) -> Sequence[int]:

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 from rank1_integrations.backends.remote_core import HttpCall, RemoteCore
 from rank1_integrations.errors import IncompatibleServerError, ServerStatusError
-from rank1_integrations.tokenization import _protected_pattern, _split_protected
+from rank1_integrations.tokenization import leading_special_ids, protected_pattern, split_protected
 
 __all__ = ["KNOWN_SPECIAL_TOKENS", "RemoteTokenizer"]
 
@@ -133,14 +133,9 @@ class RemoteTokenizer:
         self._decoded: _LRU[tuple[int, ...], str] = _LRU(cache_size)
         self._added = self._added_vocabulary(extra_protected)
         self._protected = tuple(sorted({*self._added, *(s for s in extra_protected if s)}))
-        with_specials = self._tokenize("a", add_special_tokens=True)
-        without = self._tokenize("a", add_special_tokens=False)
-        # Same rule as HFPromptTokenizer: what the tokenizer puts before text (BOS) leads every prompt.
-        self._leading: tuple[int, ...] = ()
-        for position in range(len(with_specials) - len(without) + 1):
-            if with_specials[position : position + len(without)] == without:
-                self._leading = with_specials[:position]
-                break
+        self._leading = leading_special_ids(
+            self._tokenize("a", add_special_tokens=True), self._tokenize("a", add_special_tokens=False)
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self._core.model!r}, protected={len(self._protected)} strings)"
@@ -162,7 +157,7 @@ class RemoteTokenizer:
         if not text:
             return []
         ids: list[int] = []
-        for part, is_protected in _split_protected(text, _protected_pattern(self._protected)):
+        for part, is_protected in split_protected(text, protected_pattern(self._protected)):
             if is_protected:
                 for char in part:
                     ids.extend(self._tokenize(char, add_special_tokens=False))
