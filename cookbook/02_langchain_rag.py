@@ -53,11 +53,7 @@ def build_chain(retriever: BaseRetriever, compressor: Rank1Rerank, llm: Runnable
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    _llms.add_options(p)
-    p.add_argument("--question", default=QUESTION)
-    p.add_argument("--k", type=int, default=8, help="chunks retrieved by BM25 (all judged by rank1)")
-    p.add_argument("--top-n", type=int, default=3, help="sources kept for the answer")
-    p.add_argument("--min-keep", type=int, default=1, help="sources kept even when rank1 rejects them")
+    _llms.add_rag_options(p, QUESTION)
     args = p.parse_args(argv)
     setup = resolve(args)
 

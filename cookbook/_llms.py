@@ -72,6 +72,15 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-answer-tokens", type=int, default=None, help="answer length (CPU default 96)")
 
 
+def add_rag_options(parser: argparse.ArgumentParser, question: str) -> None:
+    """The options of the cited-answer examples: the answer LLM, the question, how many sources."""
+    add_options(parser)
+    parser.add_argument("--question", default=question)
+    parser.add_argument("--k", type=int, default=8, help="chunks retrieved by BM25 (all judged by rank1)")
+    parser.add_argument("--top-n", type=int, default=3, help="sources kept for the answer")
+    parser.add_argument("--min-keep", type=int, default=1, help="sources kept even when rank1 rejects them")
+
+
 def needs_own_engine(args: argparse.Namespace, setup: Setup) -> bool:
     """True when the answer LLM is a second embedded engine (real rank1 and no server given)."""
     return not args.llm_base_url and not setup.model.fallback
