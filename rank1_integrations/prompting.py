@@ -59,6 +59,7 @@ class PromptBuilder:
         self._tokenizer = tokenizer
         self._template = template
         self.max_prompt_tokens = max_prompt_tokens
+        self._think_open_id = tokenizer.single_token_id(THINK_OPEN)
 
     def build(self, query: str, passage: str) -> PreparedPrompt:
         pieces = self._pieces(query, passage)
@@ -69,8 +70,12 @@ class PromptBuilder:
 
     def build_forced(self, prompt: PreparedPrompt, trimmed_reasoning: str) -> tuple[int, ...]:
         """The authors' forced prompt: prompt + "\\n" + reasoning + "\\n</think>", as token ids."""
-        pieces = (*prompt.pieces, Trusted("\n"), Data(trimmed_reasoning), Trusted("\n"), Control(THINK_CLOSE))
-        return tuple(encode_prompt(self._tokenizer, pieces))
+        continuation = (Trusted("\n"), Data(trimmed_reasoning), Trusted("\n"), Control(THINK_CLOSE))
+        if self._think_open_id is not None and prompt.token_ids[-1:] == (self._think_open_id,):
+            # <think> is one token, so no merge crosses it: the prompt's ids are an exact
+            # prefix, and only the continuation needs encoding.
+            return prompt.token_ids + tuple(encode_prompt(self._tokenizer, continuation, leading=False))
+        return tuple(encode_prompt(self._tokenizer, (*prompt.pieces, *continuation)))
 
     def _pieces(self, query: str, passage: str) -> tuple[PromptPiece, ...]:
         return (

@@ -154,7 +154,8 @@ class Rank1Reranker:
         )
 
     def close(self) -> None:
-        """Release the backend's connections (remote servers); the embedded engine stays up.
+        """Release the backend: remote connections close; an embedded backend finishes the
+        calls it is running and takes no more, but its engine stays up.
 
         vLLM keeps process-wide state per engine: tearing one embedded engine down can
         break others in the same process, so an embedded engine lives as long as the process.

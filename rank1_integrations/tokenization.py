@@ -81,9 +81,13 @@ class Control:
 PromptPiece = Trusted | Data | Control
 
 
-def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece]) -> list[int]:
-    """Token ids of the prompt the pieces spell, with data defused (see the module doc)."""
-    ids = list(tokenizer.leading_ids)
+def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece], *, leading: bool = True) -> list[int]:
+    """Token ids of the prompt the pieces spell, with data defused (see the module doc).
+
+    ``leading=False`` leaves out the tokenizer's leading ids (a BOS): for a continuation
+    of a prompt that ended on a control token, which no merge can cross.
+    """
+    ids = list(tokenizer.leading_ids) if leading else []
     pending: list[str] = []
 
     def flush() -> None:
@@ -157,6 +161,7 @@ class HFPromptTokenizer:
 
     def __init__(self, hf_tokenizer: Any, *, extra_protected: Sequence[str] = ()) -> None:
         self._tokenizer = hf_tokenizer
+        self._fast = _private_fast_encoder(hf_tokenizer)
         added: dict[str, int] = dict(hf_tokenizer.get_added_vocab())
         self._added = added
         specials = [s for s in getattr(hf_tokenizer, "all_special_tokens", []) if isinstance(s, str)]
@@ -177,6 +182,8 @@ class HFPromptTokenizer:
     def encode_plain(self, text: str) -> list[int]:
         if not text:
             return []
+        if self._fast is not None:
+            return list(self._fast.encode(text, add_special_tokens=False).ids)
         encoded = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)
         return list(encoded["input_ids"])
 
@@ -188,3 +195,37 @@ class HFPromptTokenizer:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=False))
+
+
+# Strings on which the private fast encoder must agree with the tokenizer's own call
+# before it is trusted: spaces, newlines, non-ASCII, an added token kept literal.
+_ENCODER_PROBES = (
+    "Determine if the following passage is relevant.\nQuery: café?\nPassage:  two  spaces\n\n",
+    " leading space, trailing newline\n",
+    "Ünïcödé — 日本語 🙂 <think> </think> <|endoftext|>",
+)
+
+
+def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
+    """A private copy of a fast tokenizer's Rust backend that never parses special tokens.
+
+    Calling the Rust backend directly skips transformers' per-call Python layer (most of
+    the cost of a short text), and a private copy means ``split_special_tokens`` is never
+    toggled on the tokenizer the engine shares with other threads. Used only when it
+    gives the same ids as the tokenizer's own call on probe strings; else None.
+    """
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None
+    try:
+        encoder = type(backend).from_str(backend.to_str())
+        encoder.encode_special_tokens = True
+        encoder.no_truncation()
+        encoder.no_padding()
+        for probe in _ENCODER_PROBES:
+            expected = list(hf_tokenizer(probe, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            if list(encoder.encode(probe, add_special_tokens=False).ids) != expected:
+                return None
+    except Exception:  # any backend this code does not know: keep the tokenizer's own call
+        return None
+    return encoder

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -145,7 +146,13 @@ def test_ajudge_equals_judge(scripted_reranker) -> None:
     assert _summary(result) == _summary(sync)
 
 
+def _uncached(reranker: Rank1Reranker) -> Rank1Reranker:
+    """The same engine, without the result cache (repeats must reach the engine)."""
+    return Rank1Reranker(reranker.backend, max_reasoning_tokens=reranker.max_reasoning_tokens, cache=False)
+
+
 def test_calls_from_several_threads_at_once_are_safe(scripted_reranker) -> None:
+    scripted_reranker = _uncached(scripted_reranker)
     cases = [(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE]), (JOIN_QUERY, [JOIN_PASSAGE, LEN_PASSAGE])] * 3
     expected = [_summary(scripted_reranker.judge(q, p)) for q, p in cases]
     results: list[object] = [None] * len(cases)
@@ -155,7 +162,7 @@ def test_calls_from_several_threads_at_once_are_safe(scripted_reranker) -> None:
         results[slot] = _summary(scripted_reranker.judge(query, passages))
 
     barrier = threading.Barrier(len(cases))
-    batches_before = scripted_reranker.backend.engine_batches
+    shared_before = scripted_reranker.backend.engine_stats.shared_steps
 
     def start_together(slot: int) -> None:
         barrier.wait()
@@ -167,8 +174,43 @@ def test_calls_from_several_threads_at_once_are_safe(scripted_reranker) -> None:
     for thread in threads:
         thread.join(timeout=300)
     assert results == expected
-    # Concurrent callers shared engine batches instead of queueing one by one.
-    assert scripted_reranker.backend.engine_batches - batches_before < len(cases)
+    # Concurrent callers shared engine steps instead of queueing one by one.
+    assert scripted_reranker.backend.engine_stats.shared_steps > shared_before
+    assert scripted_reranker.backend.engine_stats.most_calls_in_one_step > 1
+
+
+def test_concurrent_ajudge_tasks_share_engine_steps(scripted_reranker) -> None:
+    scripted_reranker = _uncached(scripted_reranker)
+    cases = [(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE]), (JOIN_QUERY, [JOIN_PASSAGE, OPEN_PASSAGE])] * 4
+    expected = [_summary(scripted_reranker.judge(q, p)) for q, p in cases]
+    shared_before = scripted_reranker.backend.engine_stats.shared_steps
+
+    async def all_at_once() -> list[list[Judgment]]:
+        return await asyncio.gather(*(scripted_reranker.ajudge(q, p) for q, p in cases))
+
+    assert [_summary(r) for r in asyncio.run(all_at_once())] == expected
+    assert scripted_reranker.backend.engine_stats.shared_steps > shared_before
+
+
+def test_a_cancelled_ajudge_stops_its_requests_in_the_engine(random_reranker) -> None:
+    engine = random_reranker.backend.llm.llm_engine
+    passages = [f"passage {i} " + "word " * 50 for i in range(16)]
+
+    async def cancel_midway() -> None:
+        task = asyncio.create_task(random_reranker.ajudge("a query", passages))
+        while not engine.has_unfinished_requests():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_midway())
+    deadline = time.monotonic() + 30
+    while engine.has_unfinished_requests():
+        assert time.monotonic() < deadline, "the cancelled requests kept running"
+        time.sleep(0.01)
+    # The engine is still good for the next call.
+    assert all(j.judged for j in random_reranker.judge("a query", passages[:2]))
 
 
 def test_empty_passage_list_returns_empty_without_touching_the_engine(counted) -> None:

