@@ -259,34 +259,66 @@ def peak_rss_mib() -> float:
 
 @dataclass
 class EngineCall:
-    seconds: float
-    prompts: list[Any]
-    params: Any
-    outputs: list[Any]
+    """One engine batch: requests added together, and the engine time until the next batch."""
+
+    seconds: float = 0.0
+    prompts: list[Any] = field(default_factory=list)
+    params: list[Any] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    stepped: bool = False
 
 
-class GenerateProbe:
-    """Wraps one ``vllm.LLM`` instance's ``generate`` to time (and keep) every engine batch.
+class EngineProbe:
+    """Wraps one engine's ``add_request`` and ``step`` to time engine work and keep every request.
 
-    Installed on the instance only, so the reranker's backend and a bare caller on the
-    same engine both go through it; the cost is one extra Python call per batch.
+    Both ``LLM.generate`` (the bare side of a comparison) and the embedded backend's
+    driver go through ``LLMEngine.add_request`` and ``LLMEngine.step``, so one probe
+    times both alike. Requests added with no step in between form one batch; its time
+    is the adding plus every step until the next batch is added. Installed on the
+    instance; the cost is one extra Python call per request and per step.
     """
 
     def __init__(self, llm: Any) -> None:
-        self._generate = llm.generate
+        engine = llm.llm_engine
+        self._add_request, self._step = engine.add_request, engine.step
+        engine.add_request, engine.step = self._timed_add_request, self._timed_step
         self.calls: list[EngineCall] = []
-        llm.generate = self
+        self._slots: dict[str, tuple[EngineCall, int]] = {}
 
-    def __call__(self, prompts: Any, params: Any = None, **kwargs: Any) -> list[Any]:
+    def _timed_add_request(self, request_id: str, prompt: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
-        outputs = self._generate(prompts, params, **kwargs)
-        self.calls.append(EngineCall(time.perf_counter() - started, list(prompts), params, list(outputs)))
-        return list(outputs)
+        if not self.calls or self.calls[-1].stepped:
+            self.calls.append(EngineCall())
+        call = self.calls[-1]
+        result = self._add_request(request_id, prompt, params, *args, **kwargs)
+        self._slots[str(request_id)] = (call, len(call.prompts))
+        call.prompts.append(prompt)
+        call.params.append(params)
+        call.outputs.append(None)
+        call.seconds += time.perf_counter() - started
+        return result
+
+    def _timed_step(self) -> Any:
+        started = time.perf_counter()
+        outputs = self._step()
+        if self.calls:
+            self.calls[-1].stepped = True
+            self.calls[-1].seconds += time.perf_counter() - started
+        for output in outputs:
+            if output.finished and str(output.request_id) in self._slots:
+                call, index = self._slots.pop(str(output.request_id))
+                call.outputs[index] = output
+        return outputs
 
     def take(self) -> list[EngineCall]:
-        """The calls since the last ``take``."""
+        """The batches since the last ``take``."""
         calls, self.calls = self.calls, []
         return calls
+
+
+def prompt_ids(prompt: Any) -> list[int]:
+    """Token ids of a prompt as handed to ``LLMEngine.add_request`` (a token-id prompt dict)."""
+    return list(prompt["prompt_token_ids"])
 
 
 @dataclass

@@ -3,8 +3,10 @@
 Each caller judges its own query against its own K passages. Serialized: one call after
 another (what a lock around the engine gives). Threads: N threads released together
 by a barrier, each calling ``judge``. Asyncio: N tasks on one event loop, each awaiting
-``ajudge``. The embedded backend coalesces concurrent callers into shared engine
-batches; ``engine_batches`` counts the ``generate`` calls each mode needed.
+``ajudge``. The embedded backend feeds one engine continuously: each call's requests
+are admitted together, and concurrent calls' requests join the running batch at the
+next engine step. The tables count admissions, engine steps, and steps shared by
+several calls.
 Latency is measured from the moment all N requests are there (for the serialized
 mode: as if they queued on a lock).
 """
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench._common import (
-    GenerateProbe,
+    EngineProbe,
     Report,
     Sample,
     add_common_args,
@@ -46,6 +48,8 @@ class Outcome:
     latencies: list[float]
     batch_sizes: list[int]
     loop_stall: float | None = None
+    steps: int = 0
+    shared_steps: int = 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -70,13 +74,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     reranker = load_reranker(args, cache=False)
     report.set_engine(engine_llm(reranker))
     backend: Any = reranker.backend
-    probe = GenerateProbe(backend.llm)
+    probe = EngineProbe(backend.llm)
     for callers in callers_list:
         queries = make_queries(callers, seed=args.seed, tag=f"n{callers}-")
         work = [
             (query, make_passages(args.per_caller, args.passage_words, seed=args.seed, tag=f"n{callers}c{i}-"))
             for i, query in enumerate(queries)
         ]
+
+        def counted(mode: Callable[[], Outcome]) -> Callable[[], Outcome]:
+            def run() -> Outcome:
+                steps, shared = backend.engine_stats.steps, backend.engine_stats.shared_steps
+                outcome = mode()
+                outcome.steps = backend.engine_stats.steps - steps
+                outcome.shared_steps = backend.engine_stats.shared_steps - shared
+                return outcome
+
+            return run
 
         def one_call(work: list[tuple[str, list[str]]] = work) -> Outcome:
             probe.take()
@@ -163,18 +177,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "latency_mean": sum(result.latencies) / len(result.latencies),
                 "latency_max": max(result.latencies),
                 "loop_stall": result.loop_stall if result.loop_stall is not None else math.nan,
+                "steps": float(result.steps),
+                "shared_steps": float(result.shared_steps),
             }
 
         print(f"{callers} callers x {args.per_caller} passages", flush=True)
         variants: dict[str, Callable[[], Outcome]] = {
-            names[0]: serialized,
-            names[1]: threads,
-            names[2]: tasks,
-            names[3]: one_call,
+            names[0]: counted(serialized),
+            names[1]: counted(threads),
+            names[2]: counted(tasks),
+            names[3]: counted(one_call),
         }
         if args.executor_workers:
             names.append(f"{callers} asyncio tasks, {args.executor_workers}-thread executor")
-            variants[names[-1]] = functools.partial(tasks, work, args.executor_workers)
+            variants[names[-1]] = counted(functools.partial(tasks, work, args.executor_workers))
         samples = interleaved(variants, runs=args.runs, warmup=args.warmup, extra=extra)
         total = callers * args.per_caller
         rows = []
@@ -194,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{median([s.extra['latency_max'] for s in runs]):.3f}",
                     f"{median([s.extra['batches'] for s in runs]):.0f}",
                     " ".join(str(n) for n in runs[-1].result.batch_sizes),
+                    f"{median([s.extra['steps'] for s in runs]):.0f}",
+                    f"{median([s.extra['shared_steps'] for s in runs]):.0f}",
                     "-" if math.isnan(stall) else f"{stall * 1000:.0f}",
                     f"{runs[-1].rss_mib:.0f}",
                     f"{max(s.peak_rss_mib for s in runs):.0f}",
@@ -215,18 +233,21 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "throughput vs serialized",
                 "mean latency s",
                 "max latency s",
-                "engine batches",
-                "batch sizes (last run)",
+                "admissions",
+                "admitted sizes (last run)",
+                "engine steps",
+                "shared steps",
                 "max loop stall ms",
                 "RSS MiB",
                 "peak RSS MiB",
             ],
             rows,
             note="'throughput vs serialized' is the median over rounds of serialized wall / this mode's wall. "
-            "Every call runs a reasoning batch and a forced-answer batch, so serialized needs "
-            f"{2 * callers} engine batches; 'one judge_many call' puts every caller's passages in one call "
-            "(2 batches): the most any coalescing could give on this engine. "
-            "'batch sizes' lists the prompts in each engine batch, in order. "
+            "Every call runs a reasoning batch and a forced-answer batch, so serialized admits "
+            f"{2 * callers} batches one after another; 'one judge_many call' puts every caller's passages in "
+            "one call (2 batches): the most any sharing could give on this engine. 'admissions' counts the "
+            "groups of requests added to the running engine ('admitted sizes': prompts in each, in order); "
+            "'shared steps' the engine steps that advanced the requests of more than one call. "
             f"'max loop stall' (asyncio modes): the longest a {HEARTBEAT_S * 1000:.0f} ms heartbeat task on the "
             "event loop overslept (the reranker's own work on the loop, plus GIL contention with the engine thread).",
         )

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench._common import (
-    GenerateProbe,
+    EngineProbe,
     Report,
     Sample,
     add_common_args,
@@ -61,7 +61,7 @@ def child(args: argparse.Namespace) -> None:
     enabled = args.child == "on"
     reranker = load_reranker(args, cache=False, enable_prefix_caching=enabled, disable_log_stats=False)
     llm = engine_llm(reranker)
-    probe = GenerateProbe(llm)
+    probe = EngineProbe(llm)
     template = _template(args.prefix_words, args.seed)
     query = make_queries(1, seed=args.seed)[0]
     prompt = reranker.build_prompt(query, "x", template=template)

@@ -19,7 +19,7 @@ from typing import Any
 
 from bench._common import (
     EngineCall,
-    GenerateProbe,
+    EngineProbe,
     Report,
     Sample,
     add_common_args,
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     reranker = load_reranker(args, cache=False)
     report.set_engine(engine_llm(reranker))
     llm = engine_llm(reranker)
-    probe = GenerateProbe(llm)
+    probe = EngineProbe(llm)
     loop = AuthorsLoop(llm, args.budget)
     query = make_queries(1, seed=args.seed)[0]
     passages = make_passages(args.passages, args.passage_words, seed=args.seed)
@@ -226,7 +226,7 @@ def _logprob_variants(
     reranker: Any,
     query: str,
     passages: Sequence[str],
-    probe: GenerateProbe,
+    probe: EngineProbe,
 ) -> None:
     """The reasoning batch alone, same token ids, under each logprob setting: where the difference comes from."""
     from vllm import SamplingParams
