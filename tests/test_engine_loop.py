@@ -26,6 +26,7 @@ class ScriptedEngine:
         self.remaining: dict[str, tuple[str, int]] = {}
         self.aborted: list[str] = []
         self.steps = 0
+        self.stepping_threads: list[threading.Thread] = []
         self.refuse: set[str] = set()
         self.fail_at_step: int | None = None
         self.drop_everything = False
@@ -55,6 +56,8 @@ class ScriptedEngine:
         self._enter()
         try:
             time.sleep(self.step_seconds)
+            if not any(t is threading.current_thread() for t in self.stepping_threads):
+                self.stepping_threads.append(threading.current_thread())
             self.steps += 1
             if self.fail_at_step == self.steps:
                 raise RuntimeError("device lost")
@@ -193,11 +196,24 @@ def test_progress_callback_runs_once_per_finished_request() -> None:
     assert len(seen) == 3
 
 
-def test_the_driver_thread_exits_when_idle_and_close_refuses_new_calls() -> None:
-    loop: EngineLoop[Request, str] = EngineLoop(ScriptedEngine())
+def test_back_to_back_calls_reuse_the_driver_which_exits_when_idle() -> None:
+    engine = ScriptedEngine()
+    loop: EngineLoop[Request, str] = EngineLoop(engine, idle_seconds=0.2)
     before = len(_driver_threads())
     loop.submit([("a", 3)]).result(timeout=10)
+    loop.submit([("b", 3)]).result(timeout=10)
+    # A call's forced-answer batch, or the next turn, runs on the same thread.
+    assert len(engine.stepping_threads) == 1
     _wait_until(lambda: len(_driver_threads()) <= before)
+    loop.submit([("c", 1)]).result(timeout=10)
+    assert len(engine.stepping_threads) == 2
+
+
+def test_close_refuses_new_calls() -> None:
+    loop: EngineLoop[Request, str] = EngineLoop(ScriptedEngine())
+    loop.submit([("a", 3)]).result(timeout=10)
+    started = time.monotonic()
     loop.close(timeout=10)
+    assert time.monotonic() - started < 5  # an idle driver leaves at once on close
     with pytest.raises(BackendError, match="closed"):
         loop.submit([("b", 1)])

@@ -7,10 +7,12 @@ entire running batch. Instead, one driver thread steps the engine, and between a
 steps it admits whatever callers have submitted since: a late request starts at the
 next step and shares every step after it, as in vLLM's own server.
 
-The driver thread exists only while there is work, so nothing lingers in an idle
-process. Callers wait on a ``concurrent.futures.Future`` (``asyncio.wrap_future`` for
-async callers, so no thread is parked per waiting task). A cancelled future aborts
-its requests in the engine.
+The driver thread stays a few seconds after its last work (a call's forced-answer
+batch, or the next chatbot turn, reuses it: on a CPU a new thread pays for a new
+OpenMP team), then exits, so nothing lingers in an idle process. Callers wait on a
+``concurrent.futures.Future`` (``asyncio.wrap_future`` for async callers, so no
+thread is parked per waiting task). A cancelled future aborts its requests in the
+engine.
 """
 
 from __future__ import annotations
@@ -76,10 +78,18 @@ class _Call(Generic[RequestT, OutputT]):
 class EngineLoop(Generic[RequestT, OutputT]):
     """Feeds every caller's requests into one stepped engine, continuously."""
 
-    def __init__(self, engine: SteppedEngine[RequestT, OutputT], *, name: str = "rank1-engine-loop") -> None:
+    def __init__(
+        self,
+        engine: SteppedEngine[RequestT, OutputT],
+        *,
+        idle_seconds: float = 5.0,
+        name: str = "rank1-engine-loop",
+    ) -> None:
         self._engine = engine
+        self._idle_seconds = idle_seconds
         self._name = name
         self._lock = threading.Lock()
+        self._work_arrived = threading.Condition(self._lock)
         self._submitted: list[_Call[RequestT, OutputT]] = []
         self._cancelled: list[_Call[RequestT, OutputT]] = []
         self._driver: threading.Thread | None = None
@@ -105,6 +115,7 @@ class EngineLoop(Generic[RequestT, OutputT]):
             if self._closed:
                 raise BackendError("the engine loop is closed")
             self._submitted.append(call)
+            self._work_arrived.notify()
             if self._driver is None:
                 self._driver = threading.Thread(target=self._drive, name=self._name, daemon=True)
                 self._driver.start()
@@ -114,6 +125,7 @@ class EngineLoop(Generic[RequestT, OutputT]):
         """Refuse new calls and wait for the running ones to finish."""
         with self._lock:
             self._closed = True
+            self._work_arrived.notify()
             driver = self._driver
         if driver is not None and driver is not threading.current_thread():
             driver.join(timeout)
@@ -122,14 +134,19 @@ class EngineLoop(Generic[RequestT, OutputT]):
         if call.future.cancelled():
             with self._lock:
                 self._cancelled.append(call)
+                self._work_arrived.notify()
 
     def _drive(self) -> None:
         while True:
             with self._lock:
+                if not self._running and not self._closed:
+                    self._work_arrived.wait_for(
+                        lambda: bool(self._submitted or self._cancelled or self._closed), self._idle_seconds
+                    )
                 arrived, self._submitted = self._submitted, []
                 cancelled, self._cancelled = self._cancelled, []
                 if not arrived and not cancelled and not self._running:
-                    # Idle: the next submit starts a new driver.
+                    # Idle (or closed): the next submit starts a new driver.
                     self._driver = None
                     return
             self._abort(cancelled)
