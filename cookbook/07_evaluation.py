@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=Path("rank1.run"), help="the reranked TREC run to write")
     p.add_argument("--judgments", type=Path, help="also write rank1's judgments here (jsonl)")
     p.add_argument("--cache", type=Path, help="SQLite judgment cache: a rerun does not reason again")
-    p.add_argument("--progress", action="store_true", help="show vLLM's progress bar")
+    p.add_argument("--progress", action="store_true", help="show a progress bar per engine batch")
     args = p.parse_args(argv)
     ir = optional("ir_measures", "ir-measures")
     measures = [ir.parse_measure(m) for m in args.measures.split()]

@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_reasoning_tokens=budget,
             context_size=context,
             on_failure="mark_unjudged",
-            progress=True,  # vLLM's progress bar, on stderr: long CPU runs show they are alive
+            progress=True,  # a progress bar on stderr: long CPU runs show they are alive
             **engine,
         )
         load_s = time.perf_counter() - started

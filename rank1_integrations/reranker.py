@@ -78,7 +78,8 @@ class Rank1Reranker:
     ) -> Rank1Reranker:
         """A reranker on an embedded ``vllm.LLM``; ``engine_kwargs`` go to vLLM unchanged.
 
-        ``progress`` shows vLLM's progress bar for each batch (off by default in library use).
+        ``progress`` shows a progress bar (passages judged, on stderr) for each engine batch
+        (off by default in library use).
 
         ``context_size`` also becomes the engine's ``max_model_len`` unless that is given.
         """

@@ -305,3 +305,15 @@ def test_a_repeat_is_answered_from_the_cache_without_the_engine(scripted_reranke
     assert len(backend.batches) == batches
     assert from_disk.relevant is True
     assert not from_disk.forced
+
+
+def test_progress_bar_counts_judged_passages(random_reranker, capfd) -> None:
+    backend = random_reranker.backend
+    backend.progress = True
+    try:
+        random_reranker.judge("progress query", ["progress passage one", "progress passage two"])
+    finally:
+        backend.progress = False
+    err = capfd.readouterr().err
+    assert "rank1" in err
+    assert "2/2" in err
