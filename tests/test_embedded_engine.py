@@ -8,9 +8,14 @@ verdict, token counts, and scores equal to a float64 transformers forward pass.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +36,7 @@ from tests import reference
 from tests.conftest import SCRIPTED_BUDGET
 
 pytestmark = pytest.mark.engine
+_REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-3
 
 
@@ -317,3 +323,28 @@ def test_progress_bar_counts_judged_passages(random_reranker, capfd) -> None:
     err = capfd.readouterr().err
     assert "rank1" in err
     assert "2/2" in err
+
+
+def test_the_engine_loop_drives_vllms_default_multiprocessing_engine(scripted_model_dir) -> None:
+    """vLLM's default (engine core in its own process, as on GPUs): same results, sharing, cancelling."""
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "tests.engine_in_multiprocessing_mode",
+        str(scripted_model_dir),
+        str(SCRIPTED_BUDGET),
+    ]
+    done = subprocess.run(command, cwd=_REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    output = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, output
+    assert lines, output
+    found = json.loads(lines[-1])
+    assert found["engine_core_client"] != "InprocClient"
+    assert found["threads_equal"]
+    assert found["asyncio_equal"]
+    assert found["shared_steps"] > 0
+    assert found["cancelled"]
+    assert not found["left_running"]
+    assert found["after_cancel_judged"]
