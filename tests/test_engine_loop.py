@@ -196,6 +196,16 @@ def test_progress_callback_runs_once_per_finished_request() -> None:
     assert len(seen) == 3
 
 
+def test_a_failing_progress_callback_does_not_fail_the_call() -> None:
+    loop: EngineLoop[Request, str] = EngineLoop(ScriptedEngine())
+
+    def broken() -> None:
+        raise OSError("terminal gone")
+
+    assert loop.submit([("a", 2)], on_output=broken).result(timeout=10) == ["a@2"]
+    assert loop.submit([("b", 1)]).result(timeout=10) == ["b@3"]
+
+
 def test_back_to_back_calls_reuse_the_driver_which_exits_when_idle() -> None:
     engine = ScriptedEngine()
     loop: EngineLoop[Request, str] = EngineLoop(engine, idle_seconds=0.2)

@@ -137,6 +137,18 @@ class EngineLoop(Generic[RequestT, OutputT]):
                 self._work_arrived.notify()
 
     def _drive(self) -> None:
+        try:
+            self._drive_until_idle()
+        except BaseException as err:  # a bug here must not leave callers waiting forever
+            self._fail_running(err)
+            with self._lock:
+                waiting, self._submitted = self._submitted, []
+                self._driver = None
+            for call in waiting:
+                _fail(call, err)
+            raise
+
+    def _drive_until_idle(self) -> None:
         while True:
             with self._lock:
                 if not self._running and not self._closed:
@@ -196,7 +208,8 @@ class EngineLoop(Generic[RequestT, OutputT]):
             call.outputs[position] = output
             call.unfinished -= 1
             if call.on_output is not None:
-                call.on_output()
+                with contextlib.suppress(Exception):  # a progress display never fails a call
+                    call.on_output()
             if call.unfinished == 0 and not call.future.done():
                 call.future.set_result([o for o in call.outputs if o is not None])
 
