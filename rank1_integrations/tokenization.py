@@ -217,6 +217,7 @@ def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None
+    shared_setting = getattr(backend, "encode_special_tokens", None)
     try:
         encoder = type(backend).from_str(backend.to_str())
         encoder.encode_special_tokens = True
@@ -228,4 +229,8 @@ def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
                 return None
     except Exception:  # any backend this code does not know: keep the tokenizer's own call
         return None
+    finally:
+        # transformers leaves the shared backend as its last call set it.
+        if shared_setting is not None:
+            backend.encode_special_tokens = shared_setting
     return encoder

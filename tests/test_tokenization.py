@@ -104,3 +104,46 @@ def test_a_budget_leaving_no_room_for_a_prompt_is_a_typed_error(tokenizer) -> No
 
     with pytest.raises(InvalidInputError, match="reasoning budget"):
         PromptBuilder(tokenizer, template=None, max_prompt_tokens=0)
+
+
+def test_encoding_never_changes_the_tokenizer_the_engine_shares(hf_tokenizer) -> None:
+    backend = hf_tokenizer.backend_tokenizer
+    backend.encode_special_tokens = False
+    tokenizer = HFPromptTokenizer(hf_tokenizer)
+    assert hf_tokenizer.convert_tokens_to_ids("<think>") not in tokenizer.encode_plain("x <think> y")
+    assert backend.encode_special_tokens is False
+    # The shared tokenizer still parses special tokens for everyone else (vLLM's text prompts).
+    assert hf_tokenizer.convert_tokens_to_ids("<think>") in hf_tokenizer("x <think> y")["input_ids"]
+
+
+class _CallOnlyTokenizer:
+    """A tokenizer with no Rust backend to copy: encoding must fall back to its own call."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+
+    def __call__(self, *args, **kwargs):
+        return self._inner(*args, **kwargs)
+
+    def get_added_vocab(self):
+        return self._inner.get_added_vocab()
+
+    def decode(self, *args, **kwargs):
+        return self._inner.decode(*args, **kwargs)
+
+    @property
+    def all_special_tokens(self):
+        return self._inner.all_special_tokens
+
+
+@pytest.mark.parametrize("text", ["Passage: two  spaces\n\n", "Ünïcödé — 日本語 🙂", "x<think>y </think>"])
+def test_fast_and_fallback_encoders_agree(hf_tokenizer, text: str) -> None:
+    fast = HFPromptTokenizer(hf_tokenizer)
+    fallback = HFPromptTokenizer(_CallOnlyTokenizer(hf_tokenizer))
+    assert fast._fast is not None  # the two paths under test really differ
+    assert fallback._fast is None
+    expected = list(hf_tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    assert fast.encode_plain(text) == expected
+    assert fallback.encode_plain(text) == expected
+    pieces = [Trusted("Query: "), Data(text), Control("<think>")]
+    assert encode_prompt(fast, pieces) == encode_prompt(fallback, pieces)

@@ -113,7 +113,11 @@ class VLLMEngineBackend:
         from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
 
         bar = tqdm(total=len(requests), desc="rank1", unit="passage", dynamic_ncols=True)
-        return self._loop.submit(requests, on_output=lambda: bar.update(1)), bar.close
+        try:
+            return self._loop.submit(requests, on_output=lambda: bar.update(1)), bar.close
+        except BaseException:
+            bar.close()
+            raise
 
     def _params_for(self, request: CompletionRequest) -> Any:
         key = (request.max_tokens, request.stop, request.label_token_ids)
