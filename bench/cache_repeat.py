@@ -55,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     all_same = True
 
     def record(kind: str, phase: str, reranker: Rank1Reranker, passages: list[str]) -> list[Any]:
-        before = backend.engine_batches
+        before = backend.engine_stats.admissions
         sample = timed(lambda: reranker.judge(query, passages))
-        sample.extra["batches"] = float(backend.engine_batches - before)
+        sample.extra["batches"] = float(backend.engine_stats.admissions - before)
         phases.setdefault((kind, phase), []).append(sample)
         print(f"  {kind:<12} {phase:<22} {sample.seconds:8.4f} s", flush=True)
         judgments: list[Any] = sample.result

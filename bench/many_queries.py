@@ -50,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def counted(fn: Any) -> Any:
         def run() -> tuple[Any, int]:
-            before = backend.engine_batches
+            before = backend.engine_stats.admissions
             result = fn()
-            return result, backend.engine_batches - before
+            return result, backend.engine_stats.admissions - before
 
         return run
 

@@ -14,10 +14,7 @@ import time
 
 from rank1_integrations import Rank1Reranker
 from rank1_integrations.testing.tiny_models import JOIN_PASSAGE, JOIN_QUERY, LEN_PASSAGE, LEN_QUERY, SORTED_PASSAGE
-
-
-def _summary(judgments: list) -> list:
-    return [(j.relevant, round(j.score, 4), j.forced, j.reasoning) for j in judgments]
+from tests.test_embedded_engine import _summary
 
 
 def main(model_dir: str, budget: int) -> None:

@@ -70,11 +70,6 @@ class VLLMEngineBackend:
         return self._llm
 
     @property
-    def engine_batches(self) -> int:
-        """Times requests were admitted to the engine (calls arriving together share one)."""
-        return self._loop.stats.admissions
-
-    @property
     def engine_stats(self) -> EngineLoopStats:
         """Admissions, engine steps, and how many steps advanced several calls at once."""
         return self._loop.stats
