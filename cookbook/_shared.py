@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rank1_integrations import DEFAULT_MAX_REASONING_TOKENS, Judgment, Rank1Reranker
-from rank1_integrations.demo import on_cpu
+from rank1_integrations import DEFAULT_MAX_REASONING_TOKENS, Judgment, Rank1Reranker, demo
 from rank1_integrations.offline_models import ResolvedModel, resolve_model
 from rank1_integrations.selection import ContextSource
 
@@ -29,7 +28,6 @@ MODEL_ENV = "RANK1_COOKBOOK_MODEL"
 CPU_BUDGET = 32
 """Reasoning budget on CPU or the offline model (rank1's authors use 8192 on GPUs)."""
 CPU_CONTEXT = 2048
-CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
 CPU_ENGINE: dict[str, Any] = {"enforce_eager": True, "dtype": "float32"}
 FALLBACK_NOTE = (
     "NOT rank1: a small general chat model that never closes </think>, so every answer is forced; "
@@ -65,13 +63,10 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def prepare_environment(verbose: bool = False) -> bool:
-    """Set vLLM's environment (before vLLM is imported); returns whether vLLM runs on CPU."""
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
-    cpu = on_cpu()
+    """The demo's vLLM environment (before vLLM is imported); returns whether vLLM runs on CPU."""
+    cpu = demo.prepare_environment(verbose)
     if cpu:
-        for key, value in CPU_ENV.items():
-            os.environ.setdefault(key, value)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return cpu
 
 

@@ -27,7 +27,7 @@ from rank1_integrations.offline_models import ResolvedModel, resolve_model
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS
 from rank1_integrations.templates import DATASET_PROMPTS, resolve_template
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_QUERY", "default_passages", "main", "on_cpu"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_QUERY", "default_passages", "main", "on_cpu", "prepare_environment"]
 
 DEFAULT_MODEL = "jhu-clsp/rank1-0.5b"
 DEFAULT_QUERY = "How do I sort a list in Python without changing the original list?"
@@ -105,6 +105,17 @@ def on_cpu() -> bool:
     return not bool(torch.cuda.is_available())
 
 
+def prepare_environment(verbose: bool = False) -> bool:
+    """Set vLLM's environment (before vLLM is imported); returns whether vLLM runs on CPU."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # keep stdout for results
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    cpu = on_cpu()
+    if cpu:
+        for key, value in CPU_ENV.items():
+            os.environ.setdefault(key, value)
+    return cpu
+
+
 def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -173,12 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(n is not None and n < 1 for n in (args.max_reasoning_tokens, args.context_size)):
         _note("error: --max-reasoning-tokens and --context-size must be positive")
         return 2
-    cpu = on_cpu()
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # keep stdout for results
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "ERROR")
-    if cpu:  # must be set before vLLM is imported
-        for key, value in CPU_ENV.items():
-            os.environ.setdefault(key, value)
+    cpu = prepare_environment(args.verbose)
     try:
         model = resolve_model(args.model, fallback=not args.no_fallback, say=_note)
     except Rank1Error as err:
