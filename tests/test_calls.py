@@ -256,7 +256,7 @@ import sys
 from rank1_integrations.cache import DiskCache
 from rank1_integrations.judgment import Judgment
 
-cache = DiskCache(sys.argv[1])
+cache = DiskCache(sys.argv[1], busy_timeout=60)  # a loaded machine must not turn waiting into a failure here
 name = sys.argv[2]
 for round in range(40):
     judgment = Judgment(index=0, score=0.5, relevant=True, reasoning=name)
