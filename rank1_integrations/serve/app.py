@@ -29,6 +29,7 @@ from rank1_integrations.errors import (
     BackendError,
     InvalidInputError,
     ModelOutputError,
+    PassagesFailedError,
     Rank1Error,
     ServerConnectionError,
     ServerTimeoutError,
@@ -248,7 +249,8 @@ _RANK1_STATUS: tuple[tuple[type[Rank1Error], int, str], ...] = (
 
 
 async def _rank1_error(request: Request, exc: Exception) -> Response:
-    status, kind = next(((s, k) for t, s, k in _RANK1_STATUS if isinstance(exc, t)), (500, "internal_error"))
+    assert isinstance(exc, Rank1Error)
+    status, kind = _status_of(exc)
     if status < 500:
         # Our own validation: the message names what is wrong with the request, nothing more.
         return error_response(request.url.path, status, kind, str(exc))
@@ -256,6 +258,15 @@ async def _rank1_error(request: Request, exc: Exception) -> Response:
     logger.warning("rerank failed (%s): %s", type(exc).__name__, exc)
     message = f"rank1 could not judge the documents: {type(exc).__name__}"
     return error_response(request.url.path, status, kind, message)
+
+
+def _status_of(exc: Rank1Error) -> tuple[int, str]:
+    # Failed passages: by what made them fail (every upstream unreachable is a 503, worth a retry).
+    causes = [f.error for f in exc.failures] if isinstance(exc, PassagesFailedError) and exc.failures else [exc]
+    for kind_of, status, kind in _RANK1_STATUS:
+        if all(isinstance(cause, kind_of) for cause in causes):
+            return status, kind
+    return 500, "internal_error"
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
