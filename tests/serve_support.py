@@ -21,6 +21,15 @@ from tests.vllm_server import free_port
 
 _REPO = Path(__file__).resolve().parent.parent
 API_KEY = "test-key-for-rank1-serve"
+REPORTING_LAUNCHER = (
+    "import signal, sys\n"
+    "heavy = lambda: sorted(m for m in ('torch', 'vllm') if m in sys.modules)\n"
+    "# uvicorn re-raises the SIGTERM it handled once it has shut down: report, then exit 0\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(print('heavy modules at exit:', heavy(), flush=True)))\n"
+    "from rank1_integrations.serve.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+"""``rank1-serve`` that says, when SIGTERM has stopped it, whether vLLM or torch were ever imported."""
 
 
 class InProcessServer:
@@ -45,17 +54,23 @@ class InProcessServer:
 
 
 class ServeProcess:
-    """``python -m rank1_integrations.serve ARGS --port P`` from this checkout, output to a log file."""
+    """``python -m rank1_integrations.serve ARGS --port P`` from this checkout (or ``python -c launcher``),
+    output to a log file."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None, launcher: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
-        full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(_REPO)}
+        # this checkout's package; an API key only where a test gives one
+        full_env = {k: v for k, v in os.environ.items() if k != "RANK1_SERVE_API_KEY"}
+        full_env.update(env or {}, PYTHONPATH=str(_REPO))
+        start = ["-c", launcher] if launcher else ["-m", "rank1_integrations.serve"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rank1_integrations.serve", *args, "--port", str(self.port)],
+            [sys.executable, *start, *args, "--port", str(self.port)],
             cwd=_REPO,
             env=full_env,
             stdout=self._log,
@@ -83,9 +98,12 @@ class ServeProcess:
         """SIGTERM, as a process manager sends it."""
         self.process.send_signal(signal.SIGTERM)
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log(self) -> str:
         self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
 
     def kill(self) -> None:
         if self.process.poll() is None:

@@ -10,11 +10,12 @@ share of the in-flight judgments (aborting them in the engine when nobody else w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -77,11 +78,13 @@ def create_app(
     served_model_names: Sequence[str] | None = None,
     api_key: str | SecretStr | None = None,
     limits: Limits | None = None,
+    owns_reranker: bool = False,
 ) -> FastAPI:
     """An app serving ``reranker`` under ``served_model_names`` (default: the backend's model name).
 
     With ``api_key`` every endpoint but ``/health`` and ``/metrics`` needs
-    ``Authorization: Bearer <api_key>``. The app never closes ``reranker``: its owner does.
+    ``Authorization: Bearer <api_key>``. With ``owns_reranker`` the app closes the reranker
+    when it shuts down (after its running requests); otherwise the caller keeps it.
     """
     names = list(served_model_names or [reranker.backend.model_name])
     if not names or not all(isinstance(name, str) and name for name in names):
@@ -93,7 +96,14 @@ def create_app(
     service = RerankService(reranker, limits=limits or Limits(), metrics=metrics)
     created = int(time.time())
 
-    app = FastAPI(title="rank1-serve", version=__version__, docs_url=None, redoc_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owns_reranker:
+            await _close(reranker)
+            logger.info("rank1-serve stopped; the reranker is closed")
+
+    app = FastAPI(title="rank1-serve", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.service = service
     app.state.metrics = metrics
     if key is not None:
@@ -153,6 +163,15 @@ def create_app(
         return _json(CohereRerankResponse(id=_request_id(), results=results, meta=meta))
 
     return app
+
+
+async def _close(reranker: Rank1Reranker) -> None:
+    # A remote backend's async connections belong to this event loop: close them here.
+    aclose = getattr(reranker.backend, "aclose", None)
+    if callable(aclose):
+        await aclose()
+    else:
+        await asyncio.to_thread(reranker.close)
 
 
 def _result_fields(pick: Pick) -> dict[str, Any]:

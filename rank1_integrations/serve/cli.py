@@ -99,26 +99,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rank1_integrations.serve.app import create_app
 
         names = args.served_model_name or [args.model or reranker.backend.model_name]
-        app = create_app(reranker, served_model_names=names, api_key=api_key, limits=limits)
-        mode = f"gateway to {len(args.upstream)} vLLM server(s)" if args.upstream else "embedded engine"
-        logging.getLogger("rank1_integrations.serve").info(
-            "serving %s as %s (%s), reasoning budget %d, context %d",
-            reranker.backend.model_name,
-            ", ".join(names),
-            mode,
-            reranker.max_reasoning_tokens,
-            reranker.context_size,
-        )
-        # uvicorn handles SIGTERM: stop accepting, let running requests finish within the grace period.
-        uvicorn.run(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            timeout_graceful_shutdown=args.grace_period,
-        )
-    finally:
+        app = create_app(reranker, served_model_names=names, api_key=api_key, limits=limits, owns_reranker=True)
+    except BaseException:
         reranker.close()
+        raise
+    mode = f"gateway to {len(args.upstream)} vLLM server(s)" if args.upstream else "embedded engine"
+    logging.getLogger("rank1_integrations.serve").info(
+        "serving %s as %s (%s), reasoning budget %d, context %d",
+        reranker.backend.model_name,
+        ", ".join(names),
+        mode,
+        reranker.max_reasoning_tokens,
+        reranker.context_size,
+    )
+    # uvicorn handles SIGTERM: it stops accepting, lets running requests finish within the grace
+    # period, shuts the app down (which closes the reranker), then exits by the signal.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.grace_period,
+    )
     return 0
 
 
