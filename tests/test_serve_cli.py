@@ -103,6 +103,7 @@ def test_gateway_in_front_of_a_vllm_server_needs_neither_vllm_nor_torch(
         (["--upstream", "http://127.0.0.1:9/v1", "--dtype", "float32"], "engine arguments need the embedded engine"),
         (["--served-model-name", "x"], "--model is required"),
         (["--model", "m", "--api-key-env", "RANK1_TEST_UNSET_VARIABLE"], "that environment variable is not set"),
+        (["--model", "m", "--max-documents", "0"], "max_documents must be a positive int, got 0"),
     ],
 )
 def test_command_line_mistakes_stop_before_anything_starts(argv, message, capsys, monkeypatch) -> None:
@@ -139,3 +140,13 @@ def test_without_the_serve_extra_the_import_names_it() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=_REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "('serve',)"
+
+
+def test_a_gateway_without_a_reachable_upstream_says_so_and_exits(tmp_path: Path) -> None:
+    server = ServeProcess(["--upstream", "http://127.0.0.1:9/v1", "--model", "rank1"], tmp_path / "gateway.log")
+    try:
+        assert server.process.wait(timeout=120) == 1
+        assert "rank1-serve: could not reach http://127.0.0.1:9/v1/models" in server.log()
+        assert "Traceback" not in server.log()
+    finally:
+        server.kill()

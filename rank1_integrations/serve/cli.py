@@ -18,7 +18,7 @@ from typing import Any
 
 from rank1_integrations._optional import require
 from rank1_integrations.cache import DiskCache, JudgmentCache, MemoryCache
-from rank1_integrations.errors import Rank1Error
+from rank1_integrations.errors import InvalidInputError, Rank1Error
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
 from rank1_integrations.serve.service import Limits
 
@@ -92,8 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     api_key = _api_key(parser, args.api_key_env)
     try:
         limits = Limits(args.max_documents, args.max_characters)
+    except InvalidInputError as err:
+        parser.error(str(err))
+    try:
         reranker = _reranker(args, engine_argv)
-    except Rank1Error as err:
+    except Rank1Error as err:  # the model or the upstream servers could not be had
         parser.exit(1, f"rank1-serve: {err}\n")
     try:
         from rank1_integrations.serve.app import create_app
