@@ -53,6 +53,8 @@ class Outcome:
     latencies: list[float]
     scores: list[list[list[float | None]]] = field(default_factory=list)
     """For each client and request, the scores in passage order."""
+    admissions: int = 0
+    """Times the engine loop admitted new requests into its running batch."""
 
 
 def percentile(values: Sequence[float], q: int) -> float:
@@ -171,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     reranker = load_reranker(args, cache=False)
     report.set_engine(engine_llm(reranker))
+    stats = reranker.backend.engine_stats  # type: ignore[attr-defined]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -202,10 +205,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             def judge(_: int, query: str, passages: list[str]) -> list[float | None]:
                 return [j.score for j in reranker.judge(query, passages)]
 
+            def counted(run: Callable[[], Outcome]) -> Callable[[], Outcome]:
+                def measured() -> Outcome:
+                    before = stats.admissions
+                    outcome = run()
+                    outcome.admissions = stats.admissions - before
+                    return outcome
+
+                return measured
+
             print(f"{clients} clients x {per_client} requests x {args.docs} passages", flush=True)
             variants: dict[str, Callable[[], Outcome]] = {
-                "direct judge": lambda work=work: run_clients(work, judge),  # type: ignore[misc]
-                "API (/v1/rerank)": lambda work=work: client.run(work),  # type: ignore[misc]
+                "direct judge": counted(lambda work=work: run_clients(work, judge)),  # type: ignore[misc]
+                "API (/v1/rerank)": counted(lambda work=work: client.run(work)),  # type: ignore[misc]
             }
             samples = interleaved(variants, runs=args.runs, warmup=args.warmup)
             direct: list[Sample] = samples["direct judge"]
@@ -225,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{percentile(latencies, 50):.3f}",
                         f"{percentile(latencies, 95):.3f}",
                         f"{min(walls):.3f}-{max(walls):.3f}",
+                        f"{median([float(s.result.admissions) for s in runs]):.0f}",
                         f"{share:.3f}" if name.startswith("API") else "1.000",
                     ]
                 )
@@ -260,11 +273,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             "p50 latency s",
             "p95 latency s",
             "wall min-max s",
+            "engine admissions",
             "throughput vs direct",
         ],
         rows,
         note="Each client sends its requests one after another; 'throughput vs direct' is the median over rounds "
-        "of direct wall / API wall. p50/p95 over every request of the timed rounds. The API's clients run in a "
+        "of direct wall / API wall. p50/p95 over every request of the timed rounds. 'engine admissions' (median): "
+        "times the engine loop added newly arrived requests to its running batch. The API's clients run in a "
         "separate process; the server (uvicorn, one event loop) shares this process with the engine's driver "
         f"thread. Lowest API share over the levels: {worst:.3f}.",
     )
