@@ -66,11 +66,11 @@ def passages_in(prompts: Sequence[str]) -> list[str]:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Rank1Reranker], InProcessServer]]:
+def serve() -> Iterator[Callable[..., InProcessServer]]:
     started: list[InProcessServer] = []
 
-    def start(reranker: Rank1Reranker) -> InProcessServer:
-        started.append(InProcessServer(create_app(reranker)))
+    def start(reranker: Rank1Reranker, **settings: Any) -> InProcessServer:
+        started.append(InProcessServer(create_app(reranker, **settings)))
         return started[-1]
 
     yield start
@@ -184,8 +184,10 @@ def test_backend_failures_are_5xx_json_without_internals(scripted_reranker, serv
 
 @pytest.fixture(scope="module")
 def slow(random_reranker) -> Iterator[tuple[RecordingBackend, InProcessServer]]:
+    """No disconnect grace: work nobody waits for is aborted at once."""
     backend = RecordingBackend(random_reranker.backend)
-    server = InProcessServer(create_app(Rank1Reranker(backend, max_reasoning_tokens=SLOW_BUDGET, cache=False)))
+    reranker = Rank1Reranker(backend, max_reasoning_tokens=SLOW_BUDGET, cache=False)
+    server = InProcessServer(create_app(reranker, disconnect_grace=0))
     yield backend, server
     server.stop()
 
@@ -249,4 +251,23 @@ def test_a_disconnect_leaves_work_another_client_waits_for(slow) -> None:
     assert (result["reasoning_tokens"], result["forced"]) == (SLOW_BUDGET, True)  # ran to the end
     # one reasoning batch and its forced answer: the second client never started its own
     assert [len(prompts) for _, prompts in backend.calls[calls:]] == [1, 1]
+    assert metric(server, "rank1_serve_shared_judgments_total") == 1
+
+
+def test_a_client_that_retries_after_a_disconnect_joins_its_first_attempt(random_reranker, serve) -> None:
+    backend = RecordingBackend(random_reranker.backend)
+    reranker = Rank1Reranker(backend, max_reasoning_tokens=SLOW_BUDGET, cache=False)
+    server = serve(reranker, disconnect_grace=30)
+    wait_until_engine_idle(backend)
+    before = engine_steps(backend)
+    body = {"query": "who rang the church bell", "documents": ["The bell rang at noon every Sunday."]}
+    first = send_and_hold(server, body)
+    wait_for(lambda: engine_steps(backend) >= before + 10)
+    first.close()  # the client timed out ...
+    wait_for(lambda: metric(server, "rank1_serve_requests_total", status="499") == 1)
+    retry = post(server, body)  # ... and tried again: the judgment it started is still running
+    assert retry.status_code == 200
+    (result,) = retry.json()["results"]
+    assert result["reasoning_tokens"] == SLOW_BUDGET
+    assert [len(prompts) for _, prompts in backend.calls] == [1, 1]  # reasoning, forced answer: once
     assert metric(server, "rank1_serve_shared_judgments_total") == 1

@@ -132,3 +132,32 @@ async def test_nothing_to_judge_starts_nothing() -> None:
     judge = HeldJudge()
     result = await InFlight(judge).join("q", {})
     assert (result.judgments, result.shared, judge.calls) == ({}, 0, [])
+
+
+async def test_work_nobody_waits_for_lingers_for_a_retry() -> None:
+    judge = HeldJudge()
+    flights = InFlight(judge, linger=0.2)
+    first = asyncio.create_task(flights.join("q", {"a": "aa"}))
+    await settle()
+    first.cancel()  # the client timed out ...
+    await asyncio.sleep(0.05)
+    assert judge.cancelled == []
+    retry = asyncio.create_task(flights.join("q", {"a": "aa"}))  # ... and came back
+    await asyncio.sleep(0.3)  # past the linger: the retry holds the work
+    assert judge.cancelled == []
+    judge.release.set()
+    assert (await retry).shared == 1
+    assert judge.calls == [["aa"]]
+
+
+async def test_lingering_work_is_cancelled_when_nobody_comes_back() -> None:
+    judge = HeldJudge()
+    flights = InFlight(judge, linger=0.1)
+    first = asyncio.create_task(flights.join("q", {"a": "aa"}))
+    await settle()
+    first.cancel()
+    await settle()
+    assert len(flights) == 1  # still joinable
+    await asyncio.sleep(0.2)
+    assert judge.cancelled == [["aa"]]
+    assert len(flights) == 0

@@ -10,7 +10,7 @@ from rank1_integrations._optional import require
 
 require("fastapi", extras=("serve",), purpose="rank1_integrations.serve")
 
-from rank1_integrations.serve.app import ModelNotFoundError, create_app  # noqa: E402
+from rank1_integrations.serve.app import DEFAULT_DISCONNECT_GRACE, ModelNotFoundError, create_app  # noqa: E402
 from rank1_integrations.serve.service import Limits, RequestTooLargeError  # noqa: E402
 
-__all__ = ["Limits", "ModelNotFoundError", "RequestTooLargeError", "create_app"]
+__all__ = ["DEFAULT_DISCONNECT_GRACE", "Limits", "ModelNotFoundError", "RequestTooLargeError", "create_app"]

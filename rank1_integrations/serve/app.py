@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,7 +56,7 @@ from rank1_integrations.serve.schemas import (
 )
 from rank1_integrations.serve.service import Limits, Ranking, RequestTooLargeError, RerankService
 
-__all__ = ["ModelNotFoundError", "create_app"]
+__all__ = ["DEFAULT_DISCONNECT_GRACE", "ModelNotFoundError", "create_app"]
 
 logger = logging.getLogger("rank1_integrations.serve")
 
@@ -65,7 +65,8 @@ OPEN_PATHS = frozenset({"/health", "/metrics"})
 _ENDPOINTS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/metrics"})
 _CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; never reaches the client
 
-T = TypeVar("T")
+DEFAULT_DISCONNECT_GRACE = 5.0
+"""Seconds a judgment keeps running after the last client waiting for it disconnected."""
 
 
 class ModelNotFoundError(InvalidInputError):
@@ -78,13 +79,16 @@ def create_app(
     served_model_names: Sequence[str] | None = None,
     api_key: str | SecretStr | None = None,
     limits: Limits | None = None,
+    disconnect_grace: float = DEFAULT_DISCONNECT_GRACE,
     owns_reranker: bool = False,
 ) -> FastAPI:
     """An app serving ``reranker`` under ``served_model_names`` (default: the backend's model name).
 
     With ``api_key`` every endpoint but ``/health`` and ``/metrics`` needs
-    ``Authorization: Bearer <api_key>``. With ``owns_reranker`` the app closes the reranker
-    when it shuts down (after its running requests); otherwise the caller keeps it.
+    ``Authorization: Bearer <api_key>``. When a client disconnects, the judgments only it
+    waited for keep running ``disconnect_grace`` seconds (a retry joins them), then are
+    aborted. With ``owns_reranker`` the app closes the reranker when it shuts down (after
+    its running requests); otherwise the caller keeps it.
     """
     names = list(served_model_names or [reranker.backend.model_name])
     if not names or not all(isinstance(name, str) and name for name in names):
@@ -92,8 +96,12 @@ def create_app(
     key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
     if key is not None and (not isinstance(key, str) or not key):
         raise InvalidInputError("api_key must be a non-empty string (or None for no key)")
+    if isinstance(disconnect_grace, bool) or not isinstance(disconnect_grace, int | float) or disconnect_grace < 0:
+        raise InvalidInputError(f"disconnect_grace must be a number of seconds >= 0, got {disconnect_grace!r}")
     metrics = ServeMetrics()
-    service = RerankService(reranker, limits=limits or Limits(), metrics=metrics)
+    service = RerankService(
+        reranker, limits=limits or Limits(), metrics=metrics, disconnect_grace=float(disconnect_grace)
+    )
     created = int(time.time())
 
     @contextlib.asynccontextmanager

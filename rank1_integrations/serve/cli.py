@@ -20,6 +20,7 @@ from rank1_integrations._optional import require
 from rank1_integrations.cache import DiskCache, JudgmentCache, MemoryCache
 from rank1_integrations.errors import InvalidInputError, Rank1Error
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
+from rank1_integrations.serve.app import DEFAULT_DISCONNECT_GRACE, create_app
 from rank1_integrations.serve.service import Limits
 
 __all__ = ["DEFAULT_API_KEY_ENV", "build_parser", "main"]
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disk-cache", metavar="PATH", help="keep judgments in this SQLite file instead")
     parser.add_argument("--max-concurrency", type=int, default=32, help="with --upstream: HTTP requests in flight")
     parser.add_argument(
+        "--disconnect-grace",
+        type=float,
+        default=DEFAULT_DISCONNECT_GRACE,
+        help="seconds a judgment keeps running after its last client disconnected, so a retry can join it; "
+        f"then its engine requests are aborted (default {DEFAULT_DISCONNECT_GRACE:g}; 0: at once)",
+    )
+    parser.add_argument(
         "--grace-period",
         type=float,
         default=30.0,
@@ -94,15 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits = Limits(args.max_documents, args.max_characters)
     except InvalidInputError as err:
         parser.error(str(err))
+    if args.disconnect_grace < 0:
+        parser.error("--disconnect-grace must be >= 0")
     try:
         reranker = _reranker(args, engine_argv)
     except Rank1Error as err:  # the model or the upstream servers could not be had
         parser.exit(1, f"rank1-serve: {err}\n")
     try:
-        from rank1_integrations.serve.app import create_app
-
         names = args.served_model_name or [args.model or reranker.backend.model_name]
-        app = create_app(reranker, served_model_names=names, api_key=api_key, limits=limits, owns_reranker=True)
+        app = create_app(
+            reranker,
+            served_model_names=names,
+            api_key=api_key,
+            limits=limits,
+            disconnect_grace=args.disconnect_grace,
+            owns_reranker=True,
+        )
     except BaseException:
         reranker.close()
         raise

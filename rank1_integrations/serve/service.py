@@ -57,11 +57,13 @@ class Ranking:
 class RerankService:
     """Ranks documents with one :class:`Rank1Reranker`, sharing work between concurrent requests."""
 
-    def __init__(self, reranker: Rank1Reranker, *, limits: Limits, metrics: ServeMetrics) -> None:
+    def __init__(
+        self, reranker: Rank1Reranker, *, limits: Limits, metrics: ServeMetrics, disconnect_grace: float = 0.0
+    ) -> None:
         self.reranker = reranker
         self.limits = limits
         self.metrics = metrics
-        self.in_flight = InFlight(self._judge_batch)
+        self.in_flight = InFlight(self._judge_batch, linger=disconnect_grace)
 
     async def rerank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranking:
         """Every document judged (or the call fails), ranked best first, cut to ``top_n`` (None: all)."""

@@ -8,9 +8,11 @@ engine together).
 
 Batches are reference-counted by the requests waiting on them: a request that goes away
 (its client disconnected) stops waiting, and a batch is cancelled, which aborts its
-engine requests, only when no request waits on it any more. Each passage of a batch has
-its own future, so a batch that delivers judgments one by one could release each waiter
-as soon as its passages are done. Runs on one event loop; no locks.
+engine requests, only when no request waits on it any more, and none has come back
+within ``linger`` seconds: a client that timed out and retries at once joins the work
+its first attempt started instead of starting it over. Each passage of a batch has its
+own future, so a batch that delivers judgments one by one could release each waiter as
+soon as its passages are done. Runs on one event loop; no locks.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class _Batch:
     results: dict[str, asyncio.Future[_Outcome]]
     task: asyncio.Task[None] | None = None
     waiters: int = 0
+    expiry: asyncio.TimerHandle | None = None
+    """Set while nobody waits: when the batch is cancelled unless a request joins it first."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class InFlight:
     """Keys being judged now, and the batch judging each."""
 
     judge: Judge
+    linger: float = 0.0
+    """Seconds a batch nobody waits for keeps running before it is cancelled (0: at once)."""
     _batches: dict[str, _Batch] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -67,6 +73,9 @@ class InFlight:
         batches = list({id(self._batches[key]): self._batches[key] for key in passages}.values())
         for batch in batches:
             batch.waiters += 1
+            if batch.expiry is not None:  # a request came back for work nobody waited for
+                batch.expiry.cancel()
+                batch.expiry = None
         try:
             # asyncio.wait never cancels what it waits on: leaving cancels nobody else's work.
             if futures:
@@ -75,7 +84,7 @@ class InFlight:
             for batch in batches:
                 batch.waiters -= 1
                 if batch.waiters == 0 and batch.task is not None and not batch.task.done():
-                    self._cancel(batch)
+                    self._unwanted(batch)
         judgments: dict[str, Judgment] = {}
         for key, future in futures.items():
             outcome = future.result()
@@ -107,10 +116,23 @@ class InFlight:
 
     def _settle(self, batch: _Batch) -> None:
         # However the batch ended (cancelled included), nobody may wait on it forever.
+        if batch.expiry is not None:
+            batch.expiry.cancel()
         self._forget(batch)
         for future in batch.results.values():
             if not future.done():
                 future.cancel()
+
+    def _unwanted(self, batch: _Batch) -> None:
+        if self.linger > 0:
+            batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
+        else:
+            self._cancel(batch)
+
+    def _expire(self, batch: _Batch) -> None:
+        batch.expiry = None
+        if batch.waiters == 0 and batch.task is not None and not batch.task.done():
+            self._cancel(batch)
 
     def _cancel(self, batch: _Batch) -> None:
         # Forget first: a request arriving from now on starts fresh work instead of joining this.
