@@ -161,3 +161,16 @@ async def test_lingering_work_is_cancelled_when_nobody_comes_back() -> None:
     await asyncio.sleep(0.2)
     assert judge.cancelled == [["aa"]]
     assert len(flights) == 0
+
+
+async def test_cancel_all_stops_lingering_work() -> None:
+    judge = HeldJudge()
+    flights = InFlight(judge, linger=60)
+    first = asyncio.create_task(flights.join("q", {"a": "aa", "b": "b"}))
+    await settle()
+    first.cancel()
+    await settle()
+    flights.cancel_all()
+    await settle()
+    assert judge.cancelled == [["aa", "b"]]
+    assert len(flights) == 0

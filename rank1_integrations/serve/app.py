@@ -107,6 +107,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        service.in_flight.cancel_all()  # work still lingering after its clients left
         if owns_reranker:
             await _close(reranker)
             logger.info("rank1-serve stopped; the reranker is closed")

@@ -94,6 +94,11 @@ class InFlight:
             judgments[key] = outcome
         return Joined(judgments, shared=len(passages) - len(new))
 
+    def cancel_all(self) -> None:
+        """Cancel every batch (the server is shutting down: no request can wait any more)."""
+        for batch in list({id(b): b for b in self._batches.values()}.values()):
+            self._cancel(batch)
+
     def _start(self, query: str, passages: Mapping[str, str]) -> None:
         loop = asyncio.get_running_loop()
         batch = _Batch({key: loop.create_future() for key in passages})
