@@ -55,6 +55,10 @@ class Outcome:
     """For each client and request, the scores in passage order."""
     admissions: int = 0
     """Times the engine loop admitted new requests into its running batch."""
+    server_seconds: float = 0.0
+    """API only: the app's time answering the requests (its request-duration histogram)."""
+    judge_seconds: float = 0.0
+    """API only: of which in ``reranker.ajudge`` (its judge-duration histogram)."""
 
 
 def percentile(values: Sequence[float], q: int) -> float:
@@ -177,16 +181,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(reranker), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
+    app = create_app(reranker)
+    registry = app.state.metrics.registry
+
+    def app_seconds() -> tuple[float, float]:
+        served = registry.get_sample_value("rank1_serve_request_duration_seconds_sum", {"endpoint": "/v1/rerank"})
+        judged = registry.get_sample_value("rank1_serve_judge_duration_seconds_sum")
+        return served or 0.0, judged or 0.0
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     serving = threading.Thread(target=server.run, daemon=True)
     serving.start()
     while not server.started:
         time.sleep(0.05)
     client = ClientProcess(f"http://127.0.0.1:{port}")
 
-    rows, worst = [], float("inf")
+    rows, app_rows, worst = [], [], float("inf")
     try:
         for clients in levels:
             per_client = max(1, args.requests // clients)
@@ -207,9 +217,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             def counted(run: Callable[[], Outcome]) -> Callable[[], Outcome]:
                 def measured() -> Outcome:
-                    before = stats.admissions
+                    before, (served, judged) = stats.admissions, app_seconds()
                     outcome = run()
                     outcome.admissions = stats.admissions - before
+                    served_after, judged_after = app_seconds()
+                    outcome.server_seconds, outcome.judge_seconds = served_after - served, judged_after - judged
                     return outcome
 
                 return measured
@@ -225,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             requests = clients * per_client
             share = median([d.result.wall / a.result.wall for d, a in zip(direct, api, strict=True)])
             worst = min(worst, share)
+            outside = median([(a.result.server_seconds - a.result.judge_seconds) / requests for a in api])
+            outside_share = median([1 - a.result.judge_seconds / a.result.server_seconds for a in api])
+            app_rows.append([clients, f"{outside * 1000:.2f}", f"{outside_share:.2%}"])
             for name, runs in (("direct judge", direct), ("API (/v1/rerank)", api)):
                 walls = [s.result.wall for s in runs]
                 latencies = [x for s in runs for x in s.result.latencies]
@@ -282,6 +297,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "times the engine loop added newly arrived requests to its running batch. The API's clients run in a "
         "separate process; the server (uvicorn, one event loop) shares this process with the engine's driver "
         f"thread. Lowest API share over the levels: {worst:.3f}.",
+    )
+    report.table(
+        "The app's own time per request (outside reranker.ajudge)",
+        ["clients", "ms per request", "share of the app's request time"],
+        app_rows,
+        note="From the app's Prometheus histograms: request duration minus judge duration, per request (median over "
+        "runs): validation, cache keys, sharing, response JSON, and waiting for the event loop. HTTP transport "
+        "and the client are outside it (they are in the throughput comparison above).",
     )
     report.write()
 
