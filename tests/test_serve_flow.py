@@ -81,15 +81,15 @@ def serve() -> Iterator[Callable[..., InProcessServer]]:
 class GatedBackend(RecordingBackend):
     """The real engine; each call is recorded, then held until the test opens the gate."""
 
-    def __init__(self, inner: Backend) -> None:
-        super().__init__(inner)
+    def __init__(self, inner: Backend, *, fail: Sequence[str] = ()) -> None:
+        super().__init__(inner, fail=fail)
         self.gate = threading.Event()
 
     async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        self._record("acomplete", requests)
+        prompts = self._record("acomplete", requests)
         while not self.gate.is_set():
             await asyncio.sleep(0.01)
-        return await self.inner.acomplete(requests)  # type: ignore[attr-defined]
+        return self._inject(prompts, await self.inner.acomplete(requests))  # type: ignore[attr-defined]
 
 
 class FailingBackend(RecordingBackend):
@@ -148,6 +148,22 @@ def test_identical_passages_in_flight_are_judged_once(scripted_reranker, truth, 
         )
     assert metric(server, "rank1_serve_shared_judgments_total") == 2
     assert metric(server, "rank1_serve_passages_judged_total") == 3
+
+
+def test_a_failed_passage_fails_only_the_requests_that_asked_for_it(scripted_reranker, truth, serve) -> None:
+    backend = GatedBackend(scripted_reranker.backend, fail=[SORTED_PASSAGE])
+    server = serve(Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False))
+    with ThreadPoolExecutor(2) as pool:
+        failing = pool.submit(post, server, {"query": LEN_QUERY, "documents": [LEN_PASSAGE, SORTED_PASSAGE]})
+        wait_for(lambda: len(backend.calls) == 1)
+        joining = pool.submit(post, server, {"query": LEN_QUERY, "documents": [LEN_PASSAGE]})  # joins LEN
+        wait_for(lambda: metric(server, "rank1_serve_judgment_waits") == 2)
+        backend.gate.set()
+        assert failing.result().status_code == 502
+        joined = joining.result()
+    assert joined.status_code == 200
+    assert joined.json()["results"][0]["relevance_score"] == pytest.approx(truth["len"].score, abs=TOLERANCE)
+    assert len(backend.calls) == 1  # LEN was judged once, for both
 
 
 @pytest.mark.parametrize(
@@ -241,9 +257,7 @@ def test_a_disconnect_leaves_work_another_client_waits_for(slow) -> None:
     wait_for(lambda: engine_steps(backend) >= before + 10)
     with ThreadPoolExecutor(1) as pool:
         stayer = pool.submit(post, server, body)
-        # both requests in progress (and this scrape): the second has joined the first one's judgment
-        wait_for(lambda: metric(server, "rank1_serve_requests_in_progress") >= 3)
-        time.sleep(1.0)
+        wait_for(lambda: metric(server, "rank1_serve_judgment_waits") == 2)  # it joined the first one's judgment
         leaver.close()
         response = stayer.result()
     assert response.status_code == 200

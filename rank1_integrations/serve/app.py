@@ -102,6 +102,7 @@ def create_app(
     service = RerankService(
         reranker, limits=limits or Limits(), metrics=metrics, disconnect_grace=float(disconnect_grace)
     )
+    metrics.watch(service.in_flight)
     created = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -109,7 +110,7 @@ def create_app(
         yield
         service.in_flight.cancel_all()  # work still lingering after its clients left
         if owns_reranker:
-            await _close(reranker)
+            await asyncio.to_thread(reranker.close)  # an embedded engine finishes what it runs first
             logger.info("rank1-serve stopped; the reranker is closed")
 
     app = FastAPI(title="rank1-serve", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
@@ -172,15 +173,6 @@ def create_app(
         return _json(CohereRerankResponse(id=_request_id(), results=results, meta=meta))
 
     return app
-
-
-async def _close(reranker: Rank1Reranker) -> None:
-    # A remote backend's async connections belong to this event loop: close them here.
-    aclose = getattr(reranker.backend, "aclose", None)
-    if callable(aclose):
-        await aclose()
-    else:
-        await asyncio.to_thread(reranker.close)
 
 
 def _result_fields(pick: Pick) -> dict[str, Any]:

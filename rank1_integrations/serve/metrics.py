@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from rank1_integrations.judgment import Judgment
+from rank1_integrations.serve.sharing import InFlight
 
 __all__ = ["ServeMetrics"]
 
@@ -58,6 +59,17 @@ class ServeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def watch(self, in_flight: InFlight) -> None:
+        """Report the in-flight judgments at every scrape."""
+        Gauge("rank1_serve_passages_in_flight", "Passages being judged now", registry=self.registry).set_function(
+            lambda: len(in_flight)
+        )
+        Gauge(
+            "rank1_serve_judgment_waits",
+            "Requests waiting for in-flight judgments now (one per request and batch)",
+            registry=self.registry,
+        ).set_function(lambda: in_flight.waiting)
 
     def judged_batch(self, judgments: list[Judgment], seconds: float) -> None:
         """Count a batch of fresh judgments."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rank1_integrations.cache import cache_key
+from rank1_integrations.cache import GuardedCache, cache_key
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.reranker import Rank1Reranker
@@ -64,6 +64,8 @@ class RerankService:
         self.limits = limits
         self.metrics = metrics
         self.in_flight = InFlight(self._judge_batch, linger=disconnect_grace)
+        # As the reranker reads its cache: a failing cache costs a miss, never a request.
+        self._cache = GuardedCache(reranker.cache) if reranker.cache is not None else None
 
     async def rerank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranking:
         """Every document judged (or the call fails), ranked best first, cut to ``top_n`` (None: all)."""
@@ -116,13 +118,20 @@ class RerankService:
         )
 
     async def _cached(self, keys: list[str]) -> dict[str, Judgment]:
-        cache = self.reranker.cache
-        if cache is None or not keys:
+        if self._cache is None or not keys:
             return {}
-        return await asyncio.to_thread(cache.get_many, keys)  # a DiskCache reads SQLite: off the event loop
+        return await asyncio.to_thread(self._cache.get_many, keys)  # a DiskCache reads SQLite: off the event loop
 
-    async def _judge_batch(self, query: str, passages: Sequence[str]) -> list[Judgment]:
+    async def _judge_batch(self, query: str, passages: Sequence[str]) -> list[Judgment | Exception]:
+        """Each passage's judgment, or the error that kept it from being judged."""
         started = time.perf_counter()
-        judgments = await self.reranker.ajudge(query, passages)
+        try:
+            judgments = await self.reranker.ajudge(query, passages)
+        except PassagesFailedError as err:
+            if len(err.judgments) != len(passages):
+                raise
+            # The passages judged before the failure still answer the requests waiting for them.
+            self.metrics.judged_batch([j for j in err.judgments if j is not None], time.perf_counter() - started)
+            return [err if j is None else j for j in err.judgments]
         self.metrics.judged_batch(judgments, time.perf_counter() - started)
-        return judgments
+        return list(judgments)

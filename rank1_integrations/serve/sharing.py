@@ -26,9 +26,10 @@ from rank1_integrations.judgment import Judgment
 
 __all__ = ["InFlight", "Joined"]
 
-Judge = Callable[[str, Sequence[str]], Awaitable[Sequence[Judgment]]]
-"""Judges passages for a query (``Rank1Reranker.ajudge``)."""
 _Outcome = Judgment | Exception
+Judge = Callable[[str, Sequence[str]], Awaitable[Sequence[_Outcome]]]
+"""Judges passages for a query: each passage's judgment, or the error that kept it from one.
+Raising fails every passage of the batch."""
 
 
 @dataclass(eq=False)
@@ -60,6 +61,11 @@ class InFlight:
     def __len__(self) -> int:
         """Passages being judged now."""
         return len(self._batches)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for judgments now (one per request and batch it waits on)."""
+        return sum(batch.waiters for batch in {id(b): b for b in self._batches.values()}.values())
 
     async def join(self, query: str, passages: Mapping[str, str]) -> Joined:
         """Judgments of ``passages`` (key -> text) for ``query``, each key judged once across callers.
