@@ -4,7 +4,8 @@ The app only translates: HTTP bodies to a query and documents for the
 :class:`~.service.RerankService`, its rankings to the API's response shape, and errors to
 the API's 4xx/5xx JSON (never a stack trace). It builds no prompts and never talks to an
 engine or server itself. A client that disconnects cancels its request, which releases its
-share of the in-flight judgments (aborting them in the engine when nobody else waits).
+share of the in-flight judgments (aborted in the engine when nobody else waits for them,
+after a short grace in which a retry can join them).
 """
 
 from __future__ import annotations
