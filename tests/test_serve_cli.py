@@ -1,0 +1,152 @@
+"""``rank1-serve`` as a real process: engine arguments, the API key from the environment, SIGTERM,
+and the gateway mode in front of a vLLM server without vLLM or torch in the process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cohere
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from rank1_integrations.serve import cli
+from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from tests.adapter_support import REMOTE_TOLERANCE
+from tests.conftest import SCRIPTED_BUDGET
+from tests.serve_support import API_KEY, REPORTING_LAUNCHER, ServeProcess
+from tests.vllm_server import shared_server, stop_all
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def in_progress(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    return next(
+        s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name.endswith("in_progress")
+    )
+
+
+@pytest.mark.engine
+def test_sigterm_lets_running_requests_finish(random_model_dir: Path, model_cache: Path) -> None:
+    budget = 300
+    args = ["--model", str(random_model_dir), "--served-model-name", "rank1-random", "rank1"]
+    args += ["--max-reasoning-tokens", str(budget), "--api-key-env", "MY_RANK1_KEY", "--grace-period", "120"]
+    args += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0"]  # vLLM's own flags
+    env = {"MY_RANK1_KEY": API_KEY, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    server = ServeProcess(args, model_cache / "rank1-serve-sigterm.log", env=env).wait_ready()
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        models = httpx.get(f"{server.url}/v1/models", headers=auth).json()["data"]
+        assert [(m["id"], m["max_model_len"]) for m in models] == [("rank1-random", 1024), ("rank1", 1024)]
+        assert httpx.get(f"{server.url}/v1/models").status_code == 401
+        body = {
+            "model": "rank1",
+            "query": "when was the mill built",
+            "documents": ["The mill was built in 1820.", "A bridge."],
+        }
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(httpx.post, f"{server.url}/v2/rerank", json=body, headers=auth, timeout=300)
+            deadline = time.monotonic() + 60
+            while in_progress(server.url) < 2:  # the rerank, and this scrape
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            server.terminate()
+            response = running.result()
+        assert response.status_code == 200
+        assert [r["reasoning_tokens"] for r in response.json()["results"]] == [budget, budget]
+        # uvicorn exits by the signal it handled, as a process manager expects, after the app shut down
+        assert server.process.wait(timeout=120) == -signal.SIGTERM
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{server.url}/health")
+        log = server.log()
+        assert "rank1-serve stopped; the reranker is closed" in log
+        assert API_KEY not in log
+    finally:
+        server.kill()
+
+
+@pytest.mark.engine
+def test_gateway_in_front_of_a_vllm_server_needs_neither_vllm_nor_torch(
+    scripted_model_dir: Path, model_cache: Path, truth, request: pytest.FixtureRequest
+) -> None:
+    request.config.add_cleanup(stop_all)
+    upstream = shared_server(scripted_model_dir, "--enable-tokenizer-info-endpoint", log_dir=model_cache).wait_ready()
+    args = ["--upstream", upstream.base_url, "--model", upstream.model, "--served-model-name", "rank1-gateway"]
+    args += ["--max-reasoning-tokens", str(SCRIPTED_BUDGET)]
+    log = model_cache / "rank1-serve-gateway.log"
+    gateway = ServeProcess(args, log, launcher=REPORTING_LAUNCHER).wait_ready()
+    try:
+        client = cohere.ClientV2(api_key="not-checked", base_url=gateway.url)
+        documents = [SORTED_PASSAGE, LEN_PASSAGE, OPEN_PASSAGE]
+        results = client.rerank(model="rank1-gateway", query=LEN_QUERY, documents=documents).results
+        assert [r.index for r in results] == [1, 2, 0]
+        expected = [truth["len"], truth["open"], truth["sorted"]]
+        assert [r.relevance_score for r in results] == pytest.approx([j.score for j in expected], abs=REMOTE_TOLERANCE)
+        assert [r.model_dump()["reasoning"] for r in results] == [j.reasoning for j in expected]
+        gateway.terminate()
+        assert gateway.process.wait(timeout=60) == 0
+        assert "heavy modules at exit: []" in gateway.log()
+    finally:
+        gateway.kill()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--upstream", "http://127.0.0.1:9/v1", "--dtype", "float32"], "engine arguments need the embedded engine"),
+        (["--served-model-name", "x"], "--model is required"),
+        (["--model", "m", "--api-key-env", "RANK1_TEST_UNSET_VARIABLE"], "that environment variable is not set"),
+        (["--model", "m", "--max-documents", "0"], "max_documents must be a positive int, got 0"),
+    ],
+)
+def test_command_line_mistakes_stop_before_anything_starts(argv, message, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("RANK1_TEST_UNSET_VARIABLE", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_and_extra_are_declared() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((_REPO / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["rank1-serve"] == "rank1_integrations.serve.cli:main"
+    assert {r.split(">")[0] for r in project["optional-dependencies"]["serve"]} == {
+        "fastapi",
+        "uvicorn",
+        "prometheus-client",
+    }
+
+
+def test_without_the_serve_extra_the_import_names_it() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["fastapi"] = None  # what an environment without FastAPI looks like to import
+        from rank1_integrations import MissingDependencyError
+        try:
+            import rank1_integrations.serve
+        except MissingDependencyError as err:
+            print(err.extras)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=_REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "('serve',)"
+
+
+def test_a_gateway_without_a_reachable_upstream_says_so_and_exits(tmp_path: Path) -> None:
+    server = ServeProcess(["--upstream", "http://127.0.0.1:9/v1", "--model", "rank1"], tmp_path / "gateway.log")
+    try:
+        assert server.process.wait(timeout=120) == 1
+        assert "rank1-serve: could not reach http://127.0.0.1:9/v1/models" in server.log()
+        assert "Traceback" not in server.log()
+    finally:
+        server.kill()
