@@ -66,7 +66,7 @@ OPEN_PATHS = frozenset({"/health", "/metrics"})
 _ENDPOINTS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/metrics"})
 _CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; never reaches the client
 
-DEFAULT_DISCONNECT_GRACE = 5.0
+DEFAULT_DISCONNECT_GRACE = 2.0
 """Seconds a judgment keeps running after the last client waiting for it disconnected."""
 
 
