@@ -167,8 +167,10 @@ class DiskCache:
         self.max_entries = max_entries
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=busy_timeout)
-        with self._lock, self._db:
+        # Autocommit: each write is one explicit BEGIN IMMEDIATE transaction, which waits for
+        # another process's write lock (a deferred one that reads first may fail at once in WAL).
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=busy_timeout, isolation_level=None)
+        with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judgment TEXT NOT NULL)")
 
@@ -192,12 +194,18 @@ class DiskCache:
         rows: Iterable[tuple[str, str]] = (
             (key, json.dumps(dataclasses.asdict(judgment))) for key, judgment in items.items()
         )
-        with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO judgments (key, judgment) VALUES (?, ?)", rows)
-            # Row ids grow with every write (a replaced row gets a new one): keep the newest.
-            self._db.execute(
-                "DELETE FROM judgments WHERE rowid <= (SELECT MAX(rowid) FROM judgments) - ?", (self.max_entries,)
-            )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO judgments (key, judgment) VALUES (?, ?)", rows)
+                # Row ids grow with every write (a replaced row gets a new one): keep the newest.
+                self._db.execute(
+                    "DELETE FROM judgments WHERE rowid <= (SELECT MAX(rowid) FROM judgments) - ?", (self.max_entries,)
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:

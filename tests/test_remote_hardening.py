@@ -44,7 +44,7 @@ from tests.vllm_server import VLLMServer, shared_server, stop_all
 pytestmark = pytest.mark.engine
 
 TOLERANCE = 1e-4
-FAST = {"initial_backoff": 0.02, "max_backoff": 0.2, "cache": False}
+FAST = {"initial_backoff": 0.02, "max_backoff": 0.2, "cache": False, "tokenizer": "server"}
 BASES = (LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE, JOIN_PASSAGE)
 PASSAGES = [f"{BASES[i % 4]} Note {i}." for i in range(32)]
 SECRET = "sk-hardening-5e4d3c2b1a"
