@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import re
@@ -75,19 +74,29 @@ class RecordingBackend:
 
     def _record(self, requests: Sequence[CompletionRequest]) -> list[str]:
         prompts = [self.inner.tokenizer.decode(r.prompt_token_ids) for r in requests]
-        # Whether the call came from a running event loop (async path) or a plain thread (sync path).
-        try:
-            asyncio.get_running_loop()
-            caller = "event loop"
-        except RuntimeError:
-            caller = "thread"
-        self.calls.append((caller, prompts))
+        self.calls.append(("submit", prompts))
         return prompts
 
 
-def recording(reranker: Rank1Reranker, *, fail: Sequence[str] = (), on_failure="raise") -> Rank1Reranker:
+class EntryPoints(Rank1Reranker):
+    """A real reranker that notes which of its entry points an adapter called."""
+
+    entry_points: list[str]
+
+    def judge(self, *args: Any, **kwargs: Any) -> list[Judgment]:
+        self.entry_points.append("judge")
+        return super().judge(*args, **kwargs)
+
+    async def ajudge(self, *args: Any, **kwargs: Any) -> list[Judgment]:
+        self.entry_points.append("ajudge")
+        return await super().ajudge(*args, **kwargs)
+
+
+def recording(reranker: Rank1Reranker, *, fail: Sequence[str] = (), on_failure="raise") -> EntryPoints:
     backend = RecordingBackend(reranker.backend, fail=fail)
-    return Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, on_failure=on_failure, cache=False)
+    spy = EntryPoints(backend, max_reasoning_tokens=SCRIPTED_BUDGET, on_failure=on_failure, cache=False)
+    spy.entry_points = []
+    return spy
 
 
 @pytest.fixture(scope="module")

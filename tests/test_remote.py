@@ -161,7 +161,8 @@ def test_servers_without_logprob_token_ids_fall_back_to_prompt_logprobs(proxy, s
 
 def test_several_prompts_per_request_are_matched_by_choice_index(proxy, server, scripted_reranker) -> None:
     want = scripted_reranker.judge_many(BATCHES)
-    reranker = remote_on(proxy.base_url, server.model, prompts_per_request=3)
+    # Prompts built ahead with the local tokenizer copy, so they all go in one submission.
+    reranker = remote_on(proxy.base_url, server.model, prompts_per_request=3, tokenizer=None)
 
     def shuffled(body):
         body["choices"] = list(reversed(body["choices"]))

@@ -33,8 +33,13 @@ from rank1_integrations.protocol import (
     TRUE_LABEL,
 )
 from rank1_integrations.tokenization import (
+    Control,
+    Data,
     HFPromptTokenizer,
+    PromptPiece,
     PromptTokenizer,
+    Trusted,
+    encode_prompt,
     leading_special_ids,
     protected_pattern,
     split_protected,
@@ -286,16 +291,21 @@ def _special_token_strings(info: dict[str, Any]) -> list[str]:
     return found
 
 
-# Texts on which a local tokenizer must agree with the server's before it is trusted:
-# the protocol's own strings, spaces and newlines, non-ASCII, special-token strings as data.
-_AGREEMENT_PROBES = (
-    PROMPT_HEAD + "what does café mean?" + PROMPT_MIDDLE + "Two  spaces,\ttabs\n\nand lines." + PROMPT_TAIL,
-    TRUE_LABEL,
-    FALSE_LABEL,
-    "Ünïcödé — 日本語 🙂 ½ ﬁ",
-    "  leading and trailing  \n",
-    f"a {THINK_OPEN} b {THINK_CLOSE}{TRUE_LABEL} <|endoftext|> <s> [INST]",
-    "1234567 3.14159 -42 0x1F",
+# Prompts on which a local tokenizer must agree with the server's before it is trusted: the
+# protocol's own strings, spaces and newlines, non-ASCII, special-token strings inside data.
+_AGREEMENT_PROBES: tuple[tuple[PromptPiece, ...], ...] = (
+    (
+        Trusted(PROMPT_HEAD),
+        Data("what does café mean?"),
+        Trusted(PROMPT_MIDDLE),
+        Data(f"Two  spaces,\ttabs\n\nand lines. a {THINK_OPEN} b {THINK_CLOSE}{TRUE_LABEL} <|endoftext|> <s> [INST]"),
+        Trusted(PROMPT_TAIL),
+        Control(THINK_OPEN),
+    ),
+    (Trusted("\n"), Data("Ünïcödé — 日本語 🙂 ½ ﬁ 1234567 3.14159 -42 0x1F."), Trusted("\n"), Control(THINK_CLOSE)),
+    (Data(TRUE_LABEL),),
+    (Data(FALSE_LABEL),),
+    (Data("  leading and trailing  \n"),),
 )
 
 
@@ -309,12 +319,12 @@ def disagreement(local: PromptTokenizer, server: PromptTokenizer) -> str | None:
     for marker in (THINK_OPEN, THINK_CLOSE, TRUE_LABEL, FALSE_LABEL):
         if local.single_token_id(marker) != server.single_token_id(marker):
             return f"they give {marker!r} different ids"
-    for probe in _AGREEMENT_PROBES:
-        ids = local.encode_plain(probe)
-        if ids != server.encode_plain(probe):
-            return f"they encode {probe[:40]!r} differently"
+    for pieces in _AGREEMENT_PROBES:
+        ids = encode_prompt(local, pieces)
+        if ids != encode_prompt(server, pieces):
+            return f"they encode the prompt {ids[:8]}... differently"
         if local.decode(ids) != server.decode(ids):
-            return f"they decode {probe[:40]!r} differently"
+            return "they decode a prompt differently"
     return None
 
 
