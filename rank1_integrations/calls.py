@@ -1,7 +1,8 @@
 """One judging call, before and after the engine: validation, cache look-up, assembly.
 
-Pure logic: it builds the :class:`JudgingRun` for what the cache does not know and
-puts fresh and cached judgments back in the caller's order, applying the failure policy.
+Pure logic: it builds the prompts and the :class:`JudgingRun` for what the cache does
+not know, says what the caller gets for each passage as it becomes final, and puts
+fresh and cached judgments back in the caller's order, applying the failure policy.
 """
 
 from __future__ import annotations
@@ -27,32 +28,53 @@ class CallPlan:
     """What one call must ask the engine, and how to answer the caller afterwards."""
 
     sizes: list[int]
-    run: JudgingRun | None
+    run: JudgingRun
     fresh: list[Position]
+    """The passages the engine must judge (the cache does not know them); ``run`` numbers them in this order."""
+    texts: list[tuple[str, str]]
+    """(query, passage) of each fresh passage."""
+    builder: PromptBuilder
     known: dict[Position, Judgment] = field(default_factory=dict)
     keys: dict[Position, str] = field(default_factory=dict)
+    prompts: dict[int, PreparedPrompt | Rank1Error] = field(default_factory=dict)
+    """The prompts built ahead (:meth:`build_all`); the rest are built by the driver."""
 
-    def finish(self, on_failure: FailurePolicy, cache: JudgmentCache | None) -> list[list[Judgment]]:
-        """Every passage's judgment in the caller's order, or :class:`PassagesFailedError`.
+    def build(self, index: int) -> PreparedPrompt | Rank1Error:
+        """Fresh passage ``index``'s prompt, or the backend error (e.g. its tokenizer server failed) that kept
+        it from one. Bad input (a query too long for the context) fails the whole call: it raises."""
+        try:
+            return self.builder.build(*self.texts[index])
+        except BackendError as err:
+            return err
 
-        Fresh judgments go to the cache first, so that a caller who retries after an
-        error recomputes only what failed.
-        """
-        outcomes = dict(zip(self.fresh, self.run.outcomes(), strict=True)) if self.run else {}
-        judged = {pos: o for pos, o in outcomes.items() if isinstance(o, Judgment)}
-        if cache is not None and judged:
-            cache.put_many({self.keys[pos]: j for pos, j in judged.items() if pos in self.keys})
+    def build_all(self) -> CallPlan:
+        self.prompts = {index: self.build(index) for index in range(len(self.fresh))}
+        return self
+
+    def handed_over(self, index: int, on_failure: FailurePolicy) -> Judgment | None:
+        """What the caller gets for fresh passage ``index``, now final (None: a failure, raised at the end)."""
+        outcome = self.run.outcome(index)
+        if isinstance(outcome, Judgment):
+            return outcome
+        if outcome is not None and on_failure == "mark_unjudged":
+            return _unjudged(self.fresh[index][1], outcome)
+        return None
+
+    def finish(self, on_failure: FailurePolicy) -> list[list[Judgment]]:
+        """Every passage's judgment in the caller's order, or :class:`PassagesFailedError` carrying them."""
+        outcomes = dict(zip(self.fresh, self.run.outcomes(), strict=True))
+        found = {**self.known, **{pos: o for pos, o in outcomes.items() if isinstance(o, Judgment)}}
         failed = {pos: o for pos, o in outcomes.items() if isinstance(o, Rank1Error)}
-        found = {**self.known, **judged}
         if failed and on_failure == "raise":
             failures = [PassageFailure(i, error, batch=b) for (b, i), error in sorted(failed.items())]
             batches = [[found.get((b, i)) for i in range(size)] for b, size in enumerate(self.sizes)]
             raise PassagesFailedError(failures, total=sum(self.sizes), batches=batches)
-        for (b, i), error in failed.items():
-            found[(b, i)] = Judgment(
-                index=i, score=None, relevant=None, reasoning="", error=f"{type(error).__name__}: {error}"
-            )
+        found.update({pos: _unjudged(pos[1], error) for pos, error in failed.items()})
         return [[found[(b, i)] for i in range(size)] for b, size in enumerate(self.sizes)]
+
+
+def _unjudged(index: int, error: Rank1Error) -> Judgment:
+    return Judgment(index=index, score=None, relevant=None, reasoning="", error=f"{type(error).__name__}: {error}")
 
 
 def plan_call(
@@ -74,27 +96,10 @@ def plan_call(
         hits = cache.get_many(list(dict.fromkeys(keys.values())))
         known = {pos: dataclasses.replace(hits[key], index=pos[1]) for pos, key in keys.items() if key in hits}
     fresh = [pos for pos in positions if pos not in known]
-    run = None
-    if fresh:
-        run = JudgingRun(
-            [_prompt(builder, *text[pos]) for pos in fresh],
-            builder,
-            positions=fresh,
-            label_token_ids=label_token_ids,
-            max_reasoning_tokens=max_reasoning_tokens,
-        )
-    return CallPlan([len(p) for _, p in checked], run, fresh, known, keys)
-
-
-def _prompt(builder: PromptBuilder, query: str, passage: str) -> PreparedPrompt | Rank1Error:
-    """The passage's prompt, or the backend error (e.g. its tokenizer server failed) that kept it from one.
-
-    Bad input (a query too long for the context) still fails the whole call.
-    """
-    try:
-        return builder.build(query, passage)
-    except BackendError as err:
-        return err
+    run = JudgingRun(
+        builder, positions=fresh, label_token_ids=label_token_ids, max_reasoning_tokens=max_reasoning_tokens
+    )
+    return CallPlan([len(p) for _, p in checked], run, fresh, [text[pos] for pos in fresh], builder, known, keys)
 
 
 def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:

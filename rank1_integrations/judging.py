@@ -1,8 +1,9 @@
 """The pure decision core of one judging call: prompts -> requests -> completions -> judgments.
 
-:class:`JudgingRun` never waits on I/O. A driver (sync or async) hands its requests
-to a backend and feeds the results back with :meth:`JudgingRun.advance` until no
-requests remain. The forced answer, the only loop back, is decided here and only here.
+:class:`JudgingRun` never waits on I/O. A driver (sync or async) hands each passage's
+request to a backend and feeds its result back with :meth:`JudgingRun.take`, which
+answers with the passage's next request (its forced answer) or nothing (it is final).
+The forced answer, the only loop back, is decided here and only here.
 """
 
 from __future__ import annotations
@@ -31,82 +32,73 @@ class _ForcedAnswer:
 
 
 class JudgingRun:
-    """State of one batch: which passages are judged, which await a forced answer, which failed."""
+    """Where each passage of a call stands: awaiting its reasoning, its forced answer, judged, or failed.
+
+    Passages advance independently: a passage whose reasoning is done gets its forced-answer
+    request (or its judgment) at once, without waiting for the others, so a driver can
+    stream judgments as they become final.
+    """
 
     def __init__(
         self,
-        prompts: Sequence[PreparedPrompt | Rank1Error],
         builder: PromptBuilder,
         *,
-        positions: Sequence[tuple[int, int]] | None = None,
+        positions: Sequence[tuple[int, int]],
         label_token_ids: tuple[int, int],
         max_reasoning_tokens: int,
     ) -> None:
-        """``prompts`` may hold the error that kept a prompt from being built: that passage has failed."""
-        # (batch, index in batch) of each prompt: what callers of judge_many see.
-        self._positions = tuple(positions) if positions is not None else tuple((0, i) for i in range(len(prompts)))
+        # (batch, index in batch) of each passage: what callers of judge_many see.
+        self._positions = tuple(positions)
         self._builder = builder
         self._labels = label_token_ids
         self._budget = max_reasoning_tokens
         self._prompts: dict[int, PreparedPrompt] = {}
-        self._failures: dict[int, Rank1Error] = {}
-        for index, prompt in enumerate(prompts):
-            if isinstance(prompt, Rank1Error):
-                self._failures[index] = prompt
-            else:
-                self._prompts[index] = prompt
-        self._judgments: list[Judgment | None] = [None] * len(prompts)
-        self._forced: list[_ForcedAnswer] = []
-        self._in_flight: list[int] = []
-        self._awaiting: Literal["reasoning", "forced answers", "nothing"] = "reasoning"
+        self._outcomes: dict[int, Judgment | Rank1Error] = {}
+        self._forced: dict[int, _ForcedAnswer] = {}
 
-    def start(self) -> list[CompletionRequest]:
-        """The reasoning requests: one per built prompt, all in one batch."""
-        self._in_flight = list(self._prompts)
-        return [
-            CompletionRequest(self._prompts[index].token_ids, self._budget, STOP_STRINGS, self._labels)
-            for index in self._in_flight
-        ]
+    def begin(self, index: int, prompt: PreparedPrompt | Rank1Error) -> CompletionRequest | None:
+        """Passage ``index``'s prompt, or the error that kept it from being built; its reasoning request."""
+        if isinstance(prompt, Rank1Error):
+            self._outcomes[index] = prompt
+            return None
+        self._prompts[index] = prompt
+        return CompletionRequest(prompt.token_ids, self._budget, STOP_STRINGS, self._labels)
 
-    def advance(self, results: Sequence[CompletionResult]) -> list[CompletionRequest]:
-        """Take the results of the last requests; return the next requests (empty when done)."""
-        if len(results) != len(self._in_flight):
-            raise BackendError(f"backend returned {len(results)} results for {len(self._in_flight)} requests")
-        if self._awaiting == "forced answers":
-            self._take_forced_answers(results)
-            self._awaiting = "nothing"
-            return []
-        for index, result in zip(self._in_flight, results, strict=True):
-            if isinstance(result, Rank1Error):
-                self._failures[index] = result
-            else:
-                self._take_reasoning(index, result)
-        requests = self._forced_requests()
-        self._awaiting = "forced answers" if requests else "nothing"
-        return requests
+    def take(self, index: int, result: CompletionResult) -> CompletionRequest | None:
+        """The result of passage ``index``'s last request; its forced-answer request when one is needed."""
+        if index in self._outcomes or index not in self._prompts:
+            raise BackendError(f"a result came for passage {index}, which awaits none")
+        forced = self._forced.pop(index, None)
+        if isinstance(result, Rank1Error):
+            self._outcomes[index] = result
+        elif forced is not None:
+            self._take_forced_answer(forced, result)
+        else:
+            return self._take_reasoning(index, result)
+        return None
+
+    def outcome(self, index: int) -> Judgment | Rank1Error | None:
+        """Passage ``index``'s judgment, or the error that kept it from one; None while it is pending."""
+        return self._outcomes.get(index)
 
     def outcomes(self) -> list[Judgment | Rank1Error]:
         """Every passage's judgment, or the error that kept it from one, in input order."""
-        return [
-            judgment if judgment is not None else self._failures.get(index, ModelOutputError("no result"))
-            for index, judgment in enumerate(self._judgments)
-        ]
+        return [self._outcomes.get(index, ModelOutputError("no result")) for index in range(len(self._positions))]
 
-    def _take_reasoning(self, index: int, completion: Completion) -> None:
+    def _take_reasoning(self, index: int, completion: Completion) -> CompletionRequest | None:
         label = completion.token_ids[-1] if completion.token_ids else None
         answered = (
             completion.finish_reason == "stop" and isinstance(completion.stop_reason, str) and label in self._labels
         )
         if not answered:
-            self._forced.append(
+            return self._forced_request(
                 _ForcedAnswer(index, reasoning_for_forced_answer(completion.text), len(completion.token_ids))
             )
-            return
         score = _label_score(completion.final_label_logprobs, "at the answer position")
         if isinstance(score, ModelOutputError):
-            self._failures[index] = score
-            return
-        self._judgments[index] = Judgment(
+            self._outcomes[index] = score
+            return None
+        self._outcomes[index] = Judgment(
             index=self._positions[index][1],
             score=score,
             relevant=label == self._labels[0],
@@ -115,40 +107,31 @@ class JudgingRun:
             reasoning_tokens=len(completion.token_ids),
             truncated=self._prompts[index].truncated,
         )
+        return None
 
-    def _forced_requests(self) -> list[CompletionRequest]:
-        requests: list[CompletionRequest] = []
-        built: list[_ForcedAnswer] = []
-        for forced in self._forced:
-            try:
-                prompt = self._builder.build_forced(self._prompts[forced.index], forced.reasoning)
-            except BackendError as err:  # e.g. the server's tokenizer failed: this passage only
-                self._failures[forced.index] = err
-                continue
-            built.append(forced)
-            requests.append(CompletionRequest(prompt, max_tokens=1, stop=(), label_token_ids=self._labels))
-        self._forced = built
-        self._in_flight = [forced.index for forced in built]
-        return requests
+    def _forced_request(self, forced: _ForcedAnswer) -> CompletionRequest | None:
+        try:
+            prompt = self._builder.build_forced(self._prompts[forced.index], forced.reasoning)
+        except BackendError as err:  # e.g. the server's tokenizer failed: this passage only
+            self._outcomes[forced.index] = err
+            return None
+        self._forced[forced.index] = forced
+        return CompletionRequest(prompt, max_tokens=1, stop=(), label_token_ids=self._labels)
 
-    def _take_forced_answers(self, results: Sequence[CompletionResult]) -> None:
-        for forced, result in zip(self._forced, results, strict=True):
-            if isinstance(result, Rank1Error):
-                self._failures[forced.index] = result
-                continue
-            score = _label_score(result.final_label_logprobs, "for the forced answer")
-            if isinstance(score, ModelOutputError):
-                self._failures[forced.index] = score
-                continue
-            self._judgments[forced.index] = Judgment(
-                index=self._positions[forced.index][1],
-                score=score,
-                relevant=score > 0.5,
-                reasoning=forced.reasoning,
-                forced=True,
-                reasoning_tokens=forced.reasoning_tokens,
-                truncated=self._prompts[forced.index].truncated,
-            )
+    def _take_forced_answer(self, forced: _ForcedAnswer, result: Completion) -> None:
+        score = _label_score(result.final_label_logprobs, "for the forced answer")
+        if isinstance(score, ModelOutputError):
+            self._outcomes[forced.index] = score
+            return
+        self._outcomes[forced.index] = Judgment(
+            index=self._positions[forced.index][1],
+            score=score,
+            relevant=score > 0.5,
+            reasoning=forced.reasoning,
+            forced=True,
+            reasoning_tokens=forced.reasoning_tokens,
+            truncated=self._prompts[forced.index].truncated,
+        )
 
 
 def _label_score(logprobs: tuple[float, float] | None, where: str) -> float | ModelOutputError:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from rank1_integrations.backends.base import AsyncBackend, Backend, CompletionRequest, CompletionResult
+from rank1_integrations.backends.base import Backend
 from rank1_integrations.cache import GuardedCache, JudgmentCache, MemoryCache, cache_key
 from rank1_integrations.calls import CallPlan, plan_call, validated
 from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError
@@ -14,6 +15,7 @@ from rank1_integrations.judging import FailurePolicy
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PreparedPrompt, PromptBuilder
 from rank1_integrations.protocol import FALSE_LABEL, TRUE_LABEL
+from rank1_integrations.streaming import CallDriver, adrive, drive
 from rank1_integrations.templates import resolve_template
 
 __all__ = ["DEFAULT_MAX_REASONING_TOKENS", "Rank1Reranker"]
@@ -27,8 +29,10 @@ _KEEP = object()
 class Rank1Reranker:
     """Judges passages with a rank1 model: a score, a verdict and the reasoning for each.
 
-    One call is one engine batch (two when some answers must be forced), whatever
-    the number of passages or queries.
+    One call sends all its reasoning requests to the engine at once, whatever the number
+    of passages or queries; a passage whose answer must be forced gets its forced-answer
+    request as soon as its reasoning is done. :meth:`judge_iter` and :meth:`ajudge_stream`
+    hand over each judgment as soon as it is final.
     """
 
     def __init__(
@@ -61,6 +65,10 @@ class Rank1Reranker:
         self.cache: JudgmentCache | None = MemoryCache() if cache is True else None if cache is False else cache
         self._cache = GuardedCache(self.cache) if self.cache is not None else None
         self._closed = False
+        parallelism = getattr(backend.tokenizer, "parallelism", 1)
+        self._builders = (
+            ThreadPoolExecutor(parallelism, thread_name_prefix="rank1-prompts") if parallelism > 1 else None
+        )
         self.label_token_ids = (_label_id(backend, TRUE_LABEL), _label_id(backend, FALSE_LABEL))
         # Fails early (typed) when the budget leaves no room for any prompt.
         self._builder_for(self.template)
@@ -151,6 +159,8 @@ class Rank1Reranker:
         break others in the same process, so an embedded engine lives as long as the process.
         """
         self._closed = True
+        if self._builders is not None:
+            self._builders.shutdown(wait=False, cancel_futures=True)
         close = getattr(self.backend, "close", None)
         if callable(close):
             close()
@@ -180,37 +190,54 @@ class Rank1Reranker:
         self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
     ) -> list[list[Judgment]]:
         """Judge several (query, passages) pairs in one engine batch."""
-        plan = self._plan(batches, template)
-        requests = plan.run.start() if plan.run else []
-        while requests:
-            assert plan.run is not None
-            try:
-                results = self.backend.complete(requests)
-            except BackendError as err:
-                results = [err] * len(requests)
-            requests = plan.run.advance(results)
-        return plan.finish(self.on_failure, self._cache)
+        driver = self._driver(self._plan(batches, template))
+        for _ in drive(driver):
+            pass
+        return driver.finish()
 
     async def ajudge_many(
         self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
     ) -> list[list[Judgment]]:
         """Async :meth:`judge_many`."""
         # Prompt building tokenizes (over HTTP on the remote backend): keep it off the event loop.
-        plan = await asyncio.to_thread(self._plan, batches, template)
-        requests = plan.run.start() if plan.run else []
-        while requests:
-            assert plan.run is not None
-            try:
-                results = await self._acomplete(requests)
-            except BackendError as err:
-                results = [err] * len(requests)
-            requests = plan.run.advance(results)
-        return plan.finish(self.on_failure, self._cache)
+        driver = self._driver(await asyncio.to_thread(self._plan, batches, template))
+        async for _ in adrive(driver):
+            pass
+        return driver.finish()
 
-    async def _acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        if isinstance(self.backend, AsyncBackend):
-            return await self.backend.acomplete(requests)
-        return await asyncio.to_thread(self.backend.complete, requests)
+    def judge_iter(self, query: str, passages: Sequence[str], *, template: Any = _KEEP) -> Iterator[Judgment]:
+        """Each passage's judgment as soon as it is final (cache hits first); ``Judgment.index`` says which.
+
+        Leaving the loop early aborts the rest. A passage the backend failed on comes
+        as an unjudged judgment under ``on_failure="mark_unjudged"``; under ``"raise"``
+        the others come first, then ``PassagesFailedError`` (which carries them too).
+        """
+        driver = self._driver(self._plan([(query, passages)], template))
+        try:
+            for _, judgment in drive(driver):
+                yield judgment
+        finally:  # also when the caller leaves the loop early
+            driver.cancel()
+        driver.finish()
+
+    async def ajudge_stream(
+        self, query: str, passages: Sequence[str], *, template: Any = _KEEP
+    ) -> AsyncIterator[Judgment]:
+        """Async :meth:`judge_iter`: ``async for judgment in reranker.ajudge_stream(query, passages)``.
+
+        Breaking out of the loop, or cancelling the task, aborts the rest (use
+        ``contextlib.aclosing`` to abort at once rather than when the iterator is collected).
+        """
+        driver = self._driver(await asyncio.to_thread(self._plan, [(query, passages)], template))
+        try:
+            async for _, judgment in adrive(driver):
+                yield judgment
+        finally:  # also when the caller leaves the loop early, or is cancelled
+            driver.cancel()
+        driver.finish()
+
+    def _driver(self, plan: CallPlan) -> CallDriver:
+        return CallDriver(plan, self.backend, on_failure=self.on_failure, cache=self._cache, builders=self._builders)
 
     def _builder_for(self, template: str | None) -> PromptBuilder:
         return PromptBuilder(
@@ -234,7 +261,7 @@ class Rank1Reranker:
                 context_size=self.context_size,
             )
 
-        return plan_call(
+        plan = plan_call(
             batches,
             self._builder_for(resolved),
             label_token_ids=self.label_token_ids,
@@ -242,6 +269,9 @@ class Rank1Reranker:
             cache=self._cache,
             key_for=key_for,
         )
+        # A tokenizer that costs a round trip per text builds prompts on a pool, while the
+        # first requests already run; any other builds them all here, ahead.
+        return plan if self._builders is not None else plan.build_all()
 
 
 def _label_id(backend: Backend, label: str) -> int:

@@ -6,11 +6,13 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
 from rank1_integrations import Judgment, Rank1Reranker
-from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult
+from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.errors import BackendError
 from rank1_integrations.testing.tiny_models import (
     JOIN_PASSAGE,
@@ -57,33 +59,44 @@ class RecordingBackend:
     tokenizer = property(lambda self: self.inner.tokenizer)
     max_model_len = property(lambda self: self.inner.max_model_len)
 
-    def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        prompts = self._record("complete", requests)
-        return self._inject(prompts, self.inner.complete(requests))
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
+        prompts = self._record(requests)
 
-    async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        prompts = self._record("acomplete", requests)
-        return self._inject(prompts, await self.inner.acomplete(requests))  # type: ignore[attr-defined]
+        def inject(position: int, result: CompletionResult) -> None:
+            failed = any(p in prompts[position] for p in self.fail)
+            on_result(position, BackendError("injected failure") if failed else result)
+
+        return self.inner.submit(requests, inject)
 
     def sent(self) -> list[str]:
         """The passages of the first (reasoning) batch."""
         return [next(p for p in KNOWN if p in prompt) for _, prompts in self.calls[:1] for prompt in prompts]
 
-    def _record(self, method: str, requests: Sequence[CompletionRequest]) -> list[str]:
+    def _record(self, requests: Sequence[CompletionRequest]) -> list[str]:
         prompts = [self.inner.tokenizer.decode(r.prompt_token_ids) for r in requests]
-        self.calls.append((method, prompts))
+        self.calls.append(("submit", prompts))
         return prompts
 
-    def _inject(self, prompts: list[str], results: list[CompletionResult]) -> list[CompletionResult]:
-        return [
-            BackendError("injected failure") if any(p in prompt for p in self.fail) else result
-            for prompt, result in zip(prompts, results, strict=True)
-        ]
+
+class EntryPoints(Rank1Reranker):
+    """A real reranker that notes which of its entry points an adapter called."""
+
+    entry_points: list[str]
+
+    def judge(self, *args: Any, **kwargs: Any) -> list[Judgment]:
+        self.entry_points.append("judge")
+        return super().judge(*args, **kwargs)
+
+    async def ajudge(self, *args: Any, **kwargs: Any) -> list[Judgment]:
+        self.entry_points.append("ajudge")
+        return await super().ajudge(*args, **kwargs)
 
 
-def recording(reranker: Rank1Reranker, *, fail: Sequence[str] = (), on_failure="raise") -> Rank1Reranker:
+def recording(reranker: Rank1Reranker, *, fail: Sequence[str] = (), on_failure="raise") -> EntryPoints:
     backend = RecordingBackend(reranker.backend, fail=fail)
-    return Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, on_failure=on_failure, cache=False)
+    spy = EntryPoints(backend, max_reasoning_tokens=SCRIPTED_BUDGET, on_failure=on_failure, cache=False)
+    spy.entry_points = []
+    return spy
 
 
 @pytest.fixture(scope="module")

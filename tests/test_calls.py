@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import Future
 
 import pytest
 
@@ -20,6 +21,7 @@ from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutp
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import PromptBuilder
 from rank1_integrations.protocol import STOP_STRINGS
+from rank1_integrations.streaming import CallDriver, drive
 from rank1_integrations.tokenization import HFPromptTokenizer
 
 TRUE_ID, FALSE_ID = 101, 102
@@ -53,11 +55,25 @@ def _answer(relevant: bool) -> Completion:
     return Completion((7, label), "Reasons.", "stop", stop, (-0.1, -2.0) if relevant else (-2.0, -0.1))
 
 
-def _run_through(plan, results_for):
-    """Feed each request's result from ``results_for(prompt_token_ids)`` until the run is done."""
-    requests = plan.run.start() if plan.run else []
-    while requests:
-        requests = plan.run.advance([results_for(r.prompt_token_ids) for r in requests])
+class _ComputedBackend:
+    """Answers each request at once with ``results_for(prompt_token_ids)`` (pure logic under test, no engine)."""
+
+    def __init__(self, results_for) -> None:
+        self.results_for = results_for
+
+    def submit(self, requests, on_result) -> Future:
+        for position, request in enumerate(requests):
+            on_result(position, self.results_for(request.prompt_token_ids))
+        done: Future = Future()
+        done.set_result(None)
+        return done
+
+
+def _judge(plan, results_for, on_failure="raise", cache=None):
+    driver = CallDriver(plan, _ComputedBackend(results_for), on_failure=on_failure, cache=cache)
+    for _ in drive(driver):
+        pass
+    return driver.finish()
 
 
 def test_a_failed_call_keeps_every_success_and_caches_it(builder) -> None:
@@ -65,9 +81,8 @@ def test_a_failed_call_keeps_every_success_and_caches_it(builder) -> None:
     failing = builder.build("q", passages[3]).token_ids
     cache = GuardedCache(MemoryCache())
     plan = _plan(builder, [("q", passages)], cache)
-    _run_through(plan, lambda ids: BackendError("503") if ids == failing else _answer(True))
     with pytest.raises(PassagesFailedError) as caught:
-        plan.finish("raise", cache)
+        _judge(plan, lambda ids: BackendError("503") if ids == failing else _answer(True), cache=cache)
     error = caught.value
     assert [(f.batch, f.index) for f in error.failures] == [(0, 3)]
     assert "1 of 10 passages" in str(error)
@@ -77,8 +92,7 @@ def test_a_failed_call_keeps_every_success_and_caches_it(builder) -> None:
     # The caller's retry judges only the passage that failed.
     again = _plan(builder, [("q", passages)], cache)
     assert again.fresh == [(0, 3)]
-    _run_through(again, lambda ids: _answer(False))
-    judgments = again.finish("raise", cache)[0]
+    judgments = _judge(again, lambda ids: _answer(False), cache=cache)[0]
     assert [j.relevant for j in judgments] == [i != 3 for i in range(10)]
     assert [j.index for j in judgments] == list(range(10))
 
@@ -86,8 +100,8 @@ def test_a_failed_call_keeps_every_success_and_caches_it(builder) -> None:
 def test_mark_unjudged_returns_failures_in_place(builder) -> None:
     plan = _plan(builder, [("q", ["a", "b"]), ("r", ["c"])], None)
     failing = builder.build("q", "b").token_ids
-    _run_through(plan, lambda ids: ModelOutputError("no logprobs") if ids == failing else _answer(True))
-    (first, second), (third,) = plan.finish("mark_unjudged", None)
+    results_for = lambda ids: ModelOutputError("no logprobs") if ids == failing else _answer(True)  # noqa: E731
+    (first, second), (third,) = _judge(plan, results_for, "mark_unjudged")
     assert (first.judged, second.judged, third.judged) == (True, False, True)
     assert (second.index, second.score, second.relevant) == (1, None, None)
     assert second.error == "ModelOutputError: no logprobs"
@@ -97,9 +111,8 @@ def test_mark_unjudged_returns_failures_in_place(builder) -> None:
 def test_judge_many_failures_name_their_batch(builder) -> None:
     plan = _plan(builder, [("q", ["a"]), ("r", ["b", "c"])], None)
     failing = builder.build("r", "c").token_ids
-    _run_through(plan, lambda ids: BackendError("boom") if ids == failing else _answer(True))
     with pytest.raises(PassagesFailedError, match="1:1") as caught:
-        plan.finish("raise", None)
+        _judge(plan, lambda ids: BackendError("boom") if ids == failing else _answer(True))
     assert [len(batch) for batch in caught.value.batches] == [1, 2]
     assert caught.value.batches[1][1] is None
     assert [j is None for j in caught.value.judgments] == [False, False, True]
@@ -117,8 +130,7 @@ class _FlakyTokenizer(HFPromptTokenizer):
 def test_a_prompt_that_cannot_be_built_fails_only_its_passage(hf_tokenizer) -> None:
     flaky = PromptBuilder(_FlakyTokenizer(hf_tokenizer), template=None, max_prompt_tokens=500)
     plan = _plan(flaky, [("q", ["fine", "unlucky one", "fine too"])], None)
-    _run_through(plan, lambda ids: _answer(True))
-    judged, unjudged, judged_too = plan.finish("mark_unjudged", None)[0]
+    judged, unjudged, judged_too = _judge(plan, lambda ids: _answer(True), "mark_unjudged")[0]
     assert judged.judged
     assert judged_too.judged
     assert not unjudged.judged
@@ -157,8 +169,7 @@ def test_a_failing_cache_costs_only_a_miss_and_warns_once(builder, caplog) -> No
     for _ in range(3):
         plan = _plan(builder, [("q", ["a", "b"])], cache)
         assert len(plan.fresh) == 2
-        _run_through(plan, lambda ids: _answer(True))
-        assert all(j.judged for j in plan.finish("raise", cache)[0])
+        assert all(j.judged for j in _judge(plan, lambda ids: _answer(True), cache=cache)[0])
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "database is locked" in warnings[0].getMessage()
@@ -242,8 +253,7 @@ def test_a_locked_disk_cache_costs_only_a_miss(builder, tmp_path, caplog) -> Non
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "locked"
         plan = _plan(builder, [("q", ["a", "b"])], cache)
-        _run_through(plan, lambda ids: _answer(True))
-        judgments = plan.finish("raise", cache)[0]
+        judgments = _judge(plan, lambda ids: _answer(True), cache=cache)[0]
     finally:
         holder.kill()
         holder.wait()

@@ -15,12 +15,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rank1_integrations import InvalidInputError, Judgment, Rank1Reranker
-from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult
+from rank1_integrations.backends.base import Backend, CompletionRequest, ResultSink
 from rank1_integrations.protocol import reasoning_for_forced_answer
 from rank1_integrations.testing.tiny_models import (
     DEFAULT_SCRIPT,
@@ -59,9 +61,9 @@ class CountingBackend:
     def max_model_len(self) -> int:
         return self.inner.max_model_len
 
-    def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
         self.batches.append(list(requests))
-        return self.inner.complete(requests)
+        return self.inner.submit(requests, on_result)
 
 
 @pytest.fixture

@@ -196,17 +196,18 @@ def test_cancelling_a_call_aborts_its_requests_and_spares_the_others() -> None:
     _wait_until(lambda: not engine.remaining)
 
 
-def test_progress_callback_runs_once_per_finished_request() -> None:
+def test_each_output_is_reported_as_it_finishes_with_its_position() -> None:
     loop: EngineLoop[Request, str] = EngineLoop(ScriptedEngine())
-    seen: list[int] = []
-    loop.submit([("a", 1), ("b", 2), ("c", 2)], on_output=lambda: seen.append(1)).result(timeout=10)
-    assert len(seen) == 3
+    seen: list[tuple[int, str]] = []
+    outputs = loop.submit([("a", 3), ("b", 1), ("c", 2)], on_output=lambda i, out: seen.append((i, out))).result(10)
+    assert seen == [(1, "b@1"), (2, "c@2"), (0, "a@3")]  # in the order they finished
+    assert outputs == ["a@3", "b@1", "c@2"]
 
 
 def test_a_failing_progress_callback_does_not_fail_the_call() -> None:
     loop: EngineLoop[Request, str] = EngineLoop(ScriptedEngine())
 
-    def broken() -> None:
+    def broken(position: int, output: str) -> None:
         raise OSError("terminal gone")
 
     assert loop.submit([("a", 2)], on_output=broken).result(timeout=10) == ["a@2"]

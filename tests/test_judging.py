@@ -23,10 +23,35 @@ def builder(hf_tokenizer) -> PromptBuilder:
     return PromptBuilder(HFPromptTokenizer(hf_tokenizer), template=None, max_prompt_tokens=500)
 
 
-def _run(builder: PromptBuilder, passages: list[str]) -> tuple[JudgingRun, list[CompletionRequest]]:
+class _InSteps:
+    """Drives a run the way a batch would: every pending request's result, then the follow-ups."""
+
+    def __init__(self, run: JudgingRun, prompts: list) -> None:
+        self.run = run
+        started = [(index, run.begin(index, prompt)) for index, prompt in enumerate(prompts)]
+        self.pending = [(index, request) for index, request in started if request is not None]
+
+    def advance(self, results: list) -> list[CompletionRequest]:
+        assert len(results) == len(self.pending)
+        taken = [
+            (index, self.run.take(index, result)) for (index, _), result in zip(self.pending, results, strict=True)
+        ]
+        self.pending = [(index, request) for index, request in taken if request is not None]
+        return [request for _, request in self.pending]
+
+    def outcomes(self) -> list:
+        return self.run.outcomes()
+
+
+def _new_run(builder: PromptBuilder, count: int, budget: int = BUDGET) -> JudgingRun:
+    positions = [(0, i) for i in range(count)]
+    return JudgingRun(builder, positions=positions, label_token_ids=(TRUE_ID, FALSE_ID), max_reasoning_tokens=budget)
+
+
+def _run(builder: PromptBuilder, passages: list[str]) -> tuple[_InSteps, list[CompletionRequest]]:
     prompts = [builder.build("the query", p) for p in passages]
-    run = JudgingRun(prompts, builder, label_token_ids=(TRUE_ID, FALSE_ID), max_reasoning_tokens=BUDGET)
-    return run, run.start()
+    steps = _InSteps(_new_run(builder, len(prompts)), prompts)
+    return steps, [request for _, request in steps.pending]
 
 
 def _answered(label: int, lp_true: float, lp_false: float, text: str = "Because.") -> Completion:
@@ -140,8 +165,8 @@ def test_a_label_logprob_of_exactly_zero_is_valid(builder) -> None:
 
 def test_a_prompt_that_could_not_be_built_is_a_failure_of_its_passage_only(builder) -> None:
     prompts = [builder.build("q", "a"), BackendError("tokenizer server down"), builder.build("q", "c")]
-    run = JudgingRun(prompts, builder, label_token_ids=(TRUE_ID, FALSE_ID), max_reasoning_tokens=BUDGET)
-    requests = run.start()
+    run = _InSteps(_new_run(builder, 3), prompts)
+    requests = [request for _, request in run.pending]
     assert [r.prompt_token_ids for r in requests] == [prompts[0].token_ids, prompts[2].token_ids]
     run.advance([_answered(TRUE_ID, -0.1, -3.0), _answered(FALSE_ID, -3.0, -0.1)])
     first, failed, last = run.outcomes()
@@ -149,22 +174,34 @@ def test_a_prompt_that_could_not_be_built_is_a_failure_of_its_passage_only(build
     assert isinstance(failed, BackendError)
 
 
-def test_a_backend_that_loses_results_fails_the_call_loudly(builder) -> None:
-    run, _ = _run(builder, ["a", "b"])
-    with pytest.raises(BackendError, match="1 results for 2 requests"):
-        run.advance([_answered(TRUE_ID, -0.1, -3.0)])
+def test_a_result_for_a_passage_that_awaits_none_is_refused(builder) -> None:
+    run, _ = _run(builder, ["a"])
+    run.advance([_answered(TRUE_ID, -0.1, -3.0)])
+    with pytest.raises(BackendError, match="awaits none"):
+        run.run.take(0, _answered(TRUE_ID, -0.1, -3.0))
+
+
+def test_each_passage_advances_on_its_own(builder) -> None:
+    prompts = [builder.build("the query", p) for p in ("a", "b")]
+    run = _new_run(builder, 2)
+    requests = [run.begin(0, prompts[0]), run.begin(1, prompts[1])]
+    assert all(r is not None for r in requests)
+    forced = run.take(1, _cut_off("Done early."))  # b's forced answer is due before a has finished
+    assert forced is not None
+    assert (run.outcome(0), run.outcome(1)) == (None, None)
+    assert run.take(1, Completion((FALSE_ID,), " false", "length", None, (-3.0, -0.1))) is None
+    assert run.outcome(1).forced
+    assert run.outcome(0) is None
+    assert run.take(0, _answered(TRUE_ID, -0.1, -3.0)) is None
+    assert run.outcome(0).relevant is True
 
 
 def test_positions_name_the_batch_and_index_of_each_passage(builder) -> None:
     prompts = [builder.build("q", p) for p in ("a", "b", "c")]
     run = JudgingRun(
-        prompts,
-        builder,
-        positions=[(0, 0), (1, 0), (1, 1)],
-        label_token_ids=(TRUE_ID, FALSE_ID),
-        max_reasoning_tokens=5,
+        builder, positions=[(0, 0), (1, 0), (1, 1)], label_token_ids=(TRUE_ID, FALSE_ID), max_reasoning_tokens=5
     )
-    run.start()
+    run = _InSteps(run, prompts)
     run.advance([_answered(TRUE_ID, -0.1, -3.0), _answered(TRUE_ID, -0.1, -3.0), BackendError("boom")])
     first, second, failed = run.outcomes()
     assert (first.index, second.index) == (0, 0)

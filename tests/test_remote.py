@@ -31,7 +31,7 @@ from rank1_integrations import (
     ServerStatusError,
     ServerTimeoutError,
 )
-from rank1_integrations.backends.base import AsyncBackend, Backend, Completion, CompletionRequest
+from rank1_integrations.backends.base import Backend, Completion, CompletionRequest
 from rank1_integrations.backends.remote import RemoteBackend, http_library
 from rank1_integrations.backends.remote_config import RemoteSettings, ServerURL, redact_url, resolve_api_key
 from rank1_integrations.backends.remote_core import HttpCall, RemoteCore
@@ -54,9 +54,10 @@ from tests.vllm_server import VLLMServer, shared_server, stop_all, stop_shared
 pytestmark = pytest.mark.engine
 
 TOLERANCE = 1e-4
-FAST = {"initial_backoff": 0.02, "max_backoff": 0.2, "cache": False}
+FAST = {"initial_backoff": 0.02, "max_backoff": 0.2, "cache": False, "tokenizer": "server"}
 """Short backoff so fault tests run quickly (the policy is the same); no judgment cache, so
-every call really goes to the server."""
+every call really goes to the server; prompts built with the server's tokenizer (the local
+copy the backend would otherwise pick is tested on its own below)."""
 BATCHES = [(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE]), (JOIN_QUERY, [JOIN_PASSAGE, LEN_PASSAGE])]
 NATURAL_BUDGET = 200
 """Room for every scripted reasoning: OPEN_REASONING then ends with EOS and is forced whole."""
@@ -160,7 +161,8 @@ def test_servers_without_logprob_token_ids_fall_back_to_prompt_logprobs(proxy, s
 
 def test_several_prompts_per_request_are_matched_by_choice_index(proxy, server, scripted_reranker) -> None:
     want = scripted_reranker.judge_many(BATCHES)
-    reranker = remote_on(proxy.base_url, server.model, prompts_per_request=3)
+    # Prompts built ahead with the local tokenizer copy, so they all go in one submission.
+    reranker = remote_on(proxy.base_url, server.model, prompts_per_request=3, tokenizer=None)
 
     def shuffled(body):
         body["choices"] = list(reversed(body["choices"]))
@@ -205,10 +207,59 @@ def test_server_tokenizer_equals_the_local_one(remote, scripted_model_dir) -> No
     assert remote_built.token_ids == local_built.token_ids
 
 
-def test_backend_implements_both_protocols_and_reads_the_server(remote, server) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_local_copy_of_the_tokenizer_is_checked_then_used_with_no_round_trips(
+    proxy, server, scripted_reranker, mode
+) -> None:
+    want = embedded(scripted_reranker, SCRIPTED_BUDGET).judge_many(BATCHES)
+    # The served model's name is its directory here, so a local copy loads (as from the HF cache).
+    reranker = Rank1Reranker.from_server(
+        proxy.base_url, server.model, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False
+    )
+    assert isinstance(reranker.backend.tokenizer, HFPromptTokenizer)
+    proxy.clear()
+    got = reranker.judge_many(BATCHES) if mode == "sync" else asyncio.run(reranker.ajudge_many(BATCHES))
+    assert_same(got, want)
+    assert proxy.outcomes("/tokenize") == []  # no round trip per prompt
+    assert proxy.outcomes("/detokenize") == []
+
+
+def test_a_tokenizer_that_disagrees_with_the_servers_is_refused_or_passed_over(server, scripted_model_dir) -> None:
+    from transformers import AutoTokenizer
+
+    from rank1_integrations.backends.remote_tokenizer import disagreement, local_or_server
+
+    class OffByOne(HFPromptTokenizer):
+        def encode_plain(self, text: str) -> list[int]:
+            return [i + 1 for i in super().encode_plain(text)]
+
+    wrong = OffByOne(AutoTokenizer.from_pretrained(str(scripted_model_dir)))
+    served = remote_on(server.base_url, server.model).backend.tokenizer
+    assert disagreement(HFPromptTokenizer(AutoTokenizer.from_pretrained(str(scripted_model_dir))), served) is None
+    assert disagreement(wrong, served) is not None
+    with pytest.raises(InvalidInputError, match="cannot stand in"):
+        local_or_server(wrong, served)
+    with pytest.raises(InvalidInputError, match="no local copy"):
+        local_or_server("/no/such/tokenizer", served)
+    assert local_or_server("server", served) is served
+    # Not asked for by name: an unavailable local copy falls back to the server's tokenizer.
+    renamed = _Renamed(served, "no-such/model")
+    assert local_or_server(None, renamed) is renamed
+
+
+class _Renamed:
+    """A served tokenizer under another served-model name (one with no local copy)."""
+
+    def __init__(self, inner, model: str) -> None:
+        self.inner, self.model = inner, model
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_backend_implements_the_protocol_and_reads_the_server(remote, server) -> None:
     backend = remote.backend
     assert isinstance(backend, Backend)
-    assert isinstance(backend, AsyncBackend)
     assert backend.model_name == server.model
     assert backend.max_model_len == 1024
     assert remote.context_size == 1024
@@ -227,17 +278,12 @@ def test_model_can_be_left_out_when_the_server_serves_one(server) -> None:
 # -- concurrency ---------------------------------------------------------------------------
 
 
-def test_async_requests_really_run_concurrently_and_bounded(proxy, server, monkeypatch) -> None:
+def test_async_requests_really_run_concurrently_and_bounded(proxy, server) -> None:
     passages = [LEN_PASSAGE, SORTED_PASSAGE] * 3
     proxy.add(Fault("delay", times=-1, delay=1.0))
 
     async def run(limit: int) -> tuple[float, int, set[str]]:
         reranker = remote_on(proxy.base_url, server.model, max_concurrency=limit)
-
-        def no_sync_path(requests):
-            raise AssertionError("the async path must not call the sync backend")
-
-        monkeypatch.setattr(reranker.backend, "complete", no_sync_path)
         proxy.peak_in_flight = 0
         names: set[str] = set()
         started = time.monotonic()
@@ -656,13 +702,11 @@ def test_completions_are_matched_by_index_and_checked() -> None:
         core.decode(b'{"text": "a"}', HttpCall("detokenize", {}, 1.0), server)
 
 
-def test_jobs_group_equal_settings_and_results_come_back_in_order() -> None:
+def test_jobs_group_equal_settings_and_cover_every_request_once() -> None:
     core = _core(prompts_per_request=2)
     reasoning = CompletionRequest((1,), 8, ("s",), (7, 8))
     forced = CompletionRequest((2,), 1, (), (7, 8))
     requests = [reasoning, forced, reasoning, reasoning, forced]
     jobs = core.plan_jobs(requests)
     assert [job.positions for job in jobs] == [(0, 2), (3,), (1, 4)]
-    outcomes = [[ModelOutputError(str(p)) for p in job.positions] for job in jobs]
-    assembled = core.assemble(len(requests), jobs, outcomes)
-    assert [str(r) for r in assembled] == ["0", "1", "2", "3", "4"]
+    assert [job.requests for job in jobs] == [(reasoning, reasoning), (reasoning,), (forced, forced)]

@@ -40,7 +40,7 @@ from tests.vllm_server import VLLMServer, shared_server, stop_all
 pytestmark = pytest.mark.engine
 
 TOLERANCE = 1e-4
-FAST = {"initial_backoff": 0.02, "max_backoff": 0.2, "cache": False}
+FAST = {"initial_backoff": 0.02, "max_backoff": 0.2, "cache": False, "tokenizer": "server"}
 """Short backoff (the policy is the same); no judgment cache, so every call goes to the server."""
 BATCHES = [(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE]), (JOIN_QUERY, [JOIN_PASSAGE, LEN_PASSAGE])]
 MODES = ["sync", "async"]

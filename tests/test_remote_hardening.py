@@ -35,7 +35,7 @@ from rank1_integrations import (
     ServerTimeoutError,
 )
 from rank1_integrations.backends.remote import RemoteBackend
-from rank1_integrations.backends.remote_tokenizer import _LRU
+from rank1_integrations.backends.remote_tokenizer import _LRU, RemoteTokenizer
 from rank1_integrations.testing.tiny_models import JOIN_PASSAGE, LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.conftest import SCRIPTED_BUDGET
 from tests.fault_proxy import Fault, FaultProxy
@@ -44,7 +44,7 @@ from tests.vllm_server import VLLMServer, shared_server, stop_all
 pytestmark = pytest.mark.engine
 
 TOLERANCE = 1e-4
-FAST = {"initial_backoff": 0.02, "max_backoff": 0.2, "cache": False}
+FAST = {"initial_backoff": 0.02, "max_backoff": 0.2, "cache": False, "tokenizer": "server"}
 BASES = (LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE, JOIN_PASSAGE)
 PASSAGES = [f"{BASES[i % 4]} Note {i}." for i in range(32)]
 SECRET = "sk-hardening-5e4d3c2b1a"
@@ -276,7 +276,10 @@ def test_a_tokenizer_failure_marks_only_its_passages_unjudged(proxy, server, ref
 
 @pytest.mark.parametrize("mode", MODES)
 def test_shuffled_choices_and_a_dropped_one_never_mismatch(proxy, server, reference, mode) -> None:
-    reranker = remote_on(proxy.base_url, server.model, prompts_per_request=3, on_failure="mark_unjudged")
+    # The local tokenizer copy builds every prompt ahead: one submission, so requests of exactly 3.
+    reranker = remote_on(
+        proxy.base_url, server.model, prompts_per_request=3, on_failure="mark_unjudged", tokenizer=None
+    )
     dropped: list[list[int]] = []
     reasoning_prompts = [prompt_of(reranker, index) for index in range(32)]
 
@@ -517,8 +520,8 @@ def test_sync_callers_share_one_bounded_set_of_requests(proxy, server) -> None:
     assert len(results) == 12
     assert all(j.judged for batch in results for j in batch)
     assert proxy.peak_in_flight <= 8
-    # The 12 callers and the backend's one I/O thread (prompt building needs no more).
-    assert peak_threads[0] <= baseline + 12 + 1
+    # The 12 callers, the backend's one I/O thread and the reranker's bounded pool of prompt builders.
+    assert peak_threads[0] <= baseline + 12 + 1 + RemoteTokenizer.parallelism
 
 
 def test_the_tokenizer_cache_is_bounded_by_size() -> None:

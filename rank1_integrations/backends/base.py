@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from rank1_integrations.errors import Rank1Error
 from rank1_integrations.tokenization import PromptTokenizer
 
-__all__ = ["AsyncBackend", "Backend", "Completion", "CompletionRequest", "CompletionResult"]
+__all__ = ["Backend", "Completion", "CompletionRequest", "CompletionResult", "ResultSink"]
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,13 @@ CompletionResult = Completion | Rank1Error
 """A completion, or the typed error that kept one request from completing."""
 
 
+ResultSink = Callable[[int, CompletionResult], None]
+"""Called with (position in the submitted requests, its result) as each request finishes."""
+
+
 @runtime_checkable
 class Backend(Protocol):
-    """A synchronous engine: one call completes a whole batch of requests."""
+    """An engine that completes requests and reports each one as soon as it finishes."""
 
     @property
     def model_name(self) -> str: ...
@@ -59,13 +64,12 @@ class Backend(Protocol):
     @property
     def max_model_len(self) -> int: ...
 
-    def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        """Complete every request (one batch); per-request failures come back as errors."""
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
+        """Start every request now and return at once.
+
+        ``on_result`` is called from the backend's own thread, once per request, as each
+        finishes (per-request failures come as errors). The future completes when all
+        have; it fails if the backend failed as a whole (then some requests may have had
+        no result), and cancelling it aborts the requests that have not finished.
+        """
         ...
-
-
-@runtime_checkable
-class AsyncBackend(Backend, Protocol):
-    """An engine that can also be awaited without blocking the event loop."""
-
-    async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]: ...

@@ -70,7 +70,7 @@ class EngineLoopStats:
 class _Call(Generic[RequestT, OutputT]):
     requests: Sequence[RequestT]
     future: Future[list[OutputT]]
-    on_output: Callable[[], None] | None
+    on_output: Callable[[int, OutputT], None] | None
     outputs: list[OutputT | None] = field(default_factory=list)
     engine_ids: list[str] = field(default_factory=list)
     unfinished: int = 0
@@ -100,11 +100,11 @@ class EngineLoop(Generic[RequestT, OutputT]):
         self.stats = EngineLoopStats()
 
     def submit(
-        self, requests: Sequence[RequestT], *, on_output: Callable[[], None] | None = None
+        self, requests: Sequence[RequestT], *, on_output: Callable[[int, OutputT], None] | None = None
     ) -> Future[list[OutputT]]:
         """Start ``requests``; the future gives their outputs in order.
 
-        ``on_output`` is called (on the driver thread) as each request finishes.
+        ``on_output(position, output)`` is called (on the driver thread) as each request finishes.
         Cancelling the future aborts whatever of the call is still in the engine.
         """
         call: _Call[RequestT, OutputT] = _Call(requests, Future(), on_output)
@@ -209,8 +209,8 @@ class EngineLoop(Generic[RequestT, OutputT]):
             call.outputs[position] = output
             call.unfinished -= 1
             if call.on_output is not None:
-                with contextlib.suppress(Exception):  # a progress display never fails a call
-                    call.on_output()
+                with contextlib.suppress(Exception):  # a consumer's failure never fails the engine
+                    call.on_output(position, output)
             if call.unfinished == 0:
                 _settle(call.future.set_result, [o for o in call.outputs if o is not None])
 

@@ -43,7 +43,7 @@ class BackgroundLoop:
         if threading.current_thread() is self._thread:
             coroutine.close()
             raise RuntimeError("a blocking call was made from the backend's own event loop thread")
-        future = self._submit(coroutine)
+        future = self.submit(coroutine)
         try:
             return future.result()
         except concurrent.futures.CancelledError:
@@ -55,7 +55,7 @@ class BackgroundLoop:
     async def arun(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Await ``coroutine`` run on the loop; cancelling the caller cancels it there."""
         try:
-            return await asyncio.wrap_future(self._submit(coroutine))
+            return await asyncio.wrap_future(self.submit(coroutine))
         except asyncio.CancelledError:
             if self._closed:
                 raise self._closed_error() from None
@@ -87,7 +87,8 @@ class BackgroundLoop:
         else:  # closed from a callback on the loop itself: nothing may block here
             self._loop.call_soon(self._loop.stop)
 
-    def _submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coroutine`` on the loop; cancelling the future cancels it."""
         with self._lock:
             if self._closed:
                 coroutine.close()

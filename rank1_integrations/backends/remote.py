@@ -3,10 +3,10 @@
 A thin driver around :class:`~rank1_integrations.backends.remote_core.RemoteCore`: it
 sends the HTTP calls the core asks for (with the ``openai`` client), retries them
 with ``tenacity`` on the core's policy and hands the outcomes back. All network I/O
-runs on one private event loop (:class:`~rank1_integrations.backends.io_loop.BackgroundLoop`):
-``complete`` waits for it from the caller's thread, ``acomplete`` awaits it from the
-caller's event loop, so both share every decision, one connection pool per server and
-one bound of ``max_concurrency`` requests in flight. See ``docs/remote.md``.
+runs on one private event loop (:class:`~rank1_integrations.backends.io_loop.BackgroundLoop`),
+whoever calls (threads, or tasks on other event loops): one code path, one connection
+pool per server and one bound of ``max_concurrency`` requests in flight. See
+``docs/remote.md``.
 """
 
 from __future__ import annotations
@@ -17,16 +17,17 @@ import ssl
 import sys
 import weakref
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from pydantic import SecretStr
 
 from rank1_integrations._optional import require
-from rank1_integrations.backends.base import CompletionRequest, CompletionResult
+from rank1_integrations.backends.base import CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.backends.io_loop import BackgroundLoop
 from rank1_integrations.backends.remote_config import RemoteSettings, ServerURL, resolve_api_key
 from rank1_integrations.backends.remote_core import HttpCall, Job, RemoteCore
-from rank1_integrations.backends.remote_tokenizer import RemoteTokenizer
+from rank1_integrations.backends.remote_tokenizer import RemoteTokenizer, local_or_server
 from rank1_integrations.backends.routing import Router
 from rank1_integrations.errors import (
     IncompatibleServerError,
@@ -44,7 +45,7 @@ _SETTING_NAMES = frozenset(RemoteSettings.__dataclass_fields__)
 
 
 class RemoteBackend:
-    """Completes rank1 requests on vLLM servers over HTTP; implements ``Backend`` and ``AsyncBackend``.
+    """Completes rank1 requests on vLLM servers over HTTP (a :class:`~rank1_integrations.backends.base.Backend`).
 
     Construction talks to the servers once: it checks that each serves ``model``
     (``/v1/models``), reads ``max_model_len`` there and sets up the server's
@@ -57,7 +58,11 @@ class RemoteBackend:
         model: The served model name; None takes the only model the servers serve.
         api_key: Bearer key; None reads ``RANK1_API_KEY`` then ``VLLM_API_KEY``. Never shown.
         verify: TLS verification for https servers: True, a CA bundle path or an ``ssl.SSLContext``.
-        tokenizer: A local tokenizer to use instead of the server's endpoints (must be the server's).
+        tokenizer: How prompts are tokenized. None (default): with a local copy of the served
+            model's tokenizer when one loads offline and agrees with the server's on probe
+            texts (no round trip per prompt), else with the server's ``/tokenize``. A name or
+            path (or a ``PromptTokenizer``): that tokenizer, checked the same way. ``"server"``:
+            always the server's endpoints (the light install needs no ``transformers``).
         extra_protected: More strings that data may never turn into tokens of their own.
         **settings: Fields of :class:`RemoteSettings` (``timeout``, ``max_retries``, ``retry_budget``,
             ``max_concurrency``, ``prompts_per_request``, backoff, ...).
@@ -70,7 +75,7 @@ class RemoteBackend:
         *,
         api_key: str | SecretStr | None = None,
         verify: bool | str | ssl.SSLContext = True,
-        tokenizer: PromptTokenizer | None = None,
+        tokenizer: PromptTokenizer | str | None = None,
         extra_protected: Sequence[str] = (),
         **settings: Any,
     ) -> None:
@@ -97,11 +102,8 @@ class RemoteBackend:
         self._finalizer = weakref.finalize(self, self._io.close, _closer(self._clients))
         try:
             self._max_model_len = self._io.run(self._discover())
-            self._tokenizer: PromptTokenizer = (
-                tokenizer
-                if tokenizer is not None
-                else RemoteTokenizer(self._core, self.call, extra_protected=extra_protected)
-            )
+            served = RemoteTokenizer(self._core, self.call, extra_protected=extra_protected)
+            self._tokenizer = local_or_server(tokenizer, served, extra_protected=extra_protected)
         except BaseException:
             self.close()
             raise
@@ -133,15 +135,14 @@ class RemoteBackend:
         """Where requests go, and each server's health (``router.health()``, for monitoring)."""
         return self._core.router
 
-    # -- Backend / AsyncBackend ---------------------------------------------------------
+    # -- Backend ------------------------------------------------------------------------
 
-    def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        """Complete every request, up to ``max_concurrency`` HTTP requests at once."""
-        return self._io.run(self._complete(requests)) if requests else []
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
+        """Send the requests (``max_concurrency`` at a time); ``on_result`` hears of each as its answer comes.
 
-    async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        """:meth:`complete` without blocking the caller's event loop; cancelling aborts the HTTP requests."""
-        return await self._io.arun(self._complete(requests)) if requests else []
+        Cancelling the future closes the requests still in flight (vLLM then aborts them).
+        """
+        return self._io.submit(self._complete(requests, on_result))
 
     def call(self, call: HttpCall) -> Any:
         """The JSON body of one HTTP call (retried on the core's policy); raises the last typed error."""
@@ -168,10 +169,17 @@ class RemoteBackend:
 
     # -- the driver (on the I/O loop) -----------------------------------------------------
 
-    async def _complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        jobs = self._core.plan_jobs(requests)
-        outcomes = await asyncio.gather(*(self._run_job(job) for job in jobs))
-        return self._core.assemble(len(requests), jobs, outcomes)
+    async def _complete(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> None:
+        async def run(job: Job) -> None:
+            for position, result in zip(job.positions, await self._run_job(job), strict=True):
+                on_result(position, result)
+
+        jobs = [asyncio.ensure_future(run(job)) for job in self._core.plan_jobs(requests)]
+        try:
+            await asyncio.gather(*jobs)
+        finally:  # a bug in one job (or a cancel) stops the others too
+            for job in jobs:
+                job.cancel()
 
     async def _run_job(self, job: Job) -> list[CompletionResult]:
         steps = self._core.run_job(job)

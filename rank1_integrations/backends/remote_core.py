@@ -45,7 +45,6 @@ from rank1_integrations.backends.remote_wire import (
 )
 from rank1_integrations.backends.routing import Router
 from rank1_integrations.errors import (
-    BackendError,
     IncompatibleServerError,
     InvalidInputError,
     MalformedResponseError,
@@ -164,24 +163,6 @@ class RemoteCore:
                 chunk = tuple(positions[start : start + size])
                 jobs.append(Job(chunk, tuple(requests[p] for p in chunk)))
         return jobs
-
-    @staticmethod
-    def assemble(
-        total: int, jobs: Sequence[Job], outcomes: Sequence[Sequence[CompletionResult]]
-    ) -> list[CompletionResult]:
-        """Put every job's results back at their requests' positions; nothing missing or doubled."""
-        results: list[CompletionResult | None] = [None] * total
-        for job, job_results in zip(jobs, outcomes, strict=True):
-            if len(job_results) != len(job.positions):
-                raise BackendError(f"internal error: {len(job_results)} results for {len(job.positions)} requests")
-            for position, result in zip(job.positions, job_results, strict=True):
-                if results[position] is not None:
-                    raise BackendError(f"internal error: request {position} got two results")
-                results[position] = result
-        missing = [i for i, r in enumerate(results) if r is None]
-        if missing:
-            raise BackendError(f"internal error: requests {missing[:20]} got no result")
-        return [r for r in results if r is not None]
 
     def run_job(self, job: Job) -> Generator[HttpCall, Any, list[CompletionResult]]:
         """The calls one job needs, as a sans-I/O generator: send it outcomes, get results back.

@@ -14,6 +14,7 @@ Mistral) plus any ``extra_protected`` strings are single tokens of its vocabular
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from collections import OrderedDict
@@ -21,10 +22,30 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 from rank1_integrations.backends.remote_core import HttpCall, RemoteCore
-from rank1_integrations.errors import IncompatibleServerError, ServerStatusError
-from rank1_integrations.tokenization import leading_special_ids, protected_pattern, split_protected
+from rank1_integrations.errors import IncompatibleServerError, InvalidInputError, ServerStatusError
+from rank1_integrations.protocol import (
+    FALSE_LABEL,
+    PROMPT_HEAD,
+    PROMPT_MIDDLE,
+    PROMPT_TAIL,
+    THINK_CLOSE,
+    THINK_OPEN,
+    TRUE_LABEL,
+)
+from rank1_integrations.tokenization import (
+    Control,
+    Data,
+    HFPromptTokenizer,
+    PromptPiece,
+    PromptTokenizer,
+    Trusted,
+    encode_prompt,
+    leading_special_ids,
+    protected_pattern,
+    split_protected,
+)
 
-__all__ = ["KNOWN_SPECIAL_TOKENS", "RemoteTokenizer"]
+__all__ = ["KNOWN_SPECIAL_TOKENS", "RemoteTokenizer", "disagreement", "local_or_server"]
 
 logger = logging.getLogger("rank1_integrations.backends.remote")
 
@@ -136,6 +157,9 @@ def _decoded_size(ids: tuple[int, ...], text: str) -> int:
 class RemoteTokenizer:
     """The server's tokenizer, one cached HTTP call per new text."""
 
+    parallelism = 8
+    """Prompts a reranker may build at once with it (each costs round trips; they overlap)."""
+
     def __init__(
         self,
         core: RemoteCore,
@@ -157,6 +181,11 @@ class RemoteTokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self._core.model!r}, protected={len(self._protected)} strings)"
+
+    @property
+    def model(self) -> str:
+        """The served model's name (a path or hub id, where vLLM was started with one)."""
+        return self._core.model
 
     @property
     def leading_ids(self) -> Sequence[int]:
@@ -260,3 +289,76 @@ def _special_token_strings(info: dict[str, Any]) -> list[str]:
             if isinstance(values, list | tuple) or hasattr(values, "__iter__"):
                 found.extend(v for v in values if isinstance(v, str))
     return found
+
+
+# Prompts on which a local tokenizer must agree with the server's before it is trusted: the
+# protocol's own strings, spaces and newlines, non-ASCII, special-token strings inside data.
+_AGREEMENT_PROBES: tuple[tuple[PromptPiece, ...], ...] = (
+    (
+        Trusted(PROMPT_HEAD),
+        Data("what does café mean?"),
+        Trusted(PROMPT_MIDDLE),
+        Data(f"Two  spaces,\ttabs\n\nand lines. a {THINK_OPEN} b {THINK_CLOSE}{TRUE_LABEL} <|endoftext|> <s> [INST]"),
+        Trusted(PROMPT_TAIL),
+        Control(THINK_OPEN),
+    ),
+    (Trusted("\n"), Data("Ünïcödé — 日本語 🙂 ½ ﬁ 1234567 3.14159 -42 0x1F."), Trusted("\n"), Control(THINK_CLOSE)),
+    (Data(TRUE_LABEL),),
+    (Data(FALSE_LABEL),),
+    (Data("  leading and trailing  \n"),),
+)
+
+
+def disagreement(local: PromptTokenizer, server: PromptTokenizer) -> str | None:
+    """Why ``local`` cannot stand in for the server's tokenizer; None when they agree on every probe."""
+    if list(local.leading_ids) != list(server.leading_ids):
+        return "they put different ids before a prompt"
+    missing = sorted(set(server.protected_strings) - set(local.protected_strings))
+    if missing:
+        return f"the server's tokenizer has special tokens the local one lacks: {missing[:5]}"
+    for marker in (THINK_OPEN, THINK_CLOSE, TRUE_LABEL, FALSE_LABEL):
+        if local.single_token_id(marker) != server.single_token_id(marker):
+            return f"they give {marker!r} different ids"
+    for pieces in _AGREEMENT_PROBES:
+        ids = encode_prompt(local, pieces)
+        if ids != encode_prompt(server, pieces):
+            return f"they encode the prompt {ids[:8]}... differently"
+        if local.decode(ids) != server.decode(ids):
+            return "they decode a prompt differently"
+    return None
+
+
+def local_or_server(
+    choice: PromptTokenizer | str | None, server: RemoteTokenizer, *, extra_protected: Sequence[str] = ()
+) -> PromptTokenizer:
+    """The tokenizer to build prompts with: a local copy of the server's when one agrees with it, else the server's.
+
+    ``choice``: None tries a local copy of the served model's tokenizer (its name as a path
+    or in the Hugging Face cache; needs ``transformers``); a name or path loads that one; a
+    :class:`PromptTokenizer` is used as given; ``"server"`` always uses the server's
+    endpoints. A local tokenizer named or given is refused if it disagrees with the server's.
+    """
+    if choice == "server":
+        return server
+    local = choice if not isinstance(choice, str | None) else _load(choice or server.model, extra_protected)
+    why = "no local copy could be loaded" if local is None else disagreement(local, server)
+    if local is None or why is not None:
+        if choice is not None:
+            raise InvalidInputError(f"the tokenizer {choice!r} cannot stand in for the server's: {why}")
+        logger.info("prompts are built with the server's tokenizer (one /tokenize call per new text): %s", why)
+        return server
+    logger.info("prompts are built with a local copy of the server's tokenizer (checked against the server's)")
+    return local
+
+
+def _load(name: str, extra_protected: Sequence[str]) -> PromptTokenizer | None:
+    try:
+        transformers = importlib.import_module("transformers")
+    except ImportError:  # the light install: the server's tokenizer it is
+        return None
+    try:
+        loaded = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception as err:  # transformers raises many kinds for "not here": any means no local copy
+        logger.debug("no local tokenizer for %r: %s: %s", name, type(err).__name__, err)
+        return None
+    return HFPromptTokenizer(loaded, extra_protected=extra_protected)

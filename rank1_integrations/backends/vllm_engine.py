@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from rank1_integrations._optional import require
-from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
+from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.backends.engine_loop import EngineLoop, EngineLoopStats
 from rank1_integrations.errors import BackendError, ModelOutputError
 from rank1_integrations.tokenization import HFPromptTokenizer, PromptTokenizer
@@ -24,8 +23,8 @@ class VLLMEngineBackend:
     """Runs rank1 on a ``vllm.LLM`` in this process.
 
     One driver thread feeds the engine (see :mod:`.engine_loop`): each call's requests
-    go in together, and the requests of concurrent calls (threads, or ``acomplete``
-    from many tasks) join the running batch at the next engine step. While a reranker
+    go in together, and the requests of concurrent calls (threads, or tasks) join the
+    running batch at the next engine step; each result is reported as it finishes. While a reranker
     uses the engine, do not call ``llm.generate`` on it from another thread.
     """
 
@@ -74,45 +73,33 @@ class VLLMEngineBackend:
         """Admissions, engine steps, and how many steps advanced several calls at once."""
         return self._loop.stats
 
-    def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        if not requests:
-            return []
-        future, finish = self._submit(requests)
-        try:
-            outputs = future.result()
-        except BaseException:
-            future.cancel()  # interrupted: stop its requests in the engine
-            raise
-        finally:
-            finish()
-        return _completions(outputs, requests)
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
+        """Add the requests to the running batch; ``on_result`` hears of each as it finishes."""
 
-    async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        if not requests:
-            return []
-        future, finish = self._submit(requests)
+        def deliver(position: int, output: Any) -> None:
+            on_result(position, _completion(output, requests[position]))
+
+        if not self.progress:
+            return self._loop.submit(requests, on_output=deliver)
+        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+        bar = tqdm(total=len(requests), desc="rank1", unit="passage", dynamic_ncols=True)
+
+        def deliver_and_show(position: int, output: Any) -> None:
+            bar.update(1)
+            deliver(position, output)
+
         try:
-            # Cancelling this task cancels the future, which aborts the requests.
-            outputs = await asyncio.wrap_future(future)
-        finally:
-            finish()
-        return _completions(outputs, requests)
+            future = self._loop.submit(requests, on_output=deliver_and_show)
+        except BaseException:
+            bar.close()
+            raise
+        future.add_done_callback(lambda _: bar.close())
+        return future
 
     def close(self) -> None:
         """Refuse new calls and let running ones finish; the engine itself stays up."""
         self._loop.close()
-
-    def _submit(self, requests: Sequence[CompletionRequest]) -> tuple[Future[list[Any]], Callable[[], None]]:
-        if not self.progress:
-            return self._loop.submit(requests), _nothing
-        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
-
-        bar = tqdm(total=len(requests), desc="rank1", unit="passage", dynamic_ncols=True)
-        try:
-            return self._loop.submit(requests, on_output=lambda: bar.update(1)), bar.close
-        except BaseException:
-            bar.close()
-            raise
 
     def _params_for(self, request: CompletionRequest) -> Any:
         key = (request.max_tokens, request.stop, request.label_token_ids)
@@ -175,14 +162,6 @@ class _VLLMSteps:
 
     def has_unfinished(self) -> bool:
         return bool(self._engine.has_unfinished_requests())
-
-
-def _nothing() -> None:
-    return None
-
-
-def _completions(outputs: Sequence[Any], requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-    return [_completion(output, request) for output, request in zip(outputs, requests, strict=True)]
 
 
 def _completion(output: Any, request: CompletionRequest) -> CompletionResult:
