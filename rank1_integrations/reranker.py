@@ -178,6 +178,17 @@ class Rank1Reranker:
             query, passage
         )
 
+    def cache_key(self, query: str, passage: str, *, template: Any = _KEEP) -> str:
+        """The key of this passage's judgment: equal keys mean the same judgment (cache, shared work)."""
+        return cache_key(
+            model=self.backend.model_name,
+            template=self.template if template is _KEEP else resolve_template(template),
+            query=query,
+            passage=passage,
+            max_reasoning_tokens=self.max_reasoning_tokens,
+            context_size=self.context_size,
+        )
+
     def judge(self, query: str, passages: Sequence[str], *, template: Any = _KEEP) -> list[Judgment]:
         """Judge every passage for the query; same length and order as ``passages``."""
         return self.judge_many([(query, passages)], template=template)[0]
@@ -250,24 +261,13 @@ class Rank1Reranker:
         if self._closed:
             raise BackendError(f"{self!r} is closed: make a new reranker")
         resolved = self.template if template is _KEEP else resolve_template(template)
-
-        def key_for(query: str, passage: str) -> str:
-            return cache_key(
-                model=self.backend.model_name,
-                template=resolved,
-                query=query,
-                passage=passage,
-                max_reasoning_tokens=self.max_reasoning_tokens,
-                context_size=self.context_size,
-            )
-
         plan = plan_call(
             batches,
             self._builder_for(resolved),
             label_token_ids=self.label_token_ids,
             max_reasoning_tokens=self.max_reasoning_tokens,
             cache=self._cache,
-            key_for=key_for,
+            key_for=lambda query, passage: self.cache_key(query, passage, template=resolved),
         )
         # A tokenizer that costs a round trip per text builds prompts on a pool, while the
         # first requests already run; any other builds them all here, ahead.

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rank1_integrations.cache import GuardedCache, cache_key
+from rank1_integrations.cache import GuardedCache
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.reranker import Rank1Reranker
@@ -107,15 +107,7 @@ class RerankService:
 
     def _key(self, query: str, passage: str) -> str:
         # The reranker's own cache key: what makes two judgments the same also makes them shareable.
-        reranker = self.reranker
-        return cache_key(
-            model=reranker.backend.model_name,
-            template=reranker.template,
-            query=query,
-            passage=passage,
-            max_reasoning_tokens=reranker.max_reasoning_tokens,
-            context_size=reranker.context_size,
-        )
+        return self.reranker.cache_key(query, passage)
 
     async def _cached(self, keys: list[str]) -> dict[str, Judgment]:
         if self._cache is None or not keys:
