@@ -60,7 +60,10 @@ class RecordingBackend:
     max_model_len = property(lambda self: self.inner.max_model_len)
 
     def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
-        prompts = self._record(requests)
+        return self.forward(requests, self._record(requests), on_result)
+
+    def forward(self, requests: Sequence[CompletionRequest], prompts: list[str], on_result: ResultSink) -> Future[Any]:
+        """Send recorded requests to the real engine, failing the chosen passages' results."""
 
         def inject(position: int, result: CompletionResult) -> None:
             failed = any(p in prompts[position] for p in self.fail)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
 
 from rank1_integrations import BackendError, PassagesFailedError, Rank1Reranker
-from rank1_integrations.backends.base import CompletionRequest, CompletionResult
+from rank1_integrations.backends.base import CompletionRequest, ResultSink
 from rank1_integrations.tokenization import HFPromptTokenizer, PromptTokenizer
 
 
@@ -30,7 +32,7 @@ class DeadEngine:
     def tokenizer(self) -> PromptTokenizer:
         return self._tokenizer
 
-    def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
         self.calls += 1
         raise BackendError("engine crashed")
 

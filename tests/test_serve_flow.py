@@ -10,13 +10,12 @@ with a long budget so a judgment takes seconds.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -30,7 +29,7 @@ from rank1_integrations import (
     ServerConnectionError,
     ServerTimeoutError,
 )
-from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult
+from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.serve import create_app
 from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.adapter_support import KNOWN, TOLERANCE, RecordingBackend
@@ -85,11 +84,32 @@ class GatedBackend(RecordingBackend):
         super().__init__(inner, fail=fail)
         self.gate = threading.Event()
 
-    async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        prompts = self._record("acomplete", requests)
-        while not self.gate.is_set():
-            await asyncio.sleep(0.01)
-        return self._inject(prompts, await self.inner.acomplete(requests))  # type: ignore[attr-defined]
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
+        prompts = self._record(requests)
+        held: Future[Any] = Future()  # stands for the engine's future until the gate opens
+        sent: list[Future[Any]] = []
+
+        def release() -> None:
+            while not self.gate.wait(0.01):
+                if held.cancelled():
+                    return
+            if held.cancelled():
+                return
+            sent.append(self.forward(requests, prompts, on_result))
+            sent[0].add_done_callback(lambda done: _settle(held, done))
+
+        held.add_done_callback(lambda _: held.cancelled() and sent and sent[0].cancel())
+        threading.Thread(target=release, daemon=True).start()
+        return held
+
+
+def _settle(held: Future[Any], done: Future[Any]) -> None:
+    if done.cancelled():
+        held.cancel()
+    elif done.exception() is not None:
+        held.set_exception(done.exception())
+    else:
+        held.set_result(done.result())
 
 
 class FailingBackend(RecordingBackend):
@@ -99,9 +119,11 @@ class FailingBackend(RecordingBackend):
         super().__init__(inner)
         self.error: Rank1Error | None = error
 
-    async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        results = await self.inner.acomplete(requests)  # type: ignore[attr-defined]
-        return results if self.error is None else [self.error] * len(requests)
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
+        def answer(position: int, result: CompletionResult) -> None:
+            on_result(position, result if self.error is None else self.error)
+
+        return self.inner.submit(requests, answer)
 
 
 def test_repeats_come_from_the_result_cache(scripted_reranker, truth, serve) -> None:

@@ -357,7 +357,9 @@ def _load(name: str, extra_protected: Sequence[str]) -> PromptTokenizer | None:
     except ImportError:  # the light install: the server's tokenizer it is
         return None
     try:
-        loaded = transformers.AutoTokenizer.from_pretrained(name, local_files_only=True)
+        # The fast tokenizer class itself, not AutoTokenizer: that reads the model's config
+        # and imports torch, which a client of remote servers (a gateway) need not load.
+        loaded = transformers.PreTrainedTokenizerFast.from_pretrained(name, local_files_only=True)
     except Exception as err:  # transformers raises many kinds for "not here": any means no local copy
         logger.debug("no local tokenizer for %r: %s: %s", name, type(err).__name__, err)
         return None
