@@ -21,7 +21,7 @@ from rank1_integrations.errors import (
 )
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import PreparedPrompt, PromptBuilder
-from rank1_integrations.protocol import STOP_STRINGS, label_probability, reasoning_for_forced_answer
+from rank1_integrations.protocol import STOP_STRINGS, label_probability
 
 __all__ = ["FailurePolicy", "JudgingRun"]
 
@@ -33,6 +33,7 @@ class _ForcedAnswer:
     index: int
     reasoning: str
     reasoning_tokens: int
+    prompt_token_ids: tuple[int, ...]
 
 
 class JudgingRun:
@@ -111,9 +112,12 @@ class JudgingRun:
             completion.finish_reason == "stop" and isinstance(completion.stop_reason, str) and label in self._labels
         )
         if not answered:
-            self._forced.append(
-                _ForcedAnswer(index, reasoning_for_forced_answer(completion.text), len(completion.token_ids))
-            )
+            try:
+                forced = self._builder.build_forced(self._prompts[index], completion.token_ids, completion.text)
+            except Rank1Error as err:
+                self._failures[index] = err
+                return
+            self._forced.append(_ForcedAnswer(index, forced.reasoning, len(completion.token_ids), forced.token_ids))
             return
         if completion.final_label_logprobs is None:
             self._failures[index] = ModelOutputError(
@@ -135,7 +139,7 @@ class JudgingRun:
         self._in_flight = [forced.index for forced in self._forced]
         return [
             CompletionRequest(
-                self._builder.build_forced(self._prompts[forced.index], forced.reasoning),
+                forced.prompt_token_ids,
                 max_tokens=1,
                 stop=(),
                 label_token_ids=self._labels,

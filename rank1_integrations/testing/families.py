@@ -1,0 +1,294 @@
+"""Tiny offline tokenizers of rank1's model families, and a random model that writes control tokens.
+
+rank1 ships on three bases (:mod:`rank1_integrations.profiles`): Qwen2.5, Llama 3.1 and
+Mistral-Small 2501, whose tokenizers are all byte-level BPE and differ where prompts can
+go wrong: the pre-tokenizer pattern, NFC, a BOS token added before every prompt
+(Llama 3 ``<|begin_of_text|>``, Mistral ``<s>``), the EOS and control tokens, and whether
+``<think>``/``</think>`` are tokens of their own. :func:`build_family_tokenizer` trains a
+small tokenizer with each family's settings (the same corpus as the tiny test models).
+
+:func:`build_chaos_model` is a random-weight ``LlamaForCausalLM`` on the Llama 3 style
+tokenizer, nudged so that greedy decoding writes control tokens (``<think>``,
+``</think>``, BOS, EOS, ``<|eot_id|>``) and lone bytes of multi-byte characters (U+FFFD in
+the text, characters cut at the budget): what a forced answer must survive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rank1_integrations.testing.tiny_models import (
+    _QWEN2_SPLIT,
+    END_THINK_TOKEN,
+    FALSE_LABEL,
+    MARKER_FILE,
+    THINK_TOKEN,
+    TRUE_LABEL,
+    VOCAB_SIZE,
+    _corpus,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = [
+    "CHAOS_LLAMA",
+    "CHAOS_REASONING",
+    "FAMILIES",
+    "TokenizerFamily",
+    "build_chaos_model",
+    "build_family_tokenizer",
+    "chaos_token_ids",
+]
+
+_BUILDER_VERSION = "1"  # bump when the builders change what they produce
+
+
+@dataclass(frozen=True)
+class TokenizerFamily:
+    """The tokenizer settings of one family, as its released tokenizer has them."""
+
+    name: str
+    split_pattern: str
+    """The pre-tokenizer's regex (then byte-level)."""
+    nfc: bool
+    bos: str | None
+    """Added before every prompt (a post-processor), or None."""
+    eos: str
+    specials: tuple[str, ...]
+    """Other control tokens of the family (a few of them)."""
+    clean_up_spaces: bool
+    """transformers' ``clean_up_tokenization_spaces`` in the released tokenizer config."""
+
+
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# mistral-common's tekken pattern (Mistral-Small 2501 and later).
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+FAMILIES: dict[str, TokenizerFamily] = {
+    "qwen2.5": TokenizerFamily(
+        "qwen2.5", _QWEN2_SPLIT, True, None, "<|endoftext|>", ("<|im_start|>", "<|im_end|>"), False
+    ),
+    "llama3": TokenizerFamily(
+        "llama3",
+        _LLAMA3_SPLIT,
+        False,
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|reserved_special_token_0|>"),
+        True,
+    ),
+    "mistral": TokenizerFamily("mistral", _TEKKEN_SPLIT, False, "<s>", "</s>", ("<unk>", "[INST]", "[/INST]"), False),
+}
+
+#: The chaos model's architecture: Llama, head_dim 32 (vLLM's CPU attention), float32.
+CHAOS_LLAMA: dict[str, int | bool | str] = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+    "dtype": "float32",
+}
+#: What the chaos model writes after ``<think>``, one token each: a str is a token of the
+#: vocabulary, an int a lone byte (0x80-0xFF: part of a multi-byte UTF-8 character, so the
+#: text shows U+FFFD, or nothing when the budget cuts there). " <" "th" "ink" ">" spell
+#: "<think>" in ordinary characters, as a model quoting a passage would.
+CHAOS_REASONING: tuple[str | int, ...] = (
+    " The", 0xE6, " passage", " <", "th", "ink", ">", " is", 0x80, "</think>", "<|eot_id|>", ".",
+    "<|begin_of_text|>", " It", 0xE2, 0x82, " not", *range(0x83, 0x8E), "!",
+    "<|reserved_special_token_0|>", "<|start_header_id|>", " and", "?", "<|end_header_id|>", "<|end_of_text|>",
+)  # fmt: skip
+# Each step of CHAOS_REASONING gets this much logit over the random weights (the random
+# model alone writes short loops); the label rows are scaled so scores spread over (0, 1).
+_CHAOS_STEP, _CHAOS_LABEL_SCALE = 20.0, 40.0
+
+
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's byte-to-character table, which byte-level BPE vocabularies are spelled in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(others)}}
+
+
+_BYTE_CHARS = _byte_chars()
+
+
+def _special_tokens(family: TokenizerFamily, think_tokens: bool) -> list[str]:
+    tokens = [family.eos, *([family.bos] if family.bos else []), *family.specials]
+    return tokens + ([THINK_TOKEN, END_THINK_TOKEN] if think_tokens else [])
+
+
+def _train(family: TokenizerFamily, think_tokens: bool) -> PreTrainedTokenizerBase:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = _special_tokens(family, think_tokens)
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    if family.nfc:
+        tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(family.split_pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    # The tokenizer learns from text without markers, so they never become merges.
+    tok.train_from_iterator(
+        (text.replace(THINK_TOKEN, "\n").replace(END_THINK_TOKEN, "\n") for text in _corpus()), trainer=trainer
+    )
+    if family.bos is not None:
+        bos_id = tok.token_to_id(family.bos)
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{family.bos} $A", pair=f"{family.bos} $A {family.bos} $B", special_tokens=[(family.bos, bos_id)]
+        )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=family.eos,
+        bos_token=family.bos,
+        pad_token=family.eos,
+        extra_special_tokens=[t for t in specials if t not in (family.eos, family.bos)],
+        clean_up_tokenization_spaces=family.clean_up_spaces,
+        model_max_length=2048,
+    )
+    for label in (TRUE_LABEL, FALSE_LABEL):
+        ids = hf(label, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise RuntimeError(f"{family.name}: label {label!r} is not a single token: {ids}")
+    return hf
+
+
+def _spec_hash(kind: str, spec: dict[str, Any]) -> str:
+    full = {
+        "builder_version": _BUILDER_VERSION,
+        "kind": kind,
+        **spec,
+        "libs": {n: version(n) for n in ("torch", "transformers", "tokenizers")},
+    }
+    return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
+
+
+def _cached(out_dir: Path, spec_hash: str) -> bool:
+    try:
+        marker = json.loads((out_dir / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    files = marker.get("files", [])
+    return marker.get("spec_hash") == spec_hash and bool(files) and all((out_dir / n).is_file() for n in files)
+
+
+def _publish(stage: Path, out_dir: Path, marker: dict[str, Any]) -> None:
+    """Move the staged files in one by one, the marker last (see ``tiny_models._build``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER_FILE).unlink(missing_ok=True)
+    files = sorted(p.name for p in stage.iterdir())
+    for name in files:
+        (stage / name).chmod(0o644)
+        (stage / name).replace(out_dir / name)
+    (stage / MARKER_FILE).write_text(json.dumps({**marker, "files": files}, indent=2))
+    (stage / MARKER_FILE).replace(out_dir / MARKER_FILE)
+
+
+def build_family_tokenizer(family: str, out_dir: Path, *, think_tokens: bool = False) -> Path:
+    """Train a tiny tokenizer with ``family``'s settings into ``out_dir`` (cached); ``<think>``
+    and ``</think>`` are special tokens of their own only with ``think_tokens``."""
+    settings = FAMILIES[family]
+    out_dir = Path(out_dir)
+    spec_hash = _spec_hash("tokenizer", {"family": asdict(settings), "think_tokens": think_tokens})
+    if _cached(out_dir, spec_hash):
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _train(settings, think_tokens).save_pretrained(str(stage))
+        _publish(stage, out_dir, {"spec_hash": spec_hash, "family": family, "think_tokens": think_tokens})
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir
+
+
+def build_chaos_model(out_dir: Path, *, seed: int = 0) -> Path:
+    """A random ``LlamaForCausalLM`` on the Llama 3 style tokenizer (with ``<think>`` tokens) that
+    greedily writes :data:`CHAOS_REASONING` after ``<think>`` (cached in ``out_dir``)."""
+    out_dir = Path(out_dir)
+    scales = [_CHAOS_STEP, _CHAOS_LABEL_SCALE]
+    spec_hash = _spec_hash("chaos", {"seed": seed, "arch": CHAOS_LLAMA, "reasoning": CHAOS_REASONING, "scales": scales})
+    if _cached(out_dir, spec_hash):
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tokenizer = _train(FAMILIES["llama3"], think_tokens=True)
+        tokenizer.save_pretrained(str(stage))
+        _chaos_weights(tokenizer, seed).save_pretrained(str(stage))
+        _publish(stage, out_dir, {"spec_hash": spec_hash, "kind": "chaos", "seed": seed})
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out_dir
+
+
+def chaos_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """:data:`CHAOS_REASONING` as token ids of ``tokenizer`` (RuntimeError if a step is not one token)."""
+    ids = []
+    for step in CHAOS_REASONING:
+        if isinstance(step, int):
+            ids.append(tokenizer.convert_tokens_to_ids(_BYTE_CHARS[step]))
+            continue
+        encoded = tokenizer(step, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise RuntimeError(f"chaos step {step!r} is not one token: {encoded}")
+        ids.append(encoded[0])
+    return ids
+
+
+def _chaos_weights(tokenizer: PreTrainedTokenizerBase, seed: int) -> Any:
+    """Random weights, plus: the hidden state of step i's token points at step i+1's output row.
+
+    Two random layers leave the last hidden state close to the current token's embedding,
+    so adding that (unit) embedding to the next token's output row makes greedy decoding
+    follow the chain, with a wide margin (vLLM's float32 kernels take the same argmax).
+    """
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    family = FAMILIES["llama3"]
+    bos, eos = tokenizer.convert_tokens_to_ids(family.bos), tokenizer.convert_tokens_to_ids(family.eos)
+    special_ids = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos}
+    config = LlamaConfig(vocab_size=len(tokenizer), **CHAOS_LLAMA, **special_ids)
+    chain = [tokenizer.convert_tokens_to_ids(THINK_TOKEN), *chaos_token_ids(tokenizer)]
+    labels = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in (TRUE_LABEL, FALSE_LABEL)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config).to(torch.float32)
+        with torch.no_grad():
+            embeddings, head = model.model.embed_tokens.weight, model.lm_head.weight
+            for current, following in itertools.pairwise(chain):
+                head[following] += _CHAOS_STEP * embeddings[current] / embeddings[current].norm()
+            head[labels] *= _CHAOS_LABEL_SCALE
+    model.generation_config = GenerationConfig(**special_ids)
+    return model.eval()
