@@ -18,19 +18,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rank1_integrations.testing.building import staged_build, train_byte_level_bpe
 from rank1_integrations.testing.tiny_models import (
     _QWEN2_SPLIT,
     END_THINK_TOKEN,
     FALSE_LABEL,
-    MARKER_FILE,
     THINK_TOKEN,
+    TINY_QWEN2,
     TRUE_LABEL,
     VOCAB_SIZE,
     _corpus,
@@ -49,7 +48,7 @@ __all__ = [
     "chaos_token_ids",
 ]
 
-_BUILDER_VERSION = "1"  # bump when the builders change what they produce
+_BUILDER_VERSION = "2"  # bump when the builders change what they produce
 
 
 @dataclass(frozen=True)
@@ -96,17 +95,8 @@ FAMILIES: dict[str, TokenizerFamily] = {
     "mistral": TokenizerFamily("mistral", _TEKKEN_SPLIT, False, "<s>", "</s>", ("<unk>", "[INST]", "[/INST]"), False),
 }
 
-#: The chaos model's architecture: Llama, head_dim 32 (vLLM's CPU attention), float32.
-CHAOS_LLAMA: dict[str, int | bool | str] = {
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": False,
-    "dtype": "float32",
-}
+#: The chaos model's architecture: the tiny Qwen2's sizes (head_dim 32 for vLLM's CPU attention).
+CHAOS_LLAMA: dict[str, int | bool | str] = dict(TINY_QWEN2)
 #: What the chaos model writes after ``<think>``, one token each: a str is a token of the
 #: vocabulary, an int a lone byte (0x80-0xFF: part of a multi-byte UTF-8 character, so the
 #: text shows U+FFFD, or nothing when the budget cuts there). " <" "th" "ink" ">" spell
@@ -137,50 +127,16 @@ def _special_tokens(family: TokenizerFamily, think_tokens: bool) -> list[str]:
 
 
 def _train(family: TokenizerFamily, think_tokens: bool) -> PreTrainedTokenizerBase:
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = _special_tokens(family, think_tokens)
-    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    if family.nfc:
-        tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(family.split_pattern), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    return train_byte_level_bpe(
+        _corpus(),
+        family.split_pattern,
         vocab_size=VOCAB_SIZE,
-        min_frequency=2,
-        show_progress=False,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        nfc=family.nfc,
+        eos=family.eos,
+        bos=family.bos,
+        specials=_special_tokens(family, think_tokens),
+        hf_settings={"clean_up_tokenization_spaces": family.clean_up_spaces},
     )
-    # The tokenizer learns from text without markers, so they never become merges.
-    tok.train_from_iterator(
-        (text.replace(THINK_TOKEN, "\n").replace(END_THINK_TOKEN, "\n") for text in _corpus()), trainer=trainer
-    )
-    if family.bos is not None:
-        bos_id = tok.token_to_id(family.bos)
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{family.bos} $A", pair=f"{family.bos} $A {family.bos} $B", special_tokens=[(family.bos, bos_id)]
-        )
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=family.eos,
-        bos_token=family.bos,
-        pad_token=family.eos,
-        extra_special_tokens=[t for t in specials if t not in (family.eos, family.bos)],
-        clean_up_tokenization_spaces=family.clean_up_spaces,
-        model_max_length=2048,
-    )
-    for label in (TRUE_LABEL, FALSE_LABEL):
-        ids = hf(label, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise RuntimeError(f"{family.name}: label {label!r} is not a single token: {ids}")
-    return hf
 
 
 def _spec_hash(kind: str, spec: dict[str, Any]) -> str:
@@ -193,63 +149,32 @@ def _spec_hash(kind: str, spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
 
 
-def _cached(out_dir: Path, spec_hash: str) -> bool:
-    try:
-        marker = json.loads((out_dir / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    files = marker.get("files", [])
-    return marker.get("spec_hash") == spec_hash and bool(files) and all((out_dir / n).is_file() for n in files)
-
-
-def _publish(stage: Path, out_dir: Path, marker: dict[str, Any]) -> None:
-    """Move the staged files in one by one, the marker last (see ``tiny_models._build``)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER_FILE).unlink(missing_ok=True)
-    files = sorted(p.name for p in stage.iterdir())
-    for name in files:
-        (stage / name).chmod(0o644)
-        (stage / name).replace(out_dir / name)
-    (stage / MARKER_FILE).write_text(json.dumps({**marker, "files": files}, indent=2))
-    (stage / MARKER_FILE).replace(out_dir / MARKER_FILE)
-
-
 def build_family_tokenizer(family: str, out_dir: Path, *, think_tokens: bool = False) -> Path:
     """Train a tiny tokenizer with ``family``'s settings into ``out_dir`` (cached); ``<think>``
     and ``</think>`` are special tokens of their own only with ``think_tokens``."""
     settings = FAMILIES[family]
-    out_dir = Path(out_dir)
-    spec_hash = _spec_hash("tokenizer", {"family": asdict(settings), "think_tokens": think_tokens})
-    if _cached(out_dir, spec_hash):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def make(stage: Path) -> dict[str, object]:
         _train(settings, think_tokens).save_pretrained(str(stage))
-        _publish(stage, out_dir, {"spec_hash": spec_hash, "family": family, "think_tokens": think_tokens})
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out_dir
+        return {"family": family, "think_tokens": think_tokens}
+
+    spec = {"family": asdict(settings), "think_tokens": think_tokens}
+    return staged_build(Path(out_dir), _spec_hash("tokenizer", spec), make)
 
 
 def build_chaos_model(out_dir: Path, *, seed: int = 0) -> Path:
     """A random ``LlamaForCausalLM`` on the Llama 3 style tokenizer (with ``<think>`` tokens) that
     greedily writes :data:`CHAOS_REASONING` after ``<think>`` (cached in ``out_dir``)."""
-    out_dir = Path(out_dir)
-    scales = [_CHAOS_STEP, _CHAOS_LABEL_SCALE]
-    spec_hash = _spec_hash("chaos", {"seed": seed, "arch": CHAOS_LLAMA, "reasoning": CHAOS_REASONING, "scales": scales})
-    if _cached(out_dir, spec_hash):
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def make(stage: Path) -> dict[str, object]:
         tokenizer = _train(FAMILIES["llama3"], think_tokens=True)
         tokenizer.save_pretrained(str(stage))
         _chaos_weights(tokenizer, seed).save_pretrained(str(stage))
-        _publish(stage, out_dir, {"spec_hash": spec_hash, "kind": "chaos", "seed": seed})
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out_dir
+        return {"kind": "chaos", "seed": seed}
+
+    scales = [_CHAOS_STEP, _CHAOS_LABEL_SCALE]
+    spec = {"seed": seed, "arch": CHAOS_LLAMA, "reasoning": CHAOS_REASONING, "scales": scales}
+    return staged_build(Path(out_dir), _spec_hash("chaos", spec), make)
 
 
 def chaos_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
