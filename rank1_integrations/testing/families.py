@@ -48,7 +48,7 @@ __all__ = [
     "chaos_token_ids",
 ]
 
-_BUILDER_VERSION = "2"  # bump when the builders change what they produce
+_BUILDER_VERSION = "3"  # bump when the builders change what they produce
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,8 @@ def _chaos_weights(tokenizer: PreTrainedTokenizerBase, seed: int) -> Any:
     """Random weights, plus: the hidden state of step i's token points at step i+1's output row.
 
     Two random layers leave the last hidden state close to the current token's embedding,
-    so adding that (unit) embedding to the next token's output row makes greedy decoding
-    follow the chain, with a wide margin (vLLM's float32 kernels take the same argmax).
+    so adding that embedding (scaled to about unit norm) to the next token's output row makes
+    greedy decoding follow the chain, with a wide margin (vLLM's float32 kernels agree).
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -212,8 +212,11 @@ def _chaos_weights(tokenizer: PreTrainedTokenizerBase, seed: int) -> Any:
         model = LlamaForCausalLM(config).to(torch.float32)
         with torch.no_grad():
             embeddings, head = model.model.embed_tokens.weight, model.lm_head.weight
+            # A constant, not each embedding's own norm: elementwise arithmetic only, so the
+            # weights are the same bits on any CPU (reductions are not).
+            scale = _CHAOS_STEP / (config.initializer_range * config.hidden_size**0.5)
             for current, following in itertools.pairwise(chain):
-                head[following] += _CHAOS_STEP * embeddings[current] / embeddings[current].norm()
+                head[following] += scale * embeddings[current]
             head[labels] *= _CHAOS_LABEL_SCALE
     model.generation_config = GenerationConfig(**special_ids)
     return model.eval()
