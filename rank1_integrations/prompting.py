@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rank1_integrations.errors import InvalidInputError, ModelOutputError
@@ -13,6 +13,7 @@ from rank1_integrations.protocol import (
     PROMPT_MIDDLE,
     PROMPT_TAIL,
     QUERY_MARKER,
+    SENTENCE_ENDS,
     THINK_CLOSE,
     THINK_OPEN,
     reasoning_for_forced_answer,
@@ -96,8 +97,8 @@ class PromptBuilder:
         Bound: the result never has more than ``len(prompt) + len(generated_ids) +
         FORCED_ANSWER_MARGIN - 1`` tokens. Re-tokenized text can outgrow the tokens that
         generated it (a lone byte of a cut character decodes to U+FFFD, three bytes), so
-        when the whole reasoning does not fit, the longest prefix of it that does is kept
-        (trimmed again to a sentence end where one fits). The empty reasoning costs only
+        when the whole reasoning does not fit, the longest prefix of it that does is kept:
+        one that ends a sentence where one fits, else any. The empty reasoning costs only
         the markers; if even that did not fit, this raises :class:`ModelOutputError`
         instead of returning a prompt the engine would refuse.
         """
@@ -112,22 +113,23 @@ class PromptBuilder:
         token_ids = ids_for(len(reasoning))
         if len(token_ids) <= limit:
             return ForcedPrompt(token_ids, reasoning)
-        if len(ids_for(0)) > limit:
+        built: dict[int, tuple[int, ...]] = {}
+
+        def fits(length: int) -> bool:
+            built[length] = ids_for(length)
+            return len(built[length]) <= limit
+
+        # The longest prefix that fits and ends a sentence (the authors' trim of it is itself),
+        # else the longest prefix that fits at all.
+        ends = [i + 1 for i, char in enumerate(reasoning) if char in SENTENCE_ENDS]
+        cut = _longest(ends, fits)
+        if cut is None:
+            cut = _longest(range(len(reasoning)), fits)
+        if cut is None:
             raise ModelOutputError(
                 f"the forced answer's markers alone do not fit in {limit} tokens (prompt + generated + margin)"
             )
-        fits, too_long = 0, len(reasoning)  # the longest prefix that fits lies in between
-        while too_long - fits > 1:
-            middle = (fits + too_long) // 2
-            if len(ids_for(middle)) <= limit:
-                fits = middle
-            else:
-                too_long = middle
-        trimmed = reasoning_for_forced_answer(reasoning[:fits])
-        token_ids = ids_for(len(trimmed))
-        if len(token_ids) > limit:  # trimming shortens the text; tokens almost always follow
-            trimmed, token_ids = reasoning[:fits], ids_for(fits)
-        return ForcedPrompt(token_ids, trimmed)
+        return ForcedPrompt(built[cut], reasoning[:cut])
 
     def _forced_ids(self, prompt: PreparedPrompt, reasoning: Sequence[PromptPiece]) -> tuple[int, ...]:
         continuation = (Trusted("\n"), *reasoning, Trusted("\n"), Control(THINK_CLOSE))
@@ -198,6 +200,18 @@ def _passage_prefix(tokenizer: PromptTokenizer, passage: str, token_ids: Sequenc
     # spaces, normalization): keep what it agrees on.
     agreed = next((i for i, (a, b) in enumerate(zip(passage, text, strict=False)) if a != b), len(text))
     return passage[: min(agreed, len(passage))]
+
+
+def _longest(lengths: Sequence[int], fits: Callable[[int], bool]) -> int | None:
+    """The largest of the ascending ``lengths`` that ``fits`` (binary search: fewer tokens for less text)."""
+    best, low, high = None, 0, len(lengths)
+    while low < high:
+        middle = (low + high) // 2
+        if fits(lengths[middle]):
+            best, low = lengths[middle], middle + 1
+        else:
+            high = middle
+    return best
 
 
 # Texts before and after "<think>" on which a tokenizer must start a new token at "<think>"
