@@ -36,7 +36,9 @@ def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: st
     that the model might not have generated.
     """
     pattern = protected_pattern(tuple(tokenizer.protected_strings))
-    found = list(pattern.finditer(text)) if pattern is not None else []
+    if pattern is None:
+        return []
+    found = list(pattern.finditer(text))
     if not found:
         return []
     controls = tokenizer.control_tokens
@@ -47,7 +49,6 @@ def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: st
         if marker is None:
             continue
         if index > run_start:
-            assert pattern is not None  # found is not empty
             position += len(pattern.findall(tokenizer.decode(token_ids[run_start:index])))
         run_start = index + 1
         if position >= len(found):
