@@ -118,16 +118,34 @@ def random_reranker(random_model_dir: Path) -> Iterator[object]:
     return Rank1Reranker.from_vllm(str(random_model_dir), max_reasoning_tokens=16, **ENGINE_KWARGS)
 
 
+def small_engine(model_dir: Path) -> object:
+    """An embedded engine with a 256 MiB KV cache (plenty for these tests; the suite runs several engines)."""
+    from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
+
+    # vLLM's CPU platform lets VLLM_CPU_KVCACHE_SPACE override kv_cache_memory_bytes.
+    saved = os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    try:
+        return VLLMEngineBackend.load(str(model_dir), kv_cache_memory_bytes=256 * 2**20, **ENGINE_KWARGS)
+    finally:
+        if saved is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = saved
+
+
 @pytest.fixture(scope="session")
 def chaos_backend(chaos_model_dir: Path) -> object:
     """An embedded engine on the chaos model (BOS tokenizer; reasoning full of control tokens and lone bytes)."""
-    from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
-
-    return VLLMEngineBackend.load(str(chaos_model_dir), **ENGINE_KWARGS)
+    return small_engine(chaos_model_dir)
 
 
 @pytest.fixture(scope="session")
 def smollm2_backend(smollm2_dir: Path) -> object:
-    from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
+    return small_engine(smollm2_dir)
 
-    return VLLMEngineBackend.load(str(smollm2_dir), **ENGINE_KWARGS)
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_reference_models() -> Iterator[None]:
+    """The float64 reference models (SmolLM2's is 1 GiB) live no longer than the module that used them."""
+    yield
+    from tests import reference
+
+    reference.release()

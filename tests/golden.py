@@ -79,7 +79,7 @@ def greedy_margin(model_dir: Path, prompt_ids: list[int], generated: list[int]) 
     """The smallest lead, in nats (float64 reference), of each generated token over the runner-up."""
     import torch
 
-    _, model = reference._load(str(model_dir))
+    _, model = reference.loaded(str(model_dir))
     if not generated:
         return float("inf")
     with torch.no_grad():

@@ -18,8 +18,8 @@ PROMPT = (
 )
 
 
-@lru_cache(maxsize=2)
-def _load(model_dir: str) -> tuple[Any, Any]:
+@lru_cache(maxsize=1)
+def loaded(model_dir: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -35,6 +35,11 @@ def tokenizer(model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
+def release() -> None:
+    """Drop the loaded float64 model (a test module that is done with it)."""
+    loaded.cache_clear()
+
+
 def label_ids(model_dir: Path) -> tuple[int, int]:
     tok = tokenizer(Path(model_dir))
     true_id = tok(" true", add_special_tokens=False)["input_ids"]
@@ -47,7 +52,7 @@ def score_of_ids(model_dir: Path, token_ids: Sequence[int]) -> float:
     """p(" true") over " true" + " false" at the position after exactly ``token_ids``."""
     import torch
 
-    _, model = _load(str(model_dir))
+    _, model = loaded(str(model_dir))
     true_id, false_id = label_ids(model_dir)
     with torch.no_grad():
         logits = model(torch.tensor([list(token_ids)])).logits[0, -1]
