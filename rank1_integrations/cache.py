@@ -3,6 +3,10 @@
 A judgment depends on the model, the relevance template, the query, the passage, the
 reasoning budget and the context size; the key covers all of them. Only judged
 passages are stored, never failures.
+
+A cache may only ever cost a miss: the reranker reads and writes through
+:class:`GuardedCache`, so a failing cache (a locked database, a full disk, a row of
+another shape) is logged once and judging goes on without it.
 """
 
 from __future__ import annotations
@@ -10,18 +14,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import math
 import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from rank1_integrations.judgment import Judgment
 
-__all__ = ["DiskCache", "JudgmentCache", "MemoryCache", "cache_key"]
+__all__ = ["DiskCache", "GuardedCache", "JudgmentCache", "MemoryCache", "cache_key", "is_cacheable"]
+
+logger = logging.getLogger("rank1_integrations.cache")
 
 _KEY_VERSION = 1
+_FIELDS = frozenset(field.name for field in dataclasses.fields(Judgment))
 
 
 def cache_key(
@@ -34,6 +43,31 @@ def cache_key(
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
+def is_cacheable(judgment: Any) -> bool:
+    """Whether ``judgment`` is a well-formed judged :class:`Judgment` (what a cache may hold and return)."""
+    if not isinstance(judgment, Judgment):
+        return False
+    score, tokens = judgment.score, judgment.reasoning_tokens
+    return (
+        _is_number(score)
+        and score is not None
+        and math.isfinite(score)
+        and 0.0 <= score <= 1.0
+        and isinstance(judgment.relevant, bool)
+        and isinstance(judgment.reasoning, str)
+        and isinstance(judgment.forced, bool)
+        and isinstance(tokens, int)
+        and not isinstance(tokens, bool)
+        and tokens >= 0
+        and isinstance(judgment.truncated, bool)
+        and judgment.error is None
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @runtime_checkable
 class JudgmentCache(Protocol):
     """Where judgments are kept between calls; implementations must be thread-safe."""
@@ -43,12 +77,55 @@ class JudgmentCache(Protocol):
     def put_many(self, items: Mapping[str, Judgment]) -> None: ...
 
 
+class GuardedCache:
+    """Any :class:`JudgmentCache`, made harmless: its errors and bad entries become misses.
+
+    The first failure is logged as a warning, later ones at debug level, so a broken
+    cache neither fails calls nor floods the log.
+    """
+
+    def __init__(self, cache: JudgmentCache) -> None:
+        self.cache = cache
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"GuardedCache({self.cache!r})"
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Judgment]:
+        try:
+            found = self.cache.get_many(keys)
+            return {key: found[key] for key in keys if key in found and is_cacheable(found[key])}
+        except Exception as err:  # any cache, any failure: a miss
+            self._report("read from", err)
+            return {}
+
+    def put_many(self, items: Mapping[str, Judgment]) -> None:
+        try:
+            self.cache.put_many({key: judgment for key, judgment in items.items() if is_cacheable(judgment)})
+        except Exception as err:  # any cache, any failure: judgments are returned, just not kept
+            self._report("write to", err)
+
+    def _report(self, action: str, err: Exception) -> None:
+        with self._lock:
+            first, self._warned = not self._warned, True
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "could not %s the judgment cache %r (%s: %s); judging goes on without it%s",
+            action,
+            self.cache,
+            type(err).__name__,
+            err,
+            " (further cache errors are logged at DEBUG level)" if first else "",
+        )
+
+
 class MemoryCache:
     """A bounded in-process LRU cache (the default)."""
 
     def __init__(self, max_entries: int = 10_000) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
+        if not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError("max_entries must be an int of at least 1")
         self.max_entries = max_entries
         self._entries: OrderedDict[str, Judgment] = OrderedDict()
         self._lock = threading.Lock()
@@ -75,14 +152,26 @@ class MemoryCache:
 
 
 class DiskCache:
-    """A cache in one SQLite file, shared across processes and restarts."""
+    """A cache in one SQLite file, shared across processes and restarts.
 
-    def __init__(self, path: str | Path) -> None:
+    The database runs in WAL mode, so several processes read and write it at once; a
+    writer waits at most ``busy_timeout`` seconds for another's lock (then that write is
+    skipped, never the call). It keeps the ``max_entries`` most recently written
+    judgments. Rows that are not well-formed judgments are ignored.
+    """
+
+    def __init__(self, path: str | Path, *, max_entries: int = 1_000_000, busy_timeout: float = 2.0) -> None:
+        if not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError("max_entries must be an int of at least 1")
         self.path = Path(path)
+        self.max_entries = max_entries
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-        with self._lock, self._db:
+        # Autocommit: each write is one explicit BEGIN IMMEDIATE transaction, which waits for
+        # another process's write lock (a deferred one that reads first may fail at once in WAL).
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=busy_timeout, isolation_level=None)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judgment TEXT NOT NULL)")
 
     def __repr__(self) -> str:
@@ -95,16 +184,40 @@ class DiskCache:
                 chunk = list(keys[start : start + 500])
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(f"SELECT key, judgment FROM judgments WHERE key IN ({marks})", chunk)
-                found.update((key, Judgment(**json.loads(text))) for key, text in rows)
+                for key, text in rows:
+                    judgment = _judgment_from_json(text)
+                    if judgment is not None:
+                        found[key] = judgment
         return found
 
     def put_many(self, items: Mapping[str, Judgment]) -> None:
         rows: Iterable[tuple[str, str]] = (
             (key, json.dumps(dataclasses.asdict(judgment))) for key, judgment in items.items()
         )
-        with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO judgments (key, judgment) VALUES (?, ?)", rows)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO judgments (key, judgment) VALUES (?, ?)", rows)
+                # Row ids grow with every write (a replaced row gets a new one): keep the newest.
+                self._db.execute(
+                    "DELETE FROM judgments WHERE rowid <= (SELECT MAX(rowid) FROM judgments) - ?", (self.max_entries,)
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _judgment_from_json(text: Any) -> Judgment | None:
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(data, dict) or set(data) != _FIELDS:
+        return None
+    judgment = Judgment(**data)
+    return judgment if is_cacheable(judgment) else None

@@ -1,7 +1,7 @@
 """One judging call, before and after the engine: validation, cache look-up, assembly.
 
 Pure logic: it builds the :class:`JudgingRun` for what the cache does not know and
-puts fresh and cached judgments back in the caller's order.
+puts fresh and cached judgments back in the caller's order, applying the failure policy.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rank1_integrations.cache import JudgmentCache
-from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError, Rank1Error
 from rank1_integrations.judging import FailurePolicy, JudgingRun
 from rank1_integrations.judgment import Judgment
-from rank1_integrations.prompting import PromptBuilder
+from rank1_integrations.prompting import PreparedPrompt, PromptBuilder
 
 __all__ = ["CallPlan", "plan_call", "validated"]
 
@@ -33,11 +33,26 @@ class CallPlan:
     keys: dict[Position, str] = field(default_factory=dict)
 
     def finish(self, on_failure: FailurePolicy, cache: JudgmentCache | None) -> list[list[Judgment]]:
-        """Every passage's judgment in the caller's order; fresh judged ones go to the cache."""
-        fresh = dict(zip(self.fresh, self.run.judgments(on_failure), strict=True)) if self.run else {}
-        if cache is not None and fresh:
-            cache.put_many({self.keys[pos]: j for pos, j in fresh.items() if j.judged and pos in self.keys})
-        return [[fresh.get((b, i)) or self.known[(b, i)] for i in range(size)] for b, size in enumerate(self.sizes)]
+        """Every passage's judgment in the caller's order, or :class:`PassagesFailedError`.
+
+        Fresh judgments go to the cache first, so that a caller who retries after an
+        error recomputes only what failed.
+        """
+        outcomes = dict(zip(self.fresh, self.run.outcomes(), strict=True)) if self.run else {}
+        judged = {pos: o for pos, o in outcomes.items() if isinstance(o, Judgment)}
+        if cache is not None and judged:
+            cache.put_many({self.keys[pos]: j for pos, j in judged.items() if pos in self.keys})
+        failed = {pos: o for pos, o in outcomes.items() if isinstance(o, Rank1Error)}
+        found = {**self.known, **judged}
+        if failed and on_failure == "raise":
+            failures = [PassageFailure(i, error, batch=b) for (b, i), error in sorted(failed.items())]
+            batches = [[found.get((b, i)) for i in range(size)] for b, size in enumerate(self.sizes)]
+            raise PassagesFailedError(failures, total=sum(self.sizes), batches=batches)
+        for (b, i), error in failed.items():
+            found[(b, i)] = Judgment(
+                index=i, score=None, relevant=None, reasoning="", error=f"{type(error).__name__}: {error}"
+            )
+        return [[found[(b, i)] for i in range(size)] for b, size in enumerate(self.sizes)]
 
 
 def plan_call(
@@ -62,13 +77,24 @@ def plan_call(
     run = None
     if fresh:
         run = JudgingRun(
-            [builder.build(*text[pos]) for pos in fresh],
+            [_prompt(builder, *text[pos]) for pos in fresh],
             builder,
             positions=fresh,
             label_token_ids=label_token_ids,
             max_reasoning_tokens=max_reasoning_tokens,
         )
     return CallPlan([len(p) for _, p in checked], run, fresh, known, keys)
+
+
+def _prompt(builder: PromptBuilder, query: str, passage: str) -> PreparedPrompt | Rank1Error:
+    """The passage's prompt, or the backend error (e.g. its tokenizer server failed) that kept it from one.
+
+    Bad input (a query too long for the context) still fails the whole call.
+    """
+    try:
+        return builder.build(query, passage)
+    except BackendError as err:
+        return err
 
 
 def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:
@@ -84,6 +110,8 @@ def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, S
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
         if not query.strip():
             raise InvalidInputError("query is empty")
+        if not _encodable(query):
+            raise InvalidInputError("query is not valid Unicode text (it holds a lone surrogate)")
         if isinstance(passages, str | bytes) or not isinstance(passages, Sequence):
             raise InvalidInputError(f"passages must be a sequence of strings, got {type(passages).__name__}")
         wrong_type = [i for i, p in enumerate(passages) if not isinstance(p, str)]
@@ -92,5 +120,19 @@ def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, S
         empty = [i for i, p in enumerate(passages) if not p.strip()]
         if empty:
             raise InvalidInputError(f"passages at indices {empty[:20]} are empty")
+        broken = [i for i, p in enumerate(passages) if not _encodable(p)]
+        if broken:
+            raise InvalidInputError(
+                f"passages at indices {broken[:20]} are not valid Unicode text (they hold lone surrogates)"
+            )
         checked.append((query, passages))
     return checked
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: a lone surrogate (e.g. from a bad decode) cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

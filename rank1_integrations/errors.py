@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rank1_integrations.judgment import Judgment
+
 __all__ = [
     "BackendError",
     "IncompatibleServerError",
     "InvalidInputError",
+    "MalformedResponseError",
     "MissingDependencyError",
     "ModelOutputError",
     "PassageFailure",
@@ -33,8 +36,12 @@ class MissingDependencyError(Rank1Error, ImportError):
     def __init__(self, module: str, extras: Sequence[str], purpose: str) -> None:
         self.module = module
         self.extras = tuple(extras)
+        # No extras: a core dependency is missing (a broken install); reinstalling brings it back.
         commands = " or ".join(f"pip install 'rank1-integrations[{extra}]'" for extra in self.extras)
-        super().__init__(f"{purpose} needs the '{module}' package, which is not installed. Install it with: {commands}")
+        super().__init__(
+            f"{purpose} needs the '{module}' package, which is not installed. "
+            f"Install it with: {commands or 'pip install --force-reinstall rank1-integrations'}"
+        )
 
 
 class InvalidInputError(Rank1Error, ValueError):
@@ -73,11 +80,22 @@ class ServerStatusError(BackendError):
 
 
 class IncompatibleServerError(BackendError):
-    """The server answered, but is not a vLLM server serving the requested model (or lacks a needed feature)."""
+    """The server answered, but is not a vLLM server serving the requested model (or lacks a needed feature).
+
+    Such a server is disabled for the rest of the process (``router.health()`` says why).
+    """
 
     def __init__(self, message: str, *, server: str | None = None) -> None:
         super().__init__(message)
         self.server = server
+
+
+class MalformedResponseError(IncompatibleServerError):
+    """One answer was not a well-formed vLLM answer (not JSON, too large, a required field missing).
+
+    A fault of that request, not proof that the server is incompatible: it is retried, the
+    server cools down briefly, and it is never disabled for it.
+    """
 
 
 class ModelOutputError(Rank1Error):
@@ -100,9 +118,23 @@ class PassageFailure:
 
 
 class PassagesFailedError(BackendError):
-    """Some passages of a call could not be judged; ``failures`` says which and why."""
+    """Some passages of a call could not be judged; ``failures`` says which and why.
 
-    def __init__(self, failures: Sequence[PassageFailure], total: int) -> None:
+    Nothing judged is lost: ``batches`` holds every passage's judgment per (query, passages)
+    pair of the call, ``None`` where it failed (the successes are also in the result cache);
+    ``judgments`` is that list for a single-query call (``judge``/``ajudge``), and all of
+    them in order for ``judge_many``.
+    """
+
+    def __init__(
+        self,
+        failures: Sequence[PassageFailure],
+        total: int,
+        *,
+        batches: Sequence[Sequence[Judgment | None]] = (),
+    ) -> None:
+        self.batches = [list(batch) for batch in batches]
+        self.judgments = [judgment for batch in self.batches for judgment in batch]
         self.failures = tuple(failures)
         indices = ", ".join(str(f.index) if f.batch == 0 else f"{f.batch}:{f.index}" for f in self.failures[:20])
         more = "" if len(self.failures) <= 20 else f" (+{len(self.failures) - 20} more)"

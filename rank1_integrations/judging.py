@@ -7,18 +7,13 @@ requests remain. The forced answer, the only loop back, is decided here and only
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
-from rank1_integrations.errors import (
-    BackendError,
-    ModelOutputError,
-    PassageFailure,
-    PassagesFailedError,
-    Rank1Error,
-)
+from rank1_integrations.errors import BackendError, ModelOutputError, Rank1Error
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import PreparedPrompt, PromptBuilder
 from rank1_integrations.protocol import STOP_STRINGS, label_probability
@@ -41,30 +36,37 @@ class JudgingRun:
 
     def __init__(
         self,
-        prompts: Sequence[PreparedPrompt],
+        prompts: Sequence[PreparedPrompt | Rank1Error],
         builder: PromptBuilder,
         *,
         positions: Sequence[tuple[int, int]] | None = None,
         label_token_ids: tuple[int, int],
         max_reasoning_tokens: int,
     ) -> None:
-        self._prompts = tuple(prompts)
+        """``prompts`` may hold the error that kept a prompt from being built: that passage has failed."""
         # (batch, index in batch) of each prompt: what callers of judge_many see.
         self._positions = tuple(positions) if positions is not None else tuple((0, i) for i in range(len(prompts)))
         self._builder = builder
         self._labels = label_token_ids
         self._budget = max_reasoning_tokens
-        self._judgments: list[Judgment | None] = [None] * len(self._prompts)
+        self._prompts: dict[int, PreparedPrompt] = {}
         self._failures: dict[int, Rank1Error] = {}
+        for index, prompt in enumerate(prompts):
+            if isinstance(prompt, Rank1Error):
+                self._failures[index] = prompt
+            else:
+                self._prompts[index] = prompt
+        self._judgments: list[Judgment | None] = [None] * len(prompts)
         self._forced: list[_ForcedAnswer] = []
         self._in_flight: list[int] = []
         self._awaiting: Literal["reasoning", "forced answers", "nothing"] = "reasoning"
 
     def start(self) -> list[CompletionRequest]:
-        """The reasoning requests: one per prompt, all in one batch."""
-        self._in_flight = list(range(len(self._prompts)))
+        """The reasoning requests: one per built prompt, all in one batch."""
+        self._in_flight = list(self._prompts)
         return [
-            CompletionRequest(prompt.token_ids, self._budget, STOP_STRINGS, self._labels) for prompt in self._prompts
+            CompletionRequest(self._prompts[index].token_ids, self._budget, STOP_STRINGS, self._labels)
+            for index in self._in_flight
         ]
 
     def advance(self, results: Sequence[CompletionResult]) -> list[CompletionRequest]:
@@ -80,31 +82,16 @@ class JudgingRun:
                 self._failures[index] = result
             else:
                 self._take_reasoning(index, result)
-        self._awaiting = "forced answers" if self._forced else "nothing"
-        return self._forced_requests()
+        requests = self._forced_requests()
+        self._awaiting = "forced answers" if requests else "nothing"
+        return requests
 
-    def judgments(self, on_failure: FailurePolicy = "raise") -> list[Judgment]:
-        """Every passage's judgment, in input order; failures raise or come back unjudged."""
-        if self._failures and on_failure == "raise":
-            failures = [
-                PassageFailure(self._positions[i][1], err, batch=self._positions[i][0])
-                for i, err in sorted(self._failures.items())
-            ]
-            raise PassagesFailedError(failures, total=len(self._prompts))
-        result: list[Judgment] = []
-        for index, judgment in enumerate(self._judgments):
-            if judgment is None:
-                error = self._failures.get(index, ModelOutputError("no result"))
-                judgment = Judgment(
-                    index=self._positions[index][1],
-                    score=None,
-                    relevant=None,
-                    reasoning="",
-                    truncated=self._prompts[index].truncated,
-                    error=f"{type(error).__name__}: {error}",
-                )
-            result.append(judgment)
-        return result
+    def outcomes(self) -> list[Judgment | Rank1Error]:
+        """Every passage's judgment, or the error that kept it from one, in input order."""
+        return [
+            judgment if judgment is not None else self._failures.get(index, ModelOutputError("no result"))
+            for index, judgment in enumerate(self._judgments)
+        ]
 
     def _take_reasoning(self, index: int, completion: Completion) -> None:
         label = completion.token_ids[-1] if completion.token_ids else None
@@ -114,20 +101,18 @@ class JudgingRun:
         if not answered:
             try:
                 forced = self._builder.build_forced(self._prompts[index], completion.token_ids, completion.text)
-            except Rank1Error as err:
+            except Rank1Error as err:  # e.g. the server's tokenizer failed: this passage only
                 self._failures[index] = err
                 return
             self._forced.append(_ForcedAnswer(index, forced.reasoning, len(completion.token_ids), forced.token_ids))
             return
-        if completion.final_label_logprobs is None:
-            self._failures[index] = ModelOutputError(
-                "the backend returned no label log-probabilities at the answer position"
-            )
+        score = _label_score(completion.final_label_logprobs, "at the answer position")
+        if isinstance(score, ModelOutputError):
+            self._failures[index] = score
             return
-        true_logprob, false_logprob = completion.final_label_logprobs
         self._judgments[index] = Judgment(
             index=self._positions[index][1],
-            score=label_probability(true_logprob, false_logprob),
+            score=score,
             relevant=label == self._labels[0],
             reasoning=completion.text.strip(),
             forced=False,
@@ -138,12 +123,7 @@ class JudgingRun:
     def _forced_requests(self) -> list[CompletionRequest]:
         self._in_flight = [forced.index for forced in self._forced]
         return [
-            CompletionRequest(
-                forced.prompt_token_ids,
-                max_tokens=1,
-                stop=(),
-                label_token_ids=self._labels,
-            )
+            CompletionRequest(forced.prompt_token_ids, max_tokens=1, stop=(), label_token_ids=self._labels)
             for forced in self._forced
         ]
 
@@ -152,19 +132,34 @@ class JudgingRun:
             if isinstance(result, Rank1Error):
                 self._failures[forced.index] = result
                 continue
-            if result.final_label_logprobs is None:
-                self._failures[forced.index] = ModelOutputError(
-                    "the backend returned no label log-probabilities for the forced answer"
-                )
+            score = _label_score(result.final_label_logprobs, "for the forced answer")
+            if isinstance(score, ModelOutputError):
+                self._failures[forced.index] = score
                 continue
-            true_logprob, false_logprob = result.final_label_logprobs
-            score = label_probability(true_logprob, false_logprob)
             self._judgments[forced.index] = Judgment(
                 index=self._positions[forced.index][1],
                 score=score,
-                relevant=true_logprob > false_logprob,
+                relevant=score > 0.5,
                 reasoning=forced.reasoning,
                 forced=True,
                 reasoning_tokens=forced.reasoning_tokens,
                 truncated=self._prompts[forced.index].truncated,
             )
+
+
+def _label_score(logprobs: tuple[float, float] | None, where: str) -> float | ModelOutputError:
+    """p(true) from the two label log-probabilities, or why they cannot be one.
+
+    A log-probability is finite and at most 0: NaN, an infinity or a positive value is a
+    broken answer (it would become a NaN or saturated score, be cached and upset rankings).
+    """
+    if logprobs is None:
+        return ModelOutputError(f"the backend returned no label log-probabilities {where}")
+    if not all(_is_number(value) and math.isfinite(value) and value <= 0.0 for value in logprobs):
+        shown = ", ".join(repr(value) for value in logprobs)
+        return ModelOutputError(f"the backend returned invalid label log-probabilities {where}: ({shown})")
+    return label_probability(*logprobs)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

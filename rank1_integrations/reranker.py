@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rank1_integrations.backends.base import AsyncBackend, Backend, CompletionRequest, CompletionResult
-from rank1_integrations.cache import JudgmentCache, MemoryCache, cache_key
+from rank1_integrations.cache import GuardedCache, JudgmentCache, MemoryCache, cache_key
 from rank1_integrations.calls import CallPlan, plan_call, validated
 from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError
 from rank1_integrations.judging import FailurePolicy
@@ -63,6 +63,8 @@ class Rank1Reranker:
         self.context_size = context_size
         self.on_failure: FailurePolicy = on_failure
         self.cache: JudgmentCache | None = MemoryCache() if cache is True else None if cache is False else cache
+        self._cache = GuardedCache(self.cache) if self.cache is not None else None
+        self._closed = False
         self.label_token_ids = (_label_id(backend, TRUE_LABEL), _label_id(backend, FALSE_LABEL))
         profile = profile_for(backend.model_name)
         if profile is not None:
@@ -113,10 +115,6 @@ class Rank1Reranker:
         base_url: str | Sequence[str],
         model: str | None = None,
         *,
-        api_key: Any = None,
-        timeout: float | None = None,
-        max_retries: int = 3,
-        max_concurrency: int = 32,
         template: str | None = None,
         max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
         context_size: int | None = None,
@@ -126,24 +124,15 @@ class Rank1Reranker:
     ) -> Rank1Reranker:
         """A reranker on vLLM OpenAI-compatible servers: one ``base_url`` or a list of replicas.
 
-        ``model`` is the served model name (None: the only one served). ``api_key``
-        (a string or ``SecretStr``) defaults to ``RANK1_API_KEY``, then ``VLLM_API_KEY``.
-        ``timeout`` is the seconds to wait for one completion (None: sized from the
-        reasoning budget); failed HTTP calls are retried ``max_retries`` times, on another
-        server when there is one. ``backend_kwargs`` go to ``RemoteBackend`` (``verify``,
-        ``prompts_per_request``, backoff settings, ...). See ``docs/remote.md``.
+        ``model`` is the served model name (None: the only one served). ``backend_kwargs``
+        go to :class:`~rank1_integrations.backends.remote.RemoteBackend`: ``api_key`` (a string
+        or ``SecretStr``; None reads ``RANK1_API_KEY``, then ``VLLM_API_KEY``), ``verify``, and
+        the fields of ``RemoteSettings`` (``timeout``, ``max_retries``, ``retry_budget``,
+        ``max_concurrency``, ``prompts_per_request``, ...). See ``docs/remote.md``.
         """
         from rank1_integrations.backends.remote import RemoteBackend
 
-        backend = RemoteBackend(
-            base_url,
-            model,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_concurrency=max_concurrency,
-            **backend_kwargs,
-        )
+        backend = RemoteBackend(base_url, model, **backend_kwargs)
         try:
             return cls(
                 backend,
@@ -171,6 +160,7 @@ class Rank1Reranker:
         vLLM keeps process-wide state per engine: tearing one embedded engine down can
         break others in the same process, so an embedded engine lives as long as the process.
         """
+        self._closed = True
         close = getattr(self.backend, "close", None)
         if callable(close):
             close()
@@ -209,7 +199,7 @@ class Rank1Reranker:
             except BackendError as err:
                 results = [err] * len(requests)
             requests = plan.run.advance(results)
-        return plan.finish(self.on_failure, self.cache)
+        return plan.finish(self.on_failure, self._cache)
 
     async def ajudge_many(
         self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
@@ -225,7 +215,7 @@ class Rank1Reranker:
             except BackendError as err:
                 results = [err] * len(requests)
             requests = plan.run.advance(results)
-        return plan.finish(self.on_failure, self.cache)
+        return plan.finish(self.on_failure, self._cache)
 
     async def _acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
         if isinstance(self.backend, AsyncBackend):
@@ -240,6 +230,8 @@ class Rank1Reranker:
         )
 
     def _plan(self, batches: Sequence[tuple[str, Sequence[str]]], template: Any) -> CallPlan:
+        if self._closed:
+            raise BackendError(f"{self!r} is closed: make a new reranker")
         resolved = self.template if template is _KEEP else resolve_template(template)
 
         def key_for(query: str, passage: str) -> str:
@@ -257,7 +249,7 @@ class Rank1Reranker:
             self._builder_for(resolved),
             label_token_ids=self.label_token_ids,
             max_reasoning_tokens=self.max_reasoning_tokens,
-            cache=self.cache,
+            cache=self._cache,
             key_for=key_for,
         )
 

@@ -182,7 +182,7 @@ def select(policy: SelectionPolicy, plan: JudgingPlan, judgments: Sequence[Judgm
     for index, slot in enumerate(plan.slots):
         if slot is None:
             judged.append((index, Judgment(index=index, score=0.0, relevant=False, reasoning=""), "empty"))
-        elif judgments[slot].score is None:
+        elif not _has_score(judgments[slot]):  # unjudged; or a broken score, which must not upset the ranking
             unjudged.append((index, judgments[slot]))
         else:
             judged.append((index, judgments[slot], "judged"))
@@ -251,6 +251,11 @@ def template_kwargs(template: str | None) -> dict[str, Any]:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _has_score(judgment: Judgment) -> bool:
+    score = judgment.score
+    return isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score)
 
 
 def _score(judgment: Judgment) -> float:

@@ -1,9 +1,11 @@
 """A small fault-injecting HTTP/1.1 reverse proxy on loopback, for the remote-backend tests.
 
 It forwards requests to a real vLLM server and, when told to, answers instead with
-an error status (500, 429 + Retry-After, 400), drops the connection (before or after
-the server did the work), answers late, rewrites the request or the response, or
-dies mid-batch (all connections aborted, port closed) and comes back. It runs its
+an error status (500, 429 + Retry-After, 400, a 401 that echoes the request's
+Authorization header), an HTML page with status 200, drops the connection (before or
+after the server did the work), answers late or one byte at a time, rewrites the
+request or the response, pads the answer, or dies mid-batch (all connections aborted,
+port closed) and comes back. It notices a client that hangs up while it waits. It runs its
 own event loop on a daemon thread, keeps a log of what it did, is bounded (a
 lifetime after which it stops by itself) and stops on :meth:`stop`.
 """
@@ -11,6 +13,7 @@ lifetime after which it stops by itself) and stops on :meth:`stop`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import socket
@@ -24,7 +27,20 @@ from typing import Any, Literal
 
 import aiohttp
 
-FaultKind = Literal["status", "drop", "drop_after", "delay", "strip_label_ids", "reject_label_ids", "mutate", "kill"]
+FaultKind = Literal[
+    "status",
+    "drop",
+    "drop_after",
+    "delay",
+    "strip_label_ids",
+    "reject_label_ids",
+    "mutate",
+    "kill",
+    "html",
+    "echo_auth",
+    "trickle",
+    "bloat",
+]
 
 
 @dataclass
@@ -42,6 +58,10 @@ class Fault:
     """For "mutate": rewrites the decoded JSON response."""
     skip: int = 0
     """Matching requests that pass this fault by (to later faults) before it starts applying."""
+    match: Callable[[Any], bool] | None = None
+    """Only requests whose decoded JSON body this accepts (None: every request on ``path``)."""
+    size: int = 0
+    """For "bloat": bytes of padding added to the JSON answer."""
 
 
 @dataclass
@@ -63,12 +83,16 @@ class FaultProxy:
         api_key: str | None = None,
         lifetime: float = 600.0,
         non_vllm: bool = False,
+        basic_auth: tuple[str, str] | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.ssl_context = ssl_context
         self.api_key = api_key
         self.lifetime = lifetime
         self.non_vllm = non_vllm
+        self.basic_auth = basic_auth
+        self.authorizations: list[str] = []
+        """The Authorization header of every request received."""
         self.port = _free_port()
         scheme = "https" if ssl_context is not None else "http"
         self.root_url = f"{scheme}://127.0.0.1:{self.port}"
@@ -175,7 +199,7 @@ class FaultProxy:
                 request = await _read_request(reader)
                 if request is None:
                     return
-                keep_open = await self._handle(*request, writer)
+                keep_open = await self._handle(*request, reader, writer)
                 if not keep_open:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
@@ -185,10 +209,12 @@ class FaultProxy:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    def _next_fault(self, path: str) -> Fault | None:
+    def _next_fault(self, path: str, payload: Any) -> Fault | None:
         with self._lock:
             for fault in self._faults:
                 if not path.startswith(fault.path) or fault.times == 0:
+                    continue
+                if fault.match is not None and not fault.match(payload):
                     continue
                 if fault.skip > 0:  # let this one pass by this fault; a later fault may still apply
                     fault.skip -= 1
@@ -203,14 +229,20 @@ class FaultProxy:
             self.log.append(LogEntry(path, outcome, started, body))
 
     async def _handle(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> bool:
         started = time.monotonic()
         with self._lock:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            return await self._respond(method, path, headers, body, writer, started)
+            return await self._respond(method, path, headers, body, reader, writer, started)
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -221,6 +253,7 @@ class FaultProxy:
         path: str,
         headers: dict[str, str],
         body: bytes,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         started: float,
     ) -> bool:
@@ -228,21 +261,38 @@ class FaultProxy:
             self._record(path, "html", started)
             await _write(writer, 200, b"<html><body>It works!</body></html>", content_type="text/html")
             return True
-        if self.api_key is not None and headers.get("authorization") != f"Bearer {self.api_key}":
+        authorization = headers.get("authorization", "")
+        with self._lock:
+            self.authorizations.append(authorization)
+        wanted = None
+        if self.api_key is not None:
+            wanted = f"Bearer {self.api_key}"
+        elif self.basic_auth is not None:
+            wanted = "Basic " + base64.b64encode(":".join(self.basic_auth).encode()).decode()
+        if wanted is not None and authorization != wanted:
             self._record(path, "401", started)
             await _write(writer, 401, json.dumps({"error": "Unauthorized"}).encode())
             return True
-        fault = self._next_fault(path)
-        kind = fault.kind if fault is not None else None
         payload: Any = None
         if body and headers.get("content-type", "").startswith("application/json"):
             with contextlib.suppress(ValueError):
                 payload = json.loads(body)
+        fault = self._next_fault(path, payload)
+        kind = fault.kind if fault is not None else None
         if fault is not None and kind == "status":
             self._record(path, f"status {fault.status}", started, payload)
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             message = {"error": {"message": f"injected {fault.status}", "code": fault.status}}
             await _write(writer, fault.status, json.dumps(message).encode(), extra_headers=extra)
+            return True
+        if kind == "html":
+            self._record(path, "html", started, payload)
+            await _write(writer, 200, b"<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+            return True
+        if kind == "echo_auth":
+            self._record(path, "401 echoing the key", started, payload)
+            message = {"error": {"message": f"invalid credentials: Authorization: {authorization}"}}
+            await _write(writer, 401, json.dumps(message).encode())
             return True
         if kind == "drop":
             self._record(path, "dropped", started, payload)
@@ -252,8 +302,9 @@ class FaultProxy:
             self._record(path, "killed", started, payload)
             await self._akill()
             return False
-        if fault is not None and kind == "delay":
-            await asyncio.sleep(fault.delay)
+        if fault is not None and kind == "delay" and not await _sleep_unless_hung_up(reader, fault.delay):
+            self._record(path, "client disconnected", started, payload)
+            return False
         if kind == "reject_label_ids" and isinstance(payload, dict) and "logprob_token_ids" in payload:
             self._record(path, "rejected logprob_token_ids", started, payload)
             message = {"error": {"message": "logprob_token_ids: extra inputs are not permitted", "code": 400}}
@@ -278,8 +329,13 @@ class FaultProxy:
             return False
         if fault is not None and kind == "mutate" and fault.mutate is not None and status == 200:
             content = json.dumps(fault.mutate(json.loads(content))).encode()
+        if fault is not None and kind == "bloat" and status == 200:
+            content = json.dumps({**json.loads(content), "padding": "x" * fault.size}).encode()
         self._record(path, kind or "ok", started, payload)
-        await _write(writer, status, content, content_type=content_type)
+        if fault is not None and kind == "trickle":
+            await _write(writer, status, content, content_type=content_type, byte_delay=fault.delay)
+        else:
+            await _write(writer, status, content, content_type=content_type)
         return True
 
 
@@ -300,6 +356,15 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[st
     return method, path, headers, body
 
 
+async def _sleep_unless_hung_up(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Wait ``seconds``; False as soon as the client closes its connection instead."""
+    try:
+        await asyncio.wait_for(reader.read(1), timeout=seconds)
+    except asyncio.TimeoutError:
+        return True
+    return False  # EOF (or a pipelined byte, which these clients never send)
+
+
 async def _write(
     writer: asyncio.StreamWriter,
     status: int,
@@ -307,6 +372,7 @@ async def _write(
     *,
     content_type: str = "application/json",
     extra_headers: dict[str, str] | None = None,
+    byte_delay: float = 0.0,
 ) -> None:
     reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Status"
     lines = [
@@ -316,8 +382,16 @@ async def _write(
         "Connection: keep-alive",
         *(f"{k}: {v}" for k, v in (extra_headers or {}).items()),
     ]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + content)
-    await writer.drain()
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if not byte_delay:
+        writer.write(head + content)
+        await writer.drain()
+        return
+    writer.write(head)
+    for offset in range(len(content)):  # a slow or hostile server: one byte at a time
+        await asyncio.sleep(byte_delay)
+        writer.write(content[offset : offset + 1])
+        await writer.drain()
 
 
 def _free_port() -> int:

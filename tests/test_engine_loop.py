@@ -234,3 +234,31 @@ def test_close_refuses_new_calls() -> None:
     assert time.monotonic() - started < 5  # an idle driver leaves at once on close
     with pytest.raises(BackendError, match="closed"):
         loop.submit([("b", 1)])
+
+
+def test_a_cancel_landing_as_the_driver_completes_a_call_concerns_that_call_only() -> None:
+    # The caller cancels at the very moment the driver hands over its outputs: the driver
+    # must not die of it, and the other running call must get its outputs.
+    engine = ScriptedEngine()
+    loop: EngineLoop[Request, str] = EngineLoop(engine)
+    gate = threading.Event()
+    engine_step = engine.step
+
+    def gated_step() -> list[tuple[str, str]]:
+        gate.wait(timeout=10)
+        return engine_step()
+
+    engine.step = gated_step  # type: ignore[method-assign]
+    cancelled = loop.submit([("cancelled", 2)])
+    kept = loop.submit([("kept", 5)])
+    settle = cancelled.set_result
+
+    def cancel_then_settle(outputs: list[str]) -> None:
+        cancelled.cancel()  # lands after the driver decided to complete the call
+        settle(outputs)
+
+    cancelled.set_result = cancel_then_settle  # type: ignore[method-assign]
+    gate.set()
+    assert kept.result(timeout=10) == [f"kept@{engine.added_at_step['kept'] + 5}"]
+    assert cancelled.cancelled()
+    assert loop.submit([("after", 1)]).result(timeout=10)[0].startswith("after@")

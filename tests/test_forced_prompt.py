@@ -16,9 +16,10 @@ import pytest
 
 from rank1_integrations import prompting
 from rank1_integrations.backends.base import Completion
-from rank1_integrations.errors import ModelOutputError, PassagesFailedError
+from rank1_integrations.errors import ModelOutputError
 from rank1_integrations.forced import control_spans
 from rank1_integrations.judging import JudgingRun
+from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PromptBuilder, _think_text_ids
 from rank1_integrations.testing.families import CHAOS_REASONING, chaos_token_ids
 from rank1_integrations.tokenization import HFPromptTokenizer
@@ -203,12 +204,10 @@ def test_a_forced_prompt_that_cannot_fit_fails_only_its_passage(chaos: Setup, mo
     run.start()
     answered = Completion((5, 11), "x", "stop", "</think> true", (-0.1, -2.0))
     assert run.advance([Completion((), "", "length", None, None), answered]) == []
-    with pytest.raises(PassagesFailedError) as caught:
-        run.judgments()
-    assert [f.index for f in caught.value.failures] == [0]
-    assert isinstance(caught.value.failures[0].error, ModelOutputError)
-    unjudged, judged = run.judgments("mark_unjudged")
-    assert not unjudged.judged
+    failed, judged = run.outcomes()
+    assert isinstance(failed, ModelOutputError)
+    assert "do not fit" in str(failed)
+    assert isinstance(judged, Judgment)
     assert judged.judged
 
 

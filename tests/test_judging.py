@@ -7,8 +7,9 @@ import math
 import pytest
 
 from rank1_integrations.backends.base import Completion, CompletionRequest
-from rank1_integrations.errors import BackendError, ModelOutputError, PassagesFailedError
+from rank1_integrations.errors import BackendError, ModelOutputError
 from rank1_integrations.judging import JudgingRun
+from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import PromptBuilder
 from rank1_integrations.protocol import STOP_STRINGS
 from rank1_integrations.tokenization import HFPromptTokenizer
@@ -51,7 +52,7 @@ def test_natural_answers_become_judgments_without_a_second_pass(builder) -> None
         [_answered(TRUE_ID, math.log(0.8), math.log(0.2), " It is. "), _answered(FALSE_ID, -3.0, -0.1)]
     )
     assert follow_up == []
-    first, second = run.judgments()
+    first, second = run.outcomes()
     assert (first.index, first.relevant, first.forced, first.reasoning) == (0, True, False, "It is.")
     assert first.score == pytest.approx(0.8, abs=1e-12)
     assert first.reasoning_tokens == 4
@@ -76,7 +77,7 @@ def test_budget_exhaustion_and_eos_force_an_answer_from_trimmed_reasoning(builde
         )
         == []
     )
-    natural, forced_cut, forced_eos = run.judgments()
+    natural, forced_cut, forced_eos = run.outcomes()
     assert not natural.forced
     assert (forced_cut.forced, forced_cut.reasoning, forced_cut.reasoning_tokens) == (True, "First.", BUDGET)
     assert forced_cut.score == pytest.approx(1 / 3, abs=1e-12)
@@ -90,27 +91,62 @@ def test_a_stop_string_whose_last_token_is_not_a_label_is_forced(builder) -> Non
     assert len(run.advance([odd])) == 1
 
 
-def test_failures_raise_with_their_indices_or_come_back_unjudged(builder) -> None:
+def test_failures_stay_with_their_passage(builder) -> None:
     run, _ = _run(builder, ["a", "b", "c"])
     run.advance([_answered(TRUE_ID, -0.1, -3.0), BackendError("connection reset"), _answered(FALSE_ID, -3, -0.1)])
-    with pytest.raises(PassagesFailedError) as caught:
-        run.judgments("raise")
-    assert [f.index for f in caught.value.failures] == [1]
-    assert "connection reset" in str(caught.value)
-    judged, unjudged, judged_too = run.judgments("mark_unjudged")
-    assert judged.judged
-    assert judged_too.judged
-    assert (unjudged.index, unjudged.score, unjudged.relevant, unjudged.judged) == (1, None, None, False)
-    assert unjudged.error is not None
-    assert "connection reset" in unjudged.error
+    judged, failed, judged_too = run.outcomes()
+    assert isinstance(judged, Judgment)
+    assert isinstance(judged_too, Judgment)
+    assert isinstance(failed, BackendError)
+    assert "connection reset" in str(failed)
 
 
 def test_missing_label_logprobs_at_the_answer_are_a_model_output_error(builder) -> None:
     run, _ = _run(builder, ["a"])
     run.advance([Completion((1, TRUE_ID), "x", "stop", STOP_STRINGS[0], None)])
-    with pytest.raises(PassagesFailedError) as caught:
-        run.judgments()
-    assert isinstance(caught.value.failures[0].error, ModelOutputError)
+    (outcome,) = run.outcomes()
+    assert isinstance(outcome, ModelOutputError)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(math.nan, -1.0), (-1.0, math.nan), (math.inf, -1.0), (-math.inf, -1.0), (-math.inf, -math.inf), (0.5, -1.0)],
+    ids=["nan-true", "nan-false", "inf", "minus-inf", "both-minus-inf", "positive"],
+)
+def test_invalid_label_logprobs_fail_only_their_own_passage(builder, values) -> None:
+    run, _ = _run(builder, ["a", "b", "c", "d"])
+    bad_natural = _answered(TRUE_ID, *values)
+    follow_up = run.advance(
+        [_answered(TRUE_ID, -0.1, -3.0), bad_natural, _cut_off("Cut."), _answered(FALSE_ID, -3, -0.1)]
+    )
+    run.advance([Completion((FALSE_ID,), " false", "length", None, values)] * len(follow_up))  # the forced one too
+    first, natural, forced, last = run.outcomes()
+    assert isinstance(natural, ModelOutputError)
+    assert isinstance(forced, ModelOutputError)
+    assert "invalid label log-probabilities" in str(natural)
+    assert isinstance(first, Judgment)
+    assert isinstance(last, Judgment)
+    assert first.score == pytest.approx(1 / (1 + math.exp(-2.9)))
+    assert last.score == pytest.approx(1 / (1 + math.exp(2.9)))
+
+
+def test_a_label_logprob_of_exactly_zero_is_valid(builder) -> None:
+    run, _ = _run(builder, ["a"])
+    run.advance([_answered(TRUE_ID, 0.0, -40.0)])
+    (judgment,) = run.outcomes()
+    assert isinstance(judgment, Judgment)
+    assert judgment.score == pytest.approx(1.0)
+
+
+def test_a_prompt_that_could_not_be_built_is_a_failure_of_its_passage_only(builder) -> None:
+    prompts = [builder.build("q", "a"), BackendError("tokenizer server down"), builder.build("q", "c")]
+    run = JudgingRun(prompts, builder, label_token_ids=(TRUE_ID, FALSE_ID), max_reasoning_tokens=BUDGET)
+    requests = run.start()
+    assert [r.prompt_token_ids for r in requests] == [prompts[0].token_ids, prompts[2].token_ids]
+    run.advance([_answered(TRUE_ID, -0.1, -3.0), _answered(FALSE_ID, -3.0, -0.1)])
+    first, failed, last = run.outcomes()
+    assert (first.index, last.index) == (0, 2)
+    assert isinstance(failed, BackendError)
 
 
 def test_a_backend_that_loses_results_fails_the_call_loudly(builder) -> None:
@@ -119,7 +155,7 @@ def test_a_backend_that_loses_results_fails_the_call_loudly(builder) -> None:
         run.advance([_answered(TRUE_ID, -0.1, -3.0)])
 
 
-def test_positions_name_the_batch_and_index_of_failed_passages(builder) -> None:
+def test_positions_name_the_batch_and_index_of_each_passage(builder) -> None:
     prompts = [builder.build("q", p) for p in ("a", "b", "c")]
     run = JudgingRun(
         prompts,
@@ -130,7 +166,27 @@ def test_positions_name_the_batch_and_index_of_failed_passages(builder) -> None:
     )
     run.start()
     run.advance([_answered(TRUE_ID, -0.1, -3.0), _answered(TRUE_ID, -0.1, -3.0), BackendError("boom")])
-    with pytest.raises(PassagesFailedError, match="1:1") as caught:
-        run.judgments()
-    assert (caught.value.failures[0].batch, caught.value.failures[0].index) == (1, 1)
-    assert [j.index for j in run.judgments("mark_unjudged")] == [0, 0, 1]
+    first, second, failed = run.outcomes()
+    assert (first.index, second.index) == (0, 0)
+    assert isinstance(failed, BackendError)
+
+
+class _FlakyForcedBuilder(PromptBuilder):
+    """Builds forced prompts like the real one, except that it fails (as a dead tokenizer server) on "unlucky"."""
+
+    def build_forced(self, prompt, generated_ids, generated_text):
+        if "unlucky" in generated_text:
+            raise BackendError("POST /tokenize: connection refused")
+        return super().build_forced(prompt, generated_ids, generated_text)
+
+
+def test_a_forced_prompt_that_cannot_be_built_fails_only_its_passage(hf_tokenizer) -> None:
+    builder = _FlakyForcedBuilder(HFPromptTokenizer(hf_tokenizer), template=None, max_prompt_tokens=500)
+    run, _ = _run(builder, ["a", "b", "c"])
+    follow_up = run.advance([_cut_off("An unlucky one."), _cut_off("A fine one."), _answered(TRUE_ID, -0.1, -3.0)])
+    assert len(follow_up) == 1
+    assert run.advance([Completion((TRUE_ID,), " true", "length", None, (-0.2, -1.9))]) == []
+    failed, forced, natural = run.outcomes()
+    assert isinstance(failed, BackendError)
+    assert (forced.forced, forced.reasoning) == (True, "A fine one.")
+    assert not natural.forced

@@ -23,6 +23,7 @@ from rank1_integrations import (
     IncompatibleServerError,
     InvalidInputError,
     Judgment,
+    MalformedResponseError,
     ModelOutputError,
     PassagesFailedError,
     Rank1Reranker,
@@ -31,15 +32,9 @@ from rank1_integrations import (
     ServerTimeoutError,
 )
 from rank1_integrations.backends.base import AsyncBackend, Backend, Completion, CompletionRequest
-from rank1_integrations.backends.remote import RemoteBackend
-from rank1_integrations.backends.remote_core import (
-    HttpCall,
-    RemoteCore,
-    RemoteSettings,
-    ServerURL,
-    redact_url,
-    resolve_api_key,
-)
+from rank1_integrations.backends.remote import RemoteBackend, http_library
+from rank1_integrations.backends.remote_config import RemoteSettings, ServerURL, redact_url, resolve_api_key
+from rank1_integrations.backends.remote_core import HttpCall, RemoteCore
 from rank1_integrations.backends.remote_wire import parse_completions, retry_after
 from rank1_integrations.backends.routing import Router
 from rank1_integrations.prompting import PromptBuilder
@@ -257,7 +252,8 @@ def test_async_requests_really_run_concurrently_and_bounded(proxy, server, monke
     elapsed, peak, names = asyncio.run(run(6))
     assert peak == 6
     assert elapsed < 5.0  # six 1-second requests side by side, not one after another (6 s)
-    assert not [name for name in names if name.startswith("rank1-remote")]  # no worker pool either
+    # No worker pool either: one I/O thread per backend runs every request.
+    assert {name for name in names if name.startswith("rank1-remote")} == {"rank1-remote-io"}
     elapsed, peak, _ = asyncio.run(run(2))
     assert peak == 2
     assert elapsed >= 3.0
@@ -434,16 +430,37 @@ def test_router_spreads_load_and_routes_around_failures() -> None:
     router.failed("a")
     assert "a" not in {router.pick() for _ in range(10)}
     assert router.pick(avoid=["b"]) == "c"
+    assert router.untried_server_up(["a", "b"])
+    assert not router.untried_server_up(["a", "b", "c"])
     clock.now += 1.01
     assert "a" in {router.pick() for _ in range(10)}
-    router.failed("a")
-    router.failed("a")  # cool-down doubles: 2, then 4 seconds
+    router.failed("a")  # failing again after its cool-down: it doubles (2 s)
+    router.failed("a")  # a request that was in flight meanwhile: no doubling
+    assert router.health()[0].down_until == pytest.approx(clock.now + 2.0)
+    clock.now += 2.01
+    router.failed("a")  # 4 s
     clock.now += 3.0
     assert "a" not in {router.pick() for _ in range(10)}
-    router.succeeded("a")
+    router.succeeded("a")  # answering again ends the cool-down at once
     assert "a" in {router.pick() for _ in range(10)}
     router.failed("b", retry_after=30.0)
     assert router.health()[1].down_until == pytest.approx(clock.now + 30.0)
+
+
+def test_router_measures_how_long_every_server_has_been_failing() -> None:
+    clock = FakeClock()
+    router = Router(["a", "b"], base_cooldown=1.0, max_cooldown=8.0, clock=clock)
+    router.failed("a")
+    clock.now += 5.0
+    assert router.outage_seconds() == 0.0  # b has not failed
+    router.failed("b")
+    clock.now += 3.0
+    assert router.outage_seconds() == pytest.approx(3.0)  # since the last server began failing
+    router.succeeded("a")
+    assert router.outage_seconds() == 0.0
+    router.disable("a", "serves another model")
+    assert router.outage_seconds() == pytest.approx(3.0)  # only enabled servers count
+    assert router.health()[0].disabled_reason == "serves another model"
 
 
 def test_router_never_refuses_and_waits_for_the_soonest_server() -> None:
@@ -469,15 +486,22 @@ def _core(**settings) -> RemoteCore:
 
 
 def test_urls_are_split_and_redacted() -> None:
-    url = ServerURL.parse("https://user:pw@gpu-1:8443/prefix/v1/")
-    assert url.api == "https://user:pw@gpu-1:8443/prefix/v1"
-    assert url.root == "https://user:pw@gpu-1:8443/prefix"
+    url = ServerURL.parse("https://user:p%40ss@gpu-1:8443/prefix/v1/")
+    assert url.api == "https://gpu-1:8443/prefix/v1"  # credentials go nowhere but the Basic auth header
+    assert url.root == "https://gpu-1:8443/prefix"
     assert url.display == "https://gpu-1:8443/prefix/v1"
+    assert url.auth is not None
+    assert (url.auth[0], url.auth[1].get_secret_value()) == ("user", "p@ss")
+    assert "p@ss" not in repr(url)
+    assert "p@ss" in url.secrets()
     assert ServerURL.parse("http://h:8000").api == "http://h:8000/v1"
+    assert ServerURL.parse("http://h:8000").auth is None
     assert redact_url("http://a:b@h/x?key=1") == "http://h/x"
-    for bad in ["", "ftp://h/v1", "http:///v1", "http://h/v1?api_key=x"]:
+    for bad in ["", "ftp://h/v1", "http:///v1", "http://h/v1?api_key=x", "http://h:99999/v1"]:
         with pytest.raises(InvalidInputError):
             ServerURL.parse(bad)
+    with pytest.raises(InvalidInputError, match="not both"):
+        RemoteCore(servers=(url,), model="m", settings=RemoteSettings(), api_key=SecretStr("k"))
 
 
 def test_api_key_resolution(monkeypatch) -> None:
@@ -496,7 +520,21 @@ def test_api_key_resolution(monkeypatch) -> None:
 def test_settings_are_validated() -> None:
     assert RemoteSettings().completion_timeout(8192) == pytest.approx(120 + 819.2)
     assert RemoteSettings(timeout=30).completion_timeout(8192) == 30
-    for bad in [{"max_concurrency": 0}, {"timeout": -1}, {"max_retries": -1}, {"prompts_per_request": 1.5}]:
+    nan, inf = float("nan"), float("inf")
+    for bad in [
+        {"max_concurrency": 0},
+        {"timeout": -1},
+        {"timeout": 0},
+        {"timeout": nan},
+        {"max_retries": -1},
+        {"max_retries": True},
+        {"prompts_per_request": 1.5},
+        {"initial_backoff": nan},
+        {"max_backoff": inf},
+        {"retry_budget": nan},
+        {"seconds_per_token": -0.1},
+        {"max_response_bytes": 0},
+    ]:
         with pytest.raises(InvalidInputError):
             RemoteSettings(**bad)
     with pytest.raises(InvalidInputError, match="unknown remote settings"):
@@ -508,12 +546,19 @@ def test_retry_decisions() -> None:
     server = "http://127.0.0.1:1/v1"
     assert core.is_retryable(ServerConnectionError("x", server=server))
     assert core.is_retryable(ServerTimeoutError("x", server=server))
+    assert core.is_retryable(MalformedResponseError("x", server=server))
     for status in (408, 429, 500, 502, 503, 504):
         assert core.is_retryable(ServerStatusError("x", status=status))
     for status in (400, 401, 403, 404, 422):
         assert not core.is_retryable(ServerStatusError("x", status=status))
     assert not core.is_retryable(ModelOutputError("x"))
     assert core.is_retryable(IncompatibleServerError("x", server=server))  # another server exists
+    # A malformed answer cools the server down; only proof of incompatibility disables it.
+    core.record_failure(server, MalformedResponseError("html", server=server))
+    assert core.router.health()[0].disabled_reason is None
+    assert core.router.health()[0].failures == 1
+    core.record_failure(server, IncompatibleServerError("serves another model", server=server))
+    assert core.router.health()[0].disabled_reason == "serves another model"
     assert retry_after({"retry-after": "2"}, 60) == 2.0
     assert retry_after({"retry-after-ms": "1500"}, 60) == 1.5
     assert retry_after({"retry-after": "120"}, 60) == 60.0
@@ -521,16 +566,40 @@ def test_retry_decisions() -> None:
     assert retry_after({"retry-after": "soon"}, 60) is None
 
 
+def test_retry_waits_are_jittered_and_bounded() -> None:
+    from tenacity import AsyncRetrying, RetryCallState
+
+    core = _core(initial_backoff=0.25, max_backoff=2.0, retry_budget=8.0, max_retries=6)
+    only = "http://127.0.0.1:1/v1"
+    call = HttpCall("completions", {}, 5.0, server=only)  # pinned: it can only wait for its server
+    arguments = core.retry_arguments(call, [only])
+    for attempt in range(1, 7):
+        state = RetryCallState(AsyncRetrying(**arguments), fn=None, args=(), kwargs={})
+        state.attempt_number = attempt
+        samples = [arguments["wait"](state) for _ in range(200)]
+        ceiling = min(2.0, 0.25 * 2 ** (attempt - 1))
+        assert all(0.0 <= w <= ceiling for w in samples)
+        assert len({round(w, 6) for w in samples}) > 150  # spread, not bunched
+    # A failed server's cool-down comes first, then the jitter (so retries do not arrive together).
+    core.router.failed(only)
+    state = RetryCallState(AsyncRetrying(**arguments), fn=None, args=(), kwargs={})
+    samples = [arguments["wait"](state) for _ in range(200)]
+    assert all(0.2 < w <= 0.25 + 0.25 + 0.01 for w in samples)
+    # Another server that is up takes an unpinned request at once.
+    free = core.retry_arguments(HttpCall("completions", {}, 5.0), [only])
+    assert free["wait"](RetryCallState(AsyncRetrying(**free), fn=None, args=(), kwargs={})) == 0.0
+
+
 def test_library_errors_are_translated_without_secrets() -> None:
-    import httpx2
     import openai
 
+    http = http_library(openai)
     core = _core()
     server = "http://127.0.0.1:1/v1"
     call = HttpCall("completions", {}, 5.0)
-    request = httpx2.Request("POST", "http://127.0.0.1:1/v1/completions", headers={"Authorization": f"Bearer {SECRET}"})
+    request = http.Request("POST", "http://127.0.0.1:1/v1/completions", headers={"Authorization": f"Bearer {SECRET}"})
     body = {"error": {"message": f"bad key {SECRET}"}}
-    response = httpx2.Response(401, json=body, request=request, headers={"retry-after": "3"})
+    response = http.Response(401, json=body, request=request, headers={"retry-after": "3"})
     status = core.translate_error(openai.AuthenticationError("denied", response=response, body=body), server, call)
     assert isinstance(status, ServerStatusError)
     assert status.status == 401
@@ -540,7 +609,9 @@ def test_library_errors_are_translated_without_secrets() -> None:
     connection = core.translate_error(openai.APIConnectionError(request=request), server, call)
     assert type(connection) is ServerConnectionError
     assert connection.server == server
-    assert isinstance(core.translate_error(ValueError("no json"), server, call), IncompatibleServerError)
+    # Not a transport or HTTP failure: not translated (so never blamed on the server).
+    for ours in (ValueError("a bug"), ModuleNotFoundError("No module named 'x'"), RuntimeError("client closed")):
+        assert core.translate_error(ours, server, call) is None
 
 
 def test_completions_are_matched_by_index_and_checked() -> None:
@@ -570,10 +641,19 @@ def test_completions_are_matched_by_index_and_checked() -> None:
     assert isinstance(results[1], ModelOutputError)  # none for prompt 1
     assert isinstance(results[2], Completion)
     assert results[2].final_label_logprobs == (-2.5, -0.1)  # keyed by token id, in (true, false) order
-    with pytest.raises(IncompatibleServerError):
-        core.check_response(HttpCall("completions", {}, 1.0), {"model": "other", "choices": []}, "s")
-    with pytest.raises(IncompatibleServerError):
-        core.check_response(HttpCall("completions", {}, 1.0), "<html>", "s")
+    server = "http://127.0.0.1:1/v1"
+    completions = HttpCall("completions", {}, 1.0)
+    assert core.decode(b'{"model": "m", "choices": []}', completions, server) == {"model": "m", "choices": []}
+    with pytest.raises(IncompatibleServerError) as other:
+        core.decode(b'{"model": "other", "choices": []}', completions, server)
+    assert not isinstance(other.value, MalformedResponseError)  # proof of a misconfigured server
+    for malformed in (b"<html>It works!</html>", b'"just a string"', b'{"choices": null}', b"\xff\xfe"):
+        with pytest.raises(MalformedResponseError):
+            core.decode(malformed, completions, server)
+    with pytest.raises(MalformedResponseError):
+        core.decode(b'{"tokens": ["a"]}', HttpCall("tokenize", {}, 1.0), server)
+    with pytest.raises(MalformedResponseError):
+        core.decode(b'{"text": "a"}', HttpCall("detokenize", {}, 1.0), server)
 
 
 def test_jobs_group_equal_settings_and_results_come_back_in_order() -> None:

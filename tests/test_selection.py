@@ -273,3 +273,16 @@ def test_template_kwargs():
     assert template_kwargs("Is it about FILL_QUERY_HERE?") == {"template": "Is it about FILL_QUERY_HERE?"}
     with pytest.raises(InvalidInputError, match="FILL_QUERY_HERE"):
         template_kwargs("no marker")
+
+
+def test_a_broken_score_never_upsets_the_ranking_of_the_others():
+    texts = ["a", "b", "c", "d"]
+    plan = plan_judging(texts)
+    judgments = [judged(0, 0.012), Judgment(1, math.nan, True, "r1"), judged(2, 0.992), judged(3, 0.5)]
+    picks = select(SelectionPolicy(top_n=None, score_threshold=0.0, min_keep=4), plan, judgments)
+    assert [(p.index, p.status, p.kept_by) for p in picks] == [
+        (2, "judged", "relevance"),
+        (3, "judged", "relevance"),
+        (0, "judged", "relevance"),
+        (1, "unjudged", "min_keep"),
+    ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -32,6 +32,7 @@ RequestT = TypeVar("RequestT")
 RequestT_contra = TypeVar("RequestT_contra", contravariant=True)
 OutputT = TypeVar("OutputT")
 OutputT_co = TypeVar("OutputT_co", covariant=True)
+_ValueT = TypeVar("_ValueT")
 
 
 class SteppedEngine(Protocol[RequestT_contra, OutputT_co]):
@@ -210,8 +211,8 @@ class EngineLoop(Generic[RequestT, OutputT]):
             if call.on_output is not None:
                 with contextlib.suppress(Exception):  # a progress display never fails a call
                     call.on_output()
-            if call.unfinished == 0 and not call.future.done():
-                call.future.set_result([o for o in call.outputs if o is not None])
+            if call.unfinished == 0:
+                _settle(call.future.set_result, [o for o in call.outputs if o is not None])
 
     def _abort(self, cancelled: list[_Call[RequestT, OutputT]]) -> None:
         engine_ids = [i for call in cancelled for i in call.engine_ids if self._running.pop(i, None) is not None]
@@ -232,5 +233,14 @@ class EngineLoop(Generic[RequestT, OutputT]):
 
 
 def _fail(call: _Call[RequestT, OutputT], err: BaseException) -> None:
-    if not call.future.done():
-        call.future.set_exception(err)
+    _settle(call.future.set_exception, err)
+
+
+def _settle(setter: Callable[[_ValueT], None], value: _ValueT) -> None:
+    """Complete a caller's future, unless the caller cancelled it meanwhile.
+
+    Checking ``done()`` first would race with a cancel from the caller's thread; the
+    driver must never die of a cancel, which concerns that one caller only.
+    """
+    with contextlib.suppress(InvalidStateError):
+        setter(value)

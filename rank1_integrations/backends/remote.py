@@ -1,10 +1,12 @@
 """Remote backend: rank1 on one or more vLLM OpenAI-compatible servers, sync and async.
 
-Two thin drivers around :class:`~rank1_integrations.backends.remote_core.RemoteCore`:
-they only send the HTTP calls the core asks for (with the ``openai`` client), retry
-them with ``tenacity`` on the core's policy and hand the outcomes back. The sync
-driver runs jobs on a thread pool, the async one on the event loop; both keep at
-most ``max_concurrency`` HTTP requests in flight. See ``docs/remote.md``.
+A thin driver around :class:`~rank1_integrations.backends.remote_core.RemoteCore`: it
+sends the HTTP calls the core asks for (with the ``openai`` client), retries them
+with ``tenacity`` on the core's policy and hands the outcomes back. All network I/O
+runs on one private event loop (:class:`~rank1_integrations.backends.io_loop.BackgroundLoop`):
+``complete`` waits for it from the caller's thread, ``acomplete`` awaits it from the
+caller's event loop, so both share every decision, one connection pool per server and
+one bound of ``max_concurrency`` requests in flight. See ``docs/remote.md``.
 """
 
 from __future__ import annotations
@@ -12,30 +14,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import threading
+import sys
 import weakref
-from collections.abc import Generator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import SecretStr
 
+from rank1_integrations._optional import require
 from rank1_integrations.backends.base import CompletionRequest, CompletionResult
-from rank1_integrations.backends.remote_core import (
-    HttpCall,
-    Job,
-    RemoteCore,
-    RemoteSettings,
-    ServerURL,
-    resolve_api_key,
-)
+from rank1_integrations.backends.io_loop import BackgroundLoop
+from rank1_integrations.backends.remote_config import RemoteSettings, ServerURL, resolve_api_key
+from rank1_integrations.backends.remote_core import HttpCall, Job, RemoteCore
 from rank1_integrations.backends.remote_tokenizer import RemoteTokenizer
-from rank1_integrations.backends.remote_wire import OPENAI_COMPLETION_PARAMS
 from rank1_integrations.backends.routing import Router
 from rank1_integrations.errors import (
     IncompatibleServerError,
     InvalidInputError,
+    MalformedResponseError,
     Rank1Error,
 )
 from rank1_integrations.tokenization import PromptTokenizer
@@ -44,15 +40,7 @@ __all__ = ["RemoteBackend"]
 
 logger = logging.getLogger("rank1_integrations.backends.remote")
 
-_SETTING_NAMES = frozenset(f.name for f in fields(RemoteSettings))
-
-
-@dataclass
-class _LoopState:
-    """Async clients and the concurrency bound of one event loop (httpx pools are loop-bound)."""
-
-    clients: dict[str, Any]
-    slots: asyncio.Semaphore
+_SETTING_NAMES = frozenset(RemoteSettings.__dataclass_fields__)
 
 
 class RemoteBackend:
@@ -64,13 +52,14 @@ class RemoteBackend:
     cannot be reached then are routed around until they answer.
 
     Args:
-        base_url: One server (``http://host:8000/v1``) or a list of replicas.
+        base_url: One server (``http://host:8000/v1``) or a list of replicas. Credentials in a
+            URL (``http://user:password@host/v1``) are sent as HTTP Basic auth, never shown.
         model: The served model name; None takes the only model the servers serve.
         api_key: Bearer key; None reads ``RANK1_API_KEY`` then ``VLLM_API_KEY``. Never shown.
         verify: TLS verification for https servers: True, a CA bundle path or an ``ssl.SSLContext``.
         tokenizer: A local tokenizer to use instead of the server's endpoints (must be the server's).
         extra_protected: More strings that data may never turn into tokens of their own.
-        **settings: Fields of :class:`RemoteSettings` (``timeout``, ``max_retries``,
+        **settings: Fields of :class:`RemoteSettings` (``timeout``, ``max_retries``, ``retry_budget``,
             ``max_concurrency``, ``prompts_per_request``, backoff, ...).
     """
 
@@ -85,6 +74,7 @@ class RemoteBackend:
         extra_protected: Sequence[str] = (),
         **settings: Any,
     ) -> None:
+        self._openai = require("openai", extras=(), purpose="The remote backend")
         unknown = sorted(set(settings) - _SETTING_NAMES)
         if unknown:
             raise InvalidInputError(f"unknown remote settings {unknown}; valid ones: {sorted(_SETTING_NAMES)}")
@@ -100,15 +90,17 @@ class RemoteBackend:
             api_key=resolve_api_key(api_key),
         )
         self._verify = _tls_verification(verify)
-        self._clients = {server.display: self._sync_client(server) for server in self._core.servers}
-        self._slots = threading.BoundedSemaphore(self._core.settings.max_concurrency)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        self._slots = asyncio.Semaphore(self._core.settings.max_concurrency)
+        self._clients: dict[str, Any] = {}  # touched only on the I/O loop
+        self._io = BackgroundLoop(name="rank1-remote-io")
+        # Closes the loop, its thread and the connections even if close() is never called.
+        self._finalizer = weakref.finalize(self, self._io.close, _closer(self._clients))
         try:
-            self._max_model_len = self._discover()
+            self._max_model_len = self._io.run(self._discover())
             self._tokenizer: PromptTokenizer = (
                 tokenizer
                 if tokenizer is not None
-                else RemoteTokenizer(self._core, self._call, extra_protected=extra_protected)
+                else RemoteTokenizer(self._core, self.call, extra_protected=extra_protected)
             )
         except BaseException:
             self.close()
@@ -141,41 +133,26 @@ class RemoteBackend:
         """Where requests go, and each server's health (``router.health()``, for monitoring)."""
         return self._core.router
 
-    # -- Backend ----------------------------------------------------------------------
+    # -- Backend / AsyncBackend ---------------------------------------------------------
 
     def complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        """Complete every request, up to ``max_concurrency`` HTTP requests at once on a thread pool."""
-        if not requests:
-            return []
-        jobs = self._core.plan_jobs(requests)
-        if len(jobs) == 1:
-            outcomes = [self._run_job(jobs[0])]
-        else:
-            workers = min(len(jobs), self._core.settings.max_concurrency)
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rank1-remote") as pool:
-                outcomes = list(pool.map(self._run_job, jobs))
-        return self._core.assemble(len(requests), jobs, outcomes)
+        """Complete every request, up to ``max_concurrency`` HTTP requests at once."""
+        return self._io.run(self._complete(requests)) if requests else []
 
     async def acomplete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-        """Complete every request concurrently on the event loop, up to ``max_concurrency`` at once."""
-        if not requests:
-            return []
-        jobs = self._core.plan_jobs(requests)
-        outcomes = await asyncio.gather(*(self._arun_job(job) for job in jobs))
-        return self._core.assemble(len(requests), jobs, outcomes)
+        """:meth:`complete` without blocking the caller's event loop; cancelling aborts the HTTP requests."""
+        return await self._io.arun(self._complete(requests)) if requests else []
+
+    def call(self, call: HttpCall) -> Any:
+        """The JSON body of one HTTP call (retried on the core's policy); raises the last typed error."""
+        return self._io.run(self._call(call))
 
     def close(self) -> None:
-        """Close the synchronous connection pools (async ones close with :meth:`aclose`)."""
-        for client in self._clients.values():
-            client.close()
+        """Cancel running requests and close every connection; later calls raise ``BackendError``."""
+        self._finalizer()
 
     async def aclose(self) -> None:
-        """Close this event loop's connection pools and the synchronous ones."""
-        state = self._loops.pop(asyncio.get_running_loop(), None)
-        if state is not None:
-            for client in state.clients.values():
-                await client.close()
-        self.close()
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> RemoteBackend:
         return self
@@ -189,142 +166,81 @@ class RemoteBackend:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # -- sync driver ------------------------------------------------------------------
+    # -- the driver (on the I/O loop) -----------------------------------------------------
 
-    def _run_job(self, job: Job) -> list[CompletionResult]:
-        return _drive(self._core.run_job(job), self._call_outcome)
+    async def _complete(self, requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
+        jobs = self._core.plan_jobs(requests)
+        outcomes = await asyncio.gather(*(self._run_job(job) for job in jobs))
+        return self._core.assemble(len(requests), jobs, outcomes)
 
-    def _call_outcome(self, call: HttpCall) -> Any:
-        try:
-            return self._call(call)
-        except Rank1Error as err:
-            return err
-
-    def _call(self, call: HttpCall) -> Any:
-        """The JSON body of one call, retried on the core's policy; raises the last typed error."""
-        from tenacity import Retrying
-
-        tried: list[str] = []
-        body: Any = None
-        for attempt in Retrying(**self._core.retry_arguments(call, tried)):
-            with attempt:
-                body = self._attempt(call, tried)
-        return body
-
-    def _attempt(self, call: HttpCall, tried: list[str]) -> Any:
-        server = self._core.pick_server(call, tried)
-        router = self._core.router
-        with self._slots:
-            router.started(server)
-            try:
-                body = self._send(server, call)
-                self._core.check_response(call, body, server)
-            except Exception as err:
-                raise self._failure(server, call, err) from _cause(err)
-            finally:
-                router.finished(server)
-        router.succeeded(server)
-        return body
-
-    def _send(self, server: str, call: HttpCall) -> Any:
-        import httpx2
-
-        client = self._clients[server]
-        timeout = httpx2.Timeout(call.timeout, connect=min(self._core.settings.connect_timeout, call.timeout))
-        if call.endpoint == "completions":
-            params, extra = _split_completion_body(call)
-            raw = client.completions.with_raw_response.create(**params, extra_body=extra, timeout=timeout)
-            return raw.http_response.json()
-        url = self._core.url_for(call, server)
-        if call.body is None:
-            response = client.get(url, cast_to=httpx2.Response, options={"timeout": timeout})
-        else:
-            response = client.post(url, cast_to=httpx2.Response, body=dict(call.body), options={"timeout": timeout})
-        return response.json()
-
-    # -- async driver -----------------------------------------------------------------
-
-    async def _arun_job(self, job: Job) -> list[CompletionResult]:
+    async def _run_job(self, job: Job) -> list[CompletionResult]:
         steps = self._core.run_job(job)
         outcome: Any = None
         try:
             while True:
                 call = steps.send(outcome)
                 try:
-                    outcome = await self._acall(call)
+                    outcome = await self._call(call)
                 except Rank1Error as err:
                     outcome = err
         except StopIteration as done:
             result: list[CompletionResult] = done.value
             return result
 
-    async def _acall(self, call: HttpCall) -> Any:
+    async def _call(self, call: HttpCall) -> Any:
         from tenacity import AsyncRetrying
 
         tried: list[str] = []
         body: Any = None
         async for attempt in AsyncRetrying(**self._core.retry_arguments(call, tried)):
             with attempt:
-                body = await self._aattempt(call, tried)
+                body = await self._attempt(call, tried)
         return body
 
-    async def _aattempt(self, call: HttpCall, tried: list[str]) -> Any:
-        state = self._loop_state()
-        server = self._core.pick_server(call, tried)
-        router = self._core.router
-        async with state.slots:
-            router.started(server)
+    async def _attempt(self, call: HttpCall, tried: list[str]) -> Any:
+        core = self._core
+        server = core.pick_server(call, tried)
+        async with self._slots:
+            core.router.started(server)
             try:
-                # The read timeout bounds waits between bytes; this bounds the whole call.
-                total = call.timeout + self._core.settings.connect_timeout
-                body = await asyncio.wait_for(self._asend(state, server, call), timeout=total)
-                self._core.check_response(call, body, server)
+                # The whole attempt, however slowly the answer trickles in (httpx's timeouts are per read).
+                content = await asyncio.wait_for(self._send(server, call), timeout=call.timeout)
+                body = core.decode(content, call, server)
             except Exception as err:
-                raise self._failure(server, call, err) from _cause(err)
+                error = core.translate_error(err, server, call)
+                if error is None:  # not the server's fault: our bug or environment, raised as it is
+                    raise
+                core.record_failure(server, error)
+            else:
+                core.router.succeeded(server)
+                return body
             finally:
-                router.finished(server)
-        router.succeeded(server)
-        return body
+                core.router.finished(server)
+        # Raised here, outside the handler, so that no library error (whose text may hold what
+        # a server echoed, an API key included) is chained to it.
+        raise error
 
-    async def _asend(self, state: _LoopState, server: str, call: HttpCall) -> Any:
-        import httpx2
-
-        client = state.clients.get(server)
-        if client is None:
-            client = state.clients[server] = self._async_client(self._core.server(server))
-        timeout = httpx2.Timeout(call.timeout, connect=min(self._core.settings.connect_timeout, call.timeout))
-        if call.endpoint == "completions":
-            params, extra = _split_completion_body(call)
-            raw = await client.completions.with_raw_response.create(**params, extra_body=extra, timeout=timeout)
-            return raw.http_response.json()
+    async def _send(self, server: str, call: HttpCall) -> bytes:
+        """One HTTP call, every endpoint the same way: the raw body of a successful answer."""
+        timeout = self._openai.Timeout(call.timeout, connect=min(self._core.settings.connect_timeout, call.timeout))
+        client = self._clients.get(server) or self._clients.setdefault(server, self._client(server))
         url = self._core.url_for(call, server)
+        options = {"timeout": timeout}
         if call.body is None:
-            response = await client.get(url, cast_to=httpx2.Response, options={"timeout": timeout})
+            content = await client.get(url, cast_to=bytes, options=options)
         else:
-            response = await client.post(
-                url, cast_to=httpx2.Response, body=dict(call.body), options={"timeout": timeout}
-            )
-        return response.json()
+            content = await client.post(url, cast_to=bytes, body=dict(call.body), options=options)
+        return bytes(content)
 
-    def _loop_state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            state = self._loops[loop] = _LoopState({}, asyncio.Semaphore(self._core.settings.max_concurrency))
-        return state
-
-    # -- shared -----------------------------------------------------------------------
-
-    def _failure(self, server: str, call: HttpCall, err: Exception) -> Rank1Error:
-        error = self._core.translate_error(err, server, call)
-        self._core.record_failure(server, error)
-        return error
-
-    def _sync_client(self, server: ServerURL) -> Any:
-        import openai
-
-        http_client = openai.DefaultHttpxClient(verify=self._verify) if self._verify is not True else None
-        return openai.OpenAI(
+    def _client(self, display: str) -> Any:
+        server = self._core.server(display)
+        auth = (server.auth[0], server.auth[1].get_secret_value()) if server.auth else None
+        http_client = self._openai.DefaultAsyncHttpxClient(
+            verify=self._verify,
+            auth=auth,
+            event_hooks={"response": [_body_limit(self._openai, self._core.settings.max_response_bytes, display)]},
+        )
+        return self._openai.AsyncOpenAI(
             base_url=server.api,
             api_key=self._core.api_key_value,
             max_retries=0,  # tenacity owns the retry policy
@@ -332,34 +248,24 @@ class RemoteBackend:
             http_client=http_client,
         )
 
-    def _async_client(self, server: ServerURL) -> Any:
-        import openai
-
-        http_client = openai.DefaultAsyncHttpxClient(verify=self._verify) if self._verify is not True else None
-        return openai.AsyncOpenAI(
-            base_url=server.api,
-            api_key=self._core.api_key_value,
-            max_retries=0,
-            timeout=self._core.settings.metadata_timeout,
-            http_client=http_client,
-        )
-
-    def _discover(self) -> int:
+    async def _discover(self) -> int:
         """Check every server's model list; the smallest ``max_model_len`` of those that answer."""
+        servers = [server.display for server in self._core.servers]
+        answers = await asyncio.gather(
+            *(self._call(self._core.models_call(server)) for server in servers), return_exceptions=True
+        )
         lengths: dict[str, int] = {}
         first_error: Rank1Error | None = None
-        for server in self._core.servers:
-            try:
-                body = self._call(self._core.models_call(server.display))
-            except IncompatibleServerError:
-                raise
-            except Rank1Error as err:
-                if self._core.is_retryable(err):
-                    logger.warning("server %s is not answering (%s); routing around it for now", server.display, err)
-                    first_error = first_error or err
-                    continue
-                raise
-            lengths[server.display] = self._core.max_model_len(body, server.display)
+        for server, answer in zip(servers, answers, strict=True):
+            if isinstance(answer, IncompatibleServerError) and not isinstance(answer, MalformedResponseError):
+                raise answer
+            if isinstance(answer, Rank1Error) and self._core.is_retryable(answer):
+                logger.warning("server %s is not answering (%s); routing around it for now", server, answer)
+                first_error = first_error or answer
+                continue
+            if isinstance(answer, BaseException):
+                raise answer
+            lengths[server] = self._core.max_model_len(answer, server)
         if not lengths:
             assert first_error is not None
             raise first_error
@@ -368,15 +274,51 @@ class RemoteBackend:
         return min(lengths.values())
 
 
-def _drive(steps: Generator[HttpCall, Any, list[CompletionResult]], call: Any) -> list[CompletionResult]:
-    """Run a sans-I/O job generator to the end with a synchronous ``call``."""
-    outcome: Any = None
-    try:
-        while True:
-            outcome = call(steps.send(outcome))
-    except StopIteration as done:
-        result: list[CompletionResult] = done.value
-        return result
+def _closer(clients: dict[str, Any]) -> Any:
+    async def close_clients() -> None:
+        for client in list(clients.values()):
+            await client.close()
+        clients.clear()
+
+    return close_clients
+
+
+def _body_limit(openai: Any, limit: int, server: str) -> Any:
+    """An httpx response hook that refuses an answer larger than ``limit`` bytes, before it is read whole."""
+    http = http_library(openai)
+
+    def too_large(size: str) -> MalformedResponseError:
+        message = f"{server} sent an answer of {size} bytes, over max_response_bytes"
+        return MalformedResponseError(message, server=server)
+
+    class BoundedStream(http.AsyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, stream: Any) -> None:
+            self._stream = stream
+
+        async def __aiter__(self) -> Any:
+            received = 0
+            async for chunk in self._stream:
+                received += len(chunk)
+                if received > limit:
+                    raise too_large(f"more than {limit}")
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._stream.aclose()
+
+    async def hook(response: Any) -> None:
+        length = response.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_large(length)
+        response.stream = BoundedStream(response.stream)
+
+    return hook
+
+
+def http_library(openai: Any) -> Any:
+    """The HTTP library the openai client is built on: httpx, or httpx2 from openai 3 on."""
+    base = next(c for c in openai.DefaultAsyncHttpxClient.__mro__ if not c.__module__.startswith("openai"))
+    return sys.modules[base.__module__.partition(".")[0]]
 
 
 def _tls_verification(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
@@ -387,15 +329,3 @@ def _tls_verification(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLCont
         return ssl.create_default_context(cafile=verify)
     except (OSError, ssl.SSLError) as err:
         raise InvalidInputError(f"verify={verify!r} is not a readable CA bundle: {err}") from err
-
-
-def _split_completion_body(call: HttpCall) -> tuple[dict[str, Any], dict[str, Any]]:
-    body = dict(call.body or {})
-    params = {key: value for key, value in body.items() if key in OPENAI_COMPLETION_PARAMS}
-    extra = {key: value for key, value in body.items() if key not in OPENAI_COMPLETION_PARAMS}
-    return params, extra
-
-
-def _cause(err: Exception) -> Exception | None:
-    """The exception to chain: the library error, never our own error chained to itself."""
-    return None if isinstance(err, Rank1Error) else err

@@ -1,8 +1,8 @@
 """The I/O-free core of the remote backend: what to send, how to read it, when to retry.
 
 Shaped like httpx's ``BaseClient`` and tenacity's decision core: everything here is a
-pure decision, shared by the synchronous and the asynchronous driver in
-:mod:`rank1_integrations.backends.remote`, which only send HTTP calls and wait.
+pure decision; the driver in :mod:`rank1_integrations.backends.remote` only sends the
+HTTP calls it is given and waits.
 
 A batch of :class:`CompletionRequest` is cut into *jobs* (requests with the same
 sampling settings, ``prompts_per_request`` prompts per HTTP request). Each job runs
@@ -10,28 +10,31 @@ the sans-I/O generator :meth:`RemoteCore.run_job`: it yields the HTTP calls it
 needs and receives their outcome (a decoded JSON body or a typed error) until it
 returns one result per request of the job. Retries and server choice happen around
 each single call, with tenacity and the :class:`Router`.
+
+Only transport and HTTP failures count against a server; anything else raised while
+calling one (a bug, a missing package) is not translated and surfaces at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import os
-import random
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
+from rank1_integrations.backends.remote_config import API_KEY_ENV_VARS, RemoteSettings, ServerURL, redact_url
 from rank1_integrations.backends.remote_wire import (
     check_completions,
     completion_body,
     echo_body,
     error_detail,
+    is_token_list,
     label_prompts,
     max_model_len_of,
     needs_label_fallback,
@@ -45,150 +48,23 @@ from rank1_integrations.errors import (
     BackendError,
     IncompatibleServerError,
     InvalidInputError,
+    MalformedResponseError,
     Rank1Error,
     ServerConnectionError,
     ServerStatusError,
     ServerTimeoutError,
 )
 
-__all__ = [
-    "API_KEY_ENV_VARS",
-    "Endpoint",
-    "HttpCall",
-    "Job",
-    "RemoteCore",
-    "RemoteSettings",
-    "ServerURL",
-    "resolve_api_key",
-]
+__all__ = ["Endpoint", "HttpCall", "Job", "RemoteCore"]
 
 logger = logging.getLogger("rank1_integrations.backends.remote")
-
-API_KEY_ENV_VARS = ("RANK1_API_KEY", "VLLM_API_KEY")
-"""Where an API key is looked up when none is given, in order. ``OPENAI_API_KEY`` is
-deliberately not read: it usually holds a key for api.openai.com, which must not be
-sent to a self-hosted server."""
 
 _NO_KEY = "EMPTY"  # vLLM's documented placeholder when the server needs no key
 
 Endpoint = Literal["completions", "models", "tokenize", "detokenize", "tokenizer_info"]
 
-
 # 408 Request Timeout, 425 Too Early, 429 Too Many Requests, and 5xx can change on a retry.
 _RETRYABLE_STATUS = frozenset({408, 425, 429})
-
-
-@dataclass(frozen=True)
-class ServerURL:
-    """One server: its OpenAI API base (``.../v1``), its root (``/tokenize`` lives there), a safe display."""
-
-    api: str
-    root: str
-    display: str
-
-    @classmethod
-    def parse(cls, url: str) -> ServerURL:
-        if not isinstance(url, str) or not url.strip():
-            raise InvalidInputError(f"a server URL must be a non-empty string, got {url!r}")
-        parts = urlsplit(url.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidInputError(
-                f"server URL {redact_url(url)!r} must start with http:// or https:// and name a host"
-            )
-        if parts.query or parts.fragment:
-            raise InvalidInputError(f"server URL {redact_url(url)!r} must not have a query string or fragment")
-        path = parts.path.rstrip("/")
-        root_path = path[: -len("/v1")] if path.endswith("/v1") else path
-        root = urlunsplit((parts.scheme, parts.netloc, root_path, "", ""))
-        api = urlunsplit((parts.scheme, parts.netloc, f"{root_path}/v1", "", ""))
-        return cls(api=api, root=root, display=redact_url(api))
-
-
-def redact_url(url: str) -> str:
-    """The URL without user info or query string (either may carry a credential)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = f"{host}:{port}" if port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def resolve_api_key(api_key: str | SecretStr | None) -> SecretStr | None:
-    """The key to send: the one given, else the first of :data:`API_KEY_ENV_VARS` that is set."""
-    if isinstance(api_key, SecretStr):
-        value = api_key.get_secret_value()
-    elif api_key is None:
-        value = next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), "")
-    elif isinstance(api_key, str):
-        value = api_key
-    else:
-        raise InvalidInputError(f"api_key must be a string or SecretStr, got {type(api_key).__name__}")
-    return SecretStr(value) if value else None
-
-
-@dataclass(frozen=True)
-class RemoteSettings:
-    """How the remote backend talks to its servers (see ``docs/remote.md``)."""
-
-    timeout: float | None = None
-    """Seconds to wait for one completion response; None sizes it from the request's budget."""
-    connect_timeout: float = 10.0
-    metadata_timeout: float = 30.0
-    """Seconds for the small calls (models, tokenize, detokenize)."""
-    seconds_per_token: float = 0.1
-    base_timeout: float = 120.0
-    max_retries: int = 3
-    """Retries per HTTP call after the first attempt (0 disables retrying)."""
-    initial_backoff: float = 0.5
-    max_backoff: float = 20.0
-    max_retry_after: float = 60.0
-    """A server's Retry-After is honoured up to this many seconds."""
-    max_concurrency: int = 32
-    """HTTP requests in flight at once, over all servers."""
-    prompts_per_request: int = 1
-    """Prompts sent in one ``/v1/completions`` request (vLLM batches concurrent requests anyway)."""
-
-    def __post_init__(self) -> None:
-        positive = {
-            "connect_timeout": self.connect_timeout,
-            "metadata_timeout": self.metadata_timeout,
-            "base_timeout": self.base_timeout,
-        }
-        if self.timeout is not None:
-            positive["timeout"] = self.timeout
-        for name, value in positive.items():
-            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-                raise InvalidInputError(f"{name} must be a positive number, got {value!r}")
-        for name, number in {
-            "max_concurrency": self.max_concurrency,
-            "prompts_per_request": self.prompts_per_request,
-        }.items():
-            if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-                raise InvalidInputError(f"{name} must be a positive int, got {number!r}")
-        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
-            raise InvalidInputError(f"max_retries must be a non-negative int, got {self.max_retries!r}")
-        for name, delay in {
-            "seconds_per_token": self.seconds_per_token,
-            "initial_backoff": self.initial_backoff,
-            "max_backoff": self.max_backoff,
-            "max_retry_after": self.max_retry_after,
-        }.items():
-            if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
-                raise InvalidInputError(f"{name} must be a non-negative number, got {delay!r}")
-
-    def completion_timeout(self, max_tokens: int) -> float:
-        """Seconds to wait for a completion of up to ``max_tokens`` generated tokens."""
-        if self.timeout is not None:
-            return float(self.timeout)
-        return self.base_timeout + self.seconds_per_token * max_tokens
 
 
 @dataclass(frozen=True)
@@ -225,10 +101,15 @@ class RemoteCore:
         displays = [server.display for server in self.servers]
         if len(set(displays)) != len(displays):
             raise InvalidInputError(f"the same server is listed twice: {displays}")
+        if self.api_key is not None and any(server.auth for server in self.servers):
+            raise InvalidInputError(
+                "give either an API key or credentials in a server URL, not both: both would go in the "
+                "Authorization header"
+            )
         self.router = Router(
             displays,
-            base_cooldown=max(self.settings.initial_backoff * 2, 0.01),
-            max_cooldown=max(self.settings.max_backoff, 0.01),
+            base_cooldown=self.settings.initial_backoff,
+            max_cooldown=self.settings.max_backoff,
         )
         self._by_display = {server.display: server for server in self.servers}
 
@@ -344,10 +225,26 @@ class RemoteCore:
 
     # -- reading answers --------------------------------------------------------------
 
-    def check_response(self, call: HttpCall, body: Any, server: str) -> None:
-        """Raise :class:`IncompatibleServerError` when an answer is not what a vLLM server sends."""
+    def decode(self, content: bytes, call: HttpCall, server: str) -> Any:
+        """The JSON body of a successful answer, checked to be what a vLLM server sends.
+
+        Raises :class:`MalformedResponseError` (retried) for an answer that is not one, and
+        :class:`IncompatibleServerError` for proof that the server serves another model.
+        """
+        where = redact_url(self.url_for(call, server))
+        try:
+            body = json.loads(content)
+        except ValueError:
+            raise MalformedResponseError(
+                f"{where} answered with something that is not JSON: is it a vLLM server?", server=server
+            ) from None
         if call.endpoint == "completions":
             check_completions(body, self.model, server)
+        elif call.endpoint == "tokenize" and not (isinstance(body, dict) and is_token_list(body.get("tokens"))):
+            raise MalformedResponseError(f"{where} answered without a token list: is it vLLM?", server=server)
+        elif call.endpoint == "detokenize" and not (isinstance(body, dict) and isinstance(body.get("prompt"), str)):
+            raise MalformedResponseError(f"{where} answered without the 'prompt' text: is it vLLM?", server=server)
+        return body
 
     def max_model_len(self, models: Any, server: str) -> int:
         """The model's ``max_model_len`` from a server's ``/v1/models`` (choosing the model if unset)."""
@@ -358,16 +255,20 @@ class RemoteCore:
     # -- errors and retries -----------------------------------------------------------
 
     def scrub(self, text: str) -> str:
-        """Text with the API key and any URL password removed, should a message ever carry them."""
+        """Text with the API key and any URL credentials removed, should a message ever carry them."""
         secrets = [self.api_key.get_secret_value()] if self.api_key is not None else []
-        secrets += [urlsplit(server.api).password or "" for server in self.servers]
+        secrets += [secret for server in self.servers for secret in server.secrets()]
         for secret in secrets:
             if secret:
                 text = text.replace(secret, "**********")
         return text
 
-    def translate_error(self, err: BaseException, server: str, call: HttpCall) -> Rank1Error:
-        """The openai/httpx error of one call as this project's error (nothing secret in it)."""
+    def translate_error(self, err: BaseException, server: str, call: HttpCall) -> Rank1Error | None:
+        """A transport or HTTP error of one call as this project's error, with nothing secret in it.
+
+        None for anything else (a bug, a missing package, a closed client): that is not the
+        server's fault, must not count against it, and is raised as it is.
+        """
         import openai
 
         where = redact_url(self.url_for(call, server))
@@ -377,6 +278,8 @@ class RemoteCore:
             return ServerTimeoutError(f"{where} did not answer within {call.timeout:.0f} s", server=server)
         if isinstance(err, openai.APIConnectionError):
             cause = err.__cause__ or err.__context__
+            if isinstance(cause, Rank1Error):  # raised by our own hook while the answer was read
+                return cause
             detail = f": {type(cause).__name__}" if cause is not None else ""
             if cause is not None and str(cause):
                 detail += f" ({self.scrub(str(cause))[:200]})"
@@ -393,20 +296,16 @@ class RemoteCore:
                 f"{where} answered HTTP {status}{hint}: {detail}",
                 status=status,
                 server=server,
-                retry_after=retry_after(err.response.headers, self.settings.max_retry_after),
+                retry_after=retry_after(err.response.headers, self.settings.retry_budget),
             )
-        if isinstance(err, ValueError):  # the body was not JSON
-            return IncompatibleServerError(
-                f"{where} answered with something that is not JSON: is it a vLLM server?", server=server
-            )
-        return ServerConnectionError(f"request to {where} failed: {type(err).__name__}", server=server)
+        return None
 
     @staticmethod
     def rejects_label_ids(err: ServerStatusError) -> bool:
         return err.status in (400, 422) and "logprob_token_ids" in str(err)
 
     def is_retryable(self, err: BaseException) -> bool:
-        if isinstance(err, ServerConnectionError):  # includes timeouts
+        if isinstance(err, ServerConnectionError | MalformedResponseError):  # includes timeouts
             return True
         if isinstance(err, ServerStatusError):
             return err.status in _RETRYABLE_STATUS or err.status >= 500
@@ -416,29 +315,33 @@ class RemoteCore:
 
     def record_failure(self, server: str, err: Rank1Error) -> None:
         """Tell the router what a failure says about the server's health."""
-        if isinstance(err, IncompatibleServerError):
+        if isinstance(err, IncompatibleServerError) and not isinstance(err, MalformedResponseError):
             self.router.disable(server, str(err))
         elif self.is_retryable(err):
             come_back = err.retry_after if isinstance(err, ServerStatusError) else None
             self.router.failed(server, retry_after=come_back)
 
     def retry_arguments(self, call: HttpCall, tried: list[str]) -> dict[str, Any]:
-        """Keyword arguments for ``tenacity.Retrying`` / ``AsyncRetrying`` around one call."""
+        """Keyword arguments for ``tenacity.AsyncRetrying`` around one call (see docs/remote.md)."""
+        settings = self.settings
+        backoff = wait_random_exponential(multiplier=settings.initial_backoff, max=settings.max_backoff)
 
         def wait(state: RetryCallState) -> float:
-            # Full-jitter exponential backoff, but never before some server is up again
-            # (a 429's Retry-After or a failed server's cool-down); a request that can
-            # move to another healthy server does not wait for the one that failed.
-            attempt = state.attempt_number
-            ceiling = min(self.settings.max_backoff, self.settings.initial_backoff * 2 ** (attempt - 1))
-            backoff = random.uniform(0, ceiling)
-            pinned = [call.server] if call.server is not None else []
-            available = (
-                self.router.seconds_until_available(avoid=tried)
-                if call.server is None
-                else self.router.seconds_until_available(avoid=[s for s in self.router.servers if s not in pinned])
-            )
-            return min(max(backoff, available), max(self.settings.max_retry_after, self.settings.max_backoff))
+            if call.server is None and self.router.untried_server_up(tried):
+                return 0.0  # another healthy server takes the request now
+            # Not before the server can take it again (its cool-down or Retry-After), then a
+            # jittered backoff, so the retries of many requests do not all arrive at once.
+            others = [] if call.server is None else [s for s in self.router.servers if s != call.server]
+            return self.router.seconds_until_available(avoid=others or tried) + backoff(state)
+
+        attempts_used = stop_after_attempt(settings.max_retries + 1)
+
+        def stop(state: RetryCallState) -> bool:
+            budget_spent = state.idle_for + state.upcoming_sleep > settings.retry_budget
+            # Every server failing for that long by the time of the retry: no more retries (each
+            # call gets one attempt) until one of them answers again.
+            fleet_down = self.router.outage_seconds() + state.upcoming_sleep > settings.retry_budget
+            return attempts_used(state) or budget_spent or fleet_down
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
@@ -447,13 +350,13 @@ class RemoteCore:
                 _endpoint_path(call.endpoint),
                 type(error).__name__,
                 state.attempt_number,
-                self.settings.max_retries + 1,
+                settings.max_retries + 1,
                 state.upcoming_sleep,
                 error,
             )
 
         return {
-            "stop": stop_after_attempt(self.settings.max_retries + 1),
+            "stop": stop,
             "wait": wait,
             "retry": retry_if_exception(self.is_retryable),
             "reraise": True,

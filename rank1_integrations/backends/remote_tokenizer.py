@@ -94,10 +94,12 @@ _V = TypeVar("_V")
 
 
 class _LRU(Generic[_K, _V]):
-    """A small thread-safe least-recently-used cache."""
+    """A small thread-safe least-recently-used cache, bounded by the total size of its entries."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
+    def __init__(self, max_size: int, size_of: Callable[[_K, _V], int]) -> None:
+        self._max_size = max_size
+        self._size_of = size_of
+        self._size = 0
         self._items: OrderedDict[_K, _V] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -109,11 +111,26 @@ class _LRU(Generic[_K, _V]):
             return value
 
     def put(self, key: _K, value: _V) -> None:
+        size = self._size_of(key, value)
+        if size > self._max_size:
+            return
         with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._size -= self._size_of(key, old)
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            self._size += size
+            while self._size > self._max_size:
+                evicted_key, evicted = self._items.popitem(last=False)
+                self._size -= self._size_of(evicted_key, evicted)
+
+
+def _encoded_size(key: tuple[str, bool], ids: tuple[int, ...]) -> int:
+    return len(key[0]) + len(ids)
+
+
+def _decoded_size(ids: tuple[int, ...], text: str) -> int:
+    return len(ids) + len(text)
 
 
 class RemoteTokenizer:
@@ -125,12 +142,13 @@ class RemoteTokenizer:
         call: Callable[[HttpCall], Any],
         *,
         extra_protected: Sequence[str] = (),
-        cache_size: int = 16384,
+        cache_size: int = 16 * 1024 * 1024,
     ) -> None:
+        """``cache_size`` bounds each of the two caches (texts -> ids, ids -> texts), in characters plus ids."""
         self._core = core
         self._call = call
-        self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(cache_size)
-        self._decoded: _LRU[tuple[int, ...], str] = _LRU(cache_size)
+        self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(cache_size, _encoded_size)
+        self._decoded: _LRU[tuple[int, ...], str] = _LRU(cache_size, _decoded_size)
         self._added = self._added_vocabulary(extra_protected)
         self._controls = {token_id: text for text, token_id in self._added.items()}
         self._protected = tuple(sorted({*self._added, *(s for s in extra_protected if s)}))
@@ -183,10 +201,7 @@ class RemoteTokenizer:
         cached = self._decoded.get(key)
         if cached is not None:
             return cached
-        body = self._call(self._core.detokenize_call(key))
-        text = body.get("prompt") if isinstance(body, dict) else None
-        if not isinstance(text, str):
-            raise IncompatibleServerError("the server's /detokenize answer has no 'prompt' text: is it vLLM?")
+        text: str = self._call(self._core.detokenize_call(key))["prompt"]  # checked by the core
         self._decoded.put(key, text)
         return text
 
@@ -196,7 +211,7 @@ class RemoteTokenizer:
         if cached is not None:
             return cached
         body = self._call(self._core.tokenize_call(text, add_special_tokens=add_special_tokens))
-        ids = _token_list(body)
+        ids = tuple(body["tokens"])  # checked by the core
         self._encoded.put(key, ids)
         return ids
 
@@ -232,7 +247,7 @@ class RemoteTokenizer:
         if not wanted:
             return {}
         body = self._call(self._core.tokenize_call("\n".join(wanted), add_special_tokens=False, token_strs=True))
-        ids = _token_list(body)
+        ids = body["tokens"]
         strings = body.get("token_strs") if isinstance(body, dict) else None
         if not isinstance(strings, list) or len(strings) != len(ids):
             raise IncompatibleServerError("the server's /tokenize ignored return_token_strs: is it vLLM?")
@@ -250,10 +265,3 @@ def _special_token_strings(info: dict[str, Any]) -> list[str]:
             if isinstance(values, list | tuple) or hasattr(values, "__iter__"):
                 found.extend(v for v in values if isinstance(v, str))
     return found
-
-
-def _token_list(body: Any) -> tuple[int, ...]:
-    tokens = body.get("tokens") if isinstance(body, dict) else None
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise IncompatibleServerError("the server's /tokenize answer has no token list: is it vLLM?")
-    return tuple(tokens)

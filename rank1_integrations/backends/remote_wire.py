@@ -14,10 +14,10 @@ import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
-from rank1_integrations.errors import IncompatibleServerError, ModelOutputError, Rank1Error
+from rank1_integrations.errors import IncompatibleServerError, MalformedResponseError, ModelOutputError, Rank1Error
 
 __all__ = [
     "OPENAI_COMPLETION_PARAMS",
@@ -25,6 +25,7 @@ __all__ = [
     "completion_body",
     "echo_body",
     "error_detail",
+    "is_token_list",
     "label_prompts",
     "max_model_len_of",
     "needs_label_fallback",
@@ -83,9 +84,14 @@ def echo_body(model: str, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
 
 
 def check_completions(body: Any, model: str, server: str) -> None:
-    """Raise :class:`IncompatibleServerError` unless ``body`` is a completions answer for ``model``."""
+    """Raise unless ``body`` is a completions answer for ``model``.
+
+    A malformed answer is a :class:`MalformedResponseError` (a fault of that request);
+    an answer for another model is an :class:`IncompatibleServerError` (proof of a
+    misconfigured server).
+    """
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise IncompatibleServerError(
+        raise MalformedResponseError(
             f"{server} answered /v1/completions without a 'choices' list: is it an OpenAI-compatible server?",
             server=server,
         )
@@ -127,6 +133,11 @@ def max_model_len_of(body: Any, model: str, server: str) -> int:
             server=server,
         )
     return length
+
+
+def is_token_list(value: Any) -> TypeGuard[list[int]]:
+    """Whether ``value`` is a list of token ids."""
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
 def _model_ids(body: Any) -> list[Any]:
@@ -229,7 +240,7 @@ def _parse_choice(choice: Mapping[str, Any], request: CompletionRequest) -> Comp
         if any(t is None for t in from_tokens):
             return ModelOutputError("the server returned neither token_ids nor token-id logprob keys")
         token_ids = from_tokens
-    if not isinstance(token_ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
+    if not is_token_list(token_ids):
         return ModelOutputError("the server returned malformed token_ids")
     if len(token_ids) != len(tokens) or any(
         parsed is not None and parsed != actual for parsed, actual in zip(from_tokens, token_ids, strict=True)

@@ -1,10 +1,12 @@
 """Which server gets the next request: a pure, thread-safe decision over server health.
 
-The router does no I/O and reads time only through the clock it is given, so the
-sync and async drivers share it and tests can drive it with a fake clock. A
-server that fails (connection refused or dropped, timeout, 429, 5xx) is left
-alone for a cool-down that doubles with each consecutive failure; the first
-success resets it. A server found to serve something else is disabled for good.
+The router does no I/O and reads time only through the clock it is given, so tests
+can drive it with a fake clock. A server that fails (connection refused or dropped,
+timeout, 429, 5xx, a malformed answer) is left alone for a short cool-down, which
+doubles when it fails again after the cool-down (failures of requests that were
+already in flight when it went down do not count twice), or for its Retry-After; the
+first success ends it at once. A server found to serve something else is disabled for
+good, with the reason in :meth:`Router.health`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class ServerHealth:
     in_flight: int = 0
     consecutive_failures: int = 0
     down_until: float = 0.0
+    failing_since: float | None = None
+    """When its current run of failures began (None: its last request succeeded)."""
     disabled_reason: str | None = None
     successes: int = 0
     failures: int = 0
@@ -87,6 +91,20 @@ class Router:
         with self._lock:
             return any(s.url != url and s.disabled_reason is None for s in self._servers)
 
+    def untried_server_up(self, tried: Collection[str]) -> bool:
+        """Whether an enabled server that is up now is not among those a request already tried."""
+        with self._lock:
+            now = self._clock()
+            return any(s.disabled_reason is None and s.down_until <= now and s.url not in tried for s in self._servers)
+
+    def outage_seconds(self) -> float:
+        """How long every enabled server has been failing without a success in between (0 if one is not)."""
+        with self._lock:
+            now = self._clock()
+            enabled = [s for s in self._servers if s.disabled_reason is None] or self._servers
+            starts = [s.failing_since for s in enabled]
+            return 0.0 if any(t is None for t in starts) else now - max(t for t in starts if t is not None)
+
     def seconds_until_available(self, avoid: Collection[str] = ()) -> float:
         """How long until some enabled server is up (0 if one is up now), preferring ones not in ``avoid``."""
         with self._lock:
@@ -109,18 +127,23 @@ class Router:
             server = self._servers[self._index[url]]
             server.consecutive_failures = 0
             server.down_until = 0.0
+            server.failing_since = None
             server.successes += 1
 
     def failed(self, url: str, *, retry_after: float | None = None) -> None:
         """A failure that says the server is unwell (not one that says the request was bad)."""
         with self._lock:
+            now = self._clock()
             server = self._servers[self._index[url]]
-            server.consecutive_failures += 1
             server.failures += 1
-            cooldown = min(self._max_cooldown, self._base_cooldown * 2 ** (server.consecutive_failures - 1))
+            if server.failing_since is None:
+                server.failing_since = now
+            if now >= server.down_until:  # not a request that was in flight when the server went down
+                server.consecutive_failures += 1
+            cooldown = min(self._max_cooldown, self._base_cooldown * 2 ** max(0, server.consecutive_failures - 1))
             if retry_after is not None:  # the server said when to come back (already capped by the caller)
                 cooldown = max(cooldown, retry_after)
-            server.down_until = max(server.down_until, self._clock() + cooldown)
+            server.down_until = max(server.down_until, now + cooldown)
 
     def disable(self, url: str, reason: str) -> None:
         """Stop sending to a server (it serves another model, or is not vLLM)."""
