@@ -214,9 +214,9 @@ def _longest(lengths: Sequence[int], fits: Callable[[int], bool]) -> int | None:
     return best
 
 
-# Texts before and after "<think>" on which a tokenizer must start a new token at "<think>"
-# before the forced prompt may re-encode only from there: line ends after words,
-# punctuation, spaces, non-ASCII, a blank line; the continuation starts with "\n".
+# Texts before and after "<think>" on which a tokenizer must start a new token at "<think>",
+# whatever follows, before the forced prompt may re-encode only from there: line ends after
+# words, punctuation, spaces, non-ASCII, a blank line; the continuation starts with "\n".
 _TAIL_PROBES = (
     "Passage: plain words\n",
     "Passage: ends with a stop.\n",
@@ -232,11 +232,13 @@ _THINK_TEXT_IDS: weakref.WeakKeyDictionary[PromptTokenizer, tuple[int, ...] | No
 
 
 def _think_text_ids(tokenizer: PromptTokenizer) -> tuple[int, ...] | None:
-    """The ids of "<think>" as text, when the tokenizer splits before it on every probe; else None.
+    """The ids of "<think>" as text, where the tokenizer starts a token there whatever follows; else None.
 
-    Byte-level BPE tokenizers with a regex pre-tokenizer (Qwen2.5, Llama 3, Mistral's
-    tekken, SmolLM2) never merge across "\\n" followed by "<"; the probes confirm it once
-    per tokenizer, so a tokenizer that does merge there gets whole-segment re-encoding.
+    On every probe, a text ending in "<think>" must encode to ids that end with "<think>"'s
+    own, and with anything after it, to those same ids up to "<think>" followed by the
+    encoding of "<think>" + the rest. Byte-level BPE tokenizers with a regex pre-tokenizer
+    (Qwen2.5, Llama 3, Mistral's tekken, SmolLM2) never merge across "\\n" followed by "<";
+    the probes confirm it once per tokenizer, and one that fails gets whole-segment re-encoding.
     """
     if tokenizer in _THINK_TEXT_IDS:
         return _THINK_TEXT_IDS[tokenizer]

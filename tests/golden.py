@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -155,7 +156,10 @@ def _write(name: str, found: dict[str, Any]) -> None:
     if small:
         raise SystemExit(f"{name}: greedy margins {small} below {margin_floor(found):.2g}: pick other cases")
     GOLDEN.mkdir(exist_ok=True)
-    (GOLDEN / f"{name}.json").write_text(json.dumps(found, indent=1, ensure_ascii=False) + "\n")
+    text = json.dumps(found, indent=1, ensure_ascii=False)
+    # Token id lists on one line each: a changed id shows as one changed line.
+    text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
+    (GOLDEN / f"{name}.json").write_text(text + "\n")
     print(f"wrote {GOLDEN / f'{name}.json'} ({len(found['cases'])} cases)")
 
 
