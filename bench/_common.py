@@ -316,6 +316,13 @@ class EngineProbe:
         return calls
 
 
+def complete(backend: Any, requests: Sequence[Any]) -> list[Any]:
+    """Every request's result, in order, waiting for all of them (a backend's ``submit``, unstreamed)."""
+    results: dict[int, Any] = {}
+    backend.submit(requests, results.__setitem__).result()
+    return [results[position] for position in range(len(requests))]
+
+
 def prompt_ids(prompt: Any) -> list[int]:
     """Token ids of a prompt as handed to ``LLMEngine.add_request`` (a token-id prompt dict)."""
     return list(prompt["prompt_token_ids"])

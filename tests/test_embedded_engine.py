@@ -14,15 +14,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from rank1_integrations import InvalidInputError, Judgment, Rank1Reranker
-from rank1_integrations.backends.base import Backend, CompletionRequest, ResultSink
 from rank1_integrations.protocol import reasoning_for_forced_answer
 from rank1_integrations.testing.tiny_models import (
     DEFAULT_SCRIPT,
@@ -36,39 +32,16 @@ from rank1_integrations.testing.tiny_models import (
 )
 from tests import reference
 from tests.conftest import SCRIPTED_BUDGET
+from tests.recording import RecordingBackend
 
 pytestmark = pytest.mark.engine
 _REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-3
 
 
-class CountingBackend:
-    """Passes every call to a real backend and records the batches it was given."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.batches: list[list[CompletionRequest]] = []
-
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
-    def tokenizer(self):
-        return self.inner.tokenizer
-
-    @property
-    def max_model_len(self) -> int:
-        return self.inner.max_model_len
-
-    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
-        self.batches.append(list(requests))
-        return self.inner.submit(requests, on_result)
-
-
 @pytest.fixture
-def counted(scripted_reranker: Rank1Reranker) -> tuple[Rank1Reranker, CountingBackend]:
-    backend = CountingBackend(scripted_reranker.backend)
+def counted(scripted_reranker: Rank1Reranker) -> tuple[Rank1Reranker, RecordingBackend]:
+    backend = RecordingBackend(scripted_reranker.backend)
     return Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False), backend
 
 
@@ -287,7 +260,7 @@ def _summary(judgments: list[Judgment]) -> list[tuple[object, ...]]:
 def test_a_repeat_is_answered_from_the_cache_without_the_engine(scripted_reranker, tmp_path) -> None:
     from rank1_integrations.cache import DiskCache, MemoryCache
 
-    backend = CountingBackend(scripted_reranker.backend)
+    backend = RecordingBackend(scripted_reranker.backend)
     memory = MemoryCache()
     reranker = Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=memory)
     first = reranker.judge(LEN_QUERY, [LEN_PASSAGE, OPEN_PASSAGE])

@@ -211,10 +211,10 @@ def test_positions_name_the_batch_and_index_of_each_passage(builder) -> None:
 class _FlakyForcedBuilder(PromptBuilder):
     """Builds forced prompts like the real one, except that it fails (as a dead tokenizer server) on "unlucky"."""
 
-    def build_forced(self, prompt, trimmed_reasoning):
-        if "unlucky" in trimmed_reasoning:
+    def build_forced(self, prompt, generated_ids, generated_text):
+        if "unlucky" in generated_text:
             raise BackendError("POST /tokenize: connection refused")
-        return super().build_forced(prompt, trimmed_reasoning)
+        return super().build_forced(prompt, generated_ids, generated_text)
 
 
 def test_a_forced_prompt_that_cannot_be_built_fails_only_its_passage(hf_tokenizer) -> None:

@@ -44,8 +44,10 @@ def test_prompt_ids_equal_whole_string_tokenization(tokenizer, hf_tokenizer, que
 def test_forced_prompt_equals_whole_string_tokenization(tokenizer, hf_tokenizer) -> None:
     builder = PromptBuilder(tokenizer, template=None, max_prompt_tokens=10_000)
     prompt = builder.build("q", "p")
-    forced = builder.build_forced(prompt, "It is about p.")
-    assert list(forced) == _reference_ids(hf_tokenizer, prompt.text + "\nIt is about p.\n</think>")
+    generated = hf_tokenizer("It is about p. And then", add_special_tokens=False)["input_ids"]
+    forced = builder.build_forced(prompt, generated, "It is about p. And then")
+    assert forced.reasoning == "It is about p."
+    assert list(forced.token_ids) == _reference_ids(hf_tokenizer, prompt.text + "\nIt is about p.\n</think>")
 
 
 def test_control_strings_in_data_never_become_control_tokens(tokenizer, hf_tokenizer) -> None:

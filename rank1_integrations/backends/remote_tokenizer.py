@@ -18,7 +18,7 @@ import importlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from rank1_integrations.backends.remote_core import HttpCall, RemoteCore
@@ -174,6 +174,7 @@ class RemoteTokenizer:
         self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(cache_size, _encoded_size)
         self._decoded: _LRU[tuple[int, ...], str] = _LRU(cache_size, _decoded_size)
         self._added = self._added_vocabulary(extra_protected)
+        self._controls = {token_id: text for text, token_id in self._added.items()}
         self._protected = tuple(sorted({*self._added, *(s for s in extra_protected if s)}))
         self._leading = leading_special_ids(
             self._tokenize("a", add_special_tokens=True), self._tokenize("a", add_special_tokens=False)
@@ -194,6 +195,10 @@ class RemoteTokenizer:
     @property
     def protected_strings(self) -> Sequence[str]:
         return self._protected
+
+    @property
+    def control_tokens(self) -> Mapping[int, str]:
+        return self._controls
 
     def encode_plain(self, text: str) -> list[int]:
         """Ids of ``text`` with no special tokens added and none parsed.

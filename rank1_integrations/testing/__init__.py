@@ -4,6 +4,7 @@ Importing this package is cheap; torch, transformers and tokenizers are only imp
 when a model or tokenizer is actually built.
 """
 
+from rank1_integrations.testing.building import MARKER_FILE
 from rank1_integrations.testing.tiny_models import (
     BUILDER_VERSION,
     DEFAULT_SCRIPT,
@@ -16,7 +17,6 @@ from rank1_integrations.testing.tiny_models import (
     LABEL_CONFIDENCE,
     LEN_PASSAGE,
     LEN_QUERY,
-    MARKER_FILE,
     OPEN_PASSAGE,
     OPEN_REASONING,
     RANK1_PROMPT_PREFIX,

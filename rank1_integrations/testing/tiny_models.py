@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from rank1_integrations.testing.building import staged_build, train_byte_level_bpe
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, Qwen2ForCausalLM
 
 BUILDER_VERSION = "2"  # bump when the builders change what they produce
-MARKER_FILE = "rank1_tiny_model.json"
 EOS_TOKEN, THINK_TOKEN, END_THINK_TOKEN = "<|endoftext|>", "<think>", "</think>"
 TRUE_LABEL, FALSE_LABEL = " true", " false"
 VOCAB_SIZE = 2000
@@ -146,41 +145,12 @@ def _corpus() -> Iterator[str]:
 
 def _train_tokenizer() -> PreTrainedTokenizerBase:
     """Train the Qwen2-style byte-level BPE and check the labels are single tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     # NFC like Qwen2; transformers' Qwen2Tokenizer (which AutoTokenizer picks for a
     # folder whose config.json says qwen2) would add it anyway.
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
+    specials = [EOS_TOKEN, THINK_TOKEN, END_THINK_TOKEN]
+    return train_byte_level_bpe(
+        _corpus(), _QWEN2_SPLIT, vocab_size=VOCAB_SIZE, nfc=True, eos=EOS_TOKEN, specials=specials
     )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        min_frequency=2,
-        show_progress=False,
-        special_tokens=[EOS_TOKEN, THINK_TOKEN, END_THINK_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-        extra_special_tokens=[THINK_TOKEN, END_THINK_TOKEN],
-        model_max_length=2048,
-    )
-    for label in (TRUE_LABEL, FALSE_LABEL):
-        ids = hf(label, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            msg = f"label {label!r} is not a single token: {ids}"
-            raise RuntimeError(msg)
-    return hf
 
 
 def build_tokenizer(out_dir: Path) -> Path:
@@ -203,44 +173,15 @@ def _spec_hash(kind: str, seed: int, script: Sequence[ScriptedJudgment]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def _cached(out_dir: Path, spec_hash: str) -> bool:
-    try:
-        marker = json.loads((out_dir / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    files = marker.get("files", [])
-    return marker.get("spec_hash") == spec_hash and bool(files) and all((out_dir / name).is_file() for name in files)
-
-
 def _build(out_dir: Path, kind: str, seed: int, script: Sequence[ScriptedJudgment]) -> Path:
-    """Build in a staging folder, then move files in with the marker written last.
-
-    Files are replaced one by one (atomic rename) so concurrent builders (e.g.
-    pytest-xdist workers) never see a half-written file, and a crashed build never
-    leaves a marker that matches.
-    """
-    out_dir = Path(out_dir)
-    spec_hash = _spec_hash(kind, seed, script)
-    if _cached(out_dir, spec_hash):
-        return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    def make(stage: Path) -> dict[str, object]:
         tokenizer = _train_tokenizer()
         tokenizer.save_pretrained(str(stage))
         model, steps = _make_model(tokenizer, seed, script if kind == "scripted" else None)
         model.save_pretrained(str(stage))
-        (out_dir / MARKER_FILE).unlink(missing_ok=True)
-        files = sorted(p.name for p in stage.iterdir())
-        for name in files:
-            (stage / name).chmod(0o644)  # mkdtemp/safetensors leave owner-only modes
-            (stage / name).replace(out_dir / name)
-        marker = {"spec_hash": spec_hash, "kind": kind, "seed": seed, "train_steps": steps, "files": files}
-        (stage / MARKER_FILE).write_text(json.dumps(marker, indent=2))
-        (stage / MARKER_FILE).replace(out_dir / MARKER_FILE)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out_dir
+        return {"kind": kind, "seed": seed, "train_steps": steps}
+
+    return staged_build(Path(out_dir), _spec_hash(kind, seed, script), make)
 
 
 def build_random_model(out_dir: Path, *, seed: int = 0) -> Path:

@@ -1,0 +1,116 @@
+"""The rank1 model families, and the tokenizer facts the protocol relies on in each.
+
+rank1 ships on three bases; its AWQ variants are the same models quantized, with the
+base's tokenizer. What differs between the families, and what this package does about it:
+
+- ``" true"`` / ``" false"`` must be single tokens (the score is read from two token ids):
+  checked when a reranker starts (:class:`~rank1_integrations.errors.ModelOutputError`).
+- ``<think>`` / ``</think>`` may be tokens of their own or plain text: prompts use the
+  token where there is one, else the text, exactly as whole-string tokenization would.
+- A BOS token (Llama 3 ``<|begin_of_text|>``, Mistral ``<s>``) goes before every prompt, as
+  when the authors hand vLLM a text prompt, and never into a (cut) passage.
+- The EOS ends unfinished reasoning like the budget does: the answer is then forced.
+
+:func:`tokenizer_facts` reads these facts off a live tokenizer; :func:`mismatches` says
+where they differ from a family's profile (a reranker on a known rank1 model logs them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from rank1_integrations.protocol import FALSE_LABEL, THINK_CLOSE, THINK_OPEN, TRUE_LABEL
+from rank1_integrations.tokenization import PromptTokenizer
+
+__all__ = ["PROFILES", "ModelProfile", "TokenizerFacts", "mismatches", "profile_for", "tokenizer_facts"]
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """One rank1 family: its base model, its released models and its tokenizer's BOS and EOS."""
+
+    family: str
+    base_model: str
+    models: tuple[str, ...]
+    """Hugging Face ids, AWQ variants included."""
+    bos: str | None
+    """The token the tokenizer puts before every prompt, or None."""
+    eos: str
+
+
+PROFILES: tuple[ModelProfile, ...] = (
+    ModelProfile(
+        "qwen2.5",
+        "Qwen2.5 (0.5B-32B)",
+        tuple(f"jhu-clsp/rank1-{size}" for size in ("0.5b", "1.5b", "3b", "7b", "14b", "32b"))
+        + tuple(f"jhu-clsp/rank1-{size}-awq" for size in ("7b", "14b", "32b")),
+        bos=None,
+        eos="<|endoftext|>",
+    ),
+    ModelProfile(
+        "llama3",
+        "Llama 3.1 8B",
+        ("jhu-clsp/rank1-llama3-8b", "jhu-clsp/rank1-llama3-8b-awq"),
+        bos="<|begin_of_text|>",
+        eos="<|end_of_text|>",
+    ),
+    ModelProfile(
+        "mistral",
+        "Mistral-Small-24B-Base-2501 (tekken tokenizer)",
+        ("jhu-clsp/rank1-mistral-2501-24b", "jhu-clsp/rank1-mistral-2501-24b-awq"),
+        bos="<s>",
+        eos="</s>",
+    ),
+)
+
+
+def profile_for(model: str) -> ModelProfile | None:
+    """The profile of a rank1 model, by hub id or by a folder named like one; None for other models."""
+    name = PurePath(model.rstrip("/")).name.lower()
+    for profile in PROFILES:
+        if any(name == PurePath(known).name for known in profile.models):
+            return profile
+    return None
+
+
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What a tokenizer does with the protocol's strings."""
+
+    label_ids: tuple[int | None, int | None]
+    """Ids of ``" true"`` and ``" false"`` where each is a single token."""
+    think_ids: tuple[int | None, int | None]
+    """Ids of ``<think>`` and ``</think>`` where each is a token of its own (else they are text)."""
+    leading: tuple[str, ...]
+    """Text of the ids put before every prompt (a BOS token)."""
+    controls: frozenset[str]
+    """The vocabulary's added and special tokens."""
+
+
+def tokenizer_facts(tokenizer: PromptTokenizer) -> TokenizerFacts:
+    controls = tokenizer.control_tokens
+    return TokenizerFacts(
+        label_ids=(_single(tokenizer, TRUE_LABEL), _single(tokenizer, FALSE_LABEL)),
+        think_ids=(tokenizer.single_token_id(THINK_OPEN), tokenizer.single_token_id(THINK_CLOSE)),
+        leading=tuple(controls.get(i, tokenizer.decode([i])) for i in tokenizer.leading_ids),
+        controls=frozenset(controls.values()),
+    )
+
+
+def mismatches(profile: ModelProfile, facts: TokenizerFacts) -> list[str]:
+    """Where a tokenizer differs from what ``profile``'s family needs (empty when it does not)."""
+    found = []
+    if None in facts.label_ids:
+        found.append(f"{TRUE_LABEL!r} and {FALSE_LABEL!r} are not both single tokens")
+    expected_leading = (profile.bos,) if profile.bos else ()
+    if facts.leading != expected_leading:
+        found.append(f"prompts start with {list(facts.leading)}, {profile.family} models with {list(expected_leading)}")
+    if profile.eos not in facts.controls:
+        found.append(f"the EOS {profile.eos!r} is not a control token")
+    return found
+
+
+def _single(tokenizer: PromptTokenizer, text: str) -> int | None:
+    ids = tokenizer.encode_plain(text)
+    return ids[0] if len(ids) == 1 else None

@@ -1,0 +1,175 @@
+"""Every score equals an independent float64 forward pass over exactly the token ids sent (real engines).
+
+Three models: the chaos model (random weights, a BOS tokenizer; its reasoning is full of
+control tokens, U+FFFD and characters cut by the budget), SmolLM2-135M-Instruct (a real
+small model, not rank1; ``<think>`` is text in its vocabulary) and the scripted model
+(natural answers). The expected forced ids and the scores come from ``tests/reference.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from rank1_integrations import Judgment, Rank1Reranker
+from rank1_integrations.backends.base import Completion
+from rank1_integrations.prompting import FORCED_ANSWER_MARGIN
+from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, SORTED_PASSAGE
+from rank1_integrations.tokenization import Data, Trusted, encode_prompt
+from tests import reference
+from tests.conftest import SCRIPTED_BUDGET
+from tests.recording import RecordingBackend
+
+pytestmark = pytest.mark.engine
+
+TOLERANCE = 1e-3
+QUERY = "what does the len function return"
+PASSAGES = [
+    "Return the length (the number of items) of an object.",
+    "日本語のテキスト with café and an emoji 🙂.",
+    "The sorted function returns a new sorted list from the items in an iterable.",
+]
+CHAOS_BUDGETS = (2, 3, 10, 15, 34, 60)
+"""Cut after a lead byte, inside the quoted <think>, after </think>, after a sentence end, before the EOS, at it."""
+
+
+def judged(backend, budget: int, passages: Sequence[str] = PASSAGES, **settings) -> tuple[RecordingBackend, list]:
+    recording = RecordingBackend(backend)
+    reranker = Rank1Reranker(recording, max_reasoning_tokens=budget, cache=False, **settings)
+    return recording, reranker.judge(QUERY, list(passages))
+
+
+def check_against_reference(
+    model_dir: Path, passages: Sequence[str], recording: RecordingBackend, judgments: list[Judgment]
+) -> list[tuple[Judgment, Completion, tuple[int, ...]]]:
+    """Assert every score equals the reference's over the ids sent; return (judgment, completion, ids scored)."""
+    requests, completions = recording.batches[0], recording.results[0]
+    forced_requests = iter(recording.batches[1] if len(recording.batches) > 1 else [])
+    checked = []
+    for passage, judgment, request, completion in zip(passages, judgments, requests, completions, strict=True):
+        assert isinstance(completion, Completion)
+        if judgment.forced:
+            sent = next(forced_requests).prompt_token_ids
+            prompt_text = reference.PROMPT.format(query=QUERY, passage=passage)
+            assert list(sent) == reference.expected_forced_ids(
+                model_dir, prompt_text, completion.token_ids, completion.text, judgment.reasoning
+            )
+            limit = len(request.prompt_token_ids) + len(completion.token_ids) + FORCED_ANSWER_MARGIN - 1
+            assert len(sent) <= limit
+            trimmed = reference.trimmed(completion.text)
+            if judgment.reasoning != trimmed:  # cut to fit: only when the whole would not have
+                assert trimmed.startswith(judgment.reasoning)
+                whole = reference.expected_forced_ids(
+                    model_dir, prompt_text, completion.token_ids, completion.text, trimmed
+                )
+                assert len(whole) > limit
+        else:
+            sent = request.prompt_token_ids + completion.token_ids[:-1]  # the answer position
+        assert judgment.score is not None
+        assert judgment.score == pytest.approx(reference.score_of_ids(model_dir, sent), abs=TOLERANCE)
+        checked.append((judgment, completion, sent))
+    return checked
+
+
+@pytest.fixture(scope="module")
+def chaos_runs(chaos_backend) -> dict[int, tuple[RecordingBackend, list[Judgment]]]:
+    return {budget: judged(chaos_backend, budget) for budget in CHAOS_BUDGETS}
+
+
+@pytest.mark.parametrize("budget", CHAOS_BUDGETS)
+def test_chaos_scores_equal_the_reference_over_the_ids_sent(chaos_runs, chaos_model_dir, budget: int) -> None:
+    recording, judgments = chaos_runs[budget]
+    checked = check_against_reference(chaos_model_dir, PASSAGES, recording, judgments)
+    assert all(j.forced for j, _, _ in checked)
+
+
+def test_the_chaos_model_writes_what_a_forced_answer_must_survive(chaos_runs, chaos_backend) -> None:
+    tokenizer = chaos_backend.tokenizer
+    completions = {b: r.results[0][0] for b, (r, _) in chaos_runs.items()}
+    assert completions[2].text == " The"  # a lead byte cut off by the budget: no U+FFFD yet
+    assert tokenizer.decode(completions[2].token_ids).endswith("\ufffd")
+    assert "\ufffd" in completions[60].text
+    generated_controls = set(completions[60].token_ids) & set(tokenizer.control_tokens)
+    assert {tokenizer.control_tokens[i] for i in generated_controls} >= {"</think>", "<|begin_of_text|>"}
+    assert " <think>" in completions[60].text  # written as characters
+    assert completions[60].finish_reason == "stop"  # the EOS
+    assert completions[34].finish_reason == "length"
+    # Re-tokenized, the whole reasoning outgrows what was generated: it was cut to fit.
+    assert chaos_runs[60][1][0].reasoning != reference.trimmed(completions[60].text)
+
+
+def test_keeping_the_models_control_tokens_is_what_makes_the_scores_right(chaos_runs, chaos_model_dir, chaos_backend):
+    """The same reasoning encoded as data (every special-token string as characters) scores differently."""
+    recording, judgments = chaos_runs[15]
+    tokenizer = chaos_backend.tokenizer
+    differences = []
+    for (judgment, _, sent), request in zip(
+        check_against_reference(chaos_model_dir, PASSAGES, recording, judgments), recording.batches[0], strict=True
+    ):
+        continuation = (Trusted("\n"), Data(judgment.reasoning), Trusted("\n"), Trusted("</think>"))
+        as_data = request.prompt_token_ids + tuple(encode_prompt(tokenizer, continuation, leading=False))
+        assert as_data != sent
+        differences.append(abs(reference.score_of_ids(chaos_model_dir, as_data) - judgment.score))
+    assert max(differences) > 10 * TOLERANCE
+
+
+def test_a_forced_prompt_at_a_near_maximum_prompt_fits(chaos_backend, chaos_model_dir) -> None:
+    budget, context = 34, 256
+    long_passage = "The quick brown fox — 狐 — jumps over the lazy dog. " * 60
+    recording, judgments = judged(chaos_backend, budget, [long_passage, PASSAGES[0]], context_size=context)
+    prompt = recording.batches[0][0].prompt_token_ids
+    assert judgments[0].truncated
+    assert len(prompt) >= context - budget - FORCED_ANSWER_MARGIN - 2
+    forced = recording.batches[1][0].prompt_token_ids
+    assert len(forced) <= len(prompt) + len(recording.results[0][0].token_ids) + FORCED_ANSWER_MARGIN - 1
+    assert len(forced) + 1 <= context
+    assert all(j.judged for j in judgments)
+    for judgment, sent in zip(judgments, recording.batches[1], strict=True):
+        assert judgment.score == pytest.approx(
+            reference.score_of_ids(chaos_model_dir, sent.prompt_token_ids), abs=TOLERANCE
+        )
+
+
+def test_truncation_with_a_bos_tokenizer_on_the_embedded_engine(chaos_backend, chaos_model_dir) -> None:
+    hf = reference.tokenizer(chaos_model_dir)
+    reranker = Rank1Reranker(chaos_backend, max_reasoning_tokens=16, context_size=200, cache=False)
+    passage = "日本語のテキスト、café crème 🙂 and more words. " * 40
+    prompt = reranker.build_prompt(QUERY, passage)
+    cut = prompt.text.partition("\nPassage: ")[2].removesuffix("\n<think>")
+    assert prompt.truncated
+    assert passage.startswith(cut)
+    assert cut
+    assert prompt.token_ids[0] == hf.bos_token_id
+    assert prompt.token_ids.count(hf.bos_token_id) == 1
+    assert list(prompt.token_ids) == hf(prompt.text)["input_ids"]
+    whole = hf(reference.PROMPT.format(query=QUERY, passage=passage))["input_ids"]
+    assert prompt.passage_tokens_dropped == len(whole) - len(prompt.token_ids)
+    (judgment,) = reranker.judge(QUERY, [passage])
+    assert judgment.truncated
+    assert judgment.judged
+
+
+@pytest.mark.parametrize("budget", [8, 24])
+def test_smollm2_scores_equal_the_reference_over_the_ids_sent(smollm2_backend, smollm2_dir, budget: int) -> None:
+    recording, judgments = judged(smollm2_backend, budget)
+    checked = check_against_reference(smollm2_dir, PASSAGES, recording, judgments)
+    assert any(j.forced for j, _, _ in checked)
+    # <think> is text in SmolLM2's vocabulary: the prompt's ids are reused up to it.
+    think = tuple(smollm2_backend.tokenizer.encode_plain("<think>"))
+    for (judgment, _, sent), request in zip(checked, recording.batches[0], strict=True):
+        if judgment.forced:
+            reused = len(request.prompt_token_ids) - len(think)
+            assert sent[:reused] == request.prompt_token_ids[:reused]
+
+
+def test_natural_scores_equal_the_reference_at_the_answer_position(scripted_reranker, scripted_model_dir) -> None:
+    recording = RecordingBackend(scripted_reranker.backend)
+    passages = [LEN_PASSAGE, SORTED_PASSAGE]
+    judgments = Rank1Reranker(recording, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False).judge(LEN_QUERY, passages)
+    assert not any(j.forced for j in judgments)
+    for judgment, request, completion in zip(judgments, recording.batches[0], recording.results[0], strict=True):
+        assert isinstance(completion, Completion)
+        sent = request.prompt_token_ids + completion.token_ids[:-1]
+        assert judgment.score == pytest.approx(reference.score_of_ids(scripted_model_dir, sent), abs=TOLERANCE)
