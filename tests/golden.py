@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rank1_integrations import Rank1Reranker
+from rank1_integrations.backends.base import Completion
 from tests import reference
 from tests.recording import RecordingBackend
 
@@ -96,12 +97,12 @@ def collect(name: str, backend: Any, model_dir: Path) -> dict[str, Any]:
         recording = RecordingBackend(backend)
         reranker = Rank1Reranker(recording, max_reasoning_tokens=case.budget, cache=False)
         judgments = reranker.judge(case.query, list(case.passages))
-        forced = iter(recording.batches[1] if len(recording.batches) > 1 else [])
-        for passage, judgment, request, completion in zip(
-            case.passages, judgments, recording.batches[0], recording.results[0], strict=True
-        ):
-            prompt_ids, generated = list(request.prompt_token_ids), list(completion.token_ids)
-            scored = list(next(forced).prompt_token_ids) if judgment.forced else prompt_ids + generated[:-1]
+        for passage, judgment, sent in zip(case.passages, judgments, recording.exchanges(), strict=True):
+            completion = sent.completion
+            assert isinstance(completion, Completion)
+            prompt_ids, generated = list(sent.request.prompt_token_ids), list(completion.token_ids)
+            assert (sent.forced is not None) == judgment.forced
+            scored = list(sent.forced.prompt_token_ids) if sent.forced else prompt_ids + generated[:-1]
             cases.append(
                 {
                     "query": case.query,

@@ -45,13 +45,13 @@ def check_against_reference(
     model_dir: Path, passages: Sequence[str], recording: RecordingBackend, judgments: list[Judgment]
 ) -> list[tuple[Judgment, Completion, tuple[int, ...]]]:
     """Assert every score equals the reference's over the ids sent; return (judgment, completion, ids scored)."""
-    requests, completions = recording.batches[0], recording.results[0]
-    forced_requests = iter(recording.batches[1] if len(recording.batches) > 1 else [])
     checked = []
-    for passage, judgment, request, completion in zip(passages, judgments, requests, completions, strict=True):
+    for passage, judgment, exchange in zip(passages, judgments, recording.exchanges(), strict=True):
+        request, completion = exchange.request, exchange.completion
         assert isinstance(completion, Completion)
-        if judgment.forced:
-            sent = next(forced_requests).prompt_token_ids
+        assert (exchange.forced is not None) == judgment.forced
+        if exchange.forced is not None:
+            sent = exchange.forced.prompt_token_ids
             prompt_text = reference.PROMPT.format(query=QUERY, passage=passage)
             assert list(sent) == reference.expected_forced_ids(
                 model_dir, prompt_text, completion.token_ids, completion.text, judgment.reasoning
@@ -105,9 +105,10 @@ def test_keeping_the_models_control_tokens_is_what_makes_the_scores_right(chaos_
     recording, judgments = chaos_runs[15]
     tokenizer = chaos_backend.tokenizer
     differences = []
-    for (judgment, _, sent), request in zip(
-        check_against_reference(chaos_model_dir, PASSAGES, recording, judgments), recording.batches[0], strict=True
+    for (judgment, _, sent), exchange in zip(
+        check_against_reference(chaos_model_dir, PASSAGES, recording, judgments), recording.exchanges(), strict=True
     ):
+        request = exchange.request
         continuation = (Trusted("\n"), Data(judgment.reasoning), Trusted("\n"), Trusted("</think>"))
         as_data = request.prompt_token_ids + tuple(encode_prompt(tokenizer, continuation, leading=False))
         assert as_data != sent
@@ -119,16 +120,20 @@ def test_a_forced_prompt_at_a_near_maximum_prompt_fits(chaos_backend, chaos_mode
     budget, context = 34, 256
     long_passage = "The quick brown fox — 狐 — jumps over the lazy dog. " * 60
     recording, judgments = judged(chaos_backend, budget, [long_passage, PASSAGES[0]], context_size=context)
-    prompt = recording.batches[0][0].prompt_token_ids
+    first, second = recording.exchanges()
+    prompt = first.request.prompt_token_ids
     assert judgments[0].truncated
     assert len(prompt) >= context - budget - FORCED_ANSWER_MARGIN - 2
-    forced = recording.batches[1][0].prompt_token_ids
-    assert len(forced) <= len(prompt) + len(recording.results[0][0].token_ids) + FORCED_ANSWER_MARGIN - 1
+    assert first.forced is not None
+    assert isinstance(first.completion, Completion)
+    forced = first.forced.prompt_token_ids
+    assert len(forced) <= len(prompt) + len(first.completion.token_ids) + FORCED_ANSWER_MARGIN - 1
     assert len(forced) + 1 <= context
     assert all(j.judged for j in judgments)
-    for judgment, sent in zip(judgments, recording.batches[1], strict=True):
+    for judgment, exchange in zip(judgments, (first, second), strict=True):
+        assert exchange.forced is not None
         assert judgment.score == pytest.approx(
-            reference.score_of_ids(chaos_model_dir, sent.prompt_token_ids), abs=TOLERANCE
+            reference.score_of_ids(chaos_model_dir, exchange.forced.prompt_token_ids), abs=TOLERANCE
         )
 
 
@@ -158,7 +163,8 @@ def test_smollm2_scores_equal_the_reference_over_the_ids_sent(smollm2_backend, s
     assert any(j.forced for j, _, _ in checked)
     # <think> is text in SmolLM2's vocabulary: the prompt's ids are reused up to it.
     think = tuple(smollm2_backend.tokenizer.encode_plain("<think>"))
-    for (judgment, _, sent), request in zip(checked, recording.batches[0], strict=True):
+    for (judgment, _, sent), exchange in zip(checked, recording.exchanges(), strict=True):
+        request = exchange.request
         if judgment.forced:
             reused = len(request.prompt_token_ids) - len(think)
             assert sent[:reused] == request.prompt_token_ids[:reused]
@@ -169,7 +175,8 @@ def test_natural_scores_equal_the_reference_at_the_answer_position(scripted_rera
     passages = [LEN_PASSAGE, SORTED_PASSAGE]
     judgments = Rank1Reranker(recording, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False).judge(LEN_QUERY, passages)
     assert not any(j.forced for j in judgments)
-    for judgment, request, completion in zip(judgments, recording.batches[0], recording.results[0], strict=True):
+    for judgment, exchange in zip(judgments, recording.exchanges(), strict=True):
+        request, completion = exchange.request, exchange.completion
         assert isinstance(completion, Completion)
         sent = request.prompt_token_ids + completion.token_ids[:-1]
         assert judgment.score == pytest.approx(reference.score_of_ids(scripted_model_dir, sent), abs=TOLERANCE)
