@@ -140,6 +140,7 @@ def test_serving_prints_every_setup(capsys: pytest.CaptureFixture[str]):
 
 
 @pytest.mark.engine
+@pytest.mark.embedded
 @pytest.mark.timeout(600)
 @needs_vllm
 @needs_smollm2
@@ -164,6 +165,7 @@ def test_quickstart_as_a_script(model_cache: Path, tmp_path: Path):
 
 
 @pytest.mark.engine
+@pytest.mark.embedded
 @pytest.mark.timeout(900)
 @needs_vllm
 @needs_smollm2

@@ -35,7 +35,7 @@ from rank1_integrations.testing.tiny_models import (
 from tests import reference
 from tests.conftest import SCRIPTED_BUDGET
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.embedded]
 _REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-3
 

@@ -8,7 +8,6 @@ server for the scripted test model) and trace it with LangChain's own LangSmith 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from langchain_core.documents import Document
@@ -20,10 +19,11 @@ from pydantic import SecretStr, ValidationError
 
 from rank1_integrations.langchain import Rank1Rerank
 from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused
 from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
 from tests.vllm_server import VLLMServer
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("no_api_key_in_the_environment")]
 
 API_KEY = "sk-rank1-test-4f1c9a"
 URL_PASSWORD = "url-pass-77e2b0"
@@ -37,33 +37,12 @@ def documents() -> list[Document]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RANK1_API_KEY", raising=False)
-    monkeypatch.delenv("VLLM_API_KEY", raising=False)
-
-
 # -- construction ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [
-        ({"top_n": -1}, "greater than or equal to 0"),
-        ({"top_n": True}, "valid integer"),
-        ({"top_n": 2.0}, "valid integer"),
-        ({"top_n": 1, "min_keep": 2}, "cannot exceed top_n"),
-        ({"min_keep": -1}, "greater than or equal to 0"),
-        ({"min_keep": True}, "valid integer"),
-        ({"score_threshold": 2.0}, "less than or equal to 1"),
-        ({"score_threshold": True}, "valid number"),
-        ({"score_threshold": "0.5"}, "valid number"),
-        ({"template": "no marker"}, "FILL_QUERY_HERE"),
-        ({"empty_text": "drop"}, "empty_text"),
-        ({"topn": 3}, "Extra inputs are not permitted"),
-        ({"model": "x"}, "not both"),
-        ({"api_key": "k"}, "not both"),
-    ],
+    [*BAD_SETTINGS, ({"model": "x"}, "not both"), ({"api_key": "k"}, "not both")],
 )
 def test_bad_settings_fail_on_construction(reranker, settings, message):
     with pytest.raises(ValidationError, match=message):
@@ -112,25 +91,9 @@ def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
     compressor.top_n = 1
     compressor.score_threshold = 0.15
     assert compressor.policy.top_n == 1
-    refused = [
-        ("top_n", -5, "greater than or equal to 0"),
-        ("top_n", True, "valid integer"),
-        ("top_n", 0, "cannot exceed top_n"),  # min_keep is 1
-        ("min_keep", 2, "cannot exceed top_n"),
-        ("score_threshold", 1.5, "less than or equal to 1"),
-        ("template", "no marker", "FILL_QUERY_HERE"),
-        ("empty_text", "drop", "empty_text"),
-        ("reranker", None, "frozen"),
-        ("model", "other/model", "frozen"),
-        ("base_url", "http://127.0.0.1:9/v1", "frozen"),
-        ("api_key", "k", "frozen"),
-        ("reranker_kwargs", {"cache": False}, "frozen"),
-    ]
-    for name, value, message in refused:
-        before = compressor.model_dump()
-        with pytest.raises(ValidationError, match=message):
-            setattr(compressor, name, value)
-        assert compressor.model_dump() == before, name
+    assert_assignments_refused(compressor, compressor.model_dump)
+    with pytest.raises(ValidationError, match="frozen"):
+        compressor.reranker = None
     assert (compressor.top_n, compressor.min_keep, compressor.score_threshold) == (1, 1, 0.15)
     assert [d.id for d in compressor.compress_documents(documents(), LEN_QUERY)] == ["len"]
 
@@ -138,20 +101,12 @@ def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
 # -- secrets -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(scripted_model_dir: Path, model_cache: Path, request: pytest.FixtureRequest) -> VLLMServer:
-    from tests.vllm_server import shared_server, stop_all
-
-    request.config.add_cleanup(stop_all)
-    return shared_server(scripted_model_dir, "--enable-tokenizer-info-endpoint", log_dir=model_cache).wait_ready()
-
-
 @pytest.fixture
-def secret_compressor(server: VLLMServer) -> Iterator[Rank1Rerank]:
+def secret_compressor(scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
     """Built as users do: credentials in the URL, the API key among the reranker's arguments."""
-    url = f"http://rank1:{URL_PASSWORD}@127.0.0.1:{server.port}/v1"
+    url = f"http://rank1:{URL_PASSWORD}@127.0.0.1:{scripted_server.port}/v1"
     kwargs = {"api_key": API_KEY, "max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
-    compressor = Rank1Rerank(base_url=url, model=server.model, reranker_kwargs=kwargs)
+    compressor = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs)
     yield compressor
     assert compressor.reranker is not None
     compressor.reranker.close()
@@ -171,10 +126,10 @@ class RecordingLangSmith(Client):
         self.payloads.append(dumps_json({"run_id": run_id, **kwargs}).decode())
 
 
-def test_no_secret_in_repr_or_dumps(secret_compressor, server):
+def test_no_secret_in_repr_or_dumps(secret_compressor, scripted_server):
     assert secret_compressor.api_key == SecretStr(API_KEY)
     assert "api_key" not in secret_compressor.reranker_kwargs
-    safe_url = f"http://127.0.0.1:{server.port}/v1"
+    safe_url = f"http://127.0.0.1:{scripted_server.port}/v1"
     shown = {
         "repr": repr(secret_compressor),
         "str": str(secret_compressor),
@@ -192,7 +147,7 @@ def test_no_secret_in_repr_or_dumps(secret_compressor, server):
     assert [d.id for d in kept] == ["len"]
 
 
-async def test_no_secret_in_langsmith_traces(secret_compressor, server):
+async def test_no_secret_in_langsmith_traces(secret_compressor, scripted_server):
     client = RecordingLangSmith()
     tracer = LangChainTracer(client=client, project_name="rank1-tests")
     config = {"callbacks": [tracer]}
@@ -204,12 +159,13 @@ async def test_no_secret_in_langsmith_traces(secret_compressor, server):
     traced = "\n".join(client.payloads)
     assert traced.count('"name":"Rank1Rerank"') >= 2  # the compressor's own runs were traced ...
     assert LEN_QUERY in traced
-    assert f"127.0.0.1:{server.port}" in traced  # ... and its settings, as an input
+    assert f"127.0.0.1:{scripted_server.port}" in traced  # ... and its settings, as an input
     assert API_KEY not in traced
     assert URL_PASSWORD not in traced
 
 
-def test_api_key_defaults_from_the_environment(server, monkeypatch):
+def test_api_key_defaults_from_the_environment(scripted_server, monkeypatch):
+    server = scripted_server
     url = server.base_url
     kwargs = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
     settings = {"base_url": url, "model": server.model, "reranker_kwargs": kwargs}

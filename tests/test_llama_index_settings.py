@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from llama_index.core.bridge.pydantic import SecretStr, ValidationError
@@ -18,10 +17,11 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from rank1_integrations import InvalidInputError
 from rank1_integrations.llama_index import Rank1Rerank
 from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused
 from tests.conftest import SCRIPTED_BUDGET
 from tests.vllm_server import VLLMServer
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("no_api_key_in_the_environment")]
 
 API_KEY = "sk-rank1-test-0b7d21"
 URL_PASSWORD = "url-pass-5c90aa"
@@ -36,26 +36,9 @@ def kept_ids(post: Rank1Rerank) -> list[str]:
     return [n.node.node_id for n in post.postprocess_nodes(nodes(), query_str=LEN_QUERY)]
 
 
-@pytest.fixture(autouse=True)
-def no_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RANK1_API_KEY", raising=False)
-    monkeypatch.delenv("VLLM_API_KEY", raising=False)
-
-
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [
-        ({"top_n": -1}, "greater than or equal to 0"),
-        ({"top_n": True}, "valid integer"),
-        ({"top_n": 1, "min_keep": 2}, "cannot exceed top_n"),
-        ({"min_keep": True}, "valid integer"),
-        ({"score_threshold": 2.0}, "less than or equal to 1"),
-        ({"score_threshold": False}, "valid number"),
-        ({"template": "no marker"}, "FILL_QUERY_HERE"),
-        ({"empty_text": "drop"}, "empty_text"),
-        ({"reasoning_in_llm_text": True}, "'rationale', 'full' or 'none'"),
-        ({"topn": 3}, "Extra inputs are not permitted"),
-    ],
+    [*BAD_SETTINGS, ({"reasoning_in_llm_text": True}, "'rationale', 'full' or 'none'")],
 )
 def test_bad_settings_fail_on_construction(reranker, settings, message):
     with pytest.raises(ValidationError, match=message):
@@ -82,22 +65,7 @@ def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
     post = Rank1Rerank(reranker, top_n=3, min_keep=1)
     post.top_n = 1
     post.score_threshold = 0.15
-    refused = [
-        ("top_n", -5, "greater than or equal to 0"),
-        ("top_n", True, "valid integer"),
-        ("top_n", 0, "cannot exceed top_n"),  # min_keep is 1
-        ("min_keep", 2, "cannot exceed top_n"),
-        ("score_threshold", 1.5, "less than or equal to 1"),
-        ("template", "no marker", "FILL_QUERY_HERE"),
-        ("model", "other/model", "frozen"),
-        ("base_url", "http://127.0.0.1:9/v1", "frozen"),
-        ("reranker_kwargs", {"cache": False}, "frozen"),
-    ]
-    for name, value, message in refused:
-        before = post.to_dict()
-        with pytest.raises(ValidationError, match=message):
-            setattr(post, name, value)
-        assert post.to_dict() == before, name
+    assert_assignments_refused(post, post.to_dict)
     assert (post.top_n, post.min_keep, post.score_threshold) == (1, 1, 0.15)
     assert kept_ids(post) == ["len"]
 
@@ -124,25 +92,18 @@ def test_a_live_reranker_is_named_when_it_must_be_passed_again(reranker):
 # -- built from server settings: the round trip, and secrets ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def server(scripted_model_dir: Path, model_cache: Path, request: pytest.FixtureRequest) -> VLLMServer:
-    from tests.vllm_server import shared_server, stop_all
-
-    request.config.add_cleanup(stop_all)
-    return shared_server(scripted_model_dir, "--enable-tokenizer-info-endpoint", log_dir=model_cache).wait_ready()
-
-
 @pytest.fixture
-def from_settings(server: VLLMServer) -> Iterator[Rank1Rerank]:
+def from_settings(scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
     """Built as users do: credentials in the URL, the API key among the reranker's arguments."""
-    url = f"http://rank1:{URL_PASSWORD}@127.0.0.1:{server.port}/v1"
+    url = f"http://rank1:{URL_PASSWORD}@127.0.0.1:{scripted_server.port}/v1"
     kwargs = {"api_key": API_KEY, "max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
-    post = Rank1Rerank(base_url=url, model=server.model, reranker_kwargs=kwargs, min_keep=2)
+    post = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs, min_keep=2)
     yield post
     post.reranker.close()
 
 
-def test_settings_round_trip_and_secrets_are_never_serialized(from_settings, server):
+def test_settings_round_trip_and_secrets_are_never_serialized(from_settings, scripted_server):
+    server = scripted_server
     safe_url = f"http://127.0.0.1:{server.port}/v1"
     assert from_settings.api_key == SecretStr(API_KEY)
     data = from_settings.to_dict()
