@@ -33,7 +33,7 @@ from rank1_integrations.adapter_settings import (  # noqa: E402
     redacted_base_url,
     redacted_repr_args,
 )
-from rank1_integrations.backends.remote_core import API_KEY_ENV_VARS  # noqa: E402
+from rank1_integrations.backends.remote_config import API_KEY_ENV_VARS  # noqa: E402
 from rank1_integrations.errors import InvalidInputError  # noqa: E402
 from rank1_integrations.judgment import Judgment  # noqa: E402
 from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
