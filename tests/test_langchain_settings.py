@@ -101,11 +101,16 @@ def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
 # -- secrets -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def secret_compressor(scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
-    """Built as users do: credentials in the URL, the API key among the reranker's arguments."""
-    url = f"http://rank1:{URL_PASSWORD}@127.0.0.1:{scripted_server.port}/v1"
-    kwargs = {"api_key": API_KEY, "max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+@pytest.fixture(params=["api_key", "url_credentials"])
+def secret_compressor(request: pytest.FixtureRequest, scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
+    """Built as users do, with one kind of secret (the remote backend takes one or the other):
+    the API key among the reranker's arguments, or credentials in the server URL."""
+    host = f"127.0.0.1:{scripted_server.port}"
+    kwargs: dict[str, object] = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    if request.param == "api_key":
+        url, kwargs = f"http://{host}/v1", {**kwargs, "api_key": API_KEY}
+    else:
+        url = f"http://rank1:{URL_PASSWORD}@{host}/v1"
     compressor = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs)
     yield compressor
     assert compressor.reranker is not None
@@ -127,7 +132,8 @@ class RecordingLangSmith(Client):
 
 
 def test_no_secret_in_repr_or_dumps(secret_compressor, scripted_server):
-    assert secret_compressor.api_key == SecretStr(API_KEY)
+    with_key = secret_compressor.api_key is not None
+    assert secret_compressor.api_key == (SecretStr(API_KEY) if with_key else None)
     assert "api_key" not in secret_compressor.reranker_kwargs
     safe_url = f"http://127.0.0.1:{scripted_server.port}/v1"
     shown = {
@@ -141,7 +147,7 @@ def test_no_secret_in_repr_or_dumps(secret_compressor, scripted_server):
         assert URL_PASSWORD not in text, how
         assert safe_url in text, how  # the settings are shown, without their secrets
     assert secret_compressor.model_dump()["base_url"] == safe_url
-    assert '"api_key":"**********"' in shown["model_dump_json"]
+    assert ('"api_key":"**********"' if with_key else '"api_key":null') in shown["model_dump_json"]
     # and the key and URL still work: the server answered
     kept = secret_compressor.compress_documents(documents(), LEN_QUERY)
     assert [d.id for d in kept] == ["len"]

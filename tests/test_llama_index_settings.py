@@ -92,11 +92,16 @@ def test_a_live_reranker_is_named_when_it_must_be_passed_again(reranker):
 # -- built from server settings: the round trip, and secrets ---------------------------------
 
 
-@pytest.fixture
-def from_settings(scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
-    """Built as users do: credentials in the URL, the API key among the reranker's arguments."""
-    url = f"http://rank1:{URL_PASSWORD}@127.0.0.1:{scripted_server.port}/v1"
-    kwargs = {"api_key": API_KEY, "max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+@pytest.fixture(params=["api_key", "url_credentials"])
+def from_settings(request: pytest.FixtureRequest, scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
+    """Built as users do, with one kind of secret (the remote backend takes one or the other):
+    the API key among the reranker's arguments, or credentials in the server URL."""
+    host = f"127.0.0.1:{scripted_server.port}"
+    kwargs: dict[str, object] = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    if request.param == "api_key":
+        url, kwargs = f"http://{host}/v1", {**kwargs, "api_key": API_KEY}
+    else:
+        url = f"http://rank1:{URL_PASSWORD}@{host}/v1"
     post = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs, min_keep=2)
     yield post
     post.reranker.close()
@@ -105,7 +110,8 @@ def from_settings(scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
 def test_settings_round_trip_and_secrets_are_never_serialized(from_settings, scripted_server):
     server = scripted_server
     safe_url = f"http://127.0.0.1:{server.port}/v1"
-    assert from_settings.api_key == SecretStr(API_KEY)
+    key = from_settings.api_key
+    assert key in (SecretStr(API_KEY), None)
     data = from_settings.to_dict()
     assert data["reranker_source"] == "settings"
     assert (data["base_url"], data["model"], data["min_keep"]) == (safe_url, server.model, 2)
@@ -118,14 +124,15 @@ def test_settings_round_trip_and_secrets_are_never_serialized(from_settings, scr
     assert json.loads(from_settings.to_json()) == data
     kept = kept_ids(from_settings)
     assert kept == ["len", "open"]
-    # rebuilt from the data alone (the key from the environment, as on a fresh machine)
+    # rebuilt from the data alone (a key from the environment, as on a fresh machine)
     for rebuild in (lambda: Rank1Rerank.from_dict(data), lambda: Rank1Rerank.from_json(from_settings.to_json())):
         with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("RANK1_API_KEY", API_KEY)
+            if key is not None:
+                patch.setenv("RANK1_API_KEY", API_KEY)
             again = rebuild()
         try:
             assert again.to_dict() == data
-            assert again.api_key == SecretStr(API_KEY)
+            assert again.api_key == key
             assert type(again.reranker.backend).__name__ == "RemoteBackend"
             assert again.reranker is not from_settings.reranker
             assert kept_ids(again) == kept
