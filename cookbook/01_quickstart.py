@@ -20,7 +20,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from _shared import explanation, first_chunks, parser, resolve, verdict
+from _shared import first_chunks, parser, resolve, verdict
 
 QUERY = "How do I run a shell command from Python and capture what it prints?"
 SOURCES = ("subprocess.run", "subprocess.check_output", "shlex.split", "time.sleep", "json.dumps")
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             "    reasoning:", textwrap.fill(" ".join(j.reasoning.split()) or "(none)", 100, subsequent_indent="      ")
         )
-        print(f"    in short: {explanation(j.reasoning)}\n")
+        print(f"    in short: {j.rationale or '(none)'}\n")  # rank1's conclusion, quoted
     return 0
 
 

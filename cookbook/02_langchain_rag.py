@@ -6,9 +6,10 @@ The chain (langchain-core only)::
       -> sources: Rank1Rerank.compress_documents (rank1 judges every retrieved chunk; keeps top_n)
       -> answer: ANSWER_WITH_SOURCES_PROMPT(format_documents(sources)) | chat model
 
-``format_documents`` numbers the kept sources and puts rank1's reasoning under each, so the
-answer LLM sees why each source is there; the printed explanations come from rank1's
-judgments, not from the answer LLM. ``ContextualCompressionRetriever(base_compressor=Rank1Rerank(...),
+``format_documents`` numbers the kept sources and puts rank1's rationale under each (its
+conclusion, one or two sentences quoted from its reasoning: ``Judgment.rationale``), so the
+answer LLM sees why each source is there; the printed explanations are the same rationales,
+from rank1's judgments, not from the answer LLM. ``ContextualCompressionRetriever(base_compressor=Rank1Rerank(...),
 base_retriever=...)`` (langchain-classic) does the first two steps in one retriever.
 
 Offline the reranker is SmolLM2-135M-Instruct (not rank1) and so is the answer LLM, on the

@@ -2,8 +2,9 @@
 
 ``CitationQueryEngine`` (llama-index-core) numbers the sources it gives the LLM and asks it
 to cite them as [n]; ``Rank1Rerank`` sits in its ``node_postprocessors``, so the sources
-are the chunks rank1 kept, best first, each carrying rank1's reasoning in its metadata
-(shown to the LLM too: ``metadata_mode=LLM``). The printed explanations come from rank1's
+are the chunks rank1 kept, best first, each carrying rank1's reasoning in its metadata and
+its rationale (its conclusion, one or two sentences) in the text the LLM reads
+(``metadata_mode=LLM``). The printed explanations are those rationales, from rank1's
 judgments, not from the answer LLM. Any other query engine takes the postprocessor the
 same way: ``index.as_query_engine(node_postprocessors=[Rank1Rerank(reranker, top_n=3)])``.
 
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         llm=llm,
         node_postprocessors=[Rank1Rerank(reranker, top_n=args.top_n, min_keep=args.min_keep)],
         citation_chunk_size=1024,  # one citation per kept chunk
-        metadata_mode=MetadataMode.LLM,  # the LLM reads rank1's reasoning with each source
+        metadata_mode=MetadataMode.LLM,  # the LLM reads rank1's rationale with each source
     )
 
     response = engine.query(args.question)

@@ -1,9 +1,10 @@
-"""Agentic retrieval: search tools for a LangChain agent and a LlamaIndex agent that return rank1's reasoning.
+"""Agentic retrieval: search tools for a LangChain agent and a LlamaIndex agent that return rank1's reasons.
 
 Each tool retrieves chunks (BM25), lets rank1 judge them and returns numbered sources, each
-with rank1's verdict, score and reasoning. When rank1 finds nothing relevant the tool says so
-(``SEARCH_AGAIN``) and shows the closest rejected chunks with rank1's reasons for rejecting
-them, so the agent can search again with better words.
+with rank1's verdict, score and rationale (its conclusion, one or two sentences quoted from
+its reasoning: a compact note per source, not thousands of tokens). When rank1 finds nothing
+relevant the tool says so (``SEARCH_AGAIN``) and shows the closest rejected chunks with
+rank1's reasons for rejecting them, so the agent can search again with better words.
 
 - LangChain: ``search_python_docs`` is a ``StructuredTool``; a minimal tool-calling loop
   (``bind_tools``, ``ToolMessage``) runs it.
@@ -33,7 +34,7 @@ from rank1_integrations import Rank1Reranker
 QUESTION = "How can I find the three largest numbers in a list without sorting all of it?"
 TOOL_DOC = (
     "Search the Python standard library documentation. Returns numbered sources, each with a relevance "
-    "judge's verdict, score and reasoning. If none is relevant it says so: then search again with other words."
+    "judge's verdict, score and reason. If none is relevant it says so: then search again with other words."
 )
 
 

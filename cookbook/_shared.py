@@ -232,15 +232,6 @@ class BM25:
 # -- citation explanations ------------------------------------------------------------
 
 
-def explanation(reasoning: str, sentences: int = 2, max_chars: int = 320) -> str:
-    """rank1's reasoning cut to its last one or two sentences (its conclusion: why the source counts)."""
-    text = " ".join(reasoning.split())
-    if not text:
-        return "(no reasoning within the budget)"
-    parts = [p for p in re.split(r"(?<=[.!?])\s+", text) if p]
-    return textwrap.shorten(" ".join(parts[-sentences:]), max_chars, placeholder=" ...")
-
-
 def verdict(j: Judgment) -> str:
     if j.score is None:
         return "unjudged"
@@ -254,11 +245,11 @@ def print_cited_answer(answer: str, sources: Sequence[ContextSource]) -> None:
         "\nAnswer:\n"
         + textwrap.fill(" ".join(answer.split()) or "(empty)", 100, initial_indent="  ", subsequent_indent="  ")
     )
-    print("\nSources (the explanations are rank1's reasoning, cut to its last sentences):")
+    print("\nSources (each with rank1's rationale: its conclusion, quoted from its reasoning):")
     for number, source in enumerate(sources, start=1):
         use = "cited in the answer" if number in cited else "not cited"
         print(f"[{number}] {source.source} ({source.assessment}; {use})")
-        print(f"    why (rank1): {explanation(source.reasoning)}")
+        print(f"    why (rank1): {source.rationale or '(no reasoning within the budget)'}")
     if not sources:
         print("(none: rank1 kept no source)")
 

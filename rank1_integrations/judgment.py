@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rank1_integrations.rationale import rationale as _rationale
+
 __all__ = ["Judgment"]
 
 
@@ -34,3 +36,10 @@ class Judgment:
     @property
     def judged(self) -> bool:
         return self.score is not None
+
+    @property
+    def rationale(self) -> str:
+        """rank1's conclusion quoted from ``reasoning``: one or two sentences, at most 300
+        characters, never cut inside a word; ``""`` without reasoning. For other bounds use
+        :func:`rank1_integrations.rationale.rationale` on ``reasoning``."""
+        return _rationale(self.reasoning)

@@ -12,7 +12,7 @@ Needs only ``langchain-core`` (the ``langchain`` extra).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rank1_integrations._optional import require
@@ -21,8 +21,19 @@ require("langchain_core", extras=("langchain",), purpose="rank1_integrations.lan
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from pydantic import ConfigDict, Field, model_validator  # noqa: E402
+from langchain_core.utils import secret_from_env  # noqa: E402
+from pydantic import ConfigDict, Field, SecretStr, field_serializer, model_validator  # noqa: E402
 
+from rank1_integrations.adapter_settings import (  # noqa: E402
+    MinKeep,
+    RollbackInvalidAssignment,
+    ScoreThreshold,
+    TopN,
+    lift_api_key,
+    redacted_base_url,
+    redacted_repr_args,
+)
+from rank1_integrations.backends.remote_config import API_KEY_ENV_VARS  # noqa: E402
 from rank1_integrations.errors import InvalidInputError  # noqa: E402
 from rank1_integrations.judgment import Judgment  # noqa: E402
 from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
@@ -31,6 +42,7 @@ from rank1_integrations.selection import (  # noqa: E402
     ContextSource,
     EmptyTextPolicy,
     JudgingPlan,
+    ReasoningShown,
     SelectionPolicy,
     format_context,
     needs_judging,
@@ -44,42 +56,76 @@ from rank1_integrations.selection import (  # noqa: E402
 __all__ = ["Rank1Rerank", "format_documents"]
 
 
-class Rank1Rerank(BaseDocumentCompressor):
+class Rank1Rerank(RollbackInvalidAssignment, BaseDocumentCompressor):
     """Rerank and filter documents with rank1; every kept document carries rank1's reasoning.
 
     Give a ready ``reranker`` (shared, e.g. with a LlamaIndex postprocessor), or the settings
-    to build one: ``model`` (an embedded vLLM engine) or ``base_url`` (vLLM servers), plus
-    ``reranker_kwargs``. Filtering, in order:
-    ``score_threshold`` (or rank1's verdict), then ``top_n``, then ``min_keep``.
+    to build one: ``model`` (an embedded engine) or ``base_url`` (vLLM servers, with
+    ``api_key``), plus ``reranker_kwargs``. Filtering, in order: ``score_threshold`` (or
+    rank1's verdict), then ``top_n``, then ``min_keep``. The filter settings can be changed
+    after construction and are checked as on construction; the reranker and the settings it
+    was built from cannot. No secret shows in ``repr``, ``model_dump`` or traces: the key is
+    a ``SecretStr`` and credentials in ``base_url`` are redacted.
     """
 
-    reranker: Rank1Reranker | None = None
-    """The rank1 reranker (any backend); built from ``model`` when not given."""
-    model: str | None = None
+    reranker: Rank1Reranker | None = Field(default=None, frozen=True)
+    """The rank1 reranker (any backend); built from ``model`` / ``base_url`` when not given."""
+    model: str | None = Field(default=None, frozen=True)
     """Without ``reranker``: the model for an embedded engine, or the served model name with ``base_url``."""
-    base_url: str | list[str] | None = None
+    base_url: str | list[str] | None = Field(default=None, frozen=True)
     """Without ``reranker``: vLLM server URL(s) to build a reranker on (``Rank1Reranker.from_server``)."""
-    reranker_kwargs: dict[str, Any] = Field(default_factory=dict)
+    api_key: SecretStr | None = Field(
+        default_factory=secret_from_env(list(API_KEY_ENV_VARS), default=None), frozen=True
+    )
+    """The servers' API key, with ``base_url``; defaults to ``RANK1_API_KEY``, then ``VLLM_API_KEY``."""
+    reranker_kwargs: dict[str, Any] = Field(default_factory=dict, frozen=True)
     """More arguments for ``Rank1Reranker.from_vllm`` / ``from_server`` (reranker, engine or server settings)."""
-    top_n: int | None = 3
+    top_n: TopN = 3
     """Keep at most this many documents; None: every passing document; 0: none."""
-    score_threshold: float | None = None
+    score_threshold: ScoreThreshold = None
     """A document passes when its score is at least this (in [0, 1]); None: when rank1 says relevant."""
-    min_keep: int = 0
+    min_keep: MinKeep = 0
     """Keep at least this many (the best rejected ones) when rank1 rejects more; at most ``top_n``."""
     template: str | None = None
     """Relevance template (``FILL_QUERY_HERE`` or a ``DATASET_PROMPTS`` name); None: the reranker's own."""
     empty_text: EmptyTextPolicy = "not_relevant"
     """Documents with no text: ``"not_relevant"`` (never sent to rank1; score 0.0) or ``"raise"``."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lift_api_key(cls, data: Any) -> Any:
+        return lift_api_key(data)
 
     @model_validator(mode="after")
     def _check_and_build(self) -> Rank1Rerank:
         _ = self.policy  # checks the filter settings
         _ = template_kwargs(self.template)  # checks the template
-        self.reranker = resolve_reranker(self.reranker, self.model, self.base_url, self.reranker_kwargs)
+        if "reranker" in self.model_fields_set:  # given: check it comes alone
+            resolve_reranker(self.reranker, self.model, self.base_url, self.reranker_kwargs, api_key=self._given_key)
+        elif self.reranker is None:  # on construction only: assignments never rebuild it
+            key = self.api_key if self.base_url is not None else self._given_key
+            reranker = resolve_reranker(None, self.model, self.base_url, self.reranker_kwargs, api_key=key)
+            self.__dict__["reranker"] = reranker  # a frozen field, set once
         return self
+
+    @field_serializer("base_url")
+    def _redacted_base_url(self, base_url: str | list[str] | None) -> str | list[str] | None:
+        return redacted_base_url(base_url)
+
+    @field_serializer("reranker", when_used="json")
+    def _reranker_as_text(self, reranker: Rank1Reranker | None) -> str | None:
+        """A live reranker has no JSON form; its repr names the model and settings (no secrets)."""
+        return None if reranker is None else repr(reranker)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        return redacted_repr_args(super().__repr_args__())
+
+    @property
+    def _given_key(self) -> SecretStr | None:
+        """The API key passed explicitly (not read from the environment)."""
+        return self.api_key if "api_key" in self.model_fields_set else None
 
     @property
     def policy(self) -> SelectionPolicy:
@@ -153,14 +199,17 @@ class Rank1Rerank(BaseDocumentCompressor):
 def format_documents(
     documents: Sequence[Document],
     *,
+    reasoning: ReasoningShown = "rationale",
     source_key: str = "source",
     template: str = DEFAULT_SOURCE_TEMPLATE,
     separator: str = "\n\n",
 ) -> str:
-    """A context block of numbered sources, each with rank1's verdict, score and reasoning.
+    """A context block of numbered sources, each with rank1's verdict, score and reason.
 
     Use it on ``Rank1Rerank``'s output, e.g. ``retriever | format_documents`` in a chain, with
     :data:`rank1_integrations.selection.ANSWER_WITH_SOURCES_PROMPT` or your own prompt.
+    The reason is rank1's rationale (``metadata["rank1_rationale"]``, one or two sentences);
+    ``reasoning="full"`` shows its whole reasoning instead.
     The source name is ``metadata[source_key]``, else the document's ``id``, else ``document N``.
     """
     return format_context(
@@ -168,6 +217,7 @@ def format_documents(
             ContextSource.from_metadata(doc.page_content, _source_name(doc, source_key, number), doc.metadata)
             for number, doc in enumerate(documents, start=1)
         ],
+        reasoning=reasoning,
         template=template,
         separator=separator,
     )

@@ -28,8 +28,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import SecretStr
+
 from rank1_integrations.errors import InvalidInputError, Rank1Error
 from rank1_integrations.judgment import Judgment
+from rank1_integrations.rationale import rationale
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.templates import resolve_template
 
@@ -40,6 +43,7 @@ __all__ = [
     "FORCED_KEY",
     "KEPT_BY_KEY",
     "RANK1_METADATA_KEYS",
+    "RATIONALE_KEY",
     "REASONING_KEY",
     "REASONING_TOKENS_KEY",
     "RELEVANCE_SCORE_KEY",
@@ -50,6 +54,7 @@ __all__ = [
     "EmptyTextPolicy",
     "JudgingPlan",
     "Pick",
+    "ReasoningShown",
     "SelectionPolicy",
     "format_context",
     "needs_judging",
@@ -62,12 +67,17 @@ __all__ = [
 
 EmptyTextPolicy = Literal["not_relevant", "raise"]
 """What an empty-text document becomes: judged not relevant without asking rank1, or an error."""
+ReasoningShown = Literal["rationale", "full"]
+"""What a context block shows of rank1's reasoning: the short rationale, or all of it."""
 Status = Literal["judged", "unjudged", "empty"]
 KeptBy = Literal["relevance", "min_keep"]
 
 RELEVANCE_SCORE_KEY = "relevance_score"
 """rank1's score in [0, 1]; None for an unjudged document (the LangChain convention key)."""
 REASONING_KEY = "rank1_reasoning"
+"""rank1's whole reasoning (the text between ``<think>`` and ``</think>``)."""
+RATIONALE_KEY = "rank1_rationale"
+"""rank1's conclusion quoted from its reasoning (:attr:`Judgment.rationale`): what the answer LLM sees by default."""
 RELEVANT_KEY = "rank1_relevant"
 FORCED_KEY = "rank1_forced"
 REASONING_TOKENS_KEY = "rank1_reasoning_tokens"
@@ -81,6 +91,7 @@ ERROR_KEY = "rank1_error"
 RANK1_METADATA_KEYS: tuple[str, ...] = (
     RELEVANCE_SCORE_KEY,
     REASONING_KEY,
+    RATIONALE_KEY,
     RELEVANT_KEY,
     FORCED_KEY,
     REASONING_TOKENS_KEY,
@@ -207,6 +218,7 @@ def rank1_metadata(pick: Pick) -> dict[str, Any]:
     return {
         RELEVANCE_SCORE_KEY: j.score,
         REASONING_KEY: j.reasoning,
+        RATIONALE_KEY: j.rationale,
         RELEVANT_KEY: j.relevant,
         FORCED_KEY: j.forced,
         REASONING_TOKENS_KEY: j.reasoning_tokens,
@@ -222,21 +234,26 @@ def resolve_reranker(
     model: str | None,
     base_url: str | Sequence[str] | None,
     reranker_kwargs: Mapping[str, Any],
+    *,
+    api_key: SecretStr | None = None,
 ) -> Rank1Reranker:
     """The adapters' reranker: the one given, or one built from settings.
 
-    With ``base_url``: ``Rank1Reranker.from_server(base_url, model, **reranker_kwargs)`` (vLLM
-    servers; ``model`` is the served name, optional); otherwise
-    ``Rank1Reranker.from_vllm(model, **reranker_kwargs)`` (an embedded engine).
+    With ``base_url``: ``Rank1Reranker.from_server(base_url, model, api_key=api_key,
+    **reranker_kwargs)`` (vLLM servers; ``model`` is the served name, optional); otherwise
+    ``Rank1Reranker.from_vllm(model, **reranker_kwargs)`` (an embedded engine, which takes no
+    ``api_key``).
     """
     if reranker is not None:
-        if model is not None or base_url is not None or reranker_kwargs:
+        if model is not None or base_url is not None or reranker_kwargs or api_key is not None:
             raise InvalidInputError("pass either reranker= or the settings to build one (model=, base_url=), not both")
         if not isinstance(reranker, Rank1Reranker):
             raise InvalidInputError(f"reranker must be a Rank1Reranker, got {type(reranker).__name__}")
         return reranker
     if base_url is not None:
-        return Rank1Reranker.from_server(base_url, model, **reranker_kwargs)
+        return Rank1Reranker.from_server(base_url, model, api_key=api_key, **reranker_kwargs)
+    if api_key is not None:
+        raise InvalidInputError("api_key is for vLLM servers: pass it with base_url=")
     if model is None:
         raise InvalidInputError(
             "pass reranker= (a Rank1Reranker), model= (an embedded vLLM engine) or base_url= (vLLM servers)"
@@ -272,7 +289,9 @@ def _passes(policy: SelectionPolicy, judgment: Judgment, status: Status) -> bool
 
 DEFAULT_SOURCE_TEMPLATE = "[{number}] {source} ({assessment})\n{text}\nrank1's reasoning: {reasoning}"
 """One source in a context block. Fields: ``number`` (1-based), ``source``, ``assessment``
-(verdict and score in words), ``score`` (formatted, or "n/a"), ``text``, ``reasoning``."""
+(verdict and score in words), ``score`` (formatted, or "n/a"), ``text``, ``reasoning`` (the
+rationale or the full reasoning, as ``format_context(reasoning=...)`` says), ``rationale``
+and ``full_reasoning``."""
 
 ANSWER_WITH_SOURCES_PROMPT = (
     "Answer the question using only the numbered sources below. Cite the sources you use as "
@@ -292,19 +311,27 @@ class ContextSource:
     score: float | None = None
     relevant: bool | None = None
     reasoning: str = ""
+    rationale: str = ""
     status: str = "judged"
     kept_by: str = "relevance"
 
     @classmethod
     def from_metadata(cls, text: str, source: str, metadata: Mapping[str, Any]) -> ContextSource:
-        """Read the rank1 keys an adapter wrote; a chunk without them shows as not judged."""
+        """Read the rank1 keys an adapter wrote; a chunk without them shows as not judged.
+
+        Without a ``rank1_rationale`` key (metadata written by other code) the rationale is
+        quoted from ``rank1_reasoning`` the same way :attr:`Judgment.rationale` is.
+        """
         score = metadata.get(RELEVANCE_SCORE_KEY)
+        reasoning = str(metadata.get(REASONING_KEY) or "")
+        given = metadata.get(RATIONALE_KEY)
         return cls(
             text=text,
             source=source,
             score=float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None,
             relevant=metadata.get(RELEVANT_KEY),
-            reasoning=str(metadata.get(REASONING_KEY) or ""),
+            reasoning=reasoning,
+            rationale=str(given) if given is not None else rationale(reasoning),
             status=str(metadata.get(STATUS_KEY, "unjudged")),
             kept_by=str(metadata.get(KEPT_BY_KEY, "relevance")),
         )
@@ -323,19 +350,32 @@ class ContextSource:
 def format_context(
     sources: Sequence[ContextSource],
     *,
+    reasoning: ReasoningShown = "rationale",
     template: str = DEFAULT_SOURCE_TEMPLATE,
     separator: str = "\n\n",
     no_reasoning: str = "(none given)",
 ) -> str:
-    """Render kept chunks as numbered sources, each with rank1's reasoning, for an LLM prompt."""
-    return separator.join(
-        template.format(
-            number=number,
-            source=source.source,
-            assessment=source.assessment,
-            score="n/a" if source.score is None else f"{source.score:.2f}",
-            text=source.text.strip(),
-            reasoning=source.reasoning.strip() or no_reasoning,
+    """Render kept chunks as numbered sources, each with rank1's reason, for an LLM prompt.
+
+    ``reasoning="rationale"`` (the default) shows rank1's conclusion, one or two sentences
+    quoted from its reasoning (:attr:`Judgment.rationale`); ``"full"`` shows all of it,
+    which can be thousands of tokens per source.
+    """
+    if reasoning not in ("rationale", "full"):
+        raise InvalidInputError(f"reasoning must be 'rationale' or 'full', got {reasoning!r}")
+    blocks = []
+    for number, source in enumerate(sources, start=1):
+        full, short = source.reasoning.strip(), source.rationale.strip()
+        blocks.append(
+            template.format(
+                number=number,
+                source=source.source,
+                assessment=source.assessment,
+                score="n/a" if source.score is None else f"{source.score:.2f}",
+                text=source.text.strip(),
+                reasoning=(short if reasoning == "rationale" else full) or no_reasoning,
+                rationale=short or no_reasoning,
+                full_reasoning=full or no_reasoning,
+            )
         )
-        for number, source in enumerate(sources, start=1)
-    )
+    return separator.join(blocks)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from rank1_integrations import Judgment, Rank1Reranker
 from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult, ResultSink
@@ -22,7 +24,8 @@ from rank1_integrations.testing.tiny_models import (
     OPEN_PASSAGE,
     SORTED_PASSAGE,
 )
-from tests.conftest import SCRIPTED_BUDGET
+from tests.conftest import IN_PROCESS_ENGINE, SCRIPTED_BUDGET
+from tests.vllm_server import VLLMServer, shared_server, stop_all
 
 TOLERANCE = 1e-4
 """Scores match ``reranker.judge`` on the same passages (batch composition may move the last digits)."""
@@ -102,10 +105,75 @@ def recording(reranker: Rank1Reranker, *, fail: Sequence[str] = (), on_failure="
     return spy
 
 
+@pytest.fixture(scope="session")
+def scripted_server(scripted_model_dir: Path, model_cache: Path, request: pytest.FixtureRequest) -> VLLMServer:
+    """The run's shared vLLM server for the scripted model (started now if it is not running yet)."""
+    request.config.add_cleanup(stop_all)
+    return shared_server(scripted_model_dir, "--enable-tokenizer-info-endpoint", log_dir=model_cache).wait_ready()
+
+
+@pytest.fixture(scope="session")
+def scripted_server_reranker(scripted_server: VLLMServer) -> Iterator[Rank1Reranker]:
+    """The scripted model on the shared server (the adapters' reranker without vLLM here)."""
+    server = scripted_server
+    remote = Rank1Reranker.from_server(server.base_url, server.model, max_reasoning_tokens=SCRIPTED_BUDGET)
+    yield remote
+    remote.close()
+
+
+@pytest.fixture
+def no_api_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RANK1_API_KEY", raising=False)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+
+
+BAD_SETTINGS = [
+    ({"top_n": -1}, "greater than or equal to 0"),
+    ({"top_n": True}, "valid integer"),
+    ({"top_n": 2.0}, "valid integer"),
+    ({"top_n": 1, "min_keep": 2}, "cannot exceed top_n"),
+    ({"min_keep": -1}, "greater than or equal to 0"),
+    ({"min_keep": True}, "valid integer"),
+    ({"score_threshold": 2.0}, "less than or equal to 1"),
+    ({"score_threshold": True}, "valid number"),
+    ({"score_threshold": "0.5"}, "valid number"),
+    ({"template": "no marker"}, "FILL_QUERY_HERE"),
+    ({"empty_text": "drop"}, "empty_text"),
+    ({"topn": 3}, "Extra inputs are not permitted"),
+]
+"""Settings both adapters refuse on construction (pydantic's ``ValidationError``), with the message."""
+
+REFUSED_ASSIGNMENTS = [
+    ("top_n", -5, "greater than or equal to 0"),
+    ("top_n", True, "valid integer"),
+    ("top_n", 0, "cannot exceed top_n"),  # with min_keep=1
+    ("min_keep", 2, "cannot exceed top_n"),  # with top_n=1
+    ("score_threshold", 1.5, "less than or equal to 1"),
+    ("template", "no marker", "FILL_QUERY_HERE"),
+    ("empty_text", "drop", "empty_text"),
+    ("model", "other/model", "frozen"),
+    ("base_url", "http://127.0.0.1:9/v1", "frozen"),
+    ("api_key", "k", "frozen"),
+    ("reranker_kwargs", {"cache": False}, "frozen"),
+]
+"""Assignments both adapters refuse after construction with ``top_n=1, min_keep=1``."""
+
+
+def assert_assignments_refused(adapter: Any, dump: Callable[[], Any]) -> None:
+    """Each of REFUSED_ASSIGNMENTS raises ``ValidationError`` and leaves ``dump()`` as it was."""
+    for name, value, message in REFUSED_ASSIGNMENTS:
+        before = dump()
+        with pytest.raises(ValidationError, match=message):
+            setattr(adapter, name, value)
+        assert dump() == before, name
+
+
 @pytest.fixture(scope="module")
-def reranker(scripted_reranker) -> Rank1Reranker:
-    """The session's scripted engine, without a judgment cache: every call here reaches the engine."""
-    return Rank1Reranker(scripted_reranker.backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False)
+def reranker(request: pytest.FixtureRequest) -> Rank1Reranker:
+    """The scripted model without a judgment cache (every call here reaches the engine): on the
+    session's embedded engine, or on a vLLM server where this process has no vLLM (floor job)."""
+    shared = request.getfixturevalue("scripted_reranker" if IN_PROCESS_ENGINE else "scripted_server_reranker")
+    return Rank1Reranker(shared.backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False)
 
 
 @pytest.fixture(scope="module")

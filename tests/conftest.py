@@ -2,15 +2,25 @@
 
 Engines start in-process with the fast CPU settings from the shared vLLM notes;
 models are built by the tests themselves (nothing is downloaded).
+
+Client-only runs (CI's floor job, ``scripts/test-floor.sh``): this process has the lowest
+allowed versions of the client libraries and no vLLM. ``RANK1_TEST_ENGINE_PYTHON`` names a
+Python that has vLLM; it builds the test models and runs the vLLM servers, and tests that
+need an engine in this process are marked ``embedded`` (and deselected there).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.vllm_server import engine_python
 
 _REPO = Path(__file__).resolve().parent.parent
 _CACHE = Path(os.environ.get("RANK1_TEST_CACHE", _REPO / ".cache" / "tests"))
@@ -29,6 +39,10 @@ for _name, _value in {
 
 # Fixtures shared by the adapter tests (reranker, truth) live beside their helpers.
 pytest_plugins = ["tests.adapter_support"]
+
+IN_PROCESS_ENGINE = importlib.util.find_spec("vllm") is not None
+"""Whether vLLM can run in this process; without it the adapter tests judge on a vLLM server."""
+_NEEDS_AN_ENGINE_HERE = frozenset({"scripted_reranker", "random_reranker"})
 
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "float32", "max_model_len": 1024, "seed": 0}
 """Fast, deterministic CPU engine settings used by every engine test."""
@@ -57,18 +71,33 @@ def hf_tokenizer(tokenizer_dir: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses an in-process engine fixture is ``embedded``, without saying so itself."""
+    for item in items:
+        if _NEEDS_AN_ENGINE_HERE.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.embedded)
+
+
+def _built_by_the_engine_python(builder: str, out_dir: Path) -> Path:
+    """Build a test model with torch and transformers: in this process, or in the engine Python."""
+    from rank1_integrations.testing import tiny_models
+
+    python = engine_python()
+    if python == sys.executable:
+        return Path(getattr(tiny_models, builder)(out_dir))
+    code = f"import sys; from rank1_integrations.testing.tiny_models import {builder}; {builder}(sys.argv[1])"
+    subprocess.run([python, "-c", code, str(out_dir)], cwd=_REPO, check=True, timeout=900)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def scripted_model_dir(model_cache: Path) -> Path:
-    from rank1_integrations.testing.tiny_models import build_scripted_model
-
-    return build_scripted_model(model_cache / "scripted")
+    return _built_by_the_engine_python("build_scripted_model", model_cache / "scripted")
 
 
 @pytest.fixture(scope="session")
 def random_model_dir(model_cache: Path) -> Path:
-    from rank1_integrations.testing.tiny_models import build_random_model
-
-    return build_random_model(model_cache / "random")
+    return _built_by_the_engine_python("build_random_model", model_cache / "random")
 
 
 @pytest.fixture(scope="session")

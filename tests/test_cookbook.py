@@ -20,6 +20,8 @@ from types import ModuleType
 
 import pytest
 
+from rank1_integrations.rationale import DEFAULT_RATIONALE_CHARS, rationale
+
 _REPO = Path(__file__).resolve().parent.parent
 _COOKBOOK = _REPO / "cookbook"
 _DATA = _COOKBOOK / "data"
@@ -86,8 +88,10 @@ def assert_cited_sources(out: str, count: int) -> None:
     assert numbers == list(range(1, len(numbers) + 1)), out
     assert len(numbers) == count, out
     for i, line in enumerate(lines[: 2 * len(numbers)]):
-        if i % 2:
-            assert re.match(r"^    why \(rank1\): \S", line), out
+        if i % 2:  # rank1's rationale: bounded, whatever the budget
+            why = re.match(r"^    why \(rank1\): (\S.*)$", line)
+            assert why, out
+            assert len(why.group(1)) <= DEFAULT_RATIONALE_CHARS, out
 
 
 # -- without an engine ----------------------------------------------------------------
@@ -100,16 +104,6 @@ def test_corpus_is_stdlib_docstrings():
     assert any(c.text.startswith("json.dumps: Serialize") for c in chunks)
     hits = [c.source for c, _ in shared.BM25(chunks).search("run a shell command and capture its output", 3)]
     assert hits[0].startswith("subprocess.")
-
-
-def test_explanation_keeps_the_last_two_sentences():
-    explanation = example("_shared").explanation
-    assert (
-        explanation("Query asks X. The passage shows Y. So it is relevant.")
-        == "The passage shows Y. So it is relevant."
-    )
-    assert explanation("no sentence end") == "no sentence end"
-    assert explanation("  ") == "(no reasoning within the budget)"
 
 
 def test_model_option_reads_the_environment(monkeypatch: pytest.MonkeyPatch):
@@ -154,13 +148,14 @@ def test_rank1_serve_prints_the_setups(capsys: pytest.CaptureFixture[str]):
 
 
 @pytest.mark.engine
+@pytest.mark.embedded
 @pytest.mark.timeout(600)
 @needs_vllm
 @needs_smollm2
 def test_quickstart_as_a_script(model_cache: Path, tmp_path: Path):
     env = {**os.environ, **offline_environment(model_cache, tmp_path / "hf"), "PYTHONPATH": str(_REPO)}
     env.pop("RANK1_COOKBOOK_MODEL", None)
-    command = [sys.executable, str(_COOKBOOK / "01_quickstart.py"), *_TINY]
+    command = [sys.executable, str(_COOKBOOK / "01_quickstart.py"), "--max-reasoning-tokens", "48"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=580, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Reranker model: SmolLM2-135M-Instruct (NOT rank1" in done.stdout
@@ -169,9 +164,16 @@ def test_quickstart_as_a_script(model_cache: Path, tmp_path: Path):
     assert sorted(s for s, _ in judged) == sorted(example("01_quickstart").SOURCES), done.stdout
     assert all(0.0 <= float(score) <= 1.0 for _, score in judged)
     assert done.stdout.count("    reasoning: ") == done.stdout.count("    in short: ") == len(judged)
+    # "in short" is the judgment's rationale: quoted from the model's own reasoning, bounded
+    pairs = re.findall(r"^    reasoning: (.*?)\n    in short: ([^\n]*)$", done.stdout, re.M | re.S)
+    assert len(pairs) == len(judged), done.stdout
+    for reasoning, short in pairs:
+        assert short == (rationale(reasoning) or "(none)"), (reasoning, short)
+        assert len(short) <= DEFAULT_RATIONALE_CHARS
 
 
 @pytest.mark.engine
+@pytest.mark.embedded
 @pytest.mark.timeout(900)
 @needs_vllm
 @needs_smollm2

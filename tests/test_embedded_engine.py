@@ -34,7 +34,7 @@ from tests import reference
 from tests.conftest import SCRIPTED_BUDGET
 from tests.recording import RecordingBackend
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.embedded]
 _REPO = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-3
 

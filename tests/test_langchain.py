@@ -19,7 +19,6 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from pydantic import ValidationError
 
 from rank1_integrations import InvalidInputError, Judgment, MissingDependencyError, PassagesFailedError
 from rank1_integrations.langchain import Rank1Rerank, format_documents
@@ -39,7 +38,7 @@ from tests.adapter_support import (
     hashed_embedding,
     recording,
 )
-from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
+from tests.conftest import SCRIPTED_BUDGET
 
 pytestmark = pytest.mark.engine
 
@@ -89,6 +88,7 @@ def rank1_keys(j: Judgment, *, kept_by: str = "relevance") -> dict[str, object]:
     return {
         "relevance_score": pytest.approx(j.score, abs=TOLERANCE),
         "rank1_reasoning": j.reasoning,
+        "rank1_rationale": j.rationale,
         "rank1_relevant": j.relevant,
         "rank1_forced": j.forced,
         "rank1_reasoning_tokens": j.reasoning_tokens,
@@ -291,7 +291,7 @@ async def test_pipeline_after_a_splitter(reranker, truth, use_async):
     assert [e[1] for e in recorder.events if e[0] == "start"] == ["Rank1Rerank"]
 
 
-async def test_retrieval_chain_hands_reasoning_to_the_prompt(reranker, truth, store):
+async def test_retrieval_chain_hands_rank1s_rationale_to_the_prompt(reranker, truth, store):
     from langchain_classic.retrievers import ContextualCompressionRetriever
 
     retriever = ContextualCompressionRetriever(
@@ -304,13 +304,31 @@ async def test_retrieval_chain_hands_reasoning_to_the_prompt(reranker, truth, st
     } | PromptTemplate.from_template(ANSWER_WITH_SOURCES_PROMPT)
     context = (
         f"[1] len.txt (relevant, score {truth['len'].score:.2f})\n{LEN_PASSAGE}\n"
-        f"rank1's reasoning: {truth['len'].reasoning}\n\n"
+        f"rank1's reasoning: {truth['len'].rationale}\n\n"
         f"[2] sorted.txt (not relevant, score {truth['sorted'].score:.2f}, kept only to reach the minimum number of "
-        f"sources)\n{SORTED_PASSAGE}\nrank1's reasoning: {truth['sorted'].reasoning}"
+        f"sources)\n{SORTED_PASSAGE}\nrank1's reasoning: {truth['sorted'].rationale}"
     )
     expected = ANSWER_WITH_SOURCES_PROMPT.format(context=context, question=LEN_QUERY)
     assert chain.invoke(LEN_QUERY).to_string() == expected
     assert (await chain.ainvoke(LEN_QUERY)).to_string() == expected
+
+
+def test_the_rationale_of_a_forced_answer_quotes_where_the_budget_stopped_rank1(reranker, truth):
+    """On the engine's own output: cut by the budget before it concluded, the reasoning of the
+    forced judgment is quoted from its last sentences; the full reasoning is one setting away."""
+    (kept,) = Rank1Rerank(reranker=reranker, score_threshold=0.0, top_n=1).compress_documents(
+        documents()[2:], LEN_QUERY
+    )
+    assert kept.metadata["rank1_forced"] is True
+    rationale = (
+        "The passage describes the open function instead. "
+        "It explains how a file is opened and which error is raised when that fails."
+    )
+    assert kept.metadata["rank1_rationale"] == truth["open"].rationale == rationale
+    assert kept.metadata["rank1_reasoning"] == truth["open"].reasoning
+    assert truth["open"].reasoning == f"The query asks what the len function returns. {rationale}"
+    assert format_documents([kept]).endswith(f"rank1's reasoning: {rationale}")
+    assert format_documents([kept], reasoning="full").endswith(f"rank1's reasoning: {truth['open'].reasoning}")
 
 
 @pytest.fixture(scope="module")
@@ -346,48 +364,6 @@ def test_format_documents_names_sources():
     docs = [Document("a", id="x"), Document("b"), Document("c", metadata={"url": "u"})]
     assert format_documents(docs, template="{number}:{source}", separator=" ") == "1:x 2:document 2 3:document 3"
     assert format_documents(docs[2:], source_key="url", template="{source} {assessment}") == "u not judged"
-
-
-# -- settings and construction ---------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        ({"top_n": -1}, "top_n must be None or an int >= 0"),
-        ({"top_n": 1, "min_keep": 2}, "cannot exceed top_n"),
-        ({"score_threshold": 2.0}, "score_threshold"),
-        ({"template": "no marker"}, "FILL_QUERY_HERE"),
-        ({"empty_text": "drop"}, "empty_text"),
-        ({"topn": 3}, "Extra inputs are not permitted"),
-        ({"model": "x"}, "not both"),
-    ],
-)
-def test_bad_settings_fail_on_construction(reranker, settings, message):
-    with pytest.raises(ValidationError, match=message):
-        Rank1Rerank(reranker=reranker, **settings)
-
-
-def test_needs_a_reranker_or_a_model():
-    with pytest.raises(ValidationError, match="pass reranker="):
-        Rank1Rerank()
-
-
-@pytest.fixture(scope="session")
-def built_from_model(random_model_dir) -> Rank1Rerank:
-    """Kept for the whole session: destroying an embedded vLLM engine tears down process-wide
-    state (the model-parallel groups) that the other engines in this process still use."""
-    kwargs = {"max_reasoning_tokens": 8, **ENGINE_KWARGS}
-    return Rank1Rerank(model=str(random_model_dir), reranker_kwargs=kwargs, score_threshold=0.0)
-
-
-def test_builds_its_reranker_from_model_arguments(built_from_model, random_model_dir):
-    assert built_from_model.reranker is not None
-    assert built_from_model.reranker.max_reasoning_tokens == 8
-    assert built_from_model.reranker.backend.model_name == str(random_model_dir)
-    kept = built_from_model.compress_documents(documents(), LEN_QUERY)
-    assert sorted(str(d.id) for d in kept) == ["len", "open", "sorted"]
-    assert all(0.0 <= d.metadata["relevance_score"] <= 1.0 for d in kept)
 
 
 # -- optional dependency ---------------------------------------------------------------

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.bridge.pydantic import Field, ValidationError
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload, LlamaDebugHandler
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.llms import MockLLM
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
@@ -105,6 +106,7 @@ def rank1_keys(j: Judgment, *, kept_by: str = "relevance") -> dict[str, object]:
     return {
         "relevance_score": pytest.approx(j.score, abs=TOLERANCE),
         "rank1_reasoning": j.reasoning,
+        "rank1_rationale": j.rationale,
         "rank1_relevant": j.relevant,
         "rank1_forced": j.forced,
         "rank1_reasoning_tokens": j.reasoning_tokens,
@@ -138,26 +140,32 @@ async def test_keeps_relevant_nodes_as_copies_scored_by_rank1(reranker, truth, u
     assert node.metadata == {"file_name": "len.txt", "nested": {"k": [1]}, **rank1_keys(truth["len"])}
     assert node.metadata["nested"] is not given[1].node.metadata["nested"]
     assert node.excluded_embed_metadata_keys == ["file_name", "nested", *RANK1_METADATA_KEYS]
-    assert "rank1_reasoning" not in node.excluded_llm_metadata_keys
-    # rank1 saw the embedding text; the reasoning never joins it, but the LLM reads it
+    assert node.excluded_llm_metadata_keys == ["nested", *(k for k in RANK1_METADATA_KEYS if k != "rank1_rationale")]
+    # rank1 saw the embedding text; its reasoning never joins it, but the LLM reads its rationale
     assert node.get_content(MetadataMode.EMBED) == LEN_PASSAGE
     assert node.get_content(MetadataMode.LLM) == (
-        f"file_name: len.txt\nrank1_reasoning: {truth['len'].reasoning}\n\n{LEN_PASSAGE}"
+        f"file_name: len.txt\nrank1_rationale: {truth['len'].rationale}\n\n{LEN_PASSAGE}"
     )
     assert [n.node.model_dump() for n in given] == before  # the caller's nodes are untouched
 
 
-def test_reasoning_can_stay_out_of_the_llm_text(reranker, truth):
-    post = Rank1Rerank(reranker, reasoning_in_llm_text=False, keep_retrieval_score=True)
+def test_reasoning_can_stay_out_of_the_llm_text_or_show_in_full(reranker, truth):
+    post = Rank1Rerank(reranker, reasoning_in_llm_text="none", keep_retrieval_score=True)
     (kept,) = post.postprocess_nodes(nodes(), query_str=LEN_QUERY)
     assert kept.node.get_content(MetadataMode.LLM) == f"file_name: len.txt\n\n{LEN_PASSAGE}"
     assert kept.node.metadata["retrieval_score"] == 0.8
     assert kept.node.metadata["rank1_reasoning"] == truth["len"].reasoning
     assert "retrieval_score" in kept.node.excluded_embed_metadata_keys
+    post = Rank1Rerank(reranker, reasoning_in_llm_text="full", score_threshold=0.0, top_n=None)
+    kept = {n.node.node_id: n.node for n in post.postprocess_nodes(nodes(), query_str=LEN_QUERY)}
+    assert kept["open"].get_content(MetadataMode.LLM) == (
+        f"file_name: open.txt\nrank1_reasoning: {truth['open'].reasoning}\n\n{OPEN_PASSAGE}"
+    )
+    assert len(truth["open"].reasoning) > len(truth["open"].rationale)  # forced: cut by the budget mid-thought
 
 
 async def test_a_second_reranker_sees_the_original_text(reranker, truth):
-    first = Rank1Rerank(reranker, min_keep=2, reasoning_in_llm_text=False)
+    first = Rank1Rerank(reranker, min_keep=2, reasoning_in_llm_text="none")
     spy = recording(reranker)
     second = Rank1Rerank(spy, score_threshold=0.0)
     kept = await second.apostprocess_nodes(first.postprocess_nodes(nodes(), query_str=LEN_QUERY), query_str=LEN_QUERY)
@@ -167,7 +175,7 @@ async def test_a_second_reranker_sees_the_original_text(reranker, truth):
         ("open", "relevance"),
     ]
     assert kept[1].node.metadata == {"file_name": "open.txt", "nested": {"k": [1]}, **rank1_keys(truth["open"])}
-    assert "rank1_reasoning: " in kept[1].node.get_content(MetadataMode.LLM)  # this pass's setting wins
+    assert "rank1_rationale: " in kept[1].node.get_content(MetadataMode.LLM)  # this pass's setting wins
 
 
 @pytest.mark.parametrize(
@@ -225,6 +233,24 @@ def test_events_and_legacy_callbacks(reranker, events):
     assert begin.payload[EventPayload.QUERY_STR] == LEN_QUERY
     assert begin.payload[EventPayload.TOP_K] is None
     assert finish.payload[EventPayload.NODES] == kept
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_both_paths_run_inside_a_dispatcher_span(reranker, events, use_async):
+    """Tracing tools group a call's events by span: sync and async alike."""
+    spans = SimpleSpanHandler()
+    root = get_dispatcher()
+    root.add_span_handler(spans)
+    try:
+        await postprocess(Rank1Rerank(reranker), nodes(), LEN_QUERY, use_async)
+    finally:
+        root.span_handlers.remove(spans)
+    start, end = events
+    method = "_apostprocess_nodes" if use_async else "_postprocess_nodes"
+    assert start.span_id is not None
+    assert start.span_id.startswith(f"Rank1Rerank.{method}-")
+    assert end.span_id == start.span_id
+    assert start.span_id in [span.id_ for span in spans.completed_spans]
 
 
 def test_empty_texts_and_duplicates(reranker, truth):
@@ -315,14 +341,14 @@ async def test_query_engine(reranker, truth, index, events, use_async):
         ("len", "min_keep"),
     ]
     assert by_join[1].node.metadata["rank1_reasoning"] == truth["join/len"].reasoning
-    # the answer LLM (MockLLM echoes its prompt) was shown rank1's reasoning
-    assert f"rank1_reasoning: {truth['len'].reasoning}" in str(responses[0])
+    # the answer LLM (MockLLM echoes its prompt) was shown rank1's rationale
+    assert f"rank1_rationale: {truth['len'].rationale}" in str(responses[0])
     assert [type(e).__name__ for e in events] == ["ReRankStartEvent", "ReRankEndEvent"] * 2
     assert format_nodes(by_len) == (
         f"[1] len.txt (relevant, score {truth['len'].score:.2f})\n{LEN_PASSAGE}\n"
-        f"rank1's reasoning: {truth['len'].reasoning}\n\n"
+        f"rank1's reasoning: {truth['len'].rationale}\n\n"
         f"[2] sorted.txt (not relevant, score {truth['sorted'].score:.2f}, kept only to reach the minimum number of "
-        f"sources)\n{SORTED_PASSAGE}\nrank1's reasoning: {truth['sorted'].reasoning}"
+        f"sources)\n{SORTED_PASSAGE}\nrank1's reasoning: {truth['sorted'].rationale}"
     )
 
 
@@ -353,40 +379,6 @@ async def test_query_engine_on_the_remote_backend(remote_postprocessor, truth, i
     ]
     for n, key in zip(response.source_nodes, ["len", "sorted"], strict=True):
         assert n.score == pytest.approx(truth[key].score, abs=REMOTE_TOLERANCE)
-
-
-# -- settings and construction ---------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [
-        ({"top_n": -1}, "top_n must be None or an int >= 0"),
-        ({"top_n": 1, "min_keep": 2}, "cannot exceed top_n"),
-        ({"score_threshold": 2.0}, "score_threshold"),
-        ({"template": "no marker"}, "FILL_QUERY_HERE"),
-        ({"empty_text": "drop"}, "empty_text"),
-        ({"topn": 3}, "Extra inputs are not permitted"),
-    ],
-)
-def test_bad_settings_fail_on_construction(reranker, settings, message):
-    with pytest.raises(ValidationError, match=message):
-        Rank1Rerank(reranker, **settings)
-
-
-def test_construction_and_serialization(reranker):
-    with pytest.raises(InvalidInputError, match="pass reranker="):
-        Rank1Rerank()
-    with pytest.raises(InvalidInputError, match="not both"):
-        Rank1Rerank(reranker, model="x")
-    post = Rank1Rerank(reranker, top_n=2, template="SciFact")
-    assert post.reranker is reranker
-    assert Rank1Rerank.class_name() == "Rank1Rerank"
-    data = post.to_dict()
-    assert (data["class_name"], data["top_n"], data["template"]) == ("Rank1Rerank", 2, "SciFact")
-    assert Rank1Rerank.from_dict(data, reranker=reranker).top_n == 2
-    with pytest.raises(InvalidInputError, match="query"):
-        post.postprocess_nodes(nodes())
 
 
 # -- optional dependency ---------------------------------------------------------------

@@ -33,7 +33,7 @@ from rank1_integrations.testing.tiny_models import (
     OPEN_PASSAGE,
     SORTED_PASSAGE,
 )
-from tests.conftest import SCRIPTED_BUDGET
+from tests.conftest import IN_PROCESS_ENGINE, SCRIPTED_BUDGET
 from tests.fault_proxy import Fault, FaultProxy
 from tests.vllm_server import VLLMServer, shared_server, stop_all
 
@@ -53,10 +53,13 @@ def server(scripted_model_dir: Path, model_cache: Path, request: pytest.FixtureR
 
 
 @pytest.fixture(scope="module")
-def reference(scripted_reranker: Rank1Reranker) -> dict[tuple[str, str], Judgment]:
-    """The embedded engine's judgment of every scripted (query, passage) pair."""
+def reference(request: pytest.FixtureRequest) -> dict[tuple[str, str], Judgment]:
+    """The embedded engine's judgment of every scripted (query, passage) pair; where this process
+    has no vLLM (the floor job), the same server's, asked one pair at a time without faults."""
+    source = "scripted_reranker" if IN_PROCESS_ENGINE else "scripted_server_reranker"
+    judge: Rank1Reranker = request.getfixturevalue(source)
     pairs = [(q, p) for q in (LEN_QUERY, JOIN_QUERY) for p in (LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE, JOIN_PASSAGE)]
-    judged = scripted_reranker.judge_many([(q, [p]) for q, p in pairs])
+    judged = judge.judge_many([(q, [p]) for q, p in pairs])
     return {pair: batch[0] for pair, batch in zip(pairs, judged, strict=True)}
 
 

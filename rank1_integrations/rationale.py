@@ -1,0 +1,76 @@
+"""A short, quotable rationale cut from rank1's own reasoning: pure text, no extra model call.
+
+rank1 reasons first and states its conclusion last ("So the passage explains X. Therefore it
+is relevant."). A chatbot citing a source, or an agent weighing one, needs that conclusion,
+not thousands of tokens of thinking. :func:`rationale` takes the **last sentence that
+states a conclusion** (a sentence opening with "so", "therefore", "thus", "overall", ...,
+or saying the passage is (not) relevant, answers the query, or what the answer is; the
+last sentence when none does), preceded by the sentences just before it while the
+excerpt stays within ``max_chars`` and ``max_sentences``. Whitespace is collapsed. A
+conclusion longer than ``max_chars`` is cut at a word boundary and ends in an ellipsis;
+only a run of more than ``max_chars`` characters without any space is cut inside it
+(there is no word boundary to cut at). Empty reasoning gives ``""``.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["DEFAULT_RATIONALE_CHARS", "DEFAULT_RATIONALE_SENTENCES", "rationale"]
+
+DEFAULT_RATIONALE_CHARS = 300
+"""Upper bound on a rationale's length in characters (about 60-80 tokens)."""
+DEFAULT_RATIONALE_SENTENCES = 2
+"""At most this many sentences: the conclusion and the one before it (usually its reason)."""
+
+_ELLIPSIS = "\u2026"
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
+_CONCLUSION_OPENING = re.compile(
+    r"^(?:so|therefore|thus|hence|overall|in conclusion|in summary|in short|to sum up|to conclude|"
+    r"all in all|ultimately|in the end|final answer|conclusion)\b",
+    re.IGNORECASE,
+)
+_CONCLUSION_STATEMENT = re.compile(
+    r"\b(?:relevant|irrelevant|relevance|answers? (?:is|should be|would be)"
+    r"|(?:answers|addresses) the (?:query|question)|(?:does not|doesn't|do not|don't) (?:answer|address|mention))\b",
+    re.IGNORECASE,
+)
+
+
+def rationale(
+    reasoning: str,
+    *,
+    max_chars: int = DEFAULT_RATIONALE_CHARS,
+    max_sentences: int = DEFAULT_RATIONALE_SENTENCES,
+) -> str:
+    """rank1's conclusion, quoted from ``reasoning``: at most ``max_chars`` characters and
+    ``max_sentences`` sentences, never cut inside a word (see the module docstring)."""
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 2:
+        raise ValueError(f"max_chars must be an int >= 2, got {max_chars!r}")
+    if isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1:
+        raise ValueError(f"max_sentences must be an int >= 1, got {max_sentences!r}")
+    sentences = [s for s in _SENTENCE_END.split(" ".join(reasoning.split())) if s]
+    if not sentences:
+        return ""
+    end = _last_conclusion(sentences)
+    start = end
+    while start > 0 and end - start + 1 < max_sentences and len(" ".join(sentences[start - 1 : end + 1])) <= max_chars:
+        start -= 1
+    return _shorten(" ".join(sentences[start : end + 1]), max_chars)
+
+
+def _last_conclusion(sentences: list[str]) -> int:
+    for index in range(len(sentences) - 1, -1, -1):
+        sentence = sentences[index]
+        if _CONCLUSION_OPENING.search(sentence) or _CONCLUSION_STATEMENT.search(sentence):
+            return index
+    return len(sentences) - 1
+
+
+def _shorten(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    head = text[: max_chars - len(_ELLIPSIS) + 1]  # one more: a space right after the cut is a boundary
+    cut = head.rfind(" ")
+    kept = head[:cut] if cut > 0 else head[:-1]
+    return kept.rstrip(" ,;:-") + _ELLIPSIS

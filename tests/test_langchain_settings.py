@@ -1,0 +1,185 @@
+"""The LangChain compressor's settings: checked on construction and on assignment, and no
+secret (API key, credentials in a server URL) in its repr, dumps or LangSmith traces.
+
+The secret tests build the compressor on a real vLLM server on loopback (the run's shared
+server for the scripted test model) and trace it with LangChain's own LangSmith tracer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.runnables import RunnableLambda
+from langchain_core.tracers.langchain import LangChainTracer, wait_for_all_tracers
+from langsmith import Client
+from langsmith._internal._serde import dumps_json
+from pydantic import SecretStr, ValidationError
+
+from rank1_integrations.langchain import Rank1Rerank
+from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused
+from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
+from tests.vllm_server import VLLMServer
+
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("no_api_key_in_the_environment")]
+
+API_KEY = "sk-rank1-test-4f1c9a"
+URL_PASSWORD = "url-pass-77e2b0"
+
+
+def documents() -> list[Document]:
+    return [
+        Document(SORTED_PASSAGE, id="sorted", metadata={"source": "sorted.txt"}),
+        Document(LEN_PASSAGE, id="len", metadata={"source": "len.txt"}),
+        Document(OPEN_PASSAGE, id="open", metadata={"source": "open.txt"}),
+    ]
+
+
+# -- construction ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [*BAD_SETTINGS, ({"model": "x"}, "not both"), ({"api_key": "k"}, "not both")],
+)
+def test_bad_settings_fail_on_construction(reranker, settings, message):
+    with pytest.raises(ValidationError, match=message):
+        Rank1Rerank(reranker=reranker, **settings)
+
+
+def test_needs_a_reranker_or_a_model():
+    with pytest.raises(ValidationError, match="pass reranker="):
+        Rank1Rerank()
+    with pytest.raises(ValidationError, match="api_key is for vLLM servers"):
+        Rank1Rerank(model="some/model", api_key="k")
+    with pytest.raises(ValidationError, match="api_key is given twice"):
+        Rank1Rerank(base_url="http://127.0.0.1:9/v1", api_key="a", reranker_kwargs={"api_key": "b"})
+
+
+def test_a_key_in_the_environment_does_not_stop_a_given_reranker(reranker, monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")
+    compressor = Rank1Rerank(reranker=reranker)
+    assert compressor.reranker is reranker
+    assert compressor.api_key == SecretStr("from-env")
+
+
+@pytest.fixture(scope="session")
+def built_from_model(random_model_dir) -> Rank1Rerank:
+    """Kept for the whole session: destroying an embedded vLLM engine tears down process-wide
+    state (the model-parallel groups) that the other engines in this process still use."""
+    kwargs = {"max_reasoning_tokens": 8, **ENGINE_KWARGS}
+    return Rank1Rerank(model=str(random_model_dir), reranker_kwargs=kwargs, score_threshold=0.0)
+
+
+@pytest.mark.embedded
+def test_builds_its_reranker_from_model_arguments(built_from_model, random_model_dir):
+    assert built_from_model.reranker is not None
+    assert built_from_model.reranker.max_reasoning_tokens == 8
+    assert built_from_model.reranker.backend.model_name == str(random_model_dir)
+    kept = built_from_model.compress_documents(documents(), LEN_QUERY)
+    assert sorted(str(d.id) for d in kept) == ["len", "open", "sorted"]
+    assert all(0.0 <= d.metadata["relevance_score"] <= 1.0 for d in kept)
+
+
+# -- assignment ----------------------------------------------------------------------------
+
+
+def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
+    compressor = Rank1Rerank(reranker=reranker, top_n=3, min_keep=1)
+    compressor.top_n = 1
+    compressor.score_threshold = 0.15
+    assert compressor.policy.top_n == 1
+    assert_assignments_refused(compressor, compressor.model_dump)
+    with pytest.raises(ValidationError, match="frozen"):
+        compressor.reranker = None
+    assert (compressor.top_n, compressor.min_keep, compressor.score_threshold) == (1, 1, 0.15)
+    assert [d.id for d in compressor.compress_documents(documents(), LEN_QUERY)] == ["len"]
+
+
+# -- secrets -------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["api_key", "url_credentials"])
+def secret_compressor(request: pytest.FixtureRequest, scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
+    """Built as users do, with one kind of secret (the remote backend takes one or the other):
+    the API key among the reranker's arguments, or credentials in the server URL."""
+    host = f"127.0.0.1:{scripted_server.port}"
+    kwargs: dict[str, object] = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    if request.param == "api_key":
+        url, kwargs = f"http://{host}/v1", {**kwargs, "api_key": API_KEY}
+    else:
+        url = f"http://rank1:{URL_PASSWORD}@{host}/v1"
+    compressor = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs)
+    yield compressor
+    assert compressor.reranker is not None
+    compressor.reranker.close()
+
+
+class RecordingLangSmith(Client):
+    """LangSmith's client with the network cut off: it keeps the JSON it would send."""
+
+    def __init__(self) -> None:
+        super().__init__(api_url="http://127.0.0.1:9", api_key="ls-test-key", auto_batch_tracing=False)
+        self.payloads: list[str] = []
+
+    def create_run(self, name, inputs, run_type, **kwargs):
+        self.payloads.append(dumps_json({"name": name, "inputs": inputs, "run_type": run_type, **kwargs}).decode())
+
+    def update_run(self, run_id, **kwargs):
+        self.payloads.append(dumps_json({"run_id": run_id, **kwargs}).decode())
+
+
+def test_no_secret_in_repr_or_dumps(secret_compressor, scripted_server):
+    with_key = secret_compressor.api_key is not None
+    assert secret_compressor.api_key == (SecretStr(API_KEY) if with_key else None)
+    assert "api_key" not in secret_compressor.reranker_kwargs
+    safe_url = f"http://127.0.0.1:{scripted_server.port}/v1"
+    shown = {
+        "repr": repr(secret_compressor),
+        "str": str(secret_compressor),
+        "model_dump": repr(secret_compressor.model_dump()),
+        "model_dump_json": secret_compressor.model_dump_json(),
+    }
+    for how, text in shown.items():
+        assert API_KEY not in text, how
+        assert URL_PASSWORD not in text, how
+        assert safe_url in text, how  # the settings are shown, without their secrets
+    assert secret_compressor.model_dump()["base_url"] == safe_url
+    assert ('"api_key":"**********"' if with_key else '"api_key":null') in shown["model_dump_json"]
+    # and the key and URL still work: the server answered
+    kept = secret_compressor.compress_documents(documents(), LEN_QUERY)
+    assert [d.id for d in kept] == ["len"]
+
+
+async def test_no_secret_in_langsmith_traces(secret_compressor, scripted_server):
+    client = RecordingLangSmith()
+    tracer = LangChainTracer(client=client, project_name="rank1-tests")
+    config = {"callbacks": [tracer]}
+    secret_compressor.compress_documents(documents(), LEN_QUERY, callbacks=[tracer])
+    await secret_compressor.acompress_documents(documents(), LEN_QUERY, callbacks=[tracer])
+    # the compressor itself as the input of a traced step (e.g. handed to a tool or a chain)
+    RunnableLambda(lambda compressor: type(compressor).__name__).invoke(secret_compressor, config)
+    wait_for_all_tracers()
+    traced = "\n".join(client.payloads)
+    assert traced.count('"name":"Rank1Rerank"') >= 2  # the compressor's own runs were traced ...
+    assert LEN_QUERY in traced
+    assert f"127.0.0.1:{scripted_server.port}" in traced  # ... and its settings, as an input
+    assert API_KEY not in traced
+    assert URL_PASSWORD not in traced
+
+
+def test_api_key_defaults_from_the_environment(scripted_server, monkeypatch):
+    server = scripted_server
+    url = server.base_url
+    kwargs = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    settings = {"base_url": url, "model": server.model, "reranker_kwargs": kwargs}
+    keys = []
+    for env, given in [("VLLM_API_KEY", None), ("RANK1_API_KEY", None), (None, "given")]:
+        if env:
+            monkeypatch.setenv(env, f"from-{env}")
+        compressor = Rank1Rerank(**settings, **({"api_key": given} if given else {}))
+        keys.append(compressor.api_key)
+        compressor.reranker.close()  # type: ignore[union-attr]
+    assert keys == [SecretStr("from-VLLM_API_KEY"), SecretStr("from-RANK1_API_KEY"), SecretStr("given")]

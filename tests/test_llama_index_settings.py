@@ -1,0 +1,140 @@
+"""The LlamaIndex postprocessor's settings: checked on construction and on assignment,
+``to_dict`` / ``from_dict`` round-trips, and no secret in its repr or serial forms.
+
+The round trip from server settings runs on a real vLLM server on loopback (the run's
+shared server for the scripted test model).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from llama_index.core.bridge.pydantic import SecretStr, ValidationError
+from llama_index.core.schema import NodeWithScore, TextNode
+
+from rank1_integrations import InvalidInputError
+from rank1_integrations.llama_index import Rank1Rerank
+from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused
+from tests.conftest import SCRIPTED_BUDGET
+from tests.vllm_server import VLLMServer
+
+pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("no_api_key_in_the_environment")]
+
+API_KEY = "sk-rank1-test-0b7d21"
+URL_PASSWORD = "url-pass-5c90aa"
+
+
+def nodes() -> list[NodeWithScore]:
+    texts = {"sorted": SORTED_PASSAGE, "len": LEN_PASSAGE, "open": OPEN_PASSAGE}
+    return [NodeWithScore(node=TextNode(id_=key, text=text), score=0.5) for key, text in texts.items()]
+
+
+def kept_ids(post: Rank1Rerank) -> list[str]:
+    return [n.node.node_id for n in post.postprocess_nodes(nodes(), query_str=LEN_QUERY)]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [*BAD_SETTINGS, ({"reasoning_in_llm_text": True}, "'rationale', 'full' or 'none'")],
+)
+def test_bad_settings_fail_on_construction(reranker, settings, message):
+    with pytest.raises(ValidationError, match=message):
+        Rank1Rerank(reranker, **settings)
+
+
+def test_a_reranker_or_the_settings_for_one():
+    with pytest.raises(InvalidInputError, match="pass reranker="):
+        Rank1Rerank()
+    with pytest.raises(InvalidInputError, match="api_key is for vLLM servers"):
+        Rank1Rerank(model="some/model", api_key="k")
+
+
+def test_not_both_a_reranker_and_settings(reranker, monkeypatch):
+    with pytest.raises(InvalidInputError, match="not both"):
+        Rank1Rerank(reranker, model="x")
+    with pytest.raises(InvalidInputError, match="not both"):
+        Rank1Rerank(reranker, api_key="k")
+    monkeypatch.setenv("RANK1_API_KEY", "from-env")  # a key in the environment is no setting of this one
+    assert Rank1Rerank(reranker).reranker is reranker
+
+
+def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
+    post = Rank1Rerank(reranker, top_n=3, min_keep=1)
+    post.top_n = 1
+    post.score_threshold = 0.15
+    assert_assignments_refused(post, post.to_dict)
+    assert (post.top_n, post.min_keep, post.score_threshold) == (1, 1, 0.15)
+    assert kept_ids(post) == ["len"]
+
+
+def test_a_live_reranker_is_named_when_it_must_be_passed_again(reranker):
+    post = Rank1Rerank(reranker, top_n=2, min_keep=1, template="SciFact", reasoning_in_llm_text="full")
+    data = post.to_dict()
+    assert data["class_name"] == "Rank1Rerank"
+    assert data["reranker_source"] == "given"
+    assert (data["top_n"], data["min_keep"], data["template"], data["reasoning_in_llm_text"]) == (
+        2,
+        1,
+        "SciFact",
+        "full",
+    )
+    with pytest.raises(InvalidInputError, match=r"live Rank1Reranker.*from_dict\(data, reranker=reranker\)"):
+        Rank1Rerank.from_dict(data)
+    again = Rank1Rerank.from_dict(data, reranker=reranker)
+    assert again.reranker is reranker
+    assert again.to_dict() == data
+    assert Rank1Rerank.from_json(post.to_json(), reranker=reranker).to_dict() == data
+
+
+# -- built from server settings: the round trip, and secrets ---------------------------------
+
+
+@pytest.fixture(params=["api_key", "url_credentials"])
+def from_settings(request: pytest.FixtureRequest, scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
+    """Built as users do, with one kind of secret (the remote backend takes one or the other):
+    the API key among the reranker's arguments, or credentials in the server URL."""
+    host = f"127.0.0.1:{scripted_server.port}"
+    kwargs: dict[str, object] = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    if request.param == "api_key":
+        url, kwargs = f"http://{host}/v1", {**kwargs, "api_key": API_KEY}
+    else:
+        url = f"http://rank1:{URL_PASSWORD}@{host}/v1"
+    post = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs, min_keep=2)
+    yield post
+    post.reranker.close()
+
+
+def test_settings_round_trip_and_secrets_are_never_serialized(from_settings, scripted_server):
+    server = scripted_server
+    safe_url = f"http://127.0.0.1:{server.port}/v1"
+    key = from_settings.api_key
+    assert key in (SecretStr(API_KEY), None)
+    data = from_settings.to_dict()
+    assert data["reranker_source"] == "settings"
+    assert (data["base_url"], data["model"], data["min_keep"]) == (safe_url, server.model, 2)
+    assert data["reranker_kwargs"] == {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    assert "api_key" not in data
+    for how, text in {"repr": repr(from_settings), "to_dict": repr(data), "to_json": from_settings.to_json()}.items():
+        assert API_KEY not in text, how
+        assert URL_PASSWORD not in text, how
+        assert safe_url in text, how
+    assert json.loads(from_settings.to_json()) == data
+    kept = kept_ids(from_settings)
+    assert kept == ["len", "open"]
+    # rebuilt from the data alone (a key from the environment, as on a fresh machine)
+    for rebuild in (lambda: Rank1Rerank.from_dict(data), lambda: Rank1Rerank.from_json(from_settings.to_json())):
+        with pytest.MonkeyPatch.context() as patch:
+            if key is not None:
+                patch.setenv("RANK1_API_KEY", API_KEY)
+            again = rebuild()
+        try:
+            assert again.to_dict() == data
+            assert again.api_key == key
+            assert type(again.reranker.backend).__name__ == "RemoteBackend"
+            assert again.reranker is not from_settings.reranker
+            assert kept_ids(again) == kept
+        finally:
+            again.reranker.close()
