@@ -344,3 +344,23 @@ def test_server_failures_are_recorded_and_only_they_are_judged_again(
     # each pair costs one reasoning request, plus one when its answer is forced
     assert len(failed) <= len(proxy.outcomes()) <= 2 * len(failed)
     assert_same_outputs((tmp_path / "out.trec", tmp_path / "judgments.jsonl"), embedded_scripted, REMOTE_TOLERANCE)
+
+
+def test_a_slow_server_in_the_fleet_gets_less_work_than_a_fast_one(
+    server: VLLMServer, proxy: FaultProxy, tmp_path: Path, embedded_scripted: tuple[Path, Path]
+):
+    """Requests waiting for a place in flight choose their server when they go, so the fast one takes the rest
+    (chosen while waiting, they would be split evenly, and the run would wait on the slow server)."""
+    proxy.add(Fault("delay", times=-1, delay=6.0))  # every request through this one takes 6 s more
+    with FaultProxy(server.root_url) as fast:
+        engine = ServerEngine(
+            (proxy.base_url, fast.base_url),
+            server.model,
+            max_reasoning_tokens=SCRIPTED_BUDGET,
+            concurrency_per_server=1,
+        )
+        got = rerun(tiny_set(), tmp_path, engine, max_in_flight=16)  # 2 requests in flight, 14 waiting
+        slow_requests, fast_requests = len(proxy.outcomes()), len(fast.outcomes())
+    assert_same_outputs(got, embedded_scripted, REMOTE_TOLERANCE)
+    # chosen while waiting, the slow server gets about half of them (measured: 30 against 49)
+    assert 1 <= slow_requests <= fast_requests / 4

@@ -110,10 +110,15 @@ def _engine(args: argparse.Namespace) -> Engine:
     else:
         if args.engine_arg:
             raise InvalidInputError("--engine-arg is for --model (servers take their settings when started)")
+        from rank1_integrations.backends.remote_config import resolve_api_key
+
+        # Read here, on the driver: Ray actors on other machines may lack the environment.
+        key = resolve_api_key(None)
         rerankers = ServerEngine(
             tuple(args.server),
             args.served_model,
             concurrency_per_server=args.concurrency_per_server,
+            backend_kwargs={"api_key": key} if key is not None else {},
             **rank1,
         )
     if not args.ray:

@@ -22,6 +22,8 @@ __all__ = ["EmbeddedEngine", "Engine", "InProcessJudge", "Judge", "RayEngine", "
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 """Pairs in flight on an embedded engine: more than vLLM runs at once, so its batch stays full."""
+UNITS_IN_WINDOW = 16
+"""A work unit (one ``ajudge`` call) holds at most 1/16 of the window."""
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,16 @@ class InProcessJudge:
     def __init__(self, reranker: Rank1Reranker, *, max_in_flight: int, owned: bool) -> None:
         self.reranker = reranker
         self.settings: RunSettings | None = RunSettings.of(reranker)
-        self.unit_size = max_in_flight
+        # A unit frees its place in the window only when its last pair is judged: small
+        # units keep the window (and so the engine or servers) full while stragglers finish.
+        self.unit_size = max(1, max_in_flight // UNITS_IN_WINDOW)
+        self._max_in_flight = max_in_flight
         self._owned = owned
 
     def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
         assert self.settings is not None
         return iterate(
-            judge_units(self.reranker, units, max_in_flight=self.unit_size, settings=self.settings.fingerprint)
+            judge_units(self.reranker, units, max_in_flight=self._max_in_flight, settings=self.settings.fingerprint)
         )
 
     def probe_settings(self) -> RunSettings:

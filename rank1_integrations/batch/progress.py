@@ -24,6 +24,9 @@ class RunSummary:
     failed_now: int = 0
     reasoning_tokens_now: int = 0
     seconds: float = 0.0
+    """Judging time of this run: from the opened engine's first unit to its last judgment."""
+    first_judgment_after: float | None = None
+    """Seconds until the first judgments came back (Ray starts its actors and their engines in that time)."""
     judged: int = 0
     forced: int = 0
     failed: int = 0
@@ -72,6 +75,8 @@ class Progress:
                 summary.failed_now += 1
             summary.reasoning_tokens_now += record.reasoning_tokens
         summary.seconds = self._clock() - self._started
+        if summary.first_judgment_after is None:
+            summary.first_judgment_after = summary.seconds
         if self._bar is not None:
             tokens = summary.reasoning_tokens_now / summary.seconds if summary.seconds > 0 else 0.0
             self._bar.set_postfix_str(f"{tokens:.0f} reasoning tok/s, {summary.failed_now} failed", refresh=False)
