@@ -7,7 +7,9 @@ LlamaIndex load only when the feature that needs them is used.
 from rank1_integrations.cache import DiskCache, JudgmentCache, MemoryCache
 from rank1_integrations.errors import (
     BackendError,
+    CheckpointError,
     IncompatibleServerError,
+    IncompleteRunError,
     InvalidInputError,
     MalformedResponseError,
     MissingDependencyError,
@@ -27,8 +29,10 @@ __all__ = [
     "DATASET_PROMPTS",
     "DEFAULT_MAX_REASONING_TOKENS",
     "BackendError",
+    "CheckpointError",
     "DiskCache",
     "IncompatibleServerError",
+    "IncompleteRunError",
     "InvalidInputError",
     "Judgment",
     "JudgmentCache",

@@ -12,7 +12,9 @@ from rank1_integrations.judgment import Judgment
 
 __all__ = [
     "BackendError",
+    "CheckpointError",
     "IncompatibleServerError",
+    "IncompleteRunError",
     "InvalidInputError",
     "MalformedResponseError",
     "MissingDependencyError",
@@ -46,6 +48,26 @@ class MissingDependencyError(Rank1Error, ImportError):
 
 class InvalidInputError(Rank1Error, ValueError):
     """The caller passed something rank1 cannot judge (empty query, non-string passage, ...)."""
+
+
+class CheckpointError(InvalidInputError):
+    """A batch run's checkpoint (its judgments JSONL) cannot be resumed by this run.
+
+    It was written with other settings or other texts, another run is writing it, or a
+    line before its last is not a judgment record. Nothing in it is changed.
+    """
+
+
+class IncompleteRunError(Rank1Error):
+    """A batch run ended with pairs that could not be judged; their errors are in the checkpoint.
+
+    Running the same command again retries exactly those pairs.
+    """
+
+    def __init__(self, message: str, *, failed: int, total: int) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.total = total
 
 
 class BackendError(Rank1Error):

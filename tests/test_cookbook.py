@@ -219,10 +219,12 @@ class TestOnTheOfflineModel:
 
     @pytest.mark.skipif(importlib.util.find_spec("ir_measures") is None, reason="needs ir-measures")
     def test_evaluation(self, capsys: pytest.CaptureFixture[str], tmp_path: Path):
-        run, judgments, cache = tmp_path / "rank1.run", tmp_path / "judgments.jsonl", tmp_path / "cache.sqlite"
+        run, judgments = tmp_path / "rank1.run", tmp_path / "judgments.jsonl"
         argv = ["--depth", "3", "--max-queries", "3", "--output", str(run), "--judgments", str(judgments), *_TINY]
-        out = run_main("07_evaluation", [*argv, "--cache", str(cache)], capsys)
-        assert run_main("07_evaluation", [*argv, "--cache", str(cache)], capsys) == out  # from the disk cache
+        out = run_main("07_evaluation", argv, capsys)
+        written = judgments.read_text()
+        assert run_main("07_evaluation", argv, capsys) == out  # the checkpoint holds every judgment: no reasoning again
+        assert judgments.read_text() == written
         rows = re.findall(r"^(nDCG@10|RR@10|R@5|R@10) +(\d\.\d{4}) +(\d\.\d{4}) +([+-]\d\.\d{4})$", out, re.M)
         assert [r[0] for r in rows] == ["nDCG@10", "RR@10", "R@5", "R@10"], out
         assert all(0.0 <= float(v) <= 1.0 for r in rows for v in r[1:3])

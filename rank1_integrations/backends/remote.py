@@ -207,8 +207,10 @@ class RemoteBackend:
 
     async def _attempt(self, call: HttpCall, tried: list[str]) -> Any:
         core = self._core
-        server = core.pick_server(call, tried)
         async with self._slots:
+            # Chosen once the request may go: chosen while it waited, every waiting request
+            # would pick the server least loaded back then, all the same one.
+            server = core.pick_server(call, tried)
             core.router.started(server)
             try:
                 # The whole attempt, however slowly the answer trickles in (httpx's timeouts are per read).

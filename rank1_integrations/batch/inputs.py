@@ -1,0 +1,265 @@
+"""Reading a run's inputs as streams: a TREC run query by query, a corpus by document id.
+
+Nothing here holds all passages. A BEIR ``corpus.jsonl`` is scanned once into an index
+of byte offsets (SQLite, on disk) and each query's passages are read back when needed;
+``ir_datasets`` ids (``irds:beir/scifact``) use that package's own document store.
+The first-stage order of a query is its run lines by score, highest first, then by the
+rank column, then by position in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from rank1_integrations._optional import require
+from rank1_integrations.errors import InvalidInputError
+
+__all__ = [
+    "IRDS_PREFIX",
+    "Corpus",
+    "IrdsCorpus",
+    "JsonlCorpus",
+    "QueryRun",
+    "open_corpus",
+    "passage_text",
+    "read_queries",
+    "read_run",
+]
+
+IRDS_PREFIX = "irds:"
+"""An input named ``irds:<dataset id>`` is read with ``ir_datasets``."""
+
+_SQL_CHUNK = 500
+"""Ids per ``IN (...)`` look-up, well under SQLite's limit on bound parameters."""
+
+
+@dataclass(frozen=True)
+class QueryRun:
+    """One query's documents in a first-stage run, best first."""
+
+    qid: str
+    docids: tuple[str, ...]
+
+
+def read_run(path: Path) -> Iterator[QueryRun]:
+    """The run's queries in file order, each with its documents in first-stage order.
+
+    A run lists each query's lines together (as retrieval tools write them); a query
+    that comes back after another is refused, with the command that groups the lines.
+    """
+    seen: set[str] = set()
+    qid: str | None = None
+    rows: list[tuple[float, int, int, str]] = []
+    with _open_text(path) as lines:
+        for number, line in enumerate(lines, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise InvalidInputError(
+                    f"{path}:{number}: a TREC run line has 6 columns (qid Q0 docid rank score tag), got {len(parts)}"
+                )
+            if parts[0] != qid:
+                if qid is not None:
+                    yield _ranked(path, qid, rows)
+                    seen.add(qid)
+                if parts[0] in seen:
+                    raise InvalidInputError(
+                        f"{path}:{number}: query {parts[0]!r} comes back after other queries; group each query's "
+                        f"lines together first, e.g. sort -s -k1,1 {path} > sorted.run"
+                    )
+                qid, rows = parts[0], []
+            rows.append(
+                (-_number(path, number, parts[4], float), _number(path, number, parts[3], int), number, parts[2])
+            )
+    if qid is not None:
+        yield _ranked(path, qid, rows)
+
+
+def _ranked(path: Path, qid: str, rows: list[tuple[float, int, int, str]]) -> QueryRun:
+    rows.sort()
+    docids = tuple(row[3] for row in rows)
+    if len(set(docids)) != len(docids):
+        twice = sorted({d for d in docids if docids.count(d) > 1})
+        raise InvalidInputError(f"{path}: query {qid!r} lists documents more than once: {twice[:10]}")
+    return QueryRun(qid, docids)
+
+
+def _number(path: Path, line: int, text: str, kind: type[int] | type[float]) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise InvalidInputError(f"{path}:{line}: {text!r} is not a valid {kind.__name__}") from None
+    if not math.isfinite(value):
+        raise InvalidInputError(f"{path}:{line}: {text!r} is not a finite number")
+    return value
+
+
+def _open_text(path: Path) -> Any:
+    try:
+        return path.open(encoding="utf-8")
+    except OSError as err:
+        raise InvalidInputError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def passage_text(title: Any, text: Any) -> str:
+    """A BEIR document as one passage: title and text joined by a space (as MTEB and ir_datasets do)."""
+    return " ".join(part for part in (_text(title), _text(text)) if part)
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+class Corpus(Protocol):
+    """Documents by id, read when asked for."""
+
+    def missing(self, docids: Sequence[str]) -> list[str]:
+        """The ids that are not in the corpus, in the order given."""
+        ...
+
+    def texts(self, docids: Sequence[str]) -> dict[str, str]:
+        """The passage text of each id (ids that are not in the corpus are left out)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class JsonlCorpus:
+    """A BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``): scanned once into an on-disk index of offsets."""
+
+    def __init__(self, path: Path, index_path: Path) -> None:
+        self.path = path
+        try:
+            self._file = path.open("rb")
+        except OSError as err:
+            raise InvalidInputError(f"cannot read {path}: {err.strerror or err}") from None
+        self._db = sqlite3.connect(index_path)
+        try:
+            self._db.executescript(
+                "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+                "CREATE TABLE docs (docid TEXT PRIMARY KEY, offset INTEGER NOT NULL) WITHOUT ROWID;"
+            )
+            self._index()
+        except BaseException:
+            self.close()
+            raise
+
+    def _index(self) -> None:
+        insert = "INSERT INTO docs VALUES (?, ?)"
+        offset = 0
+        for number, line in enumerate(self._file, start=1):
+            if line.strip():
+                docid = self._docid(line, number)
+                try:
+                    self._db.execute(insert, (docid, offset))
+                except sqlite3.IntegrityError:
+                    raise InvalidInputError(f"{self.path}:{number}: document id {docid!r} appears twice") from None
+            offset += len(line)
+        self._db.commit()
+
+    def _docid(self, line: bytes, number: int) -> str:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise InvalidInputError(f"{self.path}:{number}: not a JSON object") from None
+        docid = record.get("_id") if isinstance(record, dict) else None
+        if not isinstance(docid, str | int) or isinstance(docid, bool) or str(docid) == "":
+            raise InvalidInputError(f"{self.path}:{number}: a corpus line needs an '_id'")
+        return str(docid)
+
+    def _offsets(self, docids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(docids), _SQL_CHUNK):
+            chunk = list(docids[start : start + _SQL_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            found.update(self._db.execute(f"SELECT docid, offset FROM docs WHERE docid IN ({marks})", chunk))
+        return found
+
+    def missing(self, docids: Sequence[str]) -> list[str]:
+        found = self._offsets(docids)
+        return [d for d in docids if d not in found]
+
+    def texts(self, docids: Sequence[str]) -> dict[str, str]:
+        texts = {}
+        for docid, offset in sorted(self._offsets(docids).items(), key=lambda item: item[1]):
+            self._file.seek(offset)
+            record = json.loads(self._file.readline())
+            texts[docid] = passage_text(record.get("title"), record.get("text"))
+        return texts
+
+    def close(self) -> None:
+        self._db.close()
+        self._file.close()
+
+
+class IrdsCorpus:
+    """The documents of an ``ir_datasets`` dataset, through its document store."""
+
+    def __init__(self, dataset_id: str) -> None:
+        self._store = _irds_dataset(dataset_id, "docs").docs_store()
+
+    def missing(self, docids: Sequence[str]) -> list[str]:
+        found = self._store.get_many(docids)
+        return [d for d in docids if d not in found]
+
+    def texts(self, docids: Sequence[str]) -> dict[str, str]:
+        return {docid: _irds_text(doc) for docid, doc in self._store.get_many(docids).items()}
+
+    def close(self) -> None:
+        return None
+
+
+def open_corpus(source: str | Path, index_path: Path) -> Corpus:
+    """``irds:<id>`` through ``ir_datasets``, else a BEIR ``corpus.jsonl`` path."""
+    if isinstance(source, str) and source.startswith(IRDS_PREFIX):
+        return IrdsCorpus(source[len(IRDS_PREFIX) :])
+    return JsonlCorpus(Path(source), index_path)
+
+
+def read_queries(source: str | Path) -> dict[str, str]:
+    """Query id -> text, from a BEIR ``queries.jsonl`` (``_id``, ``text``) or ``irds:<id>``."""
+    if isinstance(source, str) and source.startswith(IRDS_PREFIX):
+        dataset = _irds_dataset(source[len(IRDS_PREFIX) :], "queries")
+        return {str(query.query_id): _irds_text(query) for query in dataset.queries_iter()}
+    path = Path(source)
+    queries: dict[str, str] = {}
+    with _open_text(path) as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise InvalidInputError(f"{path}:{number}: not a JSON object") from None
+            qid = record.get("_id") if isinstance(record, dict) else None
+            if not isinstance(qid, str | int) or isinstance(qid, bool) or str(qid) == "":
+                raise InvalidInputError(f"{path}:{number}: a query line needs an '_id'")
+            if str(qid) in queries:
+                raise InvalidInputError(f"{path}: query id {str(qid)!r} appears more than once")
+            queries[str(qid)] = _text(record.get("text"))
+    return queries
+
+
+def _irds_dataset(dataset_id: str, part: str) -> Any:
+    ir_datasets = require("ir_datasets", extras=("eval",), purpose="Reading ir_datasets ids")
+    try:
+        dataset = ir_datasets.load(dataset_id)
+    except KeyError:
+        raise InvalidInputError(f"ir_datasets has no dataset {dataset_id!r}") from None
+    if not getattr(dataset, f"has_{part}", lambda: False)():
+        raise InvalidInputError(f"ir_datasets dataset {dataset_id!r} has no {part}")
+    return dataset
+
+
+def _irds_text(item: Any) -> str:
+    """``default_text()`` where the record type has it (title and text for BEIR), else its text fields."""
+    if hasattr(item, "default_text"):
+        return str(item.default_text()).strip()
+    return passage_text(getattr(item, "title", None), getattr(item, "text", None))

@@ -1,0 +1,126 @@
+"""Which pairs a run still has to judge, from its inputs and its checkpoint, as a stream of work units.
+
+The run is read query by query (three passes: survey, work, output), so only one
+query's documents and passages are in memory at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from rank1_integrations.batch.checkpoint import Checkpoint
+from rank1_integrations.batch.inputs import Corpus, QueryRun, read_run
+from rank1_integrations.batch.records import text_digest
+from rank1_integrations.errors import CheckpointError, InvalidInputError
+
+__all__ = ["Plan", "Survey", "WorkUnit"]
+
+_SHOWN = 10
+"""Examples named in an error about missing or changed inputs."""
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Pairs of one query to judge together (one ``ajudge`` call)."""
+
+    qid: str
+    query: str
+    docids: tuple[str, ...]
+    passages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Survey:
+    """The run at its start: how many pairs it has, and how many the checkpoint already holds."""
+
+    queries: int
+    pairs: int
+    judged: int
+    """Pairs the checkpoint holds a judgment for."""
+    failed: int
+    """Pairs whose last attempt failed (retried now)."""
+
+    @property
+    def remaining(self) -> int:
+        return self.pairs - self.judged
+
+
+class Plan:
+    """The run's pairs (each query's first ``depth`` documents) against what the checkpoint holds."""
+
+    def __init__(
+        self,
+        run: Path,
+        *,
+        queries: Mapping[str, str],
+        corpus: Corpus,
+        checkpoint: Checkpoint,
+        depth: int | None,
+    ) -> None:
+        if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
+            raise InvalidInputError(f"depth must be a positive int (or None for every document), got {depth!r}")
+        self.run = run
+        self.queries = queries
+        self.corpus = corpus
+        self.checkpoint = checkpoint
+        self.depth = depth
+
+    def rankings(self) -> Iterator[tuple[QueryRun, tuple[str, ...]]]:
+        """Each query of the run with the documents it reranks (its first ``depth``)."""
+        for ranking in read_run(self.run):
+            yield ranking, ranking.docids[: self.depth]
+
+    def survey(self) -> Survey:
+        """Count the work; refuse a run whose queries or documents are missing or whose texts changed."""
+        queries = pairs = judged = failed = 0
+        no_query: list[str] = []
+        no_doc: list[str] = []
+        changed: list[str] = []
+        missing_queries = missing_docs = changed_pairs = 0
+        for ranking, top in self.rankings():
+            queries += 1
+            pairs += len(top)
+            query = self.queries.get(ranking.qid)
+            if query is None:
+                missing_queries += 1
+                no_query += [ranking.qid][: _SHOWN - len(no_query)]
+                continue
+            absent = self.corpus.missing(top)
+            missing_docs += len(absent)
+            no_doc += [f"{ranking.qid}/{d}" for d in absent][: _SHOWN - len(no_doc)]
+            states = self.checkpoint.states(ranking.qid, top)
+            done = [d for d, state in states.items() if state.judged]
+            failed += len(states) - len(done)
+            judged += len(done)
+            if done:
+                texts = self.corpus.texts(done)
+                stale = [d for d in done if d in texts and text_digest(query, texts[d]) != states[d].digest]
+                changed_pairs += len(stale)
+                changed += [f"{ranking.qid}/{d}" for d in stale][: _SHOWN - len(changed)]
+        if missing_queries:
+            raise InvalidInputError(
+                f"{missing_queries} queries of the run are not in the queries file, e.g. {no_query}"
+            )
+        if missing_docs:
+            raise InvalidInputError(f"{missing_docs} documents of the run are not in the corpus, e.g. {no_doc}")
+        if changed_pairs:
+            raise CheckpointError(
+                f"{self.checkpoint.path} judged {changed_pairs} pairs on other texts than the corpus and queries "
+                f"give now (query/document: {changed}): pass a new judgments file to judge the new texts"
+            )
+        return Survey(queries, pairs, judged, failed)
+
+    def units(self, max_pairs: int) -> Iterator[WorkUnit]:
+        """The pairs still to judge, query by query, at most ``max_pairs`` per unit."""
+        for ranking, top in self.rankings():
+            states = self.checkpoint.states(ranking.qid, top)
+            todo = [d for d in top if not (d in states and states[d].judged)]
+            if not todo:
+                continue
+            texts = self.corpus.texts(todo)
+            query = self.queries[ranking.qid]
+            for start in range(0, len(todo), max_pairs):
+                docids = tuple(todo[start : start + max_pairs])
+                yield WorkUnit(ranking.qid, query, docids, tuple(texts[d] for d in docids))

@@ -1,0 +1,211 @@
+"""The Ray Data engine: ``ray.data`` over the pairs, ``map_batches`` with an actor pool of rerankers.
+
+The pattern vLLM documents for offline batch inference at scale: a callable class holds
+one reranker per actor (an embedded engine on its own GPU, or a client of a vLLM fleet),
+``concurrency=N`` fixes the pool, and Ray streams batches to it. The class is async, so
+an actor runs several batches at once and its engine's batch stays full; each batch
+goes through the same driver as the in-process engines (:func:`judge_units`).
+
+The pairs still to judge are put into Ray's object store in blocks (spilled to disk
+when it fills), so the driver holds one block at a time. Ray is imported here only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from rank1_integrations._optional import require
+from rank1_integrations.batch.drive import judge_units
+from rank1_integrations.batch.engines import EmbeddedEngine, RayEngine, ServerEngine
+from rank1_integrations.batch.plan import WorkUnit
+from rank1_integrations.batch.records import PairRecord, RunSettings
+from rank1_integrations.errors import BackendError, InvalidInputError, Rank1Error
+
+__all__ = ["RayJudge", "RerankActor"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RANK1_ERROR_LINE = re.compile(r"^rank1_integrations\.errors\.(\w+): (.*)$", re.M)
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(PairRecord))
+_PURPOSE = "Batch reranking on Ray (--ray)"
+
+
+class RerankActor:
+    """A reranker per Ray actor: ``map_batches`` calls it with pyarrow tables of (qid, docid, query, passage)."""
+
+    def __init__(self, spec: EmbeddedEngine | ServerEngine) -> None:
+        self._reranker = spec.reranker()
+        settings = RunSettings.of(self._reranker)
+        self._fingerprint = settings.fingerprint
+        self._settings = json.dumps(settings.to_dict())
+
+    async def __call__(self, batch: Any) -> Any:
+        pa = require("pyarrow", extras=("ray",), purpose=_PURPOSE)
+        rows = batch.to_pylist()
+        units = list(_units(rows))
+        stream = judge_units(self._reranker, units, max_in_flight=len(rows), settings=self._fingerprint)
+        records = [record async for finished in stream for record in finished]
+        return pa.Table.from_pylist(
+            [{**dataclasses.asdict(r), "settings_json": self._settings} for r in records], schema=_output_schema(pa)
+        )
+
+
+def _backend_error(err: Exception) -> BackendError:
+    """A Ray failure as a :class:`BackendError` naming the first rank1 error behind it, if any."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [err]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        # Ray re-raises an actor's error as a class of its own deriving from it: look for ours.
+        if isinstance(current, Rank1Error) and type(current).__module__.startswith("rank1_integrations"):
+            return BackendError(f"a Ray actor failed: {type(current).__name__}: {current}")
+        pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    # An actor that died in __init__ leaves only the text of its traceback.
+    text = _ANSI.sub("", str(err))
+    named = _RANK1_ERROR_LINE.findall(text)
+    if named:
+        name, message = named[-1]
+        return BackendError(f"a Ray actor failed: {name}: {message[:500]}")
+    first_line = (text.strip().splitlines() or [""])[0][:500]
+    return BackendError(f"Ray could not judge the pairs: {type(err).__name__}: {first_line}")
+
+
+def _settings_of(spec: EmbeddedEngine | ServerEngine) -> dict[str, Any]:
+    reranker = spec.reranker()
+    try:
+        return RunSettings.of(reranker).to_dict()
+    finally:
+        reranker.close()
+
+
+def _units(rows: list[dict[str, Any]]) -> Iterator[WorkUnit]:
+    """Consecutive rows of one query become one unit."""
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end]["qid"] != rows[start]["qid"]:
+            chunk = rows[start:end]
+            yield WorkUnit(
+                chunk[0]["qid"],
+                chunk[0]["query"],
+                tuple(r["docid"] for r in chunk),
+                tuple(r["passage"] for r in chunk),
+            )
+            start = end
+
+
+def _output_schema(pa: Any) -> Any:
+    return pa.schema(
+        [
+            ("qid", pa.string()),
+            ("docid", pa.string()),
+            ("score", pa.float64()),
+            ("relevant", pa.bool_()),
+            ("forced", pa.bool_()),
+            ("reasoning_tokens", pa.int64()),
+            ("reasoning", pa.string()),
+            ("truncated", pa.bool_()),
+            ("error", pa.string()),
+            ("settings", pa.string()),
+            ("text_digest", pa.string()),
+            ("settings_json", pa.string()),
+        ]
+    )
+
+
+class RayJudge:
+    """Runs a :class:`RayEngine`; starts (and later stops) a local Ray instance unless one is running."""
+
+    def __init__(self, spec: RayEngine) -> None:
+        if not isinstance(spec.rerankers, EmbeddedEngine | ServerEngine):
+            raise InvalidInputError("RayEngine.rerankers must be an EmbeddedEngine or a ServerEngine")
+        for name, least in (("num_engines", 1), ("batch_size", 1)):
+            value = getattr(spec, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise InvalidInputError(f"RayEngine.{name} must be an int >= {least}, got {value!r}")
+        for name in ("cpus_per_engine", "gpus_per_engine"):
+            value = getattr(spec, name)
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+                raise InvalidInputError(f"RayEngine.{name} must be a non-negative number, got {value!r}")
+        self._ray = require("ray", extras=("ray",), purpose=_PURPOSE)
+        self._data = require("ray.data", extras=("ray",), purpose=_PURPOSE)
+        self._pa = require("pyarrow", extras=("ray",), purpose=_PURPOSE)
+        self.spec = spec
+        self.settings: RunSettings | None = None
+        self.unit_size = spec.batch_size
+        self._started = not self._ray.is_initialized()
+        if self._started:
+            self._ray.init(address=spec.address, include_dashboard=False)
+        self._data.DataContext.get_current().enable_progress_bars = False  # the run has its own
+
+    def _gpus(self) -> float:
+        if self.spec.gpus_per_engine is not None:
+            return float(self.spec.gpus_per_engine)
+        if isinstance(self.spec.rerankers, ServerEngine):
+            return 0.0
+        return 1.0 if self._ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+    def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
+        blocks = self._blocks(units)
+        if not blocks:
+            return
+        dataset = self._data.from_arrow_refs(blocks).map_batches(
+            RerankActor,
+            fn_constructor_kwargs={"spec": self.spec.rerankers},
+            batch_size=self.spec.batch_size,
+            batch_format="pyarrow",
+            compute=self._data.ActorPoolStrategy(size=self.spec.num_engines),
+            num_cpus=self.spec.cpus_per_engine,
+            num_gpus=self._gpus(),
+        )
+        del blocks  # the dataset holds them until they are judged
+        tables = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+        while True:
+            try:
+                table = next(tables, None)
+            except Exception as err:  # Ray wraps what failed in the actors (or Ray itself failed)
+                raise _backend_error(err) from err
+            if table is None:
+                return
+            rows = table.to_pylist()
+            if rows and self.settings is None:
+                self.settings = RunSettings.from_dict(json.loads(rows[0]["settings_json"]))
+            yield [PairRecord(**{name: row[name] for name in _RECORD_FIELDS}) for row in rows]
+
+    def probe_settings(self) -> RunSettings:
+        """One reranker started as a Ray task with an actor's resources, asked for its settings."""
+        if self.settings is None:
+            probe = self._ray.remote(num_cpus=self.spec.cpus_per_engine, num_gpus=self._gpus())(_settings_of)
+            self.settings = RunSettings.from_dict(self._ray.get(probe.remote(self.spec.rerankers)))
+        return self.settings
+
+    def _blocks(self, units: Iterator[WorkUnit]) -> list[Any]:
+        """The pairs as object-store blocks of ``batch_size`` rows (only one block is in this process at a time)."""
+        refs: list[Any] = []
+        columns: dict[str, list[str]] = {"qid": [], "docid": [], "query": [], "passage": []}
+
+        def put() -> None:
+            refs.append(self._ray.put(self._pa.table(columns)))
+            for values in columns.values():
+                values.clear()
+
+        for unit in units:
+            for docid, passage in zip(unit.docids, unit.passages, strict=True):
+                columns["qid"].append(unit.qid)
+                columns["docid"].append(docid)
+                columns["query"].append(unit.query)
+                columns["passage"].append(passage)
+                if len(columns["qid"]) >= self.spec.batch_size:
+                    put()
+        if columns["qid"]:
+            put()
+        return refs
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()

@@ -1,0 +1,174 @@
+"""What a batch run writes for one (query, passage) pair, and the settings it was judged with.
+
+Pure: JSON in and out, no files. A record carries the fingerprint of the rank1 settings
+that judged it and a digest of the two texts, so a resumed run can prove that every
+judgment it keeps is one it would have made itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from rank1_integrations.judgment import Judgment
+
+if TYPE_CHECKING:
+    from rank1_integrations.reranker import Rank1Reranker
+
+__all__ = ["PairRecord", "RunSettings", "text_digest"]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings a judgment depends on (besides the texts): a checkpoint holds one set only."""
+
+    model: str
+    """The backend's model name (the embedded engine's model path or id; a server's served name)."""
+    template: str | None
+    max_reasoning_tokens: int
+    context_size: int
+
+    @classmethod
+    def of(cls, reranker: Rank1Reranker) -> RunSettings:
+        return cls(reranker.backend.model_name, reranker.template, reranker.max_reasoning_tokens, reranker.context_size)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunSettings:
+        if not isinstance(data, dict):
+            raise ValueError("settings must be a JSON object")
+        model, template = data.get("model"), data.get("template")
+        budget, context = data.get("max_reasoning_tokens"), data.get("context_size")
+        if not (
+            isinstance(model, str)
+            and (template is None or isinstance(template, str))
+            and isinstance(budget, int)
+            and isinstance(context, int)
+        ):
+            raise ValueError("settings lack model, template, max_reasoning_tokens or context_size")
+        return cls(model, template, budget, context)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+    def differences(self, other: RunSettings) -> list[str]:
+        """``name: ours != theirs`` for each setting that differs (templates shortened)."""
+        found = []
+        for name, ours in self.to_dict().items():
+            theirs = getattr(other, name)
+            if ours != theirs:
+                found.append(f"{name}: {_short(ours)} != {_short(theirs)}")
+        return found
+
+
+def text_digest(query: str, passage: str) -> str:
+    """A short digest of the texts judged: a resumed run refuses a judgment of other texts."""
+    data = json.dumps([query, passage], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One line of the judgments JSONL: a judged pair, or a failed one with its error."""
+
+    qid: str
+    docid: str
+    score: float | None
+    relevant: bool | None
+    forced: bool
+    reasoning_tokens: int
+    reasoning: str
+    truncated: bool
+    error: str | None
+    settings: str
+    """Fingerprint of the :class:`RunSettings` that judged it."""
+    text_digest: str
+    """:func:`text_digest` of the query and passage judged."""
+
+    @property
+    def judged(self) -> bool:
+        return self.error is None and self.score is not None
+
+    @classmethod
+    def of(cls, qid: str, docid: str, judgment: Judgment, *, settings: str, digest: str) -> PairRecord:
+        return cls(
+            qid=qid,
+            docid=docid,
+            score=judgment.score,
+            relevant=judgment.relevant,
+            forced=judgment.forced,
+            reasoning_tokens=judgment.reasoning_tokens,
+            reasoning=judgment.reasoning,
+            truncated=judgment.truncated,
+            error=None if judgment.score is not None else judgment.error or "not judged",
+            settings=settings,
+            text_digest=digest,
+        )
+
+    @classmethod
+    def failure(cls, qid: str, docid: str, error: BaseException, *, settings: str, digest: str) -> PairRecord:
+        return cls(
+            qid=qid,
+            docid=docid,
+            score=None,
+            relevant=None,
+            forced=False,
+            reasoning_tokens=0,
+            reasoning="",
+            truncated=False,
+            error=f"{type(error).__name__}: {error}",
+            settings=settings,
+            text_digest=digest,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> PairRecord:
+        """Parse one line; ``ValueError`` when it is not a well-formed record."""
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("a record must be a JSON object")
+        try:
+            record = cls(**data)
+        except TypeError as err:
+            raise ValueError(f"not a judgment record: {err}") from None
+        record._check()
+        return record
+
+    def _check(self) -> None:
+        texts = (self.qid, self.docid, self.reasoning, self.settings, self.text_digest)
+        if not all(isinstance(t, str) for t in texts) or not self.qid or not self.docid:
+            raise ValueError("qid, docid, reasoning, settings and text_digest must be strings")
+        if not isinstance(self.forced, bool) or not isinstance(self.truncated, bool):
+            raise ValueError("forced and truncated must be booleans")
+        if not _is_int(self.reasoning_tokens) or self.reasoning_tokens < 0:
+            raise ValueError("reasoning_tokens must be a non-negative int")
+        if self.error is not None:
+            if not isinstance(self.error, str) or self.score is not None or self.relevant is not None:
+                raise ValueError("a failed record has an error string and neither score nor verdict")
+        elif not (
+            isinstance(self.score, int | float)
+            and not isinstance(self.score, bool)
+            and math.isfinite(self.score)
+            and 0.0 <= self.score <= 1.0
+            and isinstance(self.relevant, bool)
+        ):
+            raise ValueError("a judged record has a score in [0, 1] and a boolean verdict")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
