@@ -29,9 +29,10 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from _shared import BM25, explanation, note, optional, parser, resolve, stdlib_corpus
+from _shared import BM25, note, optional, parser, resolve, stdlib_corpus
 
 import rank1_integrations
+from rank1_integrations.rationale import rationale
 
 QUERY = "How do I run a shell command from Python and capture what it prints?"
 SETUPS = """# One rank1-serve per GPU: each owns its GPU's engine; put your load balancer in front.
@@ -144,7 +145,7 @@ def rerank_everywhere(url: str, name: str, key: str, k: int, top_n: int) -> None
         verdict = "relevant" if fields["relevant"] else "not relevant"
         forced = ", forced" if fields["forced"] else ""
         print(f"  [{hits[result.index].source}] {verdict}, score {result.relevance_score:.3f}{forced}")
-        print(f"      why (rank1): {explanation(fields['reasoning'])}")
+        print(f"      why (rank1): {rationale(fields['reasoning'])}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,13 +6,20 @@ of the documents it keeps (``id`` and metadata kept), best first, each with
 ``metadata["relevance_score"]`` and the ``rank1_*`` keys of
 :data:`rank1_integrations.selection.RANK1_METADATA_KEYS`. The filter order and the
 handling of empty and unjudged documents are those of :mod:`rank1_integrations.selection`.
+
+While it judges, each document is announced as soon as rank1 has judged it: a custom event
+``"rank1_judgment"`` whose data is ``{"index": position in the input, "document": a copy
+with the rank1 metadata}`` (``rank1_kept_by`` None: not selected yet). A chat UI gets them
+from ``astream_events`` (``event == "on_custom_event"``) or a callback handler's
+``on_custom_event``, and can show sources before the slowest one is judged.
 Needs only ``langchain-core`` (the ``langchain`` extra).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from rank1_integrations._optional import require
@@ -42,6 +49,7 @@ from rank1_integrations.selection import (  # noqa: E402
     ContextSource,
     EmptyTextPolicy,
     JudgingPlan,
+    Pick,
     ReasoningShown,
     SelectionPolicy,
     format_context,
@@ -52,6 +60,7 @@ from rank1_integrations.selection import (  # noqa: E402
     select,
     template_kwargs,
 )
+from rank1_integrations.streamed_sources import JUDGMENT_EVENT, JudgmentsSoFar  # noqa: E402
 
 __all__ = ["Rank1Rerank", "format_documents"]
 
@@ -147,7 +156,8 @@ class Rank1Rerank(RollbackInvalidAssignment, BaseDocumentCompressor):
         """Judge ``documents`` for ``query`` with rank1; return copies of the kept ones, best first.
 
         The call is one run (``Rank1Rerank``) for the given ``callbacks``, so tracers see
-        its inputs, output documents and errors.
+        its inputs, output documents and errors, and a ``"rank1_judgment"`` custom event
+        per document as soon as it is judged.
         """
         texts = _texts(documents)
         manager = CallbackManager.configure(inheritable_callbacks=callbacks)
@@ -156,7 +166,12 @@ class Rank1Rerank(RollbackInvalidAssignment, BaseDocumentCompressor):
             plan = plan_judging(texts, empty_text=self.empty_text)
             judgments: list[Judgment] = []
             if needs_judging(self.policy, plan):
-                judgments = self._reranker.judge(query, plan.passages, **template_kwargs(self.template))
+                so_far = JudgmentsSoFar(plan)
+                announce = run.get_child()
+                for judgment in self._reranker.judge_iter(query, plan.passages, **template_kwargs(self.template)):
+                    for name, data in self._announcements(documents, so_far.add(judgment), announce):
+                        announce.on_custom_event(name, data, run_id=run.run_id)
+                judgments = so_far.in_order()
             result = self._keep(documents, plan, judgments)
         except BaseException as err:
             run.on_chain_error(err)
@@ -178,7 +193,14 @@ class Rank1Rerank(RollbackInvalidAssignment, BaseDocumentCompressor):
             plan = plan_judging(texts, empty_text=self.empty_text)
             judgments: list[Judgment] = []
             if needs_judging(self.policy, plan):
-                judgments = await self._reranker.ajudge(query, plan.passages, **template_kwargs(self.template))
+                so_far = JudgmentsSoFar(plan)
+                announce = run.get_child()
+                stream = self._reranker.ajudge_stream(query, plan.passages, **template_kwargs(self.template))
+                async with aclosing(stream):  # an error or a cancellation aborts the rest at once
+                    async for judgment in stream:
+                        for name, data in self._announcements(documents, so_far.add(judgment), announce):
+                            await announce.on_custom_event(name, data, run_id=run.run_id)
+                judgments = so_far.in_order()
             result = self._keep(documents, plan, judgments)
         except BaseException as err:
             await run.on_chain_error(err)
@@ -187,13 +209,17 @@ class Rank1Rerank(RollbackInvalidAssignment, BaseDocumentCompressor):
         return result
 
     def _keep(self, documents: Sequence[Document], plan: JudgingPlan, judgments: Sequence[Judgment]) -> list[Document]:
-        kept: list[Document] = []
-        for pick in select(self.policy, plan, judgments):
-            original = documents[pick.index]
-            metadata = copy.deepcopy(original.metadata)
-            metadata.update(rank1_metadata(pick))
-            kept.append(original.model_copy(update={"metadata": metadata}))
-        return kept
+        return [_copy(documents[pick.index], pick) for pick in select(self.policy, plan, judgments)]
+
+    @staticmethod
+    def _announcements(
+        documents: Sequence[Document], picks: Sequence[Pick], callbacks: CallbackManager | AsyncCallbackManager
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The custom events for documents rank1 has just judged (none when nobody listens)."""
+        if not callbacks.handlers:
+            return
+        for pick in picks:
+            yield JUDGMENT_EVENT, {"index": pick.index, "document": _copy(documents[pick.index], pick)}
 
 
 def format_documents(
@@ -221,6 +247,12 @@ def format_documents(
         template=template,
         separator=separator,
     )
+
+
+def _copy(original: Document, pick: Pick) -> Document:
+    metadata = copy.deepcopy(original.metadata)
+    metadata.update(rank1_metadata(pick))
+    return original.model_copy(update={"metadata": metadata})
 
 
 def _texts(documents: Sequence[Document]) -> list[str]:

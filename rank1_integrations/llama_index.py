@@ -8,12 +8,19 @@ scored by rank1, with ``relevance_score`` and the ``rank1_*`` metadata keys of
 embedding text (so the reasoning cannot feed back into retrieval or a second
 reranker). The LLM text shows rank1's rationale (``rank1_rationale``: its conclusion, one or
 two sentences); ``reasoning_in_llm_text="full"`` shows its whole reasoning, ``"none"`` neither.
+
+While it judges, each node is announced as soon as rank1 has judged it: a
+:class:`Rank1JudgmentEvent` (``index``: position in the input, ``node``: a copy with the rank1
+metadata, ``rank1_kept_by`` None as it is not selected yet) on LlamaIndex's instrumentation
+dispatcher, between ``ReRankStartEvent`` and ``ReRankEndEvent``; an event handler can show
+sources before the slowest one is judged.
 Needs only ``llama-index-core`` (the ``llama-index`` extra).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from contextlib import aclosing
 from typing import Any, Literal
 
 from rank1_integrations._optional import require
@@ -30,6 +37,7 @@ from llama_index.core.bridge.pydantic import (  # noqa: E402
 )
 from llama_index.core.callbacks import CBEventType, EventPayload  # noqa: E402
 from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]  # noqa: E402
+from llama_index.core.instrumentation.events import BaseEvent  # noqa: E402
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent  # noqa: E402
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
@@ -67,8 +75,9 @@ from rank1_integrations.selection import (  # noqa: E402
     select,
     template_kwargs,
 )
+from rank1_integrations.streamed_sources import JudgmentsSoFar  # noqa: E402
 
-__all__ = ["RETRIEVAL_SCORE_KEY", "Rank1Rerank", "format_nodes"]
+__all__ = ["RETRIEVAL_SCORE_KEY", "Rank1JudgmentEvent", "Rank1Rerank", "format_nodes"]
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key of the retriever's score, with ``keep_retrieval_score=True`` (LlamaIndex's own key)."""
@@ -77,6 +86,19 @@ dispatcher = get_dispatcher(__name__)
 
 _LLM_TEXT_KEY = {"rationale": RATIONALE_KEY, "full": REASONING_KEY, "none": None}
 """The one rank1 metadata key each ``reasoning_in_llm_text`` setting leaves in the LLM text."""
+
+
+class Rank1JudgmentEvent(BaseEvent):
+    """rank1 has judged one node; sent while it judges the others (before the selection)."""
+
+    index: int
+    """The node's position in the list given to the postprocessor."""
+    node: NodeWithScore
+    """A copy of the node, scored by rank1, with the rank1 metadata (``rank1_kept_by`` None)."""
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Rank1JudgmentEvent"
 
 
 class Rank1Rerank(RollbackInvalidAssignment, BaseNodePostprocessor):
@@ -212,7 +234,10 @@ class Rank1Rerank(RollbackInvalidAssignment, BaseNodePostprocessor):
             plan = plan_judging(self._texts(nodes), empty_text=self.empty_text)
             judgments: list[Judgment] = []
             if needs_judging(self.policy, plan):
-                judgments = self._reranker.judge(query, plan.passages, **template_kwargs(self.template))
+                so_far = JudgmentsSoFar(plan)
+                for judgment in self._reranker.judge_iter(query, plan.passages, **template_kwargs(self.template)):
+                    self._announce(nodes, so_far.add(judgment))
+                judgments = so_far.in_order()
             kept = self._keep(nodes, plan, judgments)
             event.on_end(payload={EventPayload.NODES: kept})
         dispatcher.event(ReRankEndEvent(nodes=kept))
@@ -229,7 +254,12 @@ class Rank1Rerank(RollbackInvalidAssignment, BaseNodePostprocessor):
             plan = plan_judging(self._texts(nodes), empty_text=self.empty_text)
             judgments: list[Judgment] = []
             if needs_judging(self.policy, plan):
-                judgments = await self._reranker.ajudge(query, plan.passages, **template_kwargs(self.template))
+                so_far = JudgmentsSoFar(plan)
+                stream = self._reranker.ajudge_stream(query, plan.passages, **template_kwargs(self.template))
+                async with aclosing(stream):  # an error or a cancellation aborts the rest at once
+                    async for judgment in stream:
+                        self._announce(nodes, so_far.add(judgment))
+                judgments = so_far.in_order()
             kept = self._keep(nodes, plan, judgments)
             event.on_end(payload={EventPayload.NODES: kept})
         dispatcher.event(ReRankEndEvent(nodes=kept))
@@ -262,6 +292,10 @@ class Rank1Rerank(RollbackInvalidAssignment, BaseNodePostprocessor):
 
     def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
         return [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
+
+    def _announce(self, nodes: Sequence[NodeWithScore], picks: Sequence[Pick]) -> None:
+        for pick in picks:
+            dispatcher.event(Rank1JudgmentEvent(index=pick.index, node=self._copy(nodes[pick.index], pick)))
 
     def _keep(
         self, nodes: Sequence[NodeWithScore], plan: JudgingPlan, judgments: Sequence[Judgment]

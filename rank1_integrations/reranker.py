@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -243,7 +243,7 @@ class Rank1Reranker:
 
     async def ajudge_stream(
         self, query: str, passages: Sequence[str], *, template: Any = _KEEP
-    ) -> AsyncIterator[Judgment]:
+    ) -> AsyncGenerator[Judgment, None]:
         """Async :meth:`judge_iter`: ``async for judgment in reranker.ajudge_stream(query, passages)``.
 
         Breaking out of the loop, or cancelling the task, aborts the rest (use

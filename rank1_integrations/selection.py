@@ -57,6 +57,7 @@ __all__ = [
     "ReasoningShown",
     "SelectionPolicy",
     "format_context",
+    "has_score",
     "needs_judging",
     "plan_judging",
     "rank1_metadata",
@@ -71,6 +72,7 @@ ReasoningShown = Literal["rationale", "full"]
 """What a context block shows of rank1's reasoning: the short rationale, or all of it."""
 Status = Literal["judged", "unjudged", "empty"]
 KeptBy = Literal["relevance", "min_keep"]
+"""Why a document was kept; None on a streamed document (judged, not yet selected)."""
 
 RELEVANCE_SCORE_KEY = "relevance_score"
 """rank1's score in [0, 1]; None for an unjudged document (the LangChain convention key)."""
@@ -85,7 +87,8 @@ TRUNCATED_KEY = "rank1_truncated"
 STATUS_KEY = "rank1_status"
 """``"judged"``, ``"unjudged"`` (the backend failed on it) or ``"empty"`` (no text: never sent)."""
 KEPT_BY_KEY = "rank1_kept_by"
-"""``"relevance"`` (passed the threshold or verdict) or ``"min_keep"`` (kept only to reach min_keep)."""
+"""``"relevance"`` (passed the threshold or verdict) or ``"min_keep"`` (kept only to reach min_keep);
+None on a document announced as soon as it was judged (before the selection)."""
 ERROR_KEY = "rank1_error"
 """Why an unjudged document could not be judged; None otherwise."""
 RANK1_METADATA_KEYS: tuple[str, ...] = (
@@ -148,7 +151,8 @@ class Pick:
     judgment: Judgment
     """rank1's judgment; for an empty text a stand-in (score 0.0, not relevant, no reasoning)."""
     status: Status
-    kept_by: KeptBy
+    kept_by: KeptBy | None
+    """None for a document announced as soon as it was judged, before the selection."""
 
     @property
     def score(self) -> float | None:
@@ -193,7 +197,7 @@ def select(policy: SelectionPolicy, plan: JudgingPlan, judgments: Sequence[Judgm
     for index, slot in enumerate(plan.slots):
         if slot is None:
             judged.append((index, Judgment(index=index, score=0.0, relevant=False, reasoning=""), "empty"))
-        elif not _has_score(judgments[slot]):  # unjudged; or a broken score, which must not upset the ranking
+        elif not has_score(judgments[slot]):  # unjudged; or a broken score, which must not upset the ranking
             unjudged.append((index, judgments[slot]))
         else:
             judged.append((index, judgments[slot], "judged"))
@@ -270,7 +274,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _has_score(judgment: Judgment) -> bool:
+def has_score(judgment: Judgment) -> bool:
+    """A finite score (an unjudged passage, or a broken score, has none)."""
     score = judgment.score
     return isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,14 @@ class EntryPoints(Rank1Reranker):
     async def ajudge(self, *args: Any, **kwargs: Any) -> list[Judgment]:
         self.entry_points.append("ajudge")
         return await super().ajudge(*args, **kwargs)
+
+    def judge_iter(self, *args: Any, **kwargs: Any) -> Iterator[Judgment]:
+        self.entry_points.append("judge_iter")
+        return super().judge_iter(*args, **kwargs)
+
+    def ajudge_stream(self, *args: Any, **kwargs: Any) -> AsyncGenerator[Judgment, None]:
+        self.entry_points.append("ajudge_stream")
+        return super().ajudge_stream(*args, **kwargs)
 
 
 def recording(reranker: Rank1Reranker, *, fail: Sequence[str] = (), on_failure="raise") -> EntryPoints:

@@ -11,7 +11,9 @@ need an engine in this process are marked ``embedded`` (and deselected there).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -78,43 +80,48 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.embedded)
 
 
-def _built_by_the_engine_python(builder: str, out_dir: Path) -> Path:
-    """Build a test model with torch and transformers: in this process, or in the engine Python."""
-    from rank1_integrations.testing import tiny_models
-
+def _built_by_the_engine_python(module: str, builder: str, out_dir: Path, **kwargs: object) -> Path:
+    """Build a test model or tokenizer with torch and transformers: in this process, or in the
+    engine Python (the floor job's client-only environment has no torch)."""
     python = engine_python()
     if python == sys.executable:
-        return Path(getattr(tiny_models, builder)(out_dir))
-    code = f"import sys; from rank1_integrations.testing.tiny_models import {builder}; {builder}(sys.argv[1])"
-    subprocess.run([python, "-c", code, str(out_dir)], cwd=_REPO, check=True, timeout=900)
+        return Path(getattr(importlib.import_module(module), builder)(out_dir, **kwargs))
+    code = (
+        "import json, sys; from importlib import import_module; "
+        f"getattr(import_module({module!r}), {builder!r})(sys.argv[1], **json.loads(sys.argv[2]))"
+    )
+    subprocess.run([python, "-c", code, str(out_dir), json.dumps(kwargs)], cwd=_REPO, check=True, timeout=900)
     return out_dir
+
+
+_TINY_MODELS = "rank1_integrations.testing.tiny_models"
+_FAMILIES = "rank1_integrations.testing.families"
 
 
 @pytest.fixture(scope="session")
 def scripted_model_dir(model_cache: Path) -> Path:
-    return _built_by_the_engine_python("build_scripted_model", model_cache / "scripted")
+    return _built_by_the_engine_python(_TINY_MODELS, "build_scripted_model", model_cache / "scripted")
 
 
 @pytest.fixture(scope="session")
 def random_model_dir(model_cache: Path) -> Path:
-    return _built_by_the_engine_python("build_random_model", model_cache / "random")
+    return _built_by_the_engine_python(_TINY_MODELS, "build_random_model", model_cache / "random")
 
 
 @pytest.fixture(scope="session")
 def chaos_model_dir(model_cache: Path) -> Path:
-    from rank1_integrations.testing.families import build_chaos_model
-
-    return build_chaos_model(model_cache / "chaos")
+    return _built_by_the_engine_python(_FAMILIES, "build_chaos_model", model_cache / "chaos")
 
 
 @pytest.fixture(scope="session")
 def family_tokenizer_dir(model_cache: Path) -> Callable[[str, bool], Path]:
     """``(family, think_tokens) -> folder`` of a tiny tokenizer of that rank1 family."""
-    from rank1_integrations.testing.families import build_family_tokenizer
 
     def build(family: str, think_tokens: bool) -> Path:
         name = f"tokenizer-{family}{'-think' if think_tokens else ''}"
-        return build_family_tokenizer(family, model_cache / name, think_tokens=think_tokens)
+        return _built_by_the_engine_python(
+            _FAMILIES, "build_family_tokenizer", model_cache / name, family=family, think_tokens=think_tokens
+        )
 
     return build
 

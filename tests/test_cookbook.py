@@ -237,6 +237,20 @@ class TestOnTheOfflineModel:
         assert len(records) == sum(depth.values())
         assert all(0.0 <= r["score"] <= 1.0 for r in records)
 
+    def test_streaming_sources(self, capsys: pytest.CaptureFixture[str]):
+        out = run_main("09_streaming_sources", ["--k", "4", "--top-n", "2", "--max-reasoning-tokens", "24"], capsys)
+        core, langchain, llama_index = out.split("\n== ")[1:]
+        times = r"^  \+ *(\d+\.\d\d)s  (\S+) +"
+        streamed = re.findall(times + r"(?:not )?relevant, score \d\.\d+", core, re.M)
+        assert len(streamed) == 4, out
+        assert [float(t) for t, _ in streamed] == sorted(float(t) for t, _ in streamed)
+        for part in (langchain, llama_index):
+            sources = re.findall(times + r"(?:not )?relevant \d\.\d{3}: \S", part, re.M)
+            assert sorted(s for _, s in sources) == sorted(s for _, s in streamed), out
+            kept = re.findall(r"^  \+ *(\d+\.\d\d)s  kept \(top 2, best first\): \[(.*)\]$", part, re.M)
+            assert len(kept) == 1, out
+            assert float(kept[0][0]) >= max(float(t) for t, _ in sources)
+
     @pytest.mark.timeout(600)
     def test_serving_offline_demo(self, capsys: pytest.CaptureFixture[str]):
         out = run_main("06_serving", ["--offline-demo", *_TINY], capsys)

@@ -11,7 +11,7 @@ import pytest
 
 from tests import golden
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.embedded]  # its engines are requested by name
 
 
 FIXTURES = {

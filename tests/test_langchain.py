@@ -84,7 +84,7 @@ def documents() -> list[Document]:
     ]
 
 
-def rank1_keys(j: Judgment, *, kept_by: str = "relevance") -> dict[str, object]:
+def rank1_keys(j: Judgment, *, kept_by: str | None = "relevance") -> dict[str, object]:
     return {
         "relevance_score": pytest.approx(j.score, abs=TOLERANCE),
         "rank1_reasoning": j.reasoning,
@@ -97,6 +97,10 @@ def rank1_keys(j: Judgment, *, kept_by: str = "relevance") -> dict[str, object]:
         "rank1_kept_by": kept_by,
         "rank1_error": None,
     }
+
+
+def score(document: Document) -> float:
+    return document.metadata["relevance_score"]
 
 
 def summary(docs: Sequence[Document]) -> list[tuple[str | None, str, float | None]]:
@@ -214,7 +218,7 @@ async def test_async_is_native_and_sync_stays_sync(reranker):
     assert type(compressor).acompress_documents is not BaseDocumentCompressor.acompress_documents
     await compressor.acompress_documents(documents()[:2], LEN_QUERY)
     compressor.compress_documents(documents()[:2], LEN_QUERY)
-    assert spy.entry_points == ["ajudge", "judge"]
+    assert spy.entry_points == ["ajudge_stream", "judge_iter"]
 
 
 def test_template_goes_to_rank1(reranker):
@@ -235,6 +239,69 @@ async def test_callbacks_see_one_run_with_inputs_and_outputs(reranker, use_async
     assert (name, parent, end, end_id) == ("Rank1Rerank", None, "end", run_id)
     assert inputs == {"query": LEN_QUERY, "documents": documents()}
     assert outputs == {"documents": kept}
+
+
+class Announcements(BaseCallbackHandler):
+    """Notes rank1's custom events, and where they fall among the run's own events."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_chain_start(self, serialized, inputs, *, run_id, **kwargs):
+        self.events.append(("start", run_id))
+
+    def on_custom_event(self, name, data, *, run_id, **kwargs):
+        self.events.append((name, run_id, data))
+
+    def on_chain_end(self, outputs, *, run_id, **kwargs):
+        self.events.append(("end", run_id))
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_each_document_is_announced_as_soon_as_rank1_has_judged_it(reranker, truth, use_async):
+    given = [*documents(), Document(LEN_PASSAGE, id="len again"), Document("  ", id="blank")]
+    listener = Announcements()
+    compressor = Rank1Rerank(reranker=reranker, top_n=1)
+    if use_async:
+        kept = await compressor.acompress_documents(given, LEN_QUERY, callbacks=[listener])
+    else:
+        kept = compressor.compress_documents(given, LEN_QUERY, callbacks=[listener])
+    (start, run_id), *announced, end = listener.events
+    assert (start, end) == ("start", ("end", run_id))
+    assert {(name, event_run) for name, event_run, _ in announced} == {("rank1_judgment", run_id)}
+    by_index = {data["index"]: data["document"] for _, _, data in announced}
+    # every judged document once (the duplicate text too: one judgment, two documents), no blank one
+    assert sorted(by_index) == [0, 1, 2, 3] == sorted(data["index"] for _, _, data in announced)
+    names = {0: "sorted", 1: "len", 2: "open", 3: "len"}
+    for index, document in by_index.items():
+        assert document.id == given[index].id
+        assert document is not given[index]
+        assert document.metadata == {**given[index].metadata, **rank1_keys(truth[names[index]], kept_by=None)}
+    # the forced answer takes a second round: its document is announced last, after the quick ones
+    assert announced[-1][2]["index"] == 2
+    assert [d.id for d in kept] == ["len"]
+    assert kept[0].metadata["rank1_kept_by"] == "relevance"
+
+
+async def test_a_chat_ui_gets_the_sources_from_astream_events_before_the_retriever_ends(reranker, truth, store):
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+
+    base = store.as_retriever(search_kwargs={"k": 3})
+    retriever = ContextualCompressionRetriever(base_compressor=Rank1Rerank(reranker=reranker), base_retriever=base)
+    events = [event async for event in retriever.astream_events(LEN_QUERY, version="v2")]
+    kinds = [event["event"] for event in events]
+    judged = [event["data"]["document"] for event in events if event["event"] == "on_custom_event"]
+    assert {event["name"] for event in events if event["event"] == "on_custom_event"} == {"rank1_judgment"}
+    assert sorted(d.id for d in judged) == sorted(d.id for d in base.invoke(LEN_QUERY))
+    the_end = len(kinds) - 1 - kinds[::-1].index("on_retriever_end")  # the compression retriever's (last) end
+    assert events[the_end]["name"] == "ContextualCompressionRetriever"
+    assert max(i for i, kind in enumerate(kinds) if kind == "on_custom_event") < the_end
+    by_id = {d.id: d for d in judged}
+    assert by_id["len"].metadata["relevance_score"] == pytest.approx(truth["len"].score, abs=TOLERANCE)
+    kept = events[-1]["data"]["output"]  # the final selection: what rank1 called relevant, best first
+    relevant = [d for d in judged if d.metadata["rank1_relevant"]]
+    assert [d.id for d in kept] == [d.id for d in sorted(relevant, key=score, reverse=True)]
+    assert "len" in {d.id for d in kept}
 
 
 # -- inside LangChain's retrievers and chains --------------------------------------------

@@ -27,7 +27,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from rank1_integrations import InvalidInputError, Judgment, MissingDependencyError
-from rank1_integrations.llama_index import Rank1Rerank, format_nodes
+from rank1_integrations.llama_index import Rank1JudgmentEvent, Rank1Rerank, format_nodes
 from rank1_integrations.selection import RANK1_METADATA_KEYS
 from rank1_integrations.testing.tiny_models import (
     JOIN_PASSAGE,
@@ -102,7 +102,7 @@ def nodes() -> list[NodeWithScore]:
     return [node("sorted", SORTED_PASSAGE, 0.9), node("len", LEN_PASSAGE, 0.8), node("open", OPEN_PASSAGE, 0.7)]
 
 
-def rank1_keys(j: Judgment, *, kept_by: str = "relevance") -> dict[str, object]:
+def rank1_keys(j: Judgment, *, kept_by: str | None = "relevance") -> dict[str, object]:
     return {
         "relevance_score": pytest.approx(j.score, abs=TOLERANCE),
         "rank1_reasoning": j.reasoning,
@@ -253,6 +253,46 @@ async def test_both_paths_run_inside_a_dispatcher_span(reranker, events, use_asy
     assert start.span_id in [span.id_ for span in spans.completed_spans]
 
 
+class Announcements(BaseEventHandler):
+    """rank1's judgment events with the rerank events around them."""
+
+    events: list[Any] = Field(default_factory=list)
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        if isinstance(event, ReRankStartEvent | ReRankEndEvent | Rank1JudgmentEvent):
+            self.events.append(event)
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_each_node_is_announced_as_soon_as_rank1_has_judged_it(reranker, truth, use_async):
+    given = [*nodes(), NodeWithScore(node=TextNode(id_="len again", text=LEN_PASSAGE)), NodeWithScore(node=TextNode())]
+    listener = Announcements()
+    root = get_dispatcher()
+    root.add_event_handler(listener)
+    try:
+        kept = await postprocess(Rank1Rerank(reranker, top_n=1), given, LEN_QUERY, use_async)
+    finally:
+        root.event_handlers.remove(listener)
+    start, *announced, end = listener.events
+    assert (type(start), type(end)) == (ReRankStartEvent, ReRankEndEvent)
+    assert all(isinstance(event, Rank1JudgmentEvent) for event in announced)
+    assert {event.span_id for event in listener.events} == {start.span_id}
+    # every judged node once (the duplicate text too: one judgment, two nodes), not the empty one
+    assert sorted(event.index for event in announced) == [0, 1, 2, 3]
+    names = {0: "sorted", 1: "len", 2: "open", 3: "len"}
+    for event in announced:
+        original = given[event.index]
+        assert event.node.node.node_id == original.node.node_id
+        assert event.node.node is not original.node
+        assert event.node.score == pytest.approx(truth[names[event.index]].score, abs=TOLERANCE)
+        rank1 = {k: v for k, v in event.node.node.metadata.items() if k.startswith(("rank1_", "relevance"))}
+        assert rank1 == rank1_keys(truth[names[event.index]], kept_by=None)
+    # the forced answer takes a second round: its node is announced last, after the quick ones
+    assert announced[-1].index == 2
+    assert [n.node.node_id for n in kept] == ["len"]
+    assert kept[0].node.metadata["rank1_kept_by"] == "relevance"
+
+
 def test_empty_texts_and_duplicates(reranker, truth):
     given = [
         NodeWithScore(node=TextNode(text=LEN_PASSAGE, id_="a")),
@@ -295,7 +335,7 @@ async def test_async_is_native_and_sync_stays_sync(reranker):
     assert type(post)._apostprocess_nodes is not BaseNodePostprocessor._apostprocess_nodes
     await post.apostprocess_nodes(nodes()[:2], query_str=LEN_QUERY)
     post.postprocess_nodes(nodes()[:2], query_str=LEN_QUERY)
-    assert spy.entry_points == ["ajudge", "judge"]
+    assert spy.entry_points == ["ajudge_stream", "judge_iter"]
 
 
 def test_metadata_mode_picks_the_text_rank1_judges(reranker):
