@@ -44,7 +44,7 @@ pytest_plugins = ["tests.adapter_support"]
 
 IN_PROCESS_ENGINE = importlib.util.find_spec("vllm") is not None
 """Whether vLLM can run in this process; without it the adapter tests judge on a vLLM server."""
-_NEEDS_AN_ENGINE_HERE = frozenset({"scripted_reranker", "random_reranker"})
+_NEEDS_AN_ENGINE_HERE = frozenset({"scripted_reranker", "random_reranker", "chaos_backend", "smollm2_backend"})
 
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "float32", "max_model_len": 1024, "seed": 0}
 """Fast, deterministic CPU engine settings used by every engine test."""
@@ -85,10 +85,10 @@ def _built_by_the_engine_python(module: str, builder: str, out_dir: Path, **kwar
     engine Python (the floor job's client-only environment has no torch)."""
     python = engine_python()
     if python == sys.executable:
-        return Path(getattr(importlib.import_module(module), builder)(out_dir, **kwargs))
+        return Path(getattr(importlib.import_module(module), builder)(out_dir=out_dir, **kwargs))
     code = (
         "import json, sys; from importlib import import_module; "
-        f"getattr(import_module({module!r}), {builder!r})(sys.argv[1], **json.loads(sys.argv[2]))"
+        f"getattr(import_module({module!r}), {builder!r})(out_dir=sys.argv[1], **json.loads(sys.argv[2]))"
     )
     subprocess.run([python, "-c", code, str(out_dir), json.dumps(kwargs)], cwd=_REPO, check=True, timeout=900)
     return out_dir
