@@ -57,6 +57,7 @@ class Server:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         env = dict(os.environ)
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server runs as vLLM ships it
+        env.update(item.split("=", 1) for item in args.server_env)
         CACHE.mkdir(parents=True, exist_ok=True)
         self.log = (CACHE / f"remote-server-{index}.log").open("wb")
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
@@ -131,6 +132,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--server", help="an already running server's base URL (then --model is its served name)")
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded-engine comparison")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the servers, e.g. VLLM_CPU_NUM_OF_RESERVED_CPU=0: on CPU a vLLM server keeps one "
+        "core for its scheduler and computes on the others, while the embedded engine computes on all",
+    )
     args = parser.parse_args(argv)
     if args.passages is None:
         args.passages = 64

@@ -3,9 +3,11 @@
 Each round judges fresh passages twice on the same engine, interleaved: once with ``judge``
 (the caller sees everything when the slowest passage is done) and once with ``judge_iter``
 (each judgment as soon as it is final), recording when each judgment arrived. Reasoning
-lengths must differ between passages for streaming to matter: the script prints them.
+lengths must differ between passages for streaming to matter: the script prints them. Use
+an even number of rounds (the order alternates) and prefix caching off: both variants of a
+round judge the same passages, so with it on the second reuses the first's KV blocks.
 
-    python -m bench.streaming --model smollm2 --budget 96 --passages 8 --runs 3
+    python -m bench.streaming --model smollm2 --budget 96 --passages 8 --runs 4 --engine-arg enable_prefix_caching=false
     python -m bench.streaming                           # the tiny random model (engine overhead)
 """
 

@@ -37,15 +37,7 @@ class EmbeddedEngine:
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def reranker(self) -> Rank1Reranker:
-        return Rank1Reranker.from_vllm(
-            self.model,
-            template=self.template,
-            max_reasoning_tokens=self.max_reasoning_tokens,
-            context_size=self.context_size,
-            on_failure="mark_unjudged",
-            cache=False,
-            **dict(self.engine_kwargs),
-        )
+        return Rank1Reranker.from_vllm(self.model, **_run_settings(self), **dict(self.engine_kwargs))
 
     def window(self) -> int:
         return DEFAULT_MAX_IN_FLIGHT
@@ -73,17 +65,25 @@ class ServerEngine:
         return Rank1Reranker.from_server(
             list(self.urls),
             self.model,
-            template=self.template,
-            max_reasoning_tokens=self.max_reasoning_tokens,
-            context_size=self.context_size,
-            on_failure="mark_unjudged",
-            cache=False,
+            **_run_settings(self),
             **{"max_concurrency": self.concurrency_per_server * len(self.urls), **self.backend_kwargs},
         )
 
     def window(self) -> int:
         """Twice the requests in flight: each server has its next requests waiting."""
         return 2 * self.concurrency_per_server * len(self.urls)
+
+
+def _run_settings(engine: EmbeddedEngine | ServerEngine | Rank1Reranker) -> dict[str, Any]:
+    """A run's reranker settings: a failed pair is recorded (and retried on resume), never cached
+    (the checkpoint is the run's cache)."""
+    return {
+        "template": engine.template,
+        "max_reasoning_tokens": engine.max_reasoning_tokens,
+        "context_size": engine.context_size,
+        "on_failure": "mark_unjudged",
+        "cache": False,
+    }
 
 
 @dataclass(frozen=True)
@@ -158,14 +158,7 @@ def open_judge(engine: Engine, *, max_in_flight: int | None) -> Judge:
         raise InvalidInputError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
     if isinstance(engine, Rank1Reranker):
         # The caller's reranker keeps its settings and backend; failures come back marked.
-        marking = Rank1Reranker(
-            engine.backend,
-            template=engine.template,
-            max_reasoning_tokens=engine.max_reasoning_tokens,
-            context_size=engine.context_size,
-            on_failure="mark_unjudged",
-            cache=False,
-        )
+        marking = Rank1Reranker(engine.backend, **_run_settings(engine))
         return InProcessJudge(marking, max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT, owned=False)
     if isinstance(engine, EmbeddedEngine | ServerEngine):
         return InProcessJudge(engine.reranker(), max_in_flight=max_in_flight or engine.window(), owned=True)
