@@ -133,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--server", help="an already running server's base URL (then --model is its served name)")
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded-engine comparison")
     parser.add_argument(
+        "--prompts-per-request", type=int, default=1, help="prompts per /v1/completions request (the backend's setting)"
+    )
+    parser.add_argument(
         "--server-env",
         action="append",
         default=[],
@@ -176,7 +179,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         def variant(count: int, level: int, mode: str) -> Callable[[], Any]:
             backend = RemoteBackend(
-                urls[:count], model, max_concurrency=level, tokenizer=None if mode == "local" else mode
+                urls[:count],
+                model,
+                max_concurrency=level,
+                tokenizer=None if mode == "local" else mode,
+                prompts_per_request=args.prompts_per_request,
             )
             if mode == "local" and type(backend.tokenizer).__name__ == "RemoteTokenizer":
                 raise SystemExit("no local copy of the served model's tokenizer could be checked and used")
