@@ -100,6 +100,8 @@ class FaultProxy:
         self.log: list[LogEntry] = []
         self.in_flight = 0
         self.peak_in_flight = 0
+        self.delayed = 0
+        """Requests being held by a "delay" fault right now."""
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -224,6 +226,15 @@ class FaultProxy:
                 return fault
         return None
 
+    async def _held(self, reader: asyncio.StreamReader, seconds: float) -> bool:
+        with self._lock:
+            self.delayed += 1
+        try:
+            return await _sleep_unless_hung_up(reader, seconds)
+        finally:
+            with self._lock:
+                self.delayed -= 1
+
     def _record(self, path: str, outcome: str, started: float, body: Any = None) -> None:
         with self._lock:
             self.log.append(LogEntry(path, outcome, started, body))
@@ -302,7 +313,7 @@ class FaultProxy:
             self._record(path, "killed", started, payload)
             await self._akill()
             return False
-        if fault is not None and kind == "delay" and not await _sleep_unless_hung_up(reader, fault.delay):
+        if fault is not None and kind == "delay" and not await self._held(reader, fault.delay):
             self._record(path, "client disconnected", started, payload)
             return False
         if kind == "reject_label_ids" and isinstance(payload, dict) and "logprob_token_ids" in payload:

@@ -457,7 +457,7 @@ def test_a_cancelled_ajudge_hangs_up_and_leaves_the_backend_healthy(proxy, serve
 
     async def cancel_midway() -> None:
         task = asyncio.ensure_future(reranker.ajudge(LEN_QUERY, PASSAGES[:4]))
-        while proxy.in_flight < 4:
+        while proxy.delayed < 4:  # every completion sent (prompts are built while others are in flight)
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
