@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,9 +60,7 @@ def model_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(model_cache: Path) -> Path:
-    from rank1_integrations.testing.tiny_models import build_tokenizer
-
-    return build_tokenizer(model_cache / "tokenizer")
+    return _built_in_a_fresh_python(_TINY_MODELS, "build_tokenizer", model_cache / "tokenizer")
 
 
 @pytest.fixture(scope="session")
@@ -80,17 +77,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.embedded)
 
 
-def _built_by_the_engine_python(module: str, builder: str, out_dir: Path, **kwargs: object) -> Path:
-    """Build a test model or tokenizer with torch and transformers: in this process, or in the
-    engine Python (the floor job's client-only environment has no torch)."""
-    python = engine_python()
-    if python == sys.executable:
-        return Path(getattr(importlib.import_module(module), builder)(out_dir=out_dir, **kwargs))
+def _built_in_a_fresh_python(module: str, builder: str, out_dir: Path, **kwargs: object) -> Path:
+    """Build a test model or tokenizer in a fresh interpreter of the engine's Python.
+
+    Fresh: the tokenizers' training text includes the docstrings of standard modules, which
+    a test process may have changed (what it imported, patched or set), and a different text
+    trains a different tokenizer, so the golden files would no longer match. The engine's
+    Python: the floor job's client-only environment has no torch.
+    """
     code = (
         "import json, sys; from importlib import import_module; "
         f"getattr(import_module({module!r}), {builder!r})(out_dir=sys.argv[1], **json.loads(sys.argv[2]))"
     )
-    subprocess.run([python, "-c", code, str(out_dir), json.dumps(kwargs)], cwd=_REPO, check=True, timeout=900)
+    command = [engine_python(), "-c", code, str(out_dir), json.dumps(kwargs)]
+    subprocess.run(command, cwd=_REPO, check=True, timeout=900)
     return out_dir
 
 
@@ -100,17 +100,17 @@ _FAMILIES = "rank1_integrations.testing.families"
 
 @pytest.fixture(scope="session")
 def scripted_model_dir(model_cache: Path) -> Path:
-    return _built_by_the_engine_python(_TINY_MODELS, "build_scripted_model", model_cache / "scripted")
+    return _built_in_a_fresh_python(_TINY_MODELS, "build_scripted_model", model_cache / "scripted")
 
 
 @pytest.fixture(scope="session")
 def random_model_dir(model_cache: Path) -> Path:
-    return _built_by_the_engine_python(_TINY_MODELS, "build_random_model", model_cache / "random")
+    return _built_in_a_fresh_python(_TINY_MODELS, "build_random_model", model_cache / "random")
 
 
 @pytest.fixture(scope="session")
 def chaos_model_dir(model_cache: Path) -> Path:
-    return _built_by_the_engine_python(_FAMILIES, "build_chaos_model", model_cache / "chaos")
+    return _built_in_a_fresh_python(_FAMILIES, "build_chaos_model", model_cache / "chaos")
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +119,7 @@ def family_tokenizer_dir(model_cache: Path) -> Callable[[str, bool], Path]:
 
     def build(family: str, think_tokens: bool) -> Path:
         name = f"tokenizer-{family}{'-think' if think_tokens else ''}"
-        return _built_by_the_engine_python(
+        return _built_in_a_fresh_python(
             _FAMILIES, "build_family_tokenizer", model_cache / name, family=family, think_tokens=think_tokens
         )
 
