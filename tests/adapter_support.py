@@ -129,6 +129,16 @@ def scripted_server_reranker(scripted_server: VLLMServer) -> Iterator[Rank1Reran
     remote.close()
 
 
+def with_one_secret(kind: str, server: VLLMServer, *, api_key: str, url_password: str) -> tuple[str, dict[str, object]]:
+    """``(base_url, reranker_kwargs)`` built as users do, with one kind of secret (the remote backend
+    takes one or the other): the API key among the reranker's arguments, or credentials in the URL."""
+    host = f"127.0.0.1:{server.port}"
+    kwargs: dict[str, object] = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    if kind == "api_key":
+        return f"http://{host}/v1", {**kwargs, "api_key": api_key}
+    return f"http://rank1:{url_password}@{host}/v1", kwargs
+
+
 @pytest.fixture
 def no_api_key_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RANK1_API_KEY", raising=False)

@@ -19,7 +19,7 @@ from pydantic import SecretStr, ValidationError
 
 from rank1_integrations.langchain import Rank1Rerank
 from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
-from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused
+from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused, with_one_secret
 from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
 from tests.vllm_server import VLLMServer
 
@@ -103,14 +103,7 @@ def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
 
 @pytest.fixture(params=["api_key", "url_credentials"])
 def secret_compressor(request: pytest.FixtureRequest, scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
-    """Built as users do, with one kind of secret (the remote backend takes one or the other):
-    the API key among the reranker's arguments, or credentials in the server URL."""
-    host = f"127.0.0.1:{scripted_server.port}"
-    kwargs: dict[str, object] = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
-    if request.param == "api_key":
-        url, kwargs = f"http://{host}/v1", {**kwargs, "api_key": API_KEY}
-    else:
-        url = f"http://rank1:{URL_PASSWORD}@{host}/v1"
+    url, kwargs = with_one_secret(request.param, scripted_server, api_key=API_KEY, url_password=URL_PASSWORD)
     compressor = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs)
     yield compressor
     assert compressor.reranker is not None

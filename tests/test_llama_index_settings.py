@@ -17,7 +17,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from rank1_integrations import InvalidInputError
 from rank1_integrations.llama_index import Rank1Rerank
 from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
-from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused
+from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused, with_one_secret
 from tests.conftest import SCRIPTED_BUDGET
 from tests.vllm_server import VLLMServer
 
@@ -94,14 +94,7 @@ def test_a_live_reranker_is_named_when_it_must_be_passed_again(reranker):
 
 @pytest.fixture(params=["api_key", "url_credentials"])
 def from_settings(request: pytest.FixtureRequest, scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
-    """Built as users do, with one kind of secret (the remote backend takes one or the other):
-    the API key among the reranker's arguments, or credentials in the server URL."""
-    host = f"127.0.0.1:{scripted_server.port}"
-    kwargs: dict[str, object] = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
-    if request.param == "api_key":
-        url, kwargs = f"http://{host}/v1", {**kwargs, "api_key": API_KEY}
-    else:
-        url = f"http://rank1:{URL_PASSWORD}@{host}/v1"
+    url, kwargs = with_one_secret(request.param, scripted_server, api_key=API_KEY, url_password=URL_PASSWORD)
     post = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs, min_keep=2)
     yield post
     post.reranker.close()
