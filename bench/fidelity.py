@@ -3,8 +3,10 @@
 Judges known (query, passage) pairs on the embedded engine with ``Rank1Reranker``, records
 the token ids it sent, and recomputes each score with a plain transformers forward pass in
 float64 (``tests/reference.py``) over those ids: the prompt plus the generated tokens up to
-the answer (natural answers), or the forced prompt (forced answers), whose ids are also
-checked against the reference's own construction of the authors' forced prompt. Models:
+the answer (natural answers), or the forced prompt (forced answers). A forced answer is
+measured against the authors' own: the reference's construction of their forced prompt
+(the generated text trimmed to its last sentence end, uncut), its ids and its float64 score;
+"cut" counts the forced answers whose reasoning was cut further to fit. Models:
 
 - scripted: the trained tiny test model (natural answers, and a forced one);
 - chaos: random weights, reasoning full of control tokens, U+FFFD and characters cut by the
@@ -20,6 +22,7 @@ import argparse
 
 import tests.conftest as settings  # the CPU engine environment, before vLLM loads
 from rank1_integrations import Rank1Reranker
+from rank1_integrations.backends.base import Completion
 from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
 from rank1_integrations.testing.tiny_models import (
     JOIN_PASSAGE,
@@ -45,8 +48,8 @@ RUNS = {
 }
 
 
-def rows_for(name: str) -> list[tuple[str, bool, float]]:
-    """(path, forced ids equal the reference's, |score - reference|) per judgment."""
+def rows_for(name: str) -> list[tuple[str, bool, bool, float]]:
+    """(path, ids sent are the authors', reasoning cut, |score - float64 score of the authors' ids|) per judgment."""
     model_dir = build_scripted_model(settings._CACHE / "scripted") if name == "scripted" else None
     model_dir = model_dir or golden.model_folder(name, settings._CACHE)
     backend = VLLMEngineBackend.load(str(model_dir), **settings.ENGINE_KWARGS)
@@ -55,21 +58,22 @@ def rows_for(name: str) -> list[tuple[str, bool, float]]:
     for query, passages, budget in RUNS[name]:
         recording = RecordingBackend(backend)
         judgments = Rank1Reranker(recording, max_reasoning_tokens=budget, cache=False).judge(query, passages)
-        forced = iter(recording.batches[1] if len(recording.batches) > 1 else [])
-        for passage, judgment, request, completion in zip(
-            passages, judgments, recording.batches[0], recording.results[0], strict=True
-        ):
-            if judgment.forced:
-                sent = next(forced).prompt_token_ids
+        # Forced answers go out as their passages need them, in one submission or several.
+        for passage, judgment, exchange in zip(passages, judgments, recording.exchanges(), strict=True):
+            completion = exchange.completion
+            assert isinstance(completion, Completion)
+            sent = exchange.request.prompt_token_ids + completion.token_ids[:-1]  # the answer position
+            authors, cut = sent, False
+            if exchange.forced is not None:
+                sent = exchange.forced.prompt_token_ids
+                trimmed = reference.trimmed(completion.text)
                 prompt_text = reference.PROMPT.format(query=query, passage=passage)
-                expected = reference.expected_forced_ids(
-                    model_dir, prompt_text, completion.token_ids, completion.text, judgment.reasoning
+                authors = reference.expected_forced_ids(
+                    model_dir, prompt_text, completion.token_ids, completion.text, trimmed
                 )
-                same = list(sent) == expected
-            else:
-                sent, same = request.prompt_token_ids + completion.token_ids[:-1], True
-            diff = abs(reference.score_of_ids(model_dir, sent) - (judgment.score or 0.0))
-            rows.append(("forced" if judgment.forced else "natural", same, diff))
+                cut = judgment.reasoning != trimmed
+            diff = abs(reference.score_of_ids(model_dir, authors) - (judgment.score or 0.0))
+            rows.append(("forced" if judgment.forced else "natural", list(sent) == list(authors), cut, diff))
     return rows
 
 
@@ -81,18 +85,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", default=list(RUNS), help=f"some of {list(RUNS)}")
     args = parser.parse_args()
-    lines = ["| model | answers | count | ids sent = reference's | max abs(score - float64 reference) |"]
-    lines.append("| --- | --- | --- | --- | --- |")
+    lines = ["| model | answers | count | ids sent = authors' | reasoning cut | max abs(score - float64 authors') |"]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
     worst = 0.0
     for name in args.models:
         rows = rows_for(name)
         for path in ("natural", "forced"):
             chosen = [r for r in rows if r[0] == path]
             if chosen:
-                largest = max(diff for _, _, diff in chosen)
+                largest = max(diff for *_, diff in chosen)
                 worst = max(worst, largest)
-                equal = sum(same for _, same, _ in chosen)
-                lines.append(f"| {name} | {path} | {len(chosen)} | {equal}/{len(chosen)} | {largest:.1e} |")
+                equal, cut = sum(r[1] for r in chosen), sum(r[2] for r in chosen)
+                lines.append(f"| {name} | {path} | {len(chosen)} | {equal}/{len(chosen)} | {cut} | {largest:.1e} |")
     print("\n".join(lines))
     print(f"max |diff| {worst:.2e}")
 

@@ -45,16 +45,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from rank1_integrations.backends.base import CompletionRequest
     from rank1_integrations.judging import JudgingRun
-    from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PromptBuilder
 
     reranker = load_reranker(args, cache=False)
     query = make_queries(1, seed=args.seed)[0]
     passages = make_passages(args.passages, args.passage_words, seed=args.seed)
-    builder = PromptBuilder(
-        reranker.backend.tokenizer,
-        template=reranker.template,
-        max_prompt_tokens=reranker.context_size - reranker.max_reasoning_tokens - FORCED_ANSWER_MARGIN,
-    )
+    builder = reranker._builder_for(reranker.template)  # the builder judge uses
     prompts = [builder.build(query, passage) for passage in passages]
 
     def new_run() -> tuple[JudgingRun, list[CompletionRequest]]:

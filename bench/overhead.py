@@ -98,7 +98,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from vllm.inputs import TokensPrompt
 
-    from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PromptBuilder
     from rank1_integrations.protocol import STOP_STRINGS, THINK_CLOSE, reasoning_for_forced_answer
 
     reranker = load_reranker(args, cache=False)
@@ -111,11 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     prompts = [reranker.build_prompt(query, passage) for passage in passages]
     reasoning_params = rank1_sampling_params(args.budget, STOP_STRINGS, labels)
     forced_params = rank1_sampling_params(1, (), labels)
-    builder = PromptBuilder(
-        reranker.backend.tokenizer,
-        template=reranker.template,
-        max_prompt_tokens=reranker.context_size - reranker.max_reasoning_tokens - FORCED_ANSWER_MARGIN,
-    )
+    builder = reranker._builder_for(reranker.template)  # the builder judge uses
 
     # The bare side learns once, untimed, which passages need a forced answer and with what prompt.
     first = llm.generate(

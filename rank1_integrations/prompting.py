@@ -27,16 +27,7 @@ from rank1_integrations.tokenization import (
     encode_prompt,
 )
 
-__all__ = ["FORCED_ANSWER_MARGIN", "ForcedPrompt", "PreparedPrompt", "PromptBuilder"]
-
-FORCED_ANSWER_MARGIN = 16
-"""Context tokens kept free beyond prompt + reasoning budget, for the forced answer.
-
-A forced prompt never exceeds prompt + generated + ``FORCED_ANSWER_MARGIN - 1`` tokens
-(:meth:`PromptBuilder.build_forced`), so with its one answer token it fits the context:
-prompts are built to at most context - budget - ``FORCED_ANSWER_MARGIN`` tokens, and an
-engine generates at most the budget.
-"""
+__all__ = ["ForcedPrompt", "PreparedPrompt", "PromptBuilder"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +53,21 @@ class ForcedPrompt:
     token_ids: tuple[int, ...]
     reasoning: str
     """The reasoning in it: the generated text trimmed to its last sentence end, as the authors
-    do, and cut further only where its tokens would not fit (see :meth:`PromptBuilder.build_forced`)."""
+    do, and cut further only where it would not fit the context (see :meth:`PromptBuilder.build_forced`)."""
 
 
 class PromptBuilder:
-    """Builds rank1 prompts that fit ``max_prompt_tokens``, cutting only the passage."""
+    """Builds rank1 prompts that fit ``max_prompt_tokens``, cutting only the passage, and forced-answer
+    prompts that fit ``context_size`` with their answer token (None: no limit on them)."""
 
-    def __init__(self, tokenizer: PromptTokenizer, *, template: str | None, max_prompt_tokens: int) -> None:
+    def __init__(
+        self,
+        tokenizer: PromptTokenizer,
+        *,
+        template: str | None,
+        max_prompt_tokens: int,
+        context_size: int | None = None,
+    ) -> None:
         if max_prompt_tokens <= 0:
             raise InvalidInputError(
                 "the reasoning budget leaves no room for a prompt in the context window; "
@@ -77,6 +76,7 @@ class PromptBuilder:
         self._tokenizer = tokenizer
         self._template = template
         self.max_prompt_tokens = max_prompt_tokens
+        self.context_size = context_size
         self._think_open_id = tokenizer.single_token_id(THINK_OPEN)
 
     def build(self, query: str, passage: str) -> PreparedPrompt:
@@ -94,25 +94,25 @@ class PromptBuilder:
         generated stay control tokens, special-token strings it wrote as characters stay
         characters (:mod:`.forced`); all else is the authors' tokenization.
 
-        Bound: the result never has more than ``len(prompt) + len(generated_ids) +
-        FORCED_ANSWER_MARGIN - 1`` tokens. Re-tokenized text can outgrow the tokens that
-        generated it (a lone byte of a cut character decodes to U+FFFD, three bytes), so
-        when the whole reasoning does not fit, the longest prefix of it that does is kept:
-        one that ends a sentence where one fits, else any. The empty reasoning costs only
-        the markers; if even that did not fit, this raises :class:`ModelOutputError`
-        instead of returning a prompt the engine would refuse.
+        Bound: the result and its answer token fit ``context_size``; wherever the authors'
+        prompt does, it is theirs. Re-tokenized text can outgrow the tokens that
+        generated it (a lone byte of a cut character decodes to U+FFFD, three bytes), so the
+        authors' prompt may not fit even when the reasoning request did; then the longest
+        prefix of the reasoning that fits is kept: one that ends a sentence where one fits,
+        else any. The empty reasoning costs only the markers; if even that did not fit, this
+        raises :class:`ModelOutputError` instead of returning a prompt the engine would refuse.
         """
         reasoning = reasoning_for_forced_answer(generated_text)
         start = len(generated_text) - len(generated_text.lstrip())
         spans = control_spans(self._tokenizer, generated_ids, generated_text)
-        limit = len(prompt.token_ids) + len(generated_ids) + FORCED_ANSWER_MARGIN - 1
 
         def ids_for(length: int) -> tuple[int, ...]:
             return self._forced_ids(prompt, reasoning_pieces(generated_text, spans, start, start + length))
 
         token_ids = ids_for(len(reasoning))
-        if len(token_ids) <= limit:
+        if self.context_size is None or len(token_ids) < self.context_size:
             return ForcedPrompt(token_ids, reasoning)
+        limit = self.context_size - 1  # the answer is read at the next position
         built: dict[int, tuple[int, ...]] = {}
 
         def fits(length: int) -> bool:
@@ -127,7 +127,7 @@ class PromptBuilder:
             cut = _longest(range(len(reasoning)), fits)
         if cut is None:
             raise ModelOutputError(
-                f"the forced answer's markers alone do not fit in {limit} tokens (prompt + generated + margin)"
+                f"the forced answer's markers alone do not fit in the context ({limit} tokens before the answer)"
             )
         return ForcedPrompt(built[cut], reasoning[:cut])
 

@@ -15,7 +15,7 @@ from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutp
 from rank1_integrations.judging import FailurePolicy
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.profiles import mismatches, profile_for, tokenizer_facts
-from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PreparedPrompt, PromptBuilder
+from rank1_integrations.prompting import PreparedPrompt, PromptBuilder
 from rank1_integrations.protocol import FALSE_LABEL, TRUE_LABEL
 from rank1_integrations.streaming import CallDriver, adrive, drive
 from rank1_integrations.templates import resolve_template
@@ -264,7 +264,8 @@ class Rank1Reranker:
         return PromptBuilder(
             self.backend.tokenizer,
             template=template,
-            max_prompt_tokens=self.context_size - self.max_reasoning_tokens - FORCED_ANSWER_MARGIN,
+            max_prompt_tokens=self.context_size - self.max_reasoning_tokens,
+            context_size=self.context_size,
         )
 
     def _plan(self, batches: Sequence[tuple[str, Sequence[str]]], template: Any) -> CallPlan:

@@ -15,16 +15,16 @@ import pytest
 
 from rank1_integrations import Judgment, Rank1Reranker
 from rank1_integrations.backends.base import Completion
-from rank1_integrations.prompting import FORCED_ANSWER_MARGIN
 from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, SORTED_PASSAGE
 from rank1_integrations.tokenization import Data, Trusted, encode_prompt
 from tests import reference
-from tests.conftest import SCRIPTED_BUDGET
+from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
 from tests.recording import RecordingBackend
 
 pytestmark = pytest.mark.engine
 
 TOLERANCE = 1e-3
+CONTEXT = ENGINE_KWARGS["max_model_len"]
 QUERY = "what does the len function return"
 PASSAGES = [
     "Return the length (the number of items) of an object.",
@@ -42,9 +42,14 @@ def judged(backend, budget: int, passages: Sequence[str] = PASSAGES, **settings)
 
 
 def check_against_reference(
-    model_dir: Path, passages: Sequence[str], recording: RecordingBackend, judgments: list[Judgment]
+    model_dir: Path,
+    passages: Sequence[str],
+    recording: RecordingBackend,
+    judgments: list[Judgment],
+    context: int = CONTEXT,
 ) -> list[tuple[Judgment, Completion, tuple[int, ...]]]:
-    """Assert every score equals the reference's over the ids sent; return (judgment, completion, ids scored)."""
+    """Assert every score equals the reference's over the ids sent, and every forced prompt is the authors'
+    where theirs fits ``context`` with its answer; return (judgment, completion, ids scored)."""
     checked = []
     for passage, judgment, exchange in zip(passages, judgments, recording.exchanges(), strict=True):
         request, completion = exchange.request, exchange.completion
@@ -56,15 +61,14 @@ def check_against_reference(
             assert list(sent) == reference.expected_forced_ids(
                 model_dir, prompt_text, completion.token_ids, completion.text, judgment.reasoning
             )
-            limit = len(request.prompt_token_ids) + len(completion.token_ids) + FORCED_ANSWER_MARGIN - 1
-            assert len(sent) <= limit
+            assert len(sent) < context  # with its answer
             trimmed = reference.trimmed(completion.text)
-            if judgment.reasoning != trimmed:  # cut to fit: only when the whole would not have
+            if judgment.reasoning != trimmed:  # cut to fit: only when the authors' prompt would not have
                 assert trimmed.startswith(judgment.reasoning)
                 whole = reference.expected_forced_ids(
                     model_dir, prompt_text, completion.token_ids, completion.text, trimmed
                 )
-                assert len(whole) > limit
+                assert len(whole) >= context
         else:
             sent = request.prompt_token_ids + completion.token_ids[:-1]  # the answer position
         assert judgment.score is not None
@@ -96,8 +100,51 @@ def test_the_chaos_model_writes_what_a_forced_answer_must_survive(chaos_runs, ch
     assert " <think>" in completions[60].text  # written as characters
     assert completions[60].finish_reason == "stop"  # the EOS
     assert completions[34].finish_reason == "length"
-    # Re-tokenized, the whole reasoning outgrows what was generated: it was cut to fit.
-    assert chaos_runs[60][1][0].reasoning != reference.trimmed(completions[60].text)
+
+
+@pytest.mark.parametrize("budget", [34, 60])
+def test_reasoning_that_re_tokenizes_longer_than_generated_is_the_authors_where_the_context_has_room(
+    chaos_runs, chaos_model_dir, budget: int
+) -> None:
+    """U+FFFD from cut characters re-tokenizes into more tokens than generated it: nothing is cut for that."""
+    recording, judgments = chaos_runs[budget]
+    for passage, judgment, exchange in zip(PASSAGES, judgments, recording.exchanges(), strict=True):
+        completion, prompt = exchange.completion, exchange.request.prompt_token_ids
+        assert isinstance(completion, Completion)
+        assert exchange.forced is not None
+        trimmed = reference.trimmed(completion.text)
+        prompt_text = reference.PROMPT.format(query=QUERY, passage=passage)
+        authors = reference.expected_forced_ids(
+            chaos_model_dir, prompt_text, completion.token_ids, completion.text, trimmed
+        )
+        assert len(authors) > len(prompt) + len(completion.token_ids) + 15  # the degenerate case
+        assert len(authors) < CONTEXT  # room for it and its answer
+        assert judgment.reasoning == trimmed
+        assert list(exchange.forced.prompt_token_ids) == authors
+        assert judgment.score == pytest.approx(reference.score_of_ids(chaos_model_dir, authors), abs=1e-5)
+
+
+def test_a_forced_prompt_uses_the_whole_context_but_the_answer_position(
+    chaos_runs, chaos_backend, chaos_model_dir
+) -> None:
+    """The authors' prompt is kept at exactly context - 1 tokens, and cut back at one token more."""
+    budget, passage = 34, PASSAGES[0]
+    completion = chaos_runs[budget][0].exchanges()[0].completion
+    assert isinstance(completion, Completion)
+    trimmed = reference.trimmed(completion.text)
+    prompt_text = reference.PROMPT.format(query=QUERY, passage=passage)
+    authors = reference.expected_forced_ids(
+        chaos_model_dir, prompt_text, completion.token_ids, completion.text, trimmed
+    )
+    roomy, (whole,) = judged(chaos_backend, budget, [passage], context_size=len(authors) + 1)
+    assert whole.reasoning == trimmed
+    assert roomy.exchanges()[0].forced.prompt_token_ids == tuple(authors)
+    tight, (cut,) = judged(chaos_backend, budget, [passage], context_size=len(authors))
+    assert cut.judged
+    assert trimmed.startswith(cut.reasoning)
+    assert cut.reasoning != trimmed
+    assert cut.reasoning == reference.trimmed(cut.reasoning)  # back to a sentence end
+    check_against_reference(chaos_model_dir, [passage], tight, [cut], context=len(authors))
 
 
 def test_keeping_the_models_control_tokens_is_what_makes_the_scores_right(chaos_runs, chaos_model_dir, chaos_backend):
@@ -120,21 +167,21 @@ def test_a_forced_prompt_at_a_near_maximum_prompt_fits(chaos_backend, chaos_mode
     budget, context = 34, 256
     long_passage = "The quick brown fox — 狐 — jumps over the lazy dog. " * 60
     recording, judgments = judged(chaos_backend, budget, [long_passage, PASSAGES[0]], context_size=context)
-    first, second = recording.exchanges()
+    first, _ = recording.exchanges()
     prompt = first.request.prompt_token_ids
     assert judgments[0].truncated
-    assert len(prompt) >= context - budget - FORCED_ANSWER_MARGIN - 2
+    assert len(prompt) >= context - budget - 2
     assert first.forced is not None
     assert isinstance(first.completion, Completion)
-    forced = first.forced.prompt_token_ids
-    assert len(forced) <= len(prompt) + len(first.completion.token_ids) + FORCED_ANSWER_MARGIN - 1
-    assert len(forced) + 1 <= context
+    assert len(first.forced.prompt_token_ids) + 1 <= context
+    # Re-tokenized, the reasoning outgrows the room the budget left: cut back, as little as fits.
+    assert judgments[0].reasoning != reference.trimmed(first.completion.text)
     assert all(j.judged for j in judgments)
-    for judgment, exchange in zip(judgments, (first, second), strict=True):
-        assert exchange.forced is not None
-        assert judgment.score == pytest.approx(
-            reference.score_of_ids(chaos_model_dir, exchange.forced.prompt_token_ids), abs=TOLERANCE
-        )
+    shown = Rank1Reranker(chaos_backend, max_reasoning_tokens=budget, context_size=context).build_prompt(
+        QUERY, long_passage
+    )
+    cut_passage = shown.text.partition("\nPassage: ")[2].removesuffix("\n<think>")
+    check_against_reference(chaos_model_dir, [cut_passage, PASSAGES[0]], recording, judgments, context=context)
 
 
 def test_truncation_with_a_bos_tokenizer_on_the_embedded_engine(chaos_backend, chaos_model_dir) -> None:

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from rank1_integrations import prompting
 from rank1_integrations.backends.base import Completion
 from rank1_integrations.errors import ModelOutputError
 from rank1_integrations.forced import control_spans
 from rank1_integrations.judging import JudgingRun
 from rank1_integrations.judgment import Judgment
-from rank1_integrations.prompting import FORCED_ANSWER_MARGIN, PromptBuilder, _think_text_ids
+from rank1_integrations.prompting import PromptBuilder, _think_text_ids
 from rank1_integrations.testing.families import CHAOS_REASONING, chaos_token_ids
 from rank1_integrations.tokenization import HFPromptTokenizer
 from tests import reference
@@ -100,7 +99,6 @@ def test_forced_ids_keep_what_the_model_generated(setup: Setup, kind: str) -> No
     prompt, text, forced = setup.forced(PASSAGE, generated)
     assert forced.reasoning == reference.trimmed(text)
     assert list(forced.token_ids) == setup.expected(prompt, generated, text, forced.reasoning)
-    assert len(forced.token_ids) <= len(prompt.token_ids) + len(generated) + FORCED_ANSWER_MARGIN - 1
 
 
 def test_control_tokens_the_model_generated_stay_control_tokens(setup: Setup) -> None:
@@ -159,10 +157,15 @@ def chaos(chaos_model_dir: Path) -> Setup:
     return Setup(chaos_model_dir)
 
 
-def test_reasoning_full_of_control_tokens_stays_within_prompt_plus_generated(chaos: Setup) -> None:
+def reranker_builder(chaos: Setup, context: int, budget: int) -> PromptBuilder:
+    """The builder a reranker with this context and budget uses."""
+    return PromptBuilder(chaos.tokenizer, template=None, max_prompt_tokens=context - budget, context_size=context)
+
+
+def test_reasoning_full_of_control_tokens_fits_at_a_near_maximum_prompt(chaos: Setup) -> None:
     """The issue's case: 100 generated tokens, most of them control tokens, at a near-maximum prompt."""
     context, budget = 400, 100
-    builder = PromptBuilder(chaos.tokenizer, template=None, max_prompt_tokens=context - budget - FORCED_ANSWER_MARGIN)
+    builder = reranker_builder(chaos, context, budget)
     controls = [i for t, i in chaos.controls.items() if t != chaos.hf.eos_token]
     generated = [*[controls[i % len(controls)] for i in range(90)], *spell(chaos.hf, " It is not relevant. So")]
     generated = generated[:budget]
@@ -171,7 +174,6 @@ def test_reasoning_full_of_control_tokens_stays_within_prompt_plus_generated(cha
     assert len(prompt.token_ids) >= builder.max_prompt_tokens - 2
     assert forced.reasoning == reference.trimmed(text)  # nothing had to be cut
     assert list(forced.token_ids) == chaos.expected(prompt, generated, text, forced.reasoning)
-    assert len(forced.token_ids) <= len(prompt.token_ids) + len(generated) + FORCED_ANSWER_MARGIN - 1
     assert len(forced.token_ids) + 1 <= context  # with its answer token
     # The reasoning as data (special-token strings as characters) would not have fit.
     as_data = len(
@@ -180,16 +182,14 @@ def test_reasoning_full_of_control_tokens_stays_within_prompt_plus_generated(cha
     assert as_data > context
 
 
-def test_reasoning_that_re_tokenizes_longer_than_generated_is_cut_to_fit(chaos: Setup) -> None:
+def test_reasoning_that_re_tokenizes_past_the_context_is_cut_to_fit(chaos: Setup) -> None:
     """Lone bytes decode to U+FFFD, three bytes each: the longest prefix that fits is kept, trimmed."""
     context, budget = 300, 70
-    builder = PromptBuilder(chaos.tokenizer, template=None, max_prompt_tokens=context - budget - FORCED_ANSWER_MARGIN)
+    builder = reranker_builder(chaos, context, budget)
     generated = (chaos_token_ids(chaos.hf)[:-1] * 3)[:budget]  # no EOS: cut by the budget
     prompt, text, forced = chaos.forced("word " * 500, generated, builder)
-    limit = len(prompt.token_ids) + len(generated) + FORCED_ANSWER_MARGIN - 1
     whole = chaos.expected(prompt, generated, text, reference.trimmed(text))
-    assert len(whole) > limit  # the case under test: the authors' prompt would not fit
-    assert len(forced.token_ids) <= limit
+    assert len(whole) >= context  # the case under test: the authors' prompt would not fit
     assert len(forced.token_ids) + 1 <= context
     assert reference.trimmed(text).startswith(forced.reasoning)
     assert forced.reasoning == reference.trimmed(forced.reasoning)  # cut back to a sentence end
@@ -197,12 +197,14 @@ def test_reasoning_that_re_tokenizes_longer_than_generated_is_cut_to_fit(chaos: 
     assert list(forced.token_ids) == chaos.expected(prompt, generated, text, forced.reasoning)
 
 
-def test_a_forced_prompt_that_cannot_fit_fails_only_its_passage(chaos: Setup, monkeypatch) -> None:
-    monkeypatch.setattr(prompting, "FORCED_ANSWER_MARGIN", 1)  # no room for "\n\n</think>"
-    prompts = [chaos.builder.build(QUERY, p) for p in ("a", "b")]
-    run = JudgingRun(chaos.builder, positions=[(0, 0), (0, 1)], label_token_ids=(11, 12), max_reasoning_tokens=4)
+def test_a_forced_prompt_that_cannot_fit_fails_only_its_passage(chaos: Setup) -> None:
+    budget = 1  # a prompt that fills the context but one token: no room for "\n\n</think>"
+    builder = reranker_builder(chaos, len(chaos.builder.build(QUERY, "a").token_ids) + budget, budget)
+    prompts = [builder.build(QUERY, p) for p in ("a", "b")]
+    assert not any(prompt.truncated for prompt in prompts)
+    run = JudgingRun(builder, positions=[(0, 0), (0, 1)], label_token_ids=(11, 12), max_reasoning_tokens=budget)
     assert all(run.begin(index, prompt) is not None for index, prompt in enumerate(prompts))
-    answered = Completion((5, 11), "x", "stop", "</think> true", (-0.1, -2.0))
+    answered = Completion((11,), "", "stop", "</think> true", (-0.1, -2.0))
     assert run.take(0, Completion((), "", "length", None, None)) is None  # no forced request: it cannot fit
     assert run.take(1, answered) is None
     failed, judged = run.outcomes()
