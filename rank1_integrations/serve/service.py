@@ -39,10 +39,17 @@ class Limits:
     max_documents: int = 1000
     max_characters: int = 2_000_000
     """Characters of the query and all documents together."""
+    max_body_bytes: int | None = None
+    """Bytes of the request body, checked before it is parsed. None: room for ``max_characters`` characters
+    each sent as a 6-byte JSON escape (``\\uXXXX``, what ASCII-only JSON encoders send), 64 bytes of JSON
+    around each of ``max_documents`` documents, and 1 MiB for the rest of the body."""
 
     def __post_init__(self) -> None:
-        for name in ("max_documents", "max_characters"):
+        for name in ("max_documents", "max_characters", "max_body_bytes"):
             value = getattr(self, name)
+            if value is None:  # the body limit, derived from the two checked before it
+                value = 6 * self.max_characters + 64 * self.max_documents + 2**20
+                object.__setattr__(self, name, value)  # frozen: set once, here
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
 
