@@ -9,7 +9,9 @@ fields, the response shapes and every 4xx answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import http.client
+import socket
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import cohere
@@ -246,6 +248,59 @@ def test_bad_bodies(server, path) -> None:
     assert_error(httpx.get(url, headers=AUTH), 405, "Method Not Allowed", path)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"query": "when was the \\ud800 mill built", "documents": ["The mill."]}',
+        b'{"query": "q", "documents": ["a", "b\\udfff"]}',
+    ],
+    ids=["query", "document"],
+)
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_text_with_a_lone_surrogate_is_a_400(server, body, path) -> None:
+    # valid JSON (an escape for half a surrogate pair), but no text: rank1 cannot tokenize it
+    response = httpx.post(f"{server.url}{path}", content=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert_error(response, 400, "not valid Unicode text (", path)
+
+
+BODY_LIMIT = 6 * 2000 + 64 * 8 + 2**20
+"""The body limit Limits(8, 2000) derives: every character a 6-byte JSON escape, 64 bytes a document, 1 MiB."""
+
+
+def exchange(server: InProcessServer, path: str, headers: dict[str, str], chunks: Sequence[bytes]) -> httpx.Response:
+    """A raw HTTP/1.1 POST that sends ``chunks`` after the head (and nothing more), then reads the answer."""
+    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}", "Content-Type: application/json"]
+    head += [f"{name}: {value}" for name, value in {**AUTH, **headers}.items()]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        for chunk in chunks:
+            sock.sendall(chunk)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return httpx.Response(answer.status, headers=answer.getheaders(), content=answer.read())
+
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_a_body_over_the_limit_is_refused_by_its_length_before_it_is_sent(server, path) -> None:
+    response = exchange(server, path, {"Content-Length": str(200_000_000)}, [])
+    assert_error(response, 413, f"the request body is larger than this server's limit of {BODY_LIMIT} bytes", path)
+    assert Limits(8, 2000).max_body_bytes == BODY_LIMIT
+
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_a_chunked_body_over_the_limit_is_refused_while_it_is_read(server, path) -> None:
+    # a field nobody reads is counted too: it is in the body
+    pieces = [b'{"query": "q", "documents": ["a"], "unread": "'] + [b"x" * 65536] * (BODY_LIMIT // 65536 + 1)
+    chunks = [f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in pieces]  # never the last chunk
+    response = exchange(server, path, {"Transfer-Encoding": "chunked"}, chunks)
+    assert_error(response, 413, f"limit of {BODY_LIMIT} bytes", path)
+    # a body under the limit, chunked, is read as before
+    whole = f'{{"query": "{LEN_QUERY}", "documents": ["  "], "unread": "{"x" * 100_000}"}}'.encode()
+    pieces = [whole[i : i + 65536] for i in range(0, len(whole), 65536)] + [b""]
+    chunks = [f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in pieces]
+    assert exchange(server, path, {"Transfer-Encoding": "chunked"}, chunks).status_code == 200
+
+
 def test_unknown_paths_answer_json(server) -> None:
     assert_error(httpx.get(f"{server.url}/v1/nothing", headers=AUTH), 404, "Not Found", "/v1/nothing")
 
@@ -273,3 +328,14 @@ def test_api_key_through_the_clients(server) -> None:
         cohere.ClientV2(api_key="wrong", base_url=server.url).rerank(model=NAME, query=LEN_QUERY, documents=DOCS)
     with pytest.raises(cohere.errors.NotFoundError):
         cohere.ClientV2(api_key=API_KEY, base_url=server.url).rerank(model="x", query=LEN_QUERY, documents=DOCS)
+
+
+def test_an_api_key_with_surrounding_whitespace_is_stripped(scripted_reranker) -> None:
+    """A key read from a secret file ends in a newline; no client can send one (HTTP strips it)."""
+    reranker = Rank1Reranker(scripted_reranker.backend, max_reasoning_tokens=SCRIPTED_BUDGET)
+    served = InProcessServer(create_app(reranker, api_key=f"  {API_KEY}\n"))
+    try:
+        assert httpx.get(f"{served.url}/v1/models", headers=AUTH).status_code == 200
+        assert httpx.get(f"{served.url}/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    finally:
+        served.stop()

@@ -3,6 +3,8 @@ and the gateway mode in front of a vLLM server without vLLM or torch in the proc
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import signal
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from pathlib import Path
 import cohere
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from rank1_integrations.serve import cli
@@ -73,6 +77,39 @@ def test_sigterm_lets_running_requests_finish(random_model_dir: Path, model_cach
 
 
 @pytest.mark.engine
+def test_sigterm_past_the_grace_period_answers_running_requests_503_json(
+    random_model_dir: Path, model_cache: Path
+) -> None:
+    args = ["--model", str(random_model_dir), "--max-reasoning-tokens", "800", "--grace-period", "0"]
+    args += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0"]
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    server = ServeProcess(args, model_cache / "rank1-serve-sigterm-cut.log", env=env).wait_ready()
+    try:
+        body = {"query": "when was the mill built", "documents": ["The mill was built in 1820.", "A bridge."]}
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(httpx.post, f"{server.url}/v1/rerank", json=body, timeout=300)
+            deadline = time.monotonic() + 60
+            while in_progress(server.url) < 2:  # the rerank (800 tokens of reasoning: seconds), and this scrape
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            server.terminate()
+            response = running.result()
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/json"
+        assert response.headers["retry-after"] == "5"
+        assert response.json()["error"] == {
+            "message": "the server is shutting down: send the request again",
+            "type": "shutting_down",
+            "param": None,
+            "code": 503,
+        }
+        assert server.process.wait(timeout=120) == -signal.SIGTERM
+        assert "Traceback" not in server.log()
+    finally:
+        server.kill()
+
+
+@pytest.mark.engine
 def test_gateway_in_front_of_a_vllm_server_needs_neither_vllm_nor_torch(
     scripted_model_dir: Path, model_cache: Path, truth, request: pytest.FixtureRequest
 ) -> None:
@@ -97,32 +134,67 @@ def test_gateway_in_front_of_a_vllm_server_needs_neither_vllm_nor_torch(
         gateway.kill()
 
 
+UNREACHABLE = ["--upstream", "http://127.0.0.1:9/v1"]
+"""A gateway whose upstream refuses connections: a mistake the parser misses ends in exit 1, not 2."""
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--upstream", "http://127.0.0.1:9/v1", "--dtype", "float32"], "engine arguments need the embedded engine"),
+        ([*UNREACHABLE, "--dtype", "float32"], "engine arguments need the embedded engine"),
         (["--served-model-name", "x"], "--model is required"),
         (["--model", "m", "--api-key-env", "RANK1_TEST_UNSET_VARIABLE"], "that environment variable is not set"),
-        (["--model", "m", "--max-documents", "0"], "max_documents must be a positive int, got 0"),
+        (["--model", "m", "--api-key-env", "RANK1_TEST_BLANK_VARIABLE"], "that environment variable is not set"),
+        ([*UNREACHABLE, "--served-model-name", ""], "argument --served-model-name: must not be empty"),
+        ([*UNREACHABLE, "--model", " "], "argument --model: must not be empty"),
+        ([*UNREACHABLE, "--port", "99999"], "argument --port: must be a finite number from 1 to 65535, got '99999'"),
+        ([*UNREACHABLE, "--port", "http"], "argument --port: invalid int value: 'http'"),
+        ([*UNREACHABLE, "--disconnect-grace", "nan"], "argument --disconnect-grace: must be a finite number >= 0"),
+        ([*UNREACHABLE, "--grace-period", "inf"], "argument --grace-period: must be a finite number >= 0, got 'inf'"),
+        ([*UNREACHABLE, "--grace-period", "-1"], "argument --grace-period: must be a finite number >= 0, got '-1'"),
+        ([*UNREACHABLE, "--max-documents", "0"], "argument --max-documents: must be a finite number >= 1, got '0'"),
+        ([*UNREACHABLE, "--max-characters", "-5"], "argument --max-characters: must be a finite number >= 1"),
+        ([*UNREACHABLE, "--max-body-bytes", "0"], "argument --max-body-bytes: must be a finite number >= 1"),
+        ([*UNREACHABLE, "--max-reasoning-tokens", "0"], "argument --max-reasoning-tokens: must be a finite number"),
+        ([*UNREACHABLE, "--context-size", "1.5"], "argument --context-size: invalid int value: '1.5'"),
+        ([*UNREACHABLE, "--cache-entries", "-1"], "argument --cache-entries: must be a finite number >= 0"),
+        ([*UNREACHABLE, "--max-concurrency", "0"], "argument --max-concurrency: must be a finite number >= 1"),
     ],
 )
 def test_command_line_mistakes_stop_before_anything_starts(argv, message, capsys, monkeypatch) -> None:
     monkeypatch.delenv("RANK1_TEST_UNSET_VARIABLE", raising=False)
+    monkeypatch.setenv("RANK1_TEST_BLANK_VARIABLE", " \n")
     with pytest.raises(SystemExit) as stopped:
         cli.main(argv)
     assert stopped.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
 
 
 def test_console_script_and_extra_are_declared() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((_REPO / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["rank1-serve"] == "rank1_integrations.serve.cli:main"
-    assert {r.split(">")[0] for r in project["optional-dependencies"]["serve"]} == {
-        "fastapi",
-        "uvicorn",
-        "prometheus-client",
+    serve = [Requirement(r) for r in project["optional-dependencies"]["serve"]]
+    assert all({">=", "<"} <= {spec.operator for spec in r.specifier} for r in serve)  # a floor and a cap
+    # Every distribution the serve package imports when it loads is declared: by the core or by the
+    # serve extra (what a function imports later, after require(), is another extra's: vllm's).
+    imported: set[str] = set()
+    for path in (_REPO / "rank1_integrations" / "serve").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "rank1_integrations"}
+    distributions = importlib.metadata.packages_distributions()
+    needed = {canonicalize_name(d) for module in third_party for d in distributions[module]}
+    declared = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]} | {
+        canonicalize_name(r.name) for r in serve
     }
+    assert needed <= declared, needed - declared
+    assert {"fastapi", "starlette", "pydantic"} <= needed  # what it found
 
 
 def test_without_the_serve_extra_the_import_names_it() -> None:

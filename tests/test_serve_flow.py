@@ -78,19 +78,22 @@ def serve() -> Iterator[Callable[..., InProcessServer]]:
 
 
 class GatedBackend(RecordingBackend):
-    """The real engine; each call is recorded, then held until the test opens the gate."""
+    """The real engine; each call is recorded, then held until the test opens the gate (or, with
+    ``passes`` = n, lets the first n calls through)."""
 
     def __init__(self, inner: Backend, *, fail: Sequence[str] = ()) -> None:
         super().__init__(inner, fail=fail)
         self.gate = threading.Event()
+        self.passes = 0
 
     def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
         prompts = self._record(requests)
+        number = len(self.calls)
         held: Future[Any] = Future()  # stands for the engine's future until the gate opens
         sent: list[Future[Any]] = []
 
         def release() -> None:
-            while not self.gate.wait(0.01):
+            while not (self.gate.wait(0.01) or number <= self.passes):
                 if held.cancelled():
                     return
             if held.cancelled():
@@ -170,6 +173,31 @@ def test_identical_passages_in_flight_are_judged_once(scripted_reranker, truth, 
         )
     assert metric(server, "rank1_serve_shared_judgments_total") == 2
     assert metric(server, "rank1_serve_passages_judged_total") == 3
+
+
+def test_a_request_that_joined_a_batch_returns_when_its_own_passages_are_judged(
+    scripted_reranker, truth, serve
+) -> None:
+    backend = GatedBackend(scripted_reranker.backend)
+    server = serve(Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False))  # only sharing helps
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(post, server, {"query": LEN_QUERY, "documents": [OPEN_PASSAGE, LEN_PASSAGE]})
+        wait_for(lambda: len(backend.calls) == 1)
+        joining = pool.submit(post, server, {"query": LEN_QUERY, "documents": [LEN_PASSAGE]})
+        wait_for(lambda: metric(server, "rank1_serve_judgment_waits") == 2)  # it joined the first batch
+        backend.passes = 1  # the reasoning goes on; OPEN runs out of budget, and its forced answer is held
+        wait_for(joining.done, timeout=120)
+        wait_for(lambda: len(backend.calls) == 2)
+        assert [passages_in(prompts) for _, prompts in backend.calls] == [[OPEN_PASSAGE, LEN_PASSAGE], [OPEN_PASSAGE]]
+        assert not slow.done()
+        assert metric(server, "rank1_serve_passages_in_flight") == 1  # OPEN
+        backend.gate.set()
+        answers = {"slow": slow.result().json()["results"], "joining": joining.result().json()["results"]}
+    assert [(r["index"], r["relevance_score"]) for r in answers["joining"]] == [
+        (0, pytest.approx(truth["len"].score, abs=TOLERANCE))
+    ]
+    assert [(r["index"], r["forced"]) for r in answers["slow"]] == [(1, False), (0, True)]
+    assert metric(server, "rank1_serve_shared_judgments_total") == 1
 
 
 def test_a_failed_passage_fails_only_the_requests_that_asked_for_it(scripted_reranker, truth, serve) -> None:

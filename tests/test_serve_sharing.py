@@ -1,15 +1,15 @@
 """In-flight sharing (``rank1_integrations.serve.sharing.InFlight``): pure asyncio logic.
 
-A stand-in judge that waits until the test releases it and records every call and
-cancellation: what the sharing decides (start, join, cancel only when nobody waits) is
-checked here without an engine; tests/test_serve.py checks the same through HTTP on a
-real engine.
+A stand-in judge that hands over each judgment when the test frees its passage and records
+every call and cancellation: what the sharing decides (start, join, release each request as
+soon as its own passages are judged, cancel only when nobody waits) is checked here without
+an engine; tests/test_serve_flow.py checks the same through HTTP on a real engine.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import pytest
 
@@ -18,29 +18,47 @@ from rank1_integrations.serve.sharing import InFlight
 
 
 class HeldJudge:
-    """Judges ``passage`` as score len(passage)/100 once the test releases it."""
+    """Judges ``passage`` as score len(passage)/100, as soon as the test frees it (:meth:`release`)."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.cancelled: list[list[str]] = []
-        self.release = asyncio.Event()
+        self.freed: set[str] = set()
+        self.everything = False
+        self.moved = asyncio.Event()
         self.fail: Exception | None = None
+        self.failing: set[str] = set()
+        """With ``fail``: the passages that fail (then ``fail`` is raised); empty: all of them."""
         self.drop_one = False
 
-    async def __call__(self, query: str, passages: Sequence[str]) -> list[Judgment]:
+    def release(self, *passages: str) -> None:
+        """Free these passages (none named: every passage, from now on)."""
+        self.freed.update(passages)
+        self.everything = self.everything or not passages
+        self.moved.set()
+
+    async def __call__(self, query: str, passages: Sequence[str]) -> AsyncGenerator[Judgment, None]:
         self.calls.append(list(passages))
+        left = dict(enumerate(passages))
+        failed = False
         try:
-            await self.release.wait()
+            while left:
+                ready = [i for i, p in left.items() if self.everything or p in self.freed]
+                if not ready:
+                    self.moved.clear()
+                    await self.moved.wait()
+                for i in ready:
+                    passage = left.pop(i)
+                    if self.fail is not None and (not self.failing or passage in self.failing):
+                        failed = True
+                    elif not (self.drop_one and i == len(passages) - 1):
+                        yield Judgment(index=i, score=len(passage) / 100, relevant=True, reasoning=f"{query}/{passage}")
         except asyncio.CancelledError:
             self.cancelled.append(list(passages))
             raise
-        if self.fail is not None:
+        if failed:
+            assert self.fail is not None
             raise self.fail
-        judged = [
-            Judgment(index=i, score=len(p) / 100, relevant=True, reasoning=f"{query}/{p}")
-            for i, p in enumerate(passages)
-        ]
-        return judged[:-1] if self.drop_one else judged
 
 
 async def settle() -> None:
@@ -57,7 +75,7 @@ async def test_overlapping_requests_judge_each_key_once_and_both_get_every_judgm
     await settle()
     assert judge.calls == [["aa", "bbb"], ["c"]]  # b joined the first batch
     assert len(flights) == 3
-    judge.release.set()
+    judge.release()
     one, two = await first, await second
     assert {k: j.score for k, j in one.judgments.items()} == {"a": 0.02, "b": 0.03}
     assert {k: j.score for k, j in two.judgments.items()} == {"b": 0.03, "c": 0.01}
@@ -77,7 +95,7 @@ async def test_a_waiter_that_leaves_does_not_cancel_work_another_still_needs() -
     await settle()
     assert leaver.cancelled()
     assert judge.cancelled == []
-    judge.release.set()
+    judge.release()
     result = await stayer
     assert result.judgments["b"].score == 0.03
     assert judge.calls == [["aa", "bbb"]]
@@ -100,7 +118,7 @@ async def test_work_nobody_waits_for_is_cancelled_and_forgotten() -> None:
     again = asyncio.create_task(flights.join("q", {"a": "aa"}))
     await settle()
     assert judge.calls == [["aa"], ["aa"]]
-    judge.release.set()
+    judge.release()
     assert (await again).judgments["a"].score == 0.02
 
 
@@ -110,7 +128,7 @@ async def test_a_failed_batch_fails_every_waiter_and_is_not_remembered() -> None
     flights = InFlight(judge)
     waiters = [asyncio.create_task(flights.join("q", {"a": "aa"})) for _ in range(3)]
     await settle()
-    judge.release.set()
+    judge.release()
     for waiter in waiters:
         with pytest.raises(BackendError, match="engine down"):
             await waiter
@@ -123,7 +141,7 @@ async def test_a_failed_batch_fails_every_waiter_and_is_not_remembered() -> None
 async def test_a_judge_that_loses_a_passage_fails_loudly() -> None:
     judge = HeldJudge()
     judge.drop_one = True
-    judge.release.set()
+    judge.release()
     with pytest.raises(Rank1Error, match="1 judgments for 2 passages"):
         await InFlight(judge).join("q", {"a": "aa", "b": "bbb"})
 
@@ -145,7 +163,7 @@ async def test_work_nobody_waits_for_lingers_for_a_retry() -> None:
     retry = asyncio.create_task(flights.join("q", {"a": "aa"}))  # ... and came back
     await asyncio.sleep(0.3)  # past the linger: the retry holds the work
     assert judge.cancelled == []
-    judge.release.set()
+    judge.release()
     assert (await retry).shared == 1
     assert judge.calls == [["aa"]]
 
@@ -173,4 +191,56 @@ async def test_cancel_all_stops_lingering_work() -> None:
     flights.cancel_all()
     await settle()
     assert judge.cancelled == [["aa", "b"]]
+    assert len(flights) == 0
+
+
+async def test_a_request_that_joined_a_batch_returns_when_its_own_passages_are_judged() -> None:
+    judge = HeldJudge()
+    flights = InFlight(judge)
+    first = asyncio.create_task(flights.join("q", {"s": "slow", "x": "xx"}))
+    await settle()
+    second = asyncio.create_task(flights.join("q", {"x": "xx"}))
+    await settle()
+    judge.release("xx")
+    assert (await asyncio.wait_for(second, 10)).judgments["x"].score == 0.02
+    assert not first.done()
+    assert (len(flights), flights.waiting) == (1, 1)  # x is forgotten; the first request still waits for s
+    judge.release("slow")
+    assert {k: j.score for k, j in (await first).judgments.items()} == {"s": 0.04, "x": 0.02}
+    assert (judge.calls, judge.cancelled) == ([["slow", "xx"]], [])
+
+
+async def test_a_request_done_with_a_batch_no_longer_keeps_the_rest_of_it_running() -> None:
+    judge = HeldJudge()
+    flights = InFlight(judge)
+    leaver = asyncio.create_task(flights.join("q", {"a": "aa", "b": "bbb"}))
+    await settle()
+    stayer = asyncio.create_task(flights.join("q", {"b": "bbb", "c": "c"}))  # b joins; c starts a batch
+    await settle()
+    leaver.cancel()
+    await settle()
+    assert judge.cancelled == []  # the stayer still waits for b
+    judge.release("bbb")
+    await settle()
+    assert judge.cancelled == [["aa", "bbb"]]  # nobody waits for a any more
+    judge.release("c")
+    assert {k: j.score for k, j in (await stayer).judgments.items()} == {"b": 0.03, "c": 0.01}
+
+
+async def test_a_failed_passage_fails_only_its_waiters_and_the_others_are_not_held_up() -> None:
+    judge = HeldJudge()
+    judge.fail, judge.failing = BackendError("engine down"), {"bbb"}
+    flights = InFlight(judge)
+    both = asyncio.create_task(flights.join("q", {"a": "aa", "b": "bbb", "s": "slow"}))
+    await settle()
+    only_a = asyncio.create_task(flights.join("q", {"a": "aa"}))
+    only_b = asyncio.create_task(flights.join("q", {"b": "bbb"}))
+    await settle()
+    judge.release("aa", "bbb")
+    assert (await asyncio.wait_for(only_a, 10)).judgments["a"].score == 0.02
+    assert not only_b.done()  # a failure is final when the batch ends (the reranker raises it then)
+    judge.release("slow")
+    for failed in (both, only_b):
+        with pytest.raises(BackendError, match="engine down"):
+            await failed
     assert len(flights) == 0

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -65,6 +66,8 @@ OPEN_PATHS = frozenset({"/health", "/metrics"})
 """Answered without an API key (load balancers and Prometheus scrapers)."""
 _ENDPOINTS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/metrics"})
 _CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; never reaches the client
+_RETRY_AFTER = 5
+"""Seconds a client is told to wait before retrying a request the server cancelled as it stopped."""
 
 DEFAULT_DISCONNECT_GRACE = 2.0
 """Seconds a judgment keeps running after the last client waiting for it disconnected."""
@@ -86,19 +89,25 @@ def create_app(
     """An app serving ``reranker`` under ``served_model_names`` (default: the backend's model name).
 
     With ``api_key`` every endpoint but ``/health`` and ``/metrics`` needs
-    ``Authorization: Bearer <api_key>``. When a client disconnects, the judgments only it
-    waited for keep running ``disconnect_grace`` seconds (a retry joins them), then are
-    aborted. With ``owns_reranker`` the app closes the reranker when it shuts down (after
+    ``Authorization: Bearer <api_key>`` (the key stripped of surrounding whitespace, which no
+    client can send). Bodies over ``limits.max_body_bytes`` are refused unread. When a client
+    disconnects, the judgments only it waited for keep running ``disconnect_grace`` seconds (a
+    retry joins them), then are aborted. With ``owns_reranker`` the app closes the reranker when it shuts down (after
     its running requests); otherwise the caller keeps it.
     """
     names = list(served_model_names or [reranker.backend.model_name])
     if not names or not all(isinstance(name, str) and name for name in names):
         raise InvalidInputError("served_model_names must be non-empty strings")
     key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
-    if key is not None and (not isinstance(key, str) or not key):
+    if key is not None and (not isinstance(key, str) or not key.strip()):
         raise InvalidInputError("api_key must be a non-empty string (or None for no key)")
-    if isinstance(disconnect_grace, bool) or not isinstance(disconnect_grace, int | float) or disconnect_grace < 0:
-        raise InvalidInputError(f"disconnect_grace must be a number of seconds >= 0, got {disconnect_grace!r}")
+    if key is not None:
+        # HTTP strips the whitespace around a header value: no client can send a key that has some
+        # (a key read from a secret file often ends in a newline), and unstripped it locks all out.
+        key = key.strip()
+    grace = disconnect_grace
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace < math.inf:
+        raise InvalidInputError(f"disconnect_grace must be a finite number of seconds >= 0, got {grace!r}")
     metrics = ServeMetrics()
     service = RerankService(
         reranker, limits=limits or Limits(), metrics=metrics, disconnect_grace=float(disconnect_grace)
@@ -117,9 +126,12 @@ def create_app(
     app = FastAPI(title="rank1-serve", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.service = service
     app.state.metrics = metrics
+    # Added innermost first: the key is checked before the body is read, and _Measure sees every answer.
+    assert service.limits.max_body_bytes is not None  # Limits derives it when not given
+    app.add_middleware(_LimitBody, max_bytes=service.limits.max_body_bytes)
     if key is not None:
         app.add_middleware(_RequireKey, key=key.encode())
-    app.add_middleware(_Measure, metrics=metrics)  # outermost: it counts refused requests too
+    app.add_middleware(_Measure, metrics=metrics)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Rank1Error, _rank1_error)
@@ -322,8 +334,46 @@ class _RequireKey:
         return False
 
 
+class _LimitBody:
+    """Refuses a body over ``max_bytes`` (413) before it is parsed: by its ``Content-Length``, or while
+    reading it (chunked bodies too). The app then reads the body from here."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        over = declared.isdigit() and int(declared) > self.max_bytes  # the server refuses a malformed one
+        received: list[Message] = []
+        size = 0
+        while not over:
+            received.append(message := await receive())
+            size += len(message.get("body", b""))
+            over = size > self.max_bytes
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        if over:
+            text = f"the request body is larger than this server's limit of {self.max_bytes} bytes"
+            await error_response(scope["path"], 413, "request_too_large", text)(scope, receive, send)
+            return
+        replay = iter(received)
+
+        async def replayed() -> Message:
+            return next(replay, None) or await receive()
+
+        await self.app(scope, replayed, send)
+
+
 class _Measure:
-    """Counts requests by endpoint and status, times them, and tracks those in progress."""
+    """Counts requests by endpoint and status, times them, and tracks those in progress.
+
+    A request cancelled before its answer started (SIGTERM past the grace period) is answered
+    503 with ``Retry-After``, in the API's JSON, instead of the ASGI server's plain-text 500.
+    """
 
     def __init__(self, app: ASGIApp, *, metrics: ServeMetrics) -> None:
         self.app = app
@@ -334,7 +384,7 @@ class _Measure:
             await self.app(scope, receive, send)
             return
         endpoint = scope["path"] if scope["path"] in _ENDPOINTS else "other"
-        status = 500  # unless a response starts: an exception escaped to the server
+        status: int | None = None  # None: no response started
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
@@ -346,7 +396,17 @@ class _Measure:
         self.metrics.in_progress.inc()
         try:
             await self.app(scope, receive, send_and_note)
+        except asyncio.CancelledError:
+            if status is not None:
+                raise
+            # Only the server cancels a request (a client that goes away is told through receive): it is
+            # stopping, past its grace period. A retry, to another replica or after the restart, can succeed.
+            message = "the server is shutting down: send the request again"
+            response = error_response(scope["path"], 503, "shutting_down", message)
+            response.headers["Retry-After"] = str(_RETRY_AFTER)
+            await response(scope, receive, send_and_note)
         finally:
             self.metrics.in_progress.dec()
-            self.metrics.requests.labels(endpoint, str(status)).inc()
+            # 500: an exception escaped to the server
+            self.metrics.requests.labels(endpoint, str(status or 500)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from rank1_integrations._optional import require
 from rank1_integrations.cache import DiskCache, JudgmentCache, MemoryCache
-from rank1_integrations.errors import InvalidInputError, Rank1Error
+from rank1_integrations.errors import Rank1Error
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
 from rank1_integrations.serve.app import DEFAULT_DISCONNECT_GRACE, create_app
 from rank1_integrations.serve.service import Limits
@@ -28,6 +29,28 @@ __all__ = ["DEFAULT_API_KEY_ENV", "build_parser", "main"]
 DEFAULT_API_KEY_ENV = "RANK1_SERVE_API_KEY"
 """Read for the API key when ``--api-key-env`` is not given (no key, no check, when unset)."""
 
+_N = TypeVar("_N", int, float)
+
+
+def _number(convert: Callable[[str], _N], minimum: float, maximum: float = math.inf) -> Callable[[str], _N]:
+    """An argparse type: a finite number from ``minimum`` to ``maximum``; anything else is a usage error (exit 2)."""
+
+    def parse(text: str) -> _N:
+        value = convert(text)  # a ValueError: argparse says "invalid int value: 'x'"
+        if not (math.isfinite(value) and minimum <= value <= maximum):
+            bounds = f">= {minimum:g}" if maximum == math.inf else f"from {minimum:g} to {maximum:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bounds}, got {text!r}")
+        return value
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -35,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model",
+        type=_name,
         help="the rank1 model (folder or hub id) for the embedded engine; with --upstream the served "
         "model name on those servers (default there: the only one they serve)",
     )
@@ -48,11 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--served-model-name",
         nargs="+",
+        type=_name,
         metavar="NAME",
         help="names clients may ask for in 'model' (default: --model); the first one is reported",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=_number(int, 1, 65535), default=8080)
     parser.add_argument(
         "--api-key-env",
         metavar="VAR",
@@ -60,29 +85,40 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {DEFAULT_API_KEY_ENV}, when set); the key itself never goes on the command line",
     )
     parser.add_argument("--template", help="relevance template (FILL_QUERY_HERE) or a DATASET_PROMPTS name")
-    parser.add_argument("--max-reasoning-tokens", type=int, default=DEFAULT_MAX_REASONING_TOKENS)
-    parser.add_argument("--context-size", type=int, help="prompt + budget (default: the engine's max_model_len)")
-    parser.add_argument("--max-documents", type=int, default=Limits.max_documents, help="per request")
+    count, at_least_one = _number(int, 0), _number(int, 1)
+    parser.add_argument("--max-reasoning-tokens", type=at_least_one, default=DEFAULT_MAX_REASONING_TOKENS)
     parser.add_argument(
-        "--max-characters", type=int, default=Limits.max_characters, help="query + documents, per request"
+        "--context-size", type=at_least_one, help="prompt + budget (default: the engine's max_model_len)"
+    )
+    parser.add_argument("--max-documents", type=at_least_one, default=Limits.max_documents, help="per request")
+    parser.add_argument(
+        "--max-characters", type=at_least_one, default=Limits.max_characters, help="query + documents, per request"
     )
     parser.add_argument(
-        "--cache-entries", type=int, default=10_000, help="judgments kept in memory (0: no result cache)"
+        "--max-body-bytes",
+        type=at_least_one,
+        help="request body size, refused before it is parsed (default: 6 per --max-characters, the longest "
+        "JSON escape of a character, + 64 per --max-documents + 1 MiB)",
+    )
+    parser.add_argument(
+        "--cache-entries", type=count, default=10_000, help="judgments kept in memory (0: no result cache)"
     )
     parser.add_argument("--disk-cache", metavar="PATH", help="keep judgments in this SQLite file instead")
-    parser.add_argument("--max-concurrency", type=int, default=32, help="with --upstream: HTTP requests in flight")
+    parser.add_argument(
+        "--max-concurrency", type=at_least_one, default=32, help="with --upstream: HTTP requests in flight"
+    )
     parser.add_argument(
         "--disconnect-grace",
-        type=float,
+        type=_number(float, 0),
         default=DEFAULT_DISCONNECT_GRACE,
         help="seconds a judgment keeps running after its last client disconnected, so a retry can join it; "
         f"then its engine requests are aborted (default {DEFAULT_DISCONNECT_GRACE:g}; 0: at once)",
     )
     parser.add_argument(
         "--grace-period",
-        type=float,
+        type=_number(float, 0),
         default=30.0,
-        help="seconds SIGTERM waits for running requests before cancelling them (default 30)",
+        help="seconds SIGTERM waits for running requests before answering them 503 (default 30)",
     )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
@@ -98,12 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.upstream and not args.model:
         parser.error("--model is required (or --upstream URL for a gateway)")
     api_key = _api_key(parser, args.api_key_env)
-    try:
-        limits = Limits(args.max_documents, args.max_characters)
-    except InvalidInputError as err:
-        parser.error(str(err))
-    if args.disconnect_grace < 0:
-        parser.error("--disconnect-grace must be >= 0")
+    limits = Limits(args.max_documents, args.max_characters, args.max_body_bytes)
     try:
         reranker = _reranker(args, engine_argv)
     except Rank1Error as err:  # the model or the upstream servers could not be had
@@ -143,9 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _api_key(parser: argparse.ArgumentParser, variable: str | None) -> str | None:
-    value = os.environ.get(variable or DEFAULT_API_KEY_ENV)
+    value = (os.environ.get(variable or DEFAULT_API_KEY_ENV) or "").strip()  # as create_app strips it
     if variable is not None and not value:
-        parser.error(f"--api-key-env {variable}: that environment variable is not set")
+        parser.error(f"--api-key-env {variable}: that environment variable is not set (or blank)")
     return value or None
 
 

@@ -1,9 +1,10 @@
 """The rerank endpoints' core, without HTTP: a query and documents in, ranked judgments out.
 
-Per request: check the limits; plan what to send (empty documents are never sent,
+Per request: check the limits and the text (before any of it joins shared work, where one
+bad passage would fail every request waiting on its batch); plan what to send (empty documents are never sent,
 identical ones once: :func:`~rank1_integrations.selection.plan_judging`); answer what the
 reranker's result cache knows; join or start the in-flight judgments of the rest
-(:class:`~.sharing.InFlight`, one ``Rank1Reranker.ajudge`` call per new batch); rank every
+(:class:`~.sharing.InFlight`, one ``Rank1Reranker.ajudge_stream`` call per new batch); rank every
 document best first and cut to ``top_n`` (:func:`~rank1_integrations.selection.select`
 with a threshold of 0: nothing is filtered, as the rerank APIs define it).
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from rank1_integrations.cache import GuardedCache
+from rank1_integrations.calls import validated
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.reranker import Rank1Reranker
@@ -37,10 +39,17 @@ class Limits:
     max_documents: int = 1000
     max_characters: int = 2_000_000
     """Characters of the query and all documents together."""
+    max_body_bytes: int | None = None
+    """Bytes of the request body, checked before it is parsed. None: room for ``max_characters`` characters
+    each sent as a 6-byte JSON escape (``\\uXXXX``, what ASCII-only JSON encoders send), 64 bytes of JSON
+    around each of ``max_documents`` documents, and 1 MiB for the rest of the body."""
 
     def __post_init__(self) -> None:
-        for name in ("max_documents", "max_characters"):
+        for name in ("max_documents", "max_characters", "max_body_bytes"):
             value = getattr(self, name)
+            if value is None:  # the body limit, derived from the two checked before it
+                value = 6 * self.max_characters + 64 * self.max_documents + 2**20
+                object.__setattr__(self, name, value)  # frozen: set once, here
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
 
@@ -72,6 +81,7 @@ class RerankService:
         self._check_limits(query, texts)
         self.metrics.documents.inc(len(texts))
         plan = plan_judging(texts)
+        validated([(query, plan.passages)])
         by_key = {self._key(query, passage): passage for passage in plan.passages}
         known = await self._cached(list(by_key))
         missing = {key: passage for key, passage in by_key.items() if key not in known}
@@ -114,16 +124,13 @@ class RerankService:
             return {}
         return await asyncio.to_thread(self._cache.get_many, keys)  # a DiskCache reads SQLite: off the event loop
 
-    async def _judge_batch(self, query: str, passages: Sequence[str]) -> list[Judgment | Exception]:
-        """Each passage's judgment, or the error that kept it from being judged."""
+    async def _judge_batch(self, query: str, passages: Sequence[str]) -> AsyncGenerator[Judgment, None]:
+        """Each passage's judgment as soon as it is final (then ``PassagesFailedError`` if some failed)."""
         started = time.perf_counter()
+        judged: list[Judgment] = []
         try:
-            judgments = await self.reranker.ajudge(query, passages)
-        except PassagesFailedError as err:
-            if len(err.judgments) != len(passages):
-                raise
-            # The passages judged before the failure still answer the requests waiting for them.
-            self.metrics.judged_batch([j for j in err.judgments if j is not None], time.perf_counter() - started)
-            return [err if j is None else j for j in err.judgments]
-        self.metrics.judged_batch(judgments, time.perf_counter() - started)
-        return list(judgments)
+            async for judgment in self.reranker.ajudge_stream(query, passages):
+                judged.append(judgment)
+                yield judgment
+        finally:
+            self.metrics.judged_batch(judged, time.perf_counter() - started)

@@ -3,22 +3,26 @@
 Clients time out and retry long rank1 calls, and several users ask about the same
 passages: a passage already being judged for the same query and settings (the same
 key) joins that work instead of being reasoned again. The passages a request brings
-that nobody is judging yet start one new batch (one ``ajudge`` call, so they enter the
-engine together).
+that nobody is judging yet start one new batch (one ``ajudge_stream`` call, so they enter
+the engine together).
 
-Batches are reference-counted by the requests waiting on them: a request that goes away
-(its client disconnected) stops waiting, and a batch is cancelled, which aborts its
-engine requests, only when no request waits on it any more, and none has come back
-within ``linger`` seconds: a client that timed out and retries at once joins the work
-its first attempt started instead of starting it over. Each passage of a batch has its
-own future, so a batch that delivers judgments one by one could release each waiter as
-soon as its passages are done. Runs on one event loop; no locks.
+A batch hands over each passage's judgment as soon as it is final (the reranker's
+stream), and a request returns as soon as *its* passages are judged: one that joined
+another's batch never waits for that batch's slow passages.
+
+Batches are reference-counted by the requests waiting on them: a request stops waiting
+on a batch when its passages there are judged, or when it goes away (its client
+disconnected), and a batch is cancelled, which aborts its engine requests, only when no
+request waits on it any more, and none has come back within ``linger`` seconds: a client
+that timed out and retries at once joins the work its first attempt started instead of
+starting it over. Runs on one event loop; no locks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from rank1_integrations.errors import Rank1Error
@@ -27,9 +31,9 @@ from rank1_integrations.judgment import Judgment
 __all__ = ["InFlight", "Joined"]
 
 _Outcome = Judgment | Exception
-Judge = Callable[[str, Sequence[str]], Awaitable[Sequence[_Outcome]]]
-"""Judges passages for a query: each passage's judgment, or the error that kept it from one.
-Raising fails every passage of the batch."""
+Judge = Callable[[str, Sequence[str]], AsyncGenerator[Judgment, None]]
+"""Judges passages for a query: yields each passage's judgment (``Judgment.index``: which one) as
+soon as it is final. Raising fails the passages not handed over yet."""
 
 
 @dataclass(eq=False)
@@ -76,21 +80,26 @@ class InFlight:
         if new:
             self._start(query, new)
         futures = {key: self._batches[key].results[key] for key in passages}
-        batches = list({id(self._batches[key]): self._batches[key] for key in passages}.values())
-        for batch in batches:
+        held: dict[_Batch, list[asyncio.Future[_Outcome]]] = {}
+        for key, future in futures.items():
+            held.setdefault(self._batches[key], []).append(future)
+        for batch in held:
             batch.waiters += 1
             if batch.expiry is not None:  # a request came back for work nobody waited for
                 batch.expiry.cancel()
                 batch.expiry = None
         try:
-            # asyncio.wait never cancels what it waits on: leaving cancels nobody else's work.
-            if futures:
-                await asyncio.wait(futures.values())
+            while held:
+                for batch in [b for b, waited in held.items() if all(f.done() for f in waited)]:
+                    del held[batch]  # its passages there are judged: the rest of it is not this request's
+                    self._release(batch)
+                if held:
+                    # asyncio.wait never cancels what it waits on: leaving cancels nobody else's work.
+                    waited = [f for fs in held.values() for f in fs if not f.done()]
+                    await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for batch in batches:
-                batch.waiters -= 1
-                if batch.waiters == 0 and batch.task is not None and not batch.task.done():
-                    self._unwanted(batch)
+            for batch in held:
+                self._release(batch)
         judgments: dict[str, Judgment] = {}
         for key, future in futures.items():
             outcome = future.result()
@@ -114,16 +123,24 @@ class InFlight:
         batch.task.add_done_callback(lambda _: self._settle(batch))
 
     async def _run(self, batch: _Batch, query: str, texts: list[str]) -> None:
-        outcomes: list[_Outcome]
+        keys = list(batch.results)
         try:
-            outcomes = list(await self.judge(query, texts))
-            if len(outcomes) != len(texts):
-                raise Rank1Error(f"rank1 returned {len(outcomes)} judgments for {len(texts)} passages")
-        except Exception as err:  # every waiter gets the error; the HTTP layer decides what it says
-            outcomes = [err] * len(texts)
-        self._forget(batch)
-        for future, outcome in zip(batch.results.values(), outcomes, strict=True):
-            future.set_result(outcome)
+            async with contextlib.aclosing(self.judge(query, texts)) as judgments:
+                async for judgment in judgments:
+                    self._hand_over(batch, keys[judgment.index], judgment)
+            lost = [key for key in keys if not batch.results[key].done()]
+            if lost:
+                raise Rank1Error(f"rank1 returned {len(keys) - len(lost)} judgments for {len(keys)} passages")
+        except Exception as err:  # the waiters of what is left get the error; the HTTP layer decides what it says
+            for key in keys:
+                if not batch.results[key].done():
+                    self._hand_over(batch, key, err)
+
+    def _hand_over(self, batch: _Batch, key: str, outcome: _Outcome) -> None:
+        # Forget first: a request for this key from now on finds it in the result cache or starts afresh.
+        if self._batches.get(key) is batch:
+            del self._batches[key]
+        batch.results[key].set_result(outcome)
 
     def _settle(self, batch: _Batch) -> None:
         # However the batch ended (cancelled included), nobody may wait on it forever.
@@ -133,6 +150,11 @@ class InFlight:
         for future in batch.results.values():
             if not future.done():
                 future.cancel()
+
+    def _release(self, batch: _Batch) -> None:
+        batch.waiters -= 1
+        if batch.waiters == 0 and batch.task is not None and not batch.task.done():
+            self._unwanted(batch)
 
     def _unwanted(self, batch: _Batch) -> None:
         if self.linger > 0:
