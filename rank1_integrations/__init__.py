@@ -20,6 +20,7 @@ from rank1_integrations.errors import (
     ServerConnectionError,
     ServerStatusError,
     ServerTimeoutError,
+    StorageError,
 )
 from rank1_integrations.judgment import Judgment
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
@@ -47,6 +48,7 @@ __all__ = [
     "ServerConnectionError",
     "ServerStatusError",
     "ServerTimeoutError",
+    "StorageError",
 ]
 
 __version__ = "0.1.0"

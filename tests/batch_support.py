@@ -18,6 +18,9 @@ from pathlib import Path
 
 import psutil
 
+from rank1_integrations.batch.inputs import passage_text, read_queries, read_run
+from rank1_integrations.batch.records import PairRecord, RunSettings, text_digest
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "cookbook" / "data"
 TOLERANCE = 1e-4
@@ -63,6 +66,41 @@ def wide_set(directory: Path, *, variants: int = 3, docs: int = 4) -> RunSet:
     (directory / "queries.jsonl").write_text("\n".join(query_lines) + "\n")
     (directory / "wide.run").write_text("\n".join(run_lines) + "\n")
     return RunSet(directory / "wide.run", TINY / "tiny_corpus.jsonl", directory / "queries.jsonl")
+
+
+def finished_checkpoint(data: RunSet, path: Path, settings: RunSettings, depth: int) -> dict[str, list[str]]:
+    """Write the checkpoint (and its settings file) a finished run of ``data`` leaves, every pair judged with
+    made-up scores; returns the reranked run those scores give."""
+    queries = read_queries(data.queries)
+    corpus = {doc["_id"]: doc for doc in map(json.loads, data.corpus.read_text().splitlines())}
+    lines, order = [], {}
+    for ranking in read_run(data.run):
+        top = ranking.docids[:depth]
+        scores = {d: int(hashlib.sha256(f"{ranking.qid}/{d}".encode()).hexdigest()[:4], 16) / 0xFFFF for d in top}
+        for d in top:
+            digest = text_digest(queries[ranking.qid], passage_text(corpus[d].get("title"), corpus[d].get("text")))
+            record = PairRecord(
+                ranking.qid,
+                d,
+                scores[d],
+                scores[d] > 0.5,
+                False,
+                3,
+                "made up",
+                False,
+                None,
+                settings.fingerprint,
+                digest,
+            )
+            lines.append(record.to_json() + "\n")
+        order[ranking.qid] = sorted(top, key=lambda d, s=scores, t=top: (-s[d], t.index(d))) + list(
+            ranking.docids[depth:]
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+    settings_file = path.with_name(path.name + ".settings.json")
+    settings_file.write_text(json.dumps({"fingerprint": settings.fingerprint, "settings": settings.to_dict()}))
+    return order
 
 
 def records(path: Path) -> list[dict[str, object]]:

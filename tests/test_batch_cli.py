@@ -7,6 +7,7 @@ same outputs as an uninterrupted run in this process on the same model.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -17,16 +18,20 @@ import pytest
 
 from rank1_integrations import Rank1Reranker
 from rank1_integrations.batch import rerank_run
+from rank1_integrations.batch.records import RunSettings
 from tests.batch_support import (
     REMOTE_TOLERANCE,
     RunSet,
     assert_same_outputs,
+    cli_env,
     complete_judged_pairs,
+    finished_checkpoint,
     kill_mid_run,
     records,
     run_cli,
     summary_counts,
     tiny_set,
+    trec,
     wide_set,
 )
 from tests.conftest import SCRIPTED_BUDGET
@@ -122,6 +127,85 @@ def test_a_missing_run_file_exits_2(tmp_path: Path) -> None:
     assert "nothing.run does not exist" in result.stderr
 
 
+MODEL = "rank1-test-model"
+FINISHED = RunSettings(MODEL, None, 16, 1024)
+"""The settings of :func:`finished` checkpoints."""
+NO_SERVER = "http://127.0.0.1:9/v1"
+
+
+def finished(directory: Path) -> dict[str, list[str]]:
+    """A finished run's checkpoint of the tiny set at ``DEPTH`` in ``directory``; returns its reranked run."""
+    return finished_checkpoint(tiny_set(), outputs(directory)[1], FINISHED, int(DEPTH))
+
+
+def run_cli_without_engines(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """The CLI where no engine can start: vLLM and Ray cannot be imported, and nothing listens at NO_SERVER."""
+    code = f"""
+        import sys
+        sys.modules["vllm"] = sys.modules["ray"] = None
+        from rank1_integrations.batch.cli import main
+        sys.exit(main({args!r}))
+    """
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=cli_env(), capture_output=True, text=True, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        ["--model", MODEL],
+        ["--model", MODEL, "--engine-arg", "max_model_len=1024"],
+        ["--server", NO_SERVER],
+        ["--server", NO_SERVER, "--served-model", MODEL, "--ray"],
+    ],
+)
+def test_a_finished_run_started_again_writes_its_outputs_without_starting_an_engine(
+    tmp_path: Path, engine: list[str]
+) -> None:
+    reranked = finished(tmp_path)
+    result = run_cli_without_engines(cli_args(tiny_set(), tmp_path, *engine, "--max-reasoning-tokens", "16"))
+    assert result.returncode == 0, result.stderr
+    assert summary_counts(result.stderr) == (0, 0, len(records(outputs(tmp_path)[1])))
+    assert trec(outputs(tmp_path)[0]) == reranked
+
+
+@pytest.mark.parametrize(
+    ("engine", "difference"),
+    [
+        (["--model", MODEL, "--max-reasoning-tokens", "32"], "max_reasoning_tokens: 16 != 32"),
+        (["--model", MODEL, "--template", "SciFact"], "template: None != 'Claim: FILL_QUERY_HERE"),
+        (["--model", MODEL, "--engine-arg", "max_model_len=2048"], "context_size: 1024 != 2048"),
+        (["--server", NO_SERVER, "--served-model", "other", "--ray"], "model: 'rank1-test-model' != 'other'"),
+    ],
+)
+def test_a_finished_run_refuses_other_settings_without_starting_an_engine(
+    tmp_path: Path, engine: list[str], difference: str
+) -> None:
+    finished(tmp_path)
+    before = outputs(tmp_path)[1].read_bytes()
+    result = run_cli_without_engines(cli_args(tiny_set(), tmp_path, "--max-reasoning-tokens", "16", *engine))
+    assert result.returncode == 2, result.stderr
+    assert f"checkpoint != this run: {difference}" in result.stderr
+    assert outputs(tmp_path)[1].read_bytes() == before
+    assert not outputs(tmp_path)[0].exists()
+
+
+def test_without_its_settings_file_a_finished_run_starts_the_engine_only_to_learn_unknown_settings(
+    tmp_path: Path,
+) -> None:
+    finished(tmp_path)
+    settings_file = tmp_path / "judgments.jsonl.settings.json"
+    settings_file.unlink()
+    unknown = run_cli_without_engines(cli_args(tiny_set(), tmp_path, "--server", NO_SERVER))  # model, context?
+    assert unknown.returncode == 1, unknown.stderr
+    assert "ServerConnectionError" in unknown.stderr  # it asked the servers
+    every = ["--server", NO_SERVER, "--served-model", MODEL, "--context-size", "1024", "--max-reasoning-tokens", "16"]
+    known = run_cli_without_engines(cli_args(tiny_set(), tmp_path, *every))
+    assert known.returncode == 0, known.stderr
+    assert json.loads(settings_file.read_text())["settings"] == FINISHED.to_dict()
+
+
 # -- killed and resumed ---------------------------------------------------------------------
 
 
@@ -155,6 +239,81 @@ def test_server_run_killed_mid_run_resumes_to_the_uninterrupted_outputs(
     kill_then_resume(cli_args(wide, tmp_path / "cli", *engine), tmp_path / "cli", pairs=120)
     reference = in_process(wide, tmp_path / "reference", scripted_reranker)
     assert_same_outputs(outputs(tmp_path / "cli"), reference, REMOTE_TOLERANCE)
+
+
+FILE_SIZE_LIMIT = 16384
+"""Bytes a process of the test below may write to one file: the checkpoint of the wide set outgrows it."""
+
+
+@pytest.mark.engine
+def test_a_failing_write_stops_the_run_with_a_message_and_the_same_command_resumes(
+    server: VLLMServer, scripted_reranker: Rank1Reranker, wide: RunSet, tmp_path: Path
+) -> None:
+    """A real failing write (a file size limit, as a full disk would fail it) in the middle of the run."""
+    engine = ["--server", server.base_url, "--served-model", server.model]
+    engine += ["--max-reasoning-tokens", str(SCRIPTED_BUDGET), "--max-in-flight", "1", "--concurrency-per-server", "1"]
+    args = cli_args(wide, tmp_path / "cli", *engine)
+    code = f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, resource.RLIM_INFINITY))
+        from rank1_integrations.batch.cli import main
+        sys.exit(main({args!r}))
+    """
+    stopped = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert stopped.returncode == 1, stopped.stderr[-4000:]
+    assert "Traceback" not in stopped.stderr
+    assert "error: StorageError: the run stopped on an OS error (OSError: [Errno 27] File too large)" in stopped.stderr
+    assert "run the same command again to resume" in stopped.stderr
+    checkpoint = outputs(tmp_path / "cli")[1]
+    assert checkpoint.stat().st_size == FILE_SIZE_LIMIT
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["judgments.jsonl", "judgments.jsonl.settings.json"]
+    kept = complete_judged_pairs(checkpoint)
+    assert 0 < len(kept) < 120
+    finished = run_cli(args)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    assert summary_counts(finished.stderr) == (120 - len(kept), 0, len(kept))
+    reference = in_process(wide, tmp_path / "reference", scripted_reranker)
+    assert_same_outputs(outputs(tmp_path / "cli"), reference, REMOTE_TOLERANCE)
+
+
+@pytest.mark.engine
+def test_invalid_input_exits_2_naming_the_pairs_and_is_not_judged_again(server: VLLMServer, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    docs = [json.loads(line) for line in tiny_set().corpus.read_text().splitlines()]
+    for doc in docs:
+        if doc["_id"] == "json.dumps#1":
+            doc["title"], doc["text"] = "", ""
+    corpus.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    engine = [
+        "--server",
+        server.base_url,
+        "--served-model",
+        server.model,
+        "--max-reasoning-tokens",
+        str(SCRIPTED_BUDGET),
+    ]
+    args = cli_args(RunSet(tiny_set().run, corpus, tiny_set().queries), tmp_path, *engine, depth="5")
+    first = run_cli(args)
+    assert first.returncode == 2, first.stderr[-4000:]
+    named = re.findall(r"(q\d+)/json\.dumps#1 \(InvalidInputError: passages at indices \[0\] are empty\)", first.stderr)
+    assert "q1" in named
+    assert "correct the invalid ones' texts in the corpus or queries" in first.stderr
+    assert "run the same command again" not in first.stderr
+    judged_now, failed_now, _ = summary_counts(first.stderr)
+    assert failed_now == len(named)
+    again = run_cli(args)
+    assert again.returncode == 2, again.stderr[-4000:]
+    assert summary_counts(again.stderr) == (0, 0, judged_now)  # nothing attempted again
+    allowed = run_cli([*args, "--allow-failures"])
+    assert allowed.returncode == 0, allowed.stderr[-4000:]
 
 
 @pytest.mark.engine

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from rank1_integrations import CheckpointError, InvalidInputError, Judgment
+from rank1_integrations import BackendError, CheckpointError, InvalidInputError, Judgment
+from rank1_integrations.batch import checkpoint as checkpoint_module
 from rank1_integrations.batch.checkpoint import Checkpoint, PairState
 from rank1_integrations.batch.drive import iterate, judge_units
 from rank1_integrations.batch.inputs import JsonlCorpus, passage_text, read_queries, read_run
 from rank1_integrations.batch.outputs import read_trec, reranked, write_trec
 from rank1_integrations.batch.plan import Plan, WorkUnit
 from rank1_integrations.batch.records import PairRecord, RunSettings, text_digest
-from tests.batch_support import tiny_set
+from tests.batch_support import REPO, tiny_set
 
 SETTINGS = RunSettings("model-a", None, 16, 1024)
 
@@ -132,6 +137,17 @@ def test_records_round_trip_and_are_validated():
             PairRecord.from_json(broken)
 
 
+def test_invalid_input_is_marked_on_its_record_and_old_lines_without_the_mark_still_read():
+    invalid = PairRecord.failure("q", "d", InvalidInputError("query is empty"), settings="s", digest="t")
+    assert (invalid.invalid, invalid.error) == (True, "InvalidInputError: query is empty")
+    assert PairRecord.from_json(invalid.to_json()) == invalid
+    assert not PairRecord.failure("q", "d", BackendError("down"), settings="s", digest="t").invalid
+    old = {k: v for k, v in json.loads(record("q", "d", None).to_json()).items() if k != "invalid"}
+    assert not PairRecord.from_json(json.dumps(old)).invalid  # a checkpoint written before the mark existed
+    with pytest.raises(ValueError, match="an invalid record has an error"):
+        PairRecord.from_json(json.dumps({**json.loads(record("q", "d").to_json()), "invalid": True}))
+
+
 def test_a_judgment_becomes_a_record():
     unjudged = Judgment(index=0, score=None, relevant=None, reasoning="", error="BackendError: x")
     assert PairRecord.of("q", "d", unjudged, settings="s", digest="t").error == "BackendError: x"
@@ -176,24 +192,44 @@ def test_checkpoint_appends_reads_back_and_keeps_judged_records(tmp_path: Path):
         }
 
 
-def test_a_torn_last_line_is_dropped_and_the_next_append_follows_the_last_whole_line(tmp_path: Path):
+@pytest.mark.parametrize("cut", [-7, -1, 3])  # killed mid-write; just before the newline; 3 bytes in
+@pytest.mark.parametrize("before", [0, 1])
+def test_a_torn_last_line_is_dropped_and_the_next_append_follows_the_last_whole_line(
+    tmp_path: Path, cut: int, before: int
+):
     path = tmp_path / "j.jsonl"
-    whole = record("q", "a", 0.9).to_json() + "\n"
-    path.write_text(whole + record("q", "b", 0.3).to_json()[:-7])  # killed mid-write
+    whole = "".join(record("q", f"a{i}", 0.9).to_json() + "\n" for i in range(before))
+    path.write_text(whole + (record("q", "b", 0.3).to_json() + "\n")[:cut])
     with Checkpoint(path) as checkpoint:
-        assert checkpoint.records == 1
-        assert set(checkpoint.states("q", ["a", "b"])) == {"a"}
+        assert checkpoint.records == before
+        assert "b" not in checkpoint.states("q", ["a0", "b"])
         checkpoint.check(SETTINGS)
         checkpoint.append([record("q", "b", 0.3)])
     assert path.read_text() == whole + record("q", "b", 0.3).to_json() + "\n"
 
 
-def test_a_broken_line_before_the_last_is_refused(tmp_path: Path):
-    path = tmp_path / "j.jsonl"
-    path.write_text(record("q", "a").to_json() + "\n{oops\n" + record("q", "b").to_json() + "\n")
-    with pytest.raises(CheckpointError, match=r"j\.jsonl:2 is not a judgment record"):
+CORPUS_LINE = '{"_id": "d1", "title": "A title", "text": "A passage."}'
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (CORPUS_LINE + "\n", 1),  # a one-line corpus passed as the checkpoint
+        (CORPUS_LINE, 1),  # ... without its final newline: it cannot be the start of a record
+        ("q1 Q0 d1 1 12.5 bm25", 1),
+        (record("q", "a").to_json() + "\n{oops\n" + record("q", "b").to_json() + "\n", 2),
+        (record("q", "a").to_json() + "\n" + record("q", "b").to_json()[:-9] + "\n", 2),  # a whole line, corrupt
+        (record("q", "a").to_json() + '\n{"qid": "q", "docid": "b"}', 2),  # whole JSON, not a record
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_refused_naming_the_line_and_left_as_it_was(
+    tmp_path: Path, text: str, line: int
+):
+    path = write(tmp_path / "j.jsonl", text)
+    with pytest.raises(CheckpointError, match=rf"j\.jsonl:{line} is not a judgment record"):
         Checkpoint(path)
-    assert path.read_text().count("\n") == 3  # untouched
+    assert path.read_text() == text
+    assert os.listdir(tmp_path) == ["j.jsonl"]  # nothing written beside it either
 
 
 def test_other_settings_are_refused_naming_what_differs(tmp_path: Path):
@@ -229,6 +265,74 @@ def test_a_second_run_on_the_same_file_is_refused_while_the_first_holds_it(tmp_p
         assert (tmp_path / "j.jsonl.work").is_dir()  # the first run's scratch space survives the refusal
     with Checkpoint(path):
         pass
+    assert sorted(os.listdir(tmp_path)) == ["j.jsonl", "j.jsonl.settings.json"]  # lock file and work folder gone
+
+
+def test_compaction_never_lets_a_second_run_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A second run tries to start at the worst moment: the compacted file has just replaced the locked one."""
+    path = tmp_path / "j.jsonl"
+    replace = os.replace
+    attempts: list[str] = []
+
+    def replace_then_start_a_second_run(source: object, target: object) -> None:
+        replace(source, target)  # type: ignore[arg-type]
+        if str(source).endswith(".compacting"):
+            try:
+                Checkpoint(path).close()
+                attempts.append("started")
+            except CheckpointError as err:
+                attempts.append(str(err))
+
+    with Checkpoint(path) as first:
+        first.check(SETTINGS)
+        first.append([record("q", "b", 0.2), record("q", "a", 0.9)])
+        monkeypatch.setattr(checkpoint_module.os, "replace", replace_then_start_a_second_run)
+        first.compact([("q", ["a", "b"])])
+        monkeypatch.undo()
+        assert len(attempts) == 1
+        assert "another run is writing" in attempts[0]
+        assert (tmp_path / "j.jsonl.work" / "state.sqlite").is_file()  # the first run's index is still there
+        first.append([record("q", "c", 0.5)])  # and it goes on
+        assert set(first.states("q", ["a", "b", "c"])) == {"a", "b", "c"}
+    with Checkpoint(path) as again:
+        assert again.records == 3
+
+
+def test_a_write_that_fails_leaves_the_checkpoint_closed_and_resumable(tmp_path: Path):
+    """A real failing write: a file size limit, as a full disk would stop it (in a process of its own)."""
+    path = tmp_path / "j.jsonl"
+    script = f"""
+        import resource, signal, sys
+        from pathlib import Path
+        from rank1_integrations.batch.checkpoint import Checkpoint
+        from tests.test_batch_pieces import SETTINGS, record
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
+        checkpoint = Checkpoint(Path({str(path)!r}))
+        checkpoint.check(SETTINGS)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20000, resource.RLIM_INFINITY))
+        appended = 0
+        try:
+            while True:
+                checkpoint.append([record("q", f"d{{appended}}", 0.5)])
+                appended += 1
+        except OSError as err:
+            print(appended, err.errno)
+        checkpoint.close()
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr  # closing raised nothing
+    appended, errno = map(int, result.stdout.split())
+    assert errno == 27  # EFBIG
+    assert path.stat().st_size == 20000  # the last append was cut short
+    assert sorted(os.listdir(tmp_path)) == ["j.jsonl", "j.jsonl.settings.json"]
+    with Checkpoint(path) as again:  # the torn last line is dropped; every whole line is kept
+        assert again.records == appended
+        again.check(SETTINGS)
+        again.append([record("q", f"d{appended}", 0.5)])
+    assert len(path.read_text().splitlines()) == appended + 1
 
 
 def test_compaction_writes_one_line_per_pair_in_run_order_then_the_others(tmp_path: Path):
@@ -257,6 +361,34 @@ def test_compaction_writes_one_line_per_pair_in_run_order_then_the_others(tmp_pa
 
 
 # -- the plan and the outputs ----------------------------------------------------------------
+
+
+def test_pairs_refused_as_invalid_input_are_judged_again_only_when_their_texts_change(tmp_path: Path):
+    run = write(tmp_path / "r.run", "q1 Q0 a 1 3 x\nq1 Q0 b 2 2 x\nq1 Q0 c 3 1 x\n")
+    corpus = write(tmp_path / "c.jsonl", "".join(json.dumps({"_id": d, "text": f"text {d}"}) + "\n" for d in "abc"))
+    refusal = InvalidInputError("passages at indices [0] are empty")
+    index = JsonlCorpus(corpus, tmp_path / "index.sqlite")
+    try:
+        with Checkpoint(tmp_path / "j.jsonl") as checkpoint:
+            checkpoint.check(SETTINGS)
+            checkpoint.append(
+                [
+                    PairRecord.failure(
+                        "q1", "a", refusal, settings=SETTINGS.fingerprint, digest=text_digest("q", "text a")
+                    ),
+                    PairRecord.failure(
+                        "q1", "b", refusal, settings=SETTINGS.fingerprint, digest=text_digest("q", "old b")
+                    ),
+                    PairRecord.failure("q1", "c", BackendError("503"), settings=SETTINGS.fingerprint, digest="d" * 16),
+                ]
+            )
+            plan = Plan(run, queries={"q1": "q"}, corpus=index, checkpoint=checkpoint, depth=None)
+            survey = plan.survey()
+            # a: the same texts, not judged again; b: its passage changed since; c: failed, retried
+            assert (survey.pairs, survey.judged, survey.invalid, survey.failed, survey.remaining) == (3, 0, 1, 2, 2)
+            assert [unit.docids for unit in plan.units(max_pairs=10)] == [("b", "c")]
+    finally:
+        index.close()
 
 
 def test_plan_counts_the_work_and_refuses_missing_or_changed_inputs(tmp_path: Path):
@@ -349,6 +481,7 @@ def test_driver_keeps_the_window_and_isolates_bad_passages():
     assert reranker.most == 4
     bad = {r.docid: r for r in got if r.qid == "bad"}
     assert bad["empty"].error == "InvalidInputError: passages at indices [0] are empty"
+    assert bad["empty"].invalid
     assert bad["empty"].text_digest == text_digest("query", " ")
     assert bad["a"].judged
     assert bad["c"].judged

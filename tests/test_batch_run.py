@@ -8,13 +8,14 @@ against what the checkpoint holds afterwards.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rank1_integrations import CheckpointError, IncompleteRunError, Rank1Reranker
+from rank1_integrations import CheckpointError, IncompleteRunError, InvalidInputError, Rank1Reranker
 from rank1_integrations.batch import ServerEngine, rerank_run
 from tests.batch_support import (
     REMOTE_TOLERANCE,
@@ -154,49 +155,68 @@ def test_a_resumed_run_judges_only_what_is_missing_and_ends_as_an_uninterrupted_
     assert_same_outputs((tmp_path / "out.trec", judgments), reference)
 
 
-def test_failed_pairs_are_recorded_never_scored_and_retried_on_resume(
+def test_invalid_pairs_are_named_and_judged_again_only_once_their_texts_change(
     random_reranker: Rank1Reranker, tmp_path: Path, reference: tuple[Path, Path]
 ):
+    """Pairs rank1 refuses as input (an empty passage, a lone surrogate, a query too long for the context)
+    would fail the same way every time: recorded as invalid, named, not retried by the next run."""
     data = tiny_set()
-    broken = tmp_path / "corpus.jsonl"
-    lines = [json.loads(line) for line in data.corpus.read_text().splitlines()]
-    for doc in lines:
+    stage = first_stage(data.run)
+    docs = [json.loads(line) for line in data.corpus.read_text().splitlines()]
+    surrogate = stage["q4"][0]
+    for doc in docs:
         if doc["_id"] == "json.dumps#1":
             doc["title"], doc["text"] = "", "   "  # nothing rank1 can judge
-    broken.write_text("".join(json.dumps(doc) + "\n" for doc in lines))
-    occurrences = [qid for qid, docs in first_stage(data.run).items() for d in docs[:DEPTH] if d == "json.dumps#1"]
-    assert occurrences
+        if doc["_id"] == surrogate:
+            doc["text"] += " \ud800"  # valid JSON, not valid Unicode
+    broken = RunSet(data.run, tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl")
+    broken.corpus.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    queries = [json.loads(line) for line in data.queries.read_text().splitlines()]
+    for query in queries:
+        if query["_id"] == "q2":
+            query["text"] = " ".join(f"word{i}" for i in range(2000))  # longer than the context
+    broken.queries.write_text("".join(json.dumps(query) + "\n" for query in queries))
+    invalid = {(q, d) for q, top in stage.items() for d in top[:DEPTH] if d in ("json.dumps#1", surrogate) or q == "q2"}
+    assert {q for q, _ in invalid} >= {"q1", "q2", "q4"}
 
     with pytest.raises(IncompleteRunError) as caught:
-        rerun(RunSet(data.run, broken, data.queries), tmp_path, random_reranker)
-    assert (caught.value.failed, caught.value.total) == (len(occurrences), len(records(reference[1])))
+        rerun(broken, tmp_path, random_reranker)
+    assert (caught.value.failed, caught.value.invalid) == (len(invalid), len(invalid))
+    message = str(caught.value)
+    assert (
+        f"{len(invalid)} are invalid input, e.g. q1/json.dumps#1 (InvalidInputError: passages at indices [0] are"
+        in message
+    )
+    assert "q2/" in message
+    assert "correct the invalid ones' texts in the corpus or queries" in message
+    assert "run the same command again" not in message
     assert not (tmp_path / "out.trec").exists()
     failed = [r for r in records(tmp_path / "judgments.jsonl") if r["error"] is not None]
-    assert [(r["qid"], r["docid"]) for r in failed] == [(q, "json.dumps#1") for q in occurrences]
-    assert all(r["score"] is None and r["relevant"] is None for r in failed)
-    assert all(str(r["error"]).startswith("InvalidInputError: ") and "empty" in str(r["error"]) for r in failed)
+    assert {(r["qid"], r["docid"]) for r in failed} == invalid
+    assert all(r["invalid"] is True and r["score"] is None and r["relevant"] is None for r in failed)
+    errors = {str(r["error"]) for r in failed}
+    assert any("empty" in e for e in errors)
+    assert any("not valid Unicode" in e for e in errors)
+    assert any("the query and instructions alone take" in e for e in errors)
 
     allowed = rerank_run(
-        data.run,
-        corpus=broken,
-        queries=data.queries,
+        broken.run,
+        corpus=broken.corpus,
+        queries=broken.queries,
         out=tmp_path / "allowed.trec",
         reasoning=tmp_path / "judgments.jsonl",
         engine=random_reranker,
         depth=DEPTH,
         allow_failures=True,
     )
-    assert (allowed.summary.failed, allowed.summary.judged_now, allowed.summary.failed_now) == (
-        len(occurrences),
-        0,
-        len(occurrences),
-    )
+    summary = allowed.summary
+    assert (summary.judged_now, summary.failed_now) == (0, 0)  # nothing attempted again
+    assert (summary.failed, summary.invalid) == (len(invalid), len(invalid))
     ranking = trec(tmp_path / "allowed.trec")
-    for qid in occurrences:
-        top = first_stage(data.run)[qid][:DEPTH]
-        assert ranking[qid].index("json.dumps#1") == len(top) - 1  # below every judged document of its query
+    for qid in ("q1", "q4"):
+        assert ranking[qid][len(stage[qid][:DEPTH]) - 1] in ("json.dumps#1", surrogate)  # below the judged ones
 
-    fixed = rerank_run(
+    fixed = rerank_run(  # the texts corrected: those pairs are judged now
         data.run,
         corpus=data.corpus,
         queries=data.queries,
@@ -205,8 +225,94 @@ def test_failed_pairs_are_recorded_never_scored_and_retried_on_resume(
         engine=random_reranker,
         depth=DEPTH,
     )
-    assert (fixed.summary.judged_now, fixed.summary.failed) == (len(occurrences), 0)
+    assert (fixed.summary.judged_now, fixed.summary.failed, fixed.summary.invalid) == (len(invalid), 0, 0)
     assert_same_outputs((tmp_path / "out.trec", tmp_path / "judgments.jsonl"), reference)
+
+
+def copied_inputs(directory: Path) -> RunSet:
+    directory.mkdir(parents=True)
+    data = tiny_set()
+    assert data.qrels is not None
+    return RunSet(*(Path(shutil.copy(path, directory)) for path in (data.run, data.corpus, data.queries, data.qrels)))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("out is the corpus", r"out .*corpus\.jsonl would write over the corpus file"),
+        ("out links to the queries", r"out .*ranked\.trec would write over the queries file"),
+        ("out is the run, relative", r"out .*tiny\.run would write over the run file"),
+        ("out is a hard link to the qrels", r"out .*ranked\.trec would write over the qrels file"),
+        ("out is the checkpoint's settings", r"out .*settings\.json would write over the checkpoint's files"),
+        ("reasoning is the corpus", r"reasoning .*corpus\.jsonl would write over the corpus file"),
+        ("the corpus is in the checkpoint's work folder", r"reasoning .* would write over the run file"),
+    ],
+)
+def test_outputs_that_would_write_over_an_input_are_refused_before_anything_is_written(
+    random_reranker: Rank1Reranker, tmp_path: Path, reference: tuple[Path, Path], case: str, message: str
+):
+    judgments = tmp_path / "judgments.jsonl"
+    inputs = copied_inputs(tmp_path / "judgments.jsonl.work" if "work folder" in case else tmp_path / "inputs")
+    shutil.copy(reference[1], judgments)  # finished: a run would go straight to writing its outputs
+    out, reasoning = tmp_path / "links" / "ranked.trec", judgments
+    out.parent.mkdir()
+    if case == "out is the corpus":
+        out = inputs.corpus
+    elif case == "out links to the queries":
+        out.symlink_to(inputs.queries)
+    elif case == "out is the run, relative":
+        out = Path(os.path.relpath(inputs.run))
+    elif case == "out is a hard link to the qrels":
+        assert inputs.qrels is not None
+        os.link(inputs.qrels, out)
+    elif case == "out is the checkpoint's settings":
+        out = tmp_path / "judgments.jsonl.settings.json"
+    elif case == "reasoning is the corpus":
+        reasoning = inputs.corpus
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    with pytest.raises(InvalidInputError, match=message):
+        rerank_run(
+            inputs.run,
+            corpus=inputs.corpus,
+            queries=inputs.queries,
+            out=out,
+            reasoning=reasoning,
+            engine=random_reranker,
+            depth=DEPTH,
+            qrels=inputs.qrels,
+        )
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+
+
+def test_output_folders_are_made_or_refused_before_anything_is_judged(
+    random_reranker: Rank1Reranker, tmp_path: Path, reference: tuple[Path, Path]
+):
+    data = tiny_set()
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    judgments = tmp_path / "judgments.jsonl"
+    with pytest.raises(InvalidInputError, match=r"cannot create the folder of out .*a file/out\.trec"):
+        rerank_run(
+            data.run,
+            corpus=data.corpus,
+            queries=data.queries,
+            out=blocked / "out.trec",
+            reasoning=judgments,
+            engine=random_reranker,
+            depth=DEPTH,
+        )
+    assert not judgments.exists()  # nothing judged
+    shutil.copy(reference[1], judgments)
+    result = rerank_run(
+        data.run,
+        corpus=data.corpus,
+        queries=data.queries,
+        out=tmp_path / "new" / "folder" / "out.trec",
+        reasoning=judgments,
+        engine=random_reranker,
+        depth=DEPTH,
+    )
+    assert trec(result.out) == trec(reference[0])
 
 
 @pytest.mark.parametrize("complete", [True, False])

@@ -1,14 +1,21 @@
 """The judgments JSONL as the run's checkpoint: read back at start, appended as judgments complete.
 
-Every append is one write of whole lines, flushed to the kernel at once (a SIGKILL loses
-nothing written), and ``fsync``-ed at most every ``fsync_interval`` seconds and at the end
-(a power cut loses at most that much). A process killed mid-write leaves a torn last
-line: it is dropped when the run starts again. Any other line that is not a record
-stops the run, as do records written with other settings: nothing is ever mixed.
+Every append is one unbuffered write of whole lines, handed to the kernel at once (a
+SIGKILL loses nothing written), and ``fsync``-ed at most every ``fsync_interval`` seconds
+and at the end (a power cut loses at most that much). A process killed mid-write (or a
+write cut short by a full disk) leaves a torn last line: an unterminated line that begins
+as a record does; it is dropped when the run starts again. Any other line that is not a
+record (a whole line, or an unterminated one that cannot be the start of a record: the
+file is not a checkpoint of this tool) stops the run before anything is written, as do
+records written with other settings: nothing is ever mixed.
+
+A run holds the checkpoint by a lock on a lock file beside it, never replaced (the
+judgments file is, when compacted), and removed when the run ends.
 
 What each pair's latest state is (judged or failed, its score, where its line is)
 lives in a small SQLite index on disk, so memory stays flat in the number of pairs.
-A judged record is final; a failed one is replaced by the next attempt. When a run
+A judged record is final; a failed one is replaced by the next attempt. A pair refused as
+invalid input is not attempted again while its texts stay the same (see :mod:`.plan`). When a run
 completes, :meth:`Checkpoint.compact` rewrites the file in the run's order with one line
 per pair, atomically, so an interrupted run ends with the same file as an uninterrupted one.
 """
@@ -16,6 +23,7 @@ per pair, atomically, so an interrupted run ends with the same file as an uninte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -23,18 +31,27 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from rank1_integrations.batch.records import PairRecord, RunSettings
 from rank1_integrations.errors import CheckpointError
 
-__all__ = ["Checkpoint", "PairState"]
+__all__ = ["Checkpoint", "PairState", "side_files"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
 _SQL_CHUNK = 500
+_RECORD_START = b'{"qid": "'
+"""How every record line begins (``PairRecord.to_json``): a torn append is the beginning of a record."""
+_SIDE_SUFFIXES = (".settings.json", ".settings.json.tmp", ".compacting", ".lock", ".work")
+
+
+def side_files(path: Path) -> list[Path]:
+    """What a checkpoint at ``path`` writes beside it: settings (and their temporary file), the compacted
+    copy, the lock file and the scratch folder."""
+    return [path.with_name(path.name + suffix) for suffix in _SIDE_SUFFIXES]
 
 
 class PairState(NamedTuple):
@@ -45,6 +62,8 @@ class PairState(NamedTuple):
     forced: bool
     digest: str
     offset: int
+    invalid: bool = False
+    """Refused as invalid input (of the texts with ``digest``)."""
 
 
 class Checkpoint:
@@ -58,10 +77,8 @@ class Checkpoint:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
-        self.settings_path = path.with_name(path.name + ".settings.json")
-        self.work_dir = path.with_name(path.name + ".work")
-        """Scratch space of the run holding the lock (indexes); removed at close, or by the next run."""
-        self._compacting = path.with_name(path.name + ".compacting")
+        # work_dir: scratch space of the run holding the lock (indexes); removed at close, or by the next run.
+        self.settings_path, _, self._compacting, self._lock_path, self.work_dir = side_files(path)
         self.fingerprint: str | None = None
         """The settings fingerprint of its records (None while it has none)."""
         self.records = 0
@@ -69,12 +86,14 @@ class Checkpoint:
         self._fsync_interval = fsync_interval
         self._clock = clock
         self._synced_at = clock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer: IO[bytes] = path.open("ab")
+        self._lock: int | None = None
+        self._writer: IO[bytes] | None = None
         self._reader: IO[bytes] | None = None
         self._db: sqlite3.Connection | None = None
         try:
-            _lock(self._writer, path)
+            self._lock = _lock(self._lock_path, path)
+            # Unbuffered: a failed write leaves nothing pending that closing would try to write again.
+            self._writer = path.open("ab", buffering=0)
             shutil.rmtree(self.work_dir, ignore_errors=True)  # left by a killed run; the lock makes it ours
             self.work_dir.mkdir()
             self._reader = path.open("rb")
@@ -82,46 +101,46 @@ class Checkpoint:
             self._db.executescript(
                 "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                 "CREATE TABLE pairs (qid TEXT, docid TEXT, judged INTEGER, score REAL, forced INTEGER, digest TEXT,"
-                " offset INTEGER, emitted INTEGER DEFAULT 0, new_offset INTEGER, PRIMARY KEY (qid, docid))"
-                " WITHOUT ROWID; CREATE INDEX pairs_by_offset ON pairs (offset);"
+                " offset INTEGER, invalid INTEGER, emitted INTEGER DEFAULT 0, new_offset INTEGER,"
+                " PRIMARY KEY (qid, docid)) WITHOUT ROWID; CREATE INDEX pairs_by_offset ON pairs (offset);"
             )
+            self._end = self._load()
             with contextlib.suppress(FileNotFoundError):
                 self._compacting.unlink()  # left by a run killed while compacting; the file itself is whole
-            self._end = self._load()
         except BaseException:
             self.close()
             raise
 
     def _load(self) -> int:
-        """Index every record; drop a torn last line. Returns where the next line goes."""
+        """Index every record; drop a torn last line. Returns where the next line goes.
+
+        Refuses (and leaves the file as it is) any line that is not a record, but for an
+        unterminated last line that begins as one: an append cut short.
+        """
         assert self._reader is not None
+        assert self._writer is not None
         self._reader.seek(0)
         offset = 0
-        line = self._reader.readline()
-        number = 0
-        while line:
-            number += 1
-            following = self._reader.readline()
+        for number, line in enumerate(self._reader, start=1):
             try:
                 if not line.endswith(b"\n"):
-                    raise ValueError("the line is not finished")
+                    if not _torn(line):
+                        raise ValueError("an unfinished last line that does not begin as a record")
+                    logger.warning(
+                        "%s: dropped a torn last line (%d bytes) left by an interrupted run", self.path, len(line)
+                    )
+                    self._writer.truncate(offset)
+                    break
                 record = PairRecord.from_json(line)
             except ValueError as err:
-                if following:
-                    raise CheckpointError(
-                        f"{self.path}:{number} is not a judgment record ({err}); the file is not a checkpoint "
-                        "of this tool, or was edited: pass another --reasoning file"
-                    ) from None
-                logger.warning(
-                    "%s: dropped a torn last line (%d bytes) left by an interrupted run", self.path, len(line)
-                )
-                self._writer.truncate(offset)
-                break
+                raise CheckpointError(
+                    f"{self.path}:{number} is not a judgment record ({err}); the file is not a checkpoint "
+                    "of this tool, or was edited: pass another --reasoning file"
+                ) from None
             self._adopt(record.settings, number)
             self._remember(record, offset)
             self.records += 1
             offset += len(line)
-            line = following
         self._commit()
         return offset
 
@@ -157,6 +176,20 @@ class Checkpoint:
             "resume with the settings it was written with, or pass a new judgments file"
         )
 
+    def check_known(self, known: Mapping[str, Any]) -> bool:
+        """:meth:`check` on the ``known`` settings alone (no engine needed): the rest are taken from the
+        checkpoint's settings file. False where that cannot tell (no settings file, and not all are known)."""
+        if self.fingerprint is None:
+            return True  # nothing judged: the first judgments' settings will be taken
+        theirs = self._written_settings()
+        if theirs is not None and theirs.fingerprint == self.fingerprint:
+            self.check(dataclasses.replace(theirs, **known))
+        elif known.keys() == {field.name for field in dataclasses.fields(RunSettings)}:
+            self.check(RunSettings(**known))
+        else:
+            return False
+        return True
+
     def _written_settings(self) -> RunSettings | None:
         try:
             return RunSettings.from_dict(json.loads(self.settings_path.read_bytes())["settings"])
@@ -170,16 +203,21 @@ class Checkpoint:
         for start in range(0, len(docids), _SQL_CHUNK):
             chunk = list(docids[start : start + _SQL_CHUNK])
             rows = self._db.execute(
-                "SELECT docid, judged, score, forced, digest, offset FROM pairs "
+                "SELECT docid, judged, score, forced, digest, offset, invalid FROM pairs "
                 f"WHERE qid = ? AND docid IN ({','.join('?' * len(chunk))})",
                 [qid, *chunk],
             )
-            for docid, judged, score, forced, digest, offset in rows:
-                found[docid] = PairState(bool(judged), score, bool(forced), digest, offset)
+            for docid, judged, score, forced, digest, offset, invalid in rows:
+                found[docid] = PairState(bool(judged), score, bool(forced), digest, offset, bool(invalid))
         return found
 
     def append(self, records: Sequence[PairRecord]) -> None:
-        """Write the records as whole lines and flush them (to the kernel: safe from SIGKILL)."""
+        """Write the records as whole lines, straight to the kernel (safe from SIGKILL).
+
+        A write that fails (a full disk) raises ``OSError`` and may leave a torn last line, which
+        the next run drops: the run must stop there.
+        """
+        assert self._writer is not None
         if not records:
             return
         wrong = next((r for r in records if r.settings != self.fingerprint), None)
@@ -188,8 +226,9 @@ class Checkpoint:
                 f"a judgment was made with settings {wrong.settings}, not this checkpoint's {self.fingerprint}"
             )
         lines = [(record.to_json() + "\n").encode("utf-8", "surrogatepass") for record in records]
-        self._writer.write(b"".join(lines))
-        self._writer.flush()
+        data = memoryview(b"".join(lines))
+        while data:  # a write may be cut short (the disk filling up): the rest follows, or fails
+            data = data[self._writer.write(data) :]
         if self._clock() - self._synced_at >= self._fsync_interval:
             self._sync()
         offset = self._end
@@ -245,27 +284,30 @@ class Checkpoint:
             os.fsync(out.fileno())
         os.replace(self._compacting, self.path)
         _sync_directory(self.path.parent)
-        # Hold the new file from now on, and point the index at its lines.
+        # Write and read the new file from now on (the lock file stays locked), and point the index at its lines.
         old_writer, old_reader = self._writer, self._reader
-        self._writer, self._reader = self.path.open("ab"), self.path.open("rb")
-        old_writer.close()
-        if old_reader is not None:
-            old_reader.close()
-        _lock(self._writer, self.path)
+        self._writer, self._reader = self.path.open("ab", buffering=0), self.path.open("rb")
+        for handle in (old_writer, old_reader):
+            if handle is not None:
+                handle.close()
         db.execute("UPDATE pairs SET offset = new_offset, new_offset = NULL, emitted = 0")
         self._end = written
         self._commit()
 
     def close(self) -> None:
+        """Release everything, whatever failed before (a sync that fails now loses nothing the next run needs)."""
         with contextlib.suppress(OSError, ValueError):
             self._sync()
         for handle in (self._reader, self._writer):
             if handle is not None:
-                handle.close()
+                handle.close()  # unbuffered: nothing left to write
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._lock is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+            _unlock(self._lock, self._lock_path)
+            self._lock = None
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -277,9 +319,10 @@ class Checkpoint:
         assert self._db is not None
         # A judged record is final; a failed one gives way to the next attempt.
         self._db.execute(
-            "INSERT INTO pairs (qid, docid, judged, score, forced, digest, offset) VALUES (?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (qid, docid) DO UPDATE SET judged = excluded.judged, score = excluded.score, "
-            "forced = excluded.forced, digest = excluded.digest, offset = excluded.offset WHERE pairs.judged = 0",
+            "INSERT INTO pairs (qid, docid, judged, score, forced, digest, offset, invalid) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (qid, docid) DO UPDATE SET judged = excluded.judged, "
+            "score = excluded.score, forced = excluded.forced, digest = excluded.digest, offset = excluded.offset, "
+            "invalid = excluded.invalid WHERE pairs.judged = 0",
             (
                 record.qid,
                 record.docid,
@@ -288,6 +331,7 @@ class Checkpoint:
                 int(record.forced),
                 record.text_digest,
                 offset,
+                int(record.invalid),
             ),
         )
 
@@ -296,17 +340,49 @@ class Checkpoint:
         self._db.commit()
 
     def _sync(self) -> None:
-        if not self._writer.closed:
-            self._writer.flush()
+        if self._writer is not None and not self._writer.closed:
             os.fsync(self._writer.fileno())
         self._synced_at = self._clock()
 
 
-def _lock(handle: IO[bytes], path: Path) -> None:
+def _torn(line: bytes) -> bool:
+    """Whether an unterminated last line can be an append cut short: the beginning of a record line (or a
+    whole one but for its newline), and never a complete JSON text of something else."""
+    if not (line.startswith(_RECORD_START) or _RECORD_START.startswith(line)):
+        return False
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise CheckpointError(f"another run is writing {path}: wait for it, or pass another judgments file") from None
+        json.loads(line)
+    except ValueError:
+        return True  # cut short
+    try:
+        PairRecord.from_json(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _lock(lock_path: Path, path: Path) -> int:
+    """Lock ``path``'s checkpoint for this run: an exclusive lock on its lock file; returns the held descriptor."""
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CheckpointError(
+                f"another run is writing {path}: wait for it, or pass another judgments file"
+            ) from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(lock_path)):
+                return fd
+        os.close(fd)  # the run before removed this lock file as it ended: lock the one now there
+
+
+def _unlock(fd: int, lock_path: Path) -> None:
+    """Remove the lock file while still holding it (a run that opened it meanwhile sees it gone), then release."""
+    with contextlib.suppress(FileNotFoundError):
+        lock_path.unlink()
+    os.close(fd)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

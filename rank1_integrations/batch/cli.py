@@ -1,8 +1,9 @@
 """``rank1-rerank-run``: rerank a whole TREC run with rank1, resumably, on one machine or many.
 
 Notes and the progress bar go to stderr; the metrics table (``--eval``) to stdout.
-Exit status: 0 done, 1 pairs failed or the engine failed (run again to resume), 2 bad
-input or options (including a checkpoint written with other settings).
+Exit status: 0 done, 1 pairs failed, the engine failed or a file could not be written
+(run again to resume), 2 bad input or options (including a checkpoint written with other
+settings, and pairs refused as invalid input when no other pair failed).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except IncompleteRunError as err:
         _note(f"error: {err}")
-        return 1
+        return 1 if err.failed > err.invalid else 2  # running again cannot help invalid input
     except Rank1Error as err:
         _note(f"error: {type(err).__name__}: {err}")
         return 1

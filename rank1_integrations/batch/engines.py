@@ -17,8 +17,18 @@ from rank1_integrations.batch.plan import WorkUnit
 from rank1_integrations.batch.records import PairRecord, RunSettings
 from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
+from rank1_integrations.templates import resolve_template
 
-__all__ = ["EmbeddedEngine", "Engine", "InProcessJudge", "Judge", "RayEngine", "ServerEngine", "open_judge"]
+__all__ = [
+    "EmbeddedEngine",
+    "Engine",
+    "InProcessJudge",
+    "Judge",
+    "RayEngine",
+    "ServerEngine",
+    "known_settings",
+    "open_judge",
+]
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 """Pairs in flight on an embedded engine: more than vLLM runs at once, so its batch stays full."""
@@ -152,6 +162,29 @@ class InProcessJudge:
             self.reranker.close()
 
 
+def known_settings(engine: Engine) -> dict[str, Any]:
+    """The :class:`RunSettings` fields the engine fixes without being started: all of a reranker's; of a
+    spec, the model (as given), template, budget, and context size where given."""
+    if isinstance(engine, Rank1Reranker):
+        return RunSettings.of(engine).to_dict()
+    spec = engine.rerankers if isinstance(engine, RayEngine) else engine
+    if not isinstance(spec, EmbeddedEngine | ServerEngine):
+        raise _not_an_engine(engine)
+    known: dict[str, Any] = {
+        "template": resolve_template(spec.template),
+        "max_reasoning_tokens": spec.max_reasoning_tokens,
+    }
+    # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
+    # context it is told to have.
+    context = spec.context_size
+    if context is None and isinstance(spec, EmbeddedEngine):
+        context = spec.engine_kwargs.get("max_model_len")
+    for name, value in (("model", spec.model), ("context_size", context)):
+        if value is not None:
+            known[name] = value
+    return known
+
+
 def open_judge(engine: Engine, *, max_in_flight: int | None) -> Judge:
     """Start the engine (load the model, reach the servers or Ray)."""
     if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
@@ -166,6 +199,10 @@ def open_judge(engine: Engine, *, max_in_flight: int | None) -> Judge:
         from rank1_integrations.batch.ray_engine import RayJudge
 
         return RayJudge(engine)
-    raise InvalidInputError(
+    raise _not_an_engine(engine)
+
+
+def _not_an_engine(engine: object) -> InvalidInputError:
+    return InvalidInputError(
         f"engine must be a Rank1Reranker, EmbeddedEngine, ServerEngine or RayEngine, got {type(engine).__name__}"
     )

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rank1_integrations.batch.checkpoint import Checkpoint
+from rank1_integrations.batch.checkpoint import Checkpoint, PairState
 from rank1_integrations.batch.inputs import Corpus, QueryRun, read_run
 from rank1_integrations.batch.records import text_digest
 from rank1_integrations.errors import CheckpointError, InvalidInputError
@@ -41,10 +41,12 @@ class Survey:
     """Pairs the checkpoint holds a judgment for."""
     failed: int
     """Pairs whose last attempt failed (retried now)."""
+    invalid: int
+    """Pairs refused as invalid input, their texts unchanged since (not attempted again)."""
 
     @property
     def remaining(self) -> int:
-        return self.pairs - self.judged
+        return self.pairs - self.judged - self.invalid
 
 
 class Plan:
@@ -74,7 +76,7 @@ class Plan:
 
     def survey(self) -> Survey:
         """Count the work; refuse a run whose queries or documents are missing or whose texts changed."""
-        queries = pairs = judged = failed = 0
+        queries = pairs = judged = failed = invalid = 0
         no_query: list[str] = []
         no_doc: list[str] = []
         changed: list[str] = []
@@ -92,10 +94,12 @@ class Plan:
             no_doc += [f"{ranking.qid}/{d}" for d in absent][: _SHOWN - len(no_doc)]
             states = self.checkpoint.states(ranking.qid, top)
             done = [d for d, state in states.items() if state.judged]
-            failed += len(states) - len(done)
             judged += len(done)
-            if done:
-                texts = self.corpus.texts(done)
+            if states:
+                texts = self.corpus.texts(list(states))
+                refused = sum(_refused(states[d], query, texts[d]) for d in states if d in texts)
+                invalid += refused
+                failed += len(states) - len(done) - refused
                 stale = [d for d in done if d in texts and text_digest(query, texts[d]) != states[d].digest]
                 changed_pairs += len(stale)
                 changed += [f"{ranking.qid}/{d}" for d in stale][: _SHOWN - len(changed)]
@@ -110,7 +114,7 @@ class Plan:
                 f"{self.checkpoint.path} judged {changed_pairs} pairs on other texts than the corpus and queries "
                 f"give now (query/document: {changed}): pass a new judgments file to judge the new texts"
             )
-        return Survey(queries, pairs, judged, failed)
+        return Survey(queries, pairs, judged, failed, invalid)
 
     def units(self, max_pairs: int) -> Iterator[WorkUnit]:
         """The pairs still to judge, query by query, at most ``max_pairs`` per unit."""
@@ -121,6 +125,12 @@ class Plan:
                 continue
             texts = self.corpus.texts(todo)
             query = self.queries[ranking.qid]
+            todo = [d for d in todo if not (d in states and _refused(states[d], query, texts[d]))]
             for start in range(0, len(todo), max_pairs):
                 docids = tuple(todo[start : start + max_pairs])
                 yield WorkUnit(ranking.qid, query, docids, tuple(texts[d] for d in docids))
+
+
+def _refused(state: PairState, query: str, passage: str) -> bool:
+    """Refused as invalid input, and these are still the texts refused: judging the pair again would fail again."""
+    return state.invalid and state.digest == text_digest(query, passage)

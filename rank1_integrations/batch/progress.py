@@ -15,7 +15,7 @@ __all__ = ["Progress", "RunSummary"]
 
 @dataclass
 class RunSummary:
-    """A run in numbers. ``judged``/``forced``/``failed`` count every pair of the run at its end."""
+    """A run in numbers. ``judged``/``forced``/``failed``/``invalid`` count every pair of the run at its end."""
 
     pairs: int
     from_checkpoint: int
@@ -30,13 +30,15 @@ class RunSummary:
     judged: int = 0
     forced: int = 0
     failed: int = 0
+    """Pairs without a judgment (``invalid`` of them refused as invalid input, the rest retried by the next run)."""
+    invalid: int = 0
 
     def text(self) -> str:
         rate = self.judged_now / self.seconds if self.seconds > 0 else 0.0
         tokens = self.reasoning_tokens_now / self.seconds if self.seconds > 0 else 0.0
         share = self.forced / self.judged if self.judged else 0.0
         return (
-            f"pairs: {self.pairs} ({self.judged} judged, {self.failed} failed); "
+            f"pairs: {self.pairs} ({self.judged} judged, {self.failed} failed, {self.invalid} of them invalid input); "
             f"forced answers: {self.forced} ({share:.1%} of judged)\n"
             f"this run: judged {self.judged_now}, failed {self.failed_now}, "
             f"{self.from_checkpoint} from the checkpoint; "

@@ -113,6 +113,7 @@ def _output_schema(pa: Any) -> Any:
             ("error", pa.string()),
             ("settings", pa.string()),
             ("text_digest", pa.string()),
+            ("invalid", pa.bool_()),
             ("settings_json", pa.string()),
         ]
     )

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.judgment import Judgment
 
 if TYPE_CHECKING:
@@ -91,6 +92,10 @@ class PairRecord:
     """Fingerprint of the :class:`RunSettings` that judged it."""
     text_digest: str
     """:func:`text_digest` of the query and passage judged."""
+    invalid: bool = False
+    """A failure that cannot succeed: rank1 refused these texts as input (empty, not valid Unicode, a
+    query too long for the context). Not attempted again while the texts stay the same. (Absent from
+    lines written before it existed.)"""
 
     @property
     def judged(self) -> bool:
@@ -126,6 +131,7 @@ class PairRecord:
             error=f"{type(error).__name__}: {error}",
             settings=settings,
             text_digest=digest,
+            invalid=isinstance(error, InvalidInputError),
         )
 
     def to_json(self) -> str:
@@ -148,8 +154,10 @@ class PairRecord:
         texts = (self.qid, self.docid, self.reasoning, self.settings, self.text_digest)
         if not all(isinstance(t, str) for t in texts) or not self.qid or not self.docid:
             raise ValueError("qid, docid, reasoning, settings and text_digest must be strings")
-        if not isinstance(self.forced, bool) or not isinstance(self.truncated, bool):
-            raise ValueError("forced and truncated must be booleans")
+        if not all(isinstance(flag, bool) for flag in (self.forced, self.truncated, self.invalid)):
+            raise ValueError("forced, truncated and invalid must be booleans")
+        if self.invalid and self.error is None:
+            raise ValueError("an invalid record has an error")
         if not _is_int(self.reasoning_tokens) or self.reasoning_tokens < 0:
             raise ValueError("reasoning_tokens must be a non-negative int")
         if self.error is not None:
