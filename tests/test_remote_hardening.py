@@ -149,6 +149,54 @@ def test_judging_after_close_fails_at_once_without_touching_the_server(proxy, se
     assert backend.router.health()[0].failures == 0
 
 
+async def _streamed(reranker: Rank1Reranker, passages: list[str]) -> list[Judgment]:
+    return [judgment async for judgment in reranker.ajudge_stream(LEN_QUERY, passages)]
+
+
+CALLS = {
+    "judge": lambda reranker, passages: reranker.judge(LEN_QUERY, passages),
+    "ajudge": lambda reranker, passages: asyncio.run(reranker.ajudge(LEN_QUERY, passages)),
+    "judge_iter": lambda reranker, passages: list(reranker.judge_iter(LEN_QUERY, passages)),
+    "ajudge_stream": lambda reranker, passages: asyncio.run(_streamed(reranker, passages)),
+}
+
+
+@pytest.mark.parametrize("held", ["/v1/completions", "/tokenize"])
+@pytest.mark.parametrize("call", list(CALLS))
+def test_a_call_running_when_the_reranker_closes_ends_at_once_with_the_packages_error(
+    proxy, server, call, held
+) -> None:
+    reranker = remote_on(proxy.base_url, server.model)
+    # The server holds every completion, or every /tokenize that builds a prompt (more passages than
+    # prompt builders, so that some builds are still queued), until the close.
+    passages = [f"{passage} Closing {n}." for n, passage in enumerate(PASSAGES[:12])]
+    proxy.add(Fault("delay", delay=120.0, times=-1, path=held))
+    ended: list[BaseException | None] = []
+
+    def caller() -> None:
+        try:
+            CALLS[call](reranker, passages)
+        except BaseException as err:
+            ended.append(err)
+        else:
+            ended.append(None)
+
+    thread = threading.Thread(target=caller, daemon=True)  # a hung call must not keep pytest alive
+    thread.start()
+    holding = len(passages) if held == "/v1/completions" else RemoteTokenizer.parallelism
+    deadline = time.monotonic() + 60
+    while proxy.delayed < holding and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.delayed == holding
+    reranker.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the call still waits after close()"
+    (error,) = ended
+    assert isinstance(error, PassagesFailedError)
+    assert sorted(failed_indices(error)) == list(range(len(passages)))
+    assert all(isinstance(f.error, BackendError) and "closed" in str(f.error) for f in error.failures)
+
+
 def test_a_missing_openai_package_is_a_typed_error_naming_it(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "openai", None)
     with pytest.raises(MissingDependencyError, match="'openai'") as caught:
