@@ -373,6 +373,39 @@ def test_a_two_second_outage_costs_little_more_than_itself(proxy, server, refere
     assert health.down_until == 0.0  # answering again ended the cool-down
 
 
+def test_a_flaky_server_that_answers_in_between_loses_no_passage(proxy, server, reference) -> None:
+    # The default policy with max_retries=8; request after request the server answers, fails with a 500,
+    # answers, says 429 with Retry-After 2 s, answers, drops the connection, answers, holds the request
+    # past the timeout. No passage may be lost to the waits it asked for, nor to a held request.
+    passages = PASSAGES * 2
+    flaky = Rank1Reranker.from_server(
+        proxy.base_url,
+        server.model,
+        max_reasoning_tokens=SCRIPTED_BUDGET,
+        cache=False,
+        timeout=2.5,
+        max_retries=8,
+        max_concurrency=8,
+    )
+    flaky.judge(LEN_QUERY, passages[:8])  # connections open
+    started = time.monotonic()
+    flaky.judge(LEN_QUERY, passages)
+    normal = time.monotonic() - started
+    steps = (None, Fault("status", status=500), None, Fault("status", status=429, retry_after="2"), None)
+    proxy.add(Fault("cycle", times=-1, steps=(*steps, Fault("drop"), None, Fault("delay", delay=60.0))))
+    started = time.monotonic()
+    got = flaky.judge(LEN_QUERY, passages)
+    elapsed = time.monotonic() - started
+    for index, judgment in enumerate(got):
+        assert_own(judgment, index, reference * 2)
+    outcomes = proxy.outcomes()
+    assert {"status 500", "status 429", "dropped", "client disconnected"} <= set(outcomes)
+    assert outcomes.count("status 429") >= len(passages) // 8  # every completion met the cycle
+    # Each Retry-After and each held request is waited out (here they cost far more than the tiny
+    # model's fault-free run), but no call goes on waiting beyond what its server asked.
+    assert elapsed < 2 * normal + 40, (elapsed, normal)
+
+
 def test_a_dead_fleet_fails_within_ten_seconds_with_the_packages_error(server) -> None:
     # Default settings; both servers gone before the call (its prompts need their tokenizer too).
     with FaultProxy(server.root_url) as first, FaultProxy(server.root_url) as second:

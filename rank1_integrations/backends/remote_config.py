@@ -121,9 +121,9 @@ class RemoteSettings:
     max_retries: int = 6
     """Retries per HTTP call after the first attempt (0 disables retrying)."""
     retry_budget: float = 8.0
-    """Seconds one HTTP call may spend waiting between its retries. Also: once every server
-    has been failing for this long, calls stop retrying (one attempt each) until one answers,
-    so a call against a dead fleet fails within about this many seconds."""
+    """Once every server has been failing for this long (by when its failed requests were sent),
+    calls stop retrying (one attempt each) until one answers, so a call against a dead fleet
+    fails within about this many seconds. Also the longest Retry-After honoured."""
     initial_backoff: float = 0.25
     """First cool-down of a failed server, and the first retry's random wait (full jitter); both double."""
     max_backoff: float = 2.0
