@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import math
 import os
+import random
 import sys
 import threading
 import time
 import traceback
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -617,6 +620,42 @@ def test_the_tokenizer_cache_is_bounded_by_size() -> None:
     cache.put(("huge" * 100, False), (6,))  # larger than the whole cache: never kept
     assert cache.get(("huge" * 100, False)) is None
     assert cache.get(("z" * 30, False)) == (4,)
+
+
+def _deep_size(obj: object, seen: set[int]) -> int:
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    items = obj if isinstance(obj, tuple) else ()
+    return sys.getsizeof(obj) + sum(_deep_size(item, seen) for item in items)
+
+
+def test_the_server_tokenizers_cache_holds_at_most_its_bytes(server) -> None:
+    # 16 distinct passages of 100 KB: their texts and ids (an int object each) would hold about 46 MiB.
+    reranker = remote_on(server.base_url, server.model)
+    tokenizer = reranker.backend.tokenizer
+    assert isinstance(tokenizer, RemoteTokenizer)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards"]
+    limit = 32 * 1024 * 1024  # the default tokenizer_cache_bytes
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(16):
+            rng = random.Random(n)
+            passage = " ".join(rng.choice(words) for _ in range(20_000))[:100_000]
+            assert reranker.build_prompt(LEN_QUERY, passage).truncated
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    caches = (tokenizer._encoded, tokenizer._decoded)
+    seen: set[int] = set()
+    held = sum(_deep_size(key, seen) + _deep_size(value, seen) for c in caches for key, value in c._items.items())
+    accounted = sum(c._size for c in caches)
+    assert held <= accounted <= limit, (held, accounted)  # its own accounting never under-counts
+    assert retained < limit + 4 * 1024 * 1024, retained
+    assert reranker.backend.settings.tokenizer_cache_bytes == limit
 
 
 def test_model_output_errors_are_not_retried(proxy, server) -> None:
