@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -91,7 +92,9 @@ class CallDriver:
                 self._begin(index, self._plan.build(index))
             else:
                 self._pending += 1
-                self._submissions.append(self._builders.submit(self._build, index))
+                build = self._builders.submit(self._build, index)
+                build.add_done_callback(functools.partial(self._build_cancelled, index))
+                self._submissions.append(build)
         return sorted(self._plan.known.items()) + self.flush()
 
     def handle(self, item: _Item) -> None:
@@ -143,6 +146,10 @@ class CallDriver:
         except BaseException as err:  # bad input: the whole call fails, as when built ahead
             self._notify(_Crash(err))
 
+    def _build_cancelled(self, index: int, build: Future[Any]) -> None:
+        if build.cancelled():
+            self._notify(_Built(index, _closed()))
+
     def _send(self, due: Sequence[tuple[int, CompletionRequest]]) -> None:
         indices = [index for index, _ in due]
         delivered: set[int] = set()
@@ -157,9 +164,8 @@ class CallDriver:
             notify((indices[position], result))
 
         def on_done(submission: Future[Any]) -> None:
-            if submission.cancelled():
-                return
-            error = submission.exception()
+            # A cancel is close()'s (or the caller's own, as its loop ends: then nobody reads this).
+            error = _closed() if submission.cancelled() else submission.exception()
             missing: Rank1Error
             if error is None:
                 missing = BackendError("the backend finished without a result for this request")
@@ -216,6 +222,10 @@ async def adrive(driver: CallDriver) -> AsyncIterator[Handed]:
                 yield handed
     finally:
         driver.cancel()
+
+
+def _closed() -> BackendError:
+    return BackendError("the reranker or its backend was closed while this call ran")
 
 
 def _nowhere(item: _Item) -> None:

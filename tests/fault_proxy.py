@@ -5,9 +5,10 @@ an error status (500, 429 + Retry-After, 400, a 401 that echoes the request's
 Authorization header), an HTML page with status 200, drops the connection (before or
 after the server did the work), answers late or one byte at a time, rewrites the
 request or the response, pads the answer, or dies mid-batch (all connections aborted,
-port closed) and comes back. It notices a client that hangs up while it waits. It runs its
-own event loop on a daemon thread, keeps a log of what it did, is bounded (a
-lifetime after which it stops by itself) and stops on :meth:`stop`.
+port closed) and comes back; or it cycles through such faults, request after request.
+It notices a client that hangs up while it waits. It runs its own event loop on a
+daemon thread, keeps a log of what it did, is bounded (a lifetime after which it
+stops by itself) and stops on :meth:`stop`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ FaultKind = Literal[
     "echo_auth",
     "trickle",
     "bloat",
+    "cycle",
 ]
 
 
@@ -62,6 +64,9 @@ class Fault:
     """Only requests whose decoded JSON body this accepts (None: every request on ``path``)."""
     size: int = 0
     """For "bloat": bytes of padding added to the JSON answer."""
+    steps: tuple[Fault | None, ...] = ()
+    """For "cycle": what happens to each matching request in turn, round and round (None: forwarded)."""
+    turn: int = 0
 
 
 @dataclass
@@ -223,6 +228,9 @@ class FaultProxy:
                     continue
                 if fault.times > 0:
                     fault.times -= 1
+                if fault.kind == "cycle":
+                    fault.turn += 1
+                    return fault.steps[(fault.turn - 1) % len(fault.steps)]
                 return fault
         return None
 

@@ -498,15 +498,36 @@ def test_router_measures_how_long_every_server_has_been_failing() -> None:
     router = Router(["a", "b"], base_cooldown=1.0, max_cooldown=8.0, clock=clock)
     router.failed("a")
     clock.now += 5.0
+    router.failed("a")
     assert router.outage_seconds() == 0.0  # b has not failed
+    router.failed("b", sent=clock.now - 2.0)
     router.failed("b")
+    assert router.outage_seconds() == pytest.approx(2.0)  # requests sent over 5 s failed on a, over 2 s on b
     clock.now += 3.0
-    assert router.outage_seconds() == pytest.approx(3.0)  # since the last server began failing
+    assert router.outage_seconds() == pytest.approx(2.0)  # time without requests proves nothing
+    router.failed("b")
+    assert router.outage_seconds() == pytest.approx(5.0)
     router.succeeded("a")
     assert router.outage_seconds() == 0.0
     router.disable("a", "serves another model")
-    assert router.outage_seconds() == pytest.approx(3.0)  # only enabled servers count
+    assert router.outage_seconds() == pytest.approx(5.0)  # only enabled servers count
     assert router.health()[0].disabled_reason == "serves another model"
+
+
+def test_time_a_request_was_held_is_no_proof_of_an_outage() -> None:
+    clock = FakeClock()
+    router = Router(["a"], base_cooldown=1.0, max_cooldown=8.0, clock=clock)
+    early = router.started("a")  # held by the server until it times out
+    clock.now += 1.0
+    router.succeeded("a")  # it answers others meanwhile
+    router.failed("a")  # one fails at once
+    retry = router.started("a")  # its retry is held too
+    clock.now += 5.0
+    router.failed("a", sent=early)
+    router.failed("a", sent=retry)
+    assert router.outage_seconds() == 0.0  # every failed request was sent at (or before) its last success
+    router.failed("a")  # one sent now fails at once
+    assert router.outage_seconds() == pytest.approx(5.0)
 
 
 def test_router_never_refuses_and_waits_for_the_soonest_server() -> None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import math
 import os
+import random
 import sys
 import threading
 import time
 import traceback
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +150,54 @@ def test_judging_after_close_fails_at_once_without_touching_the_server(proxy, se
         Rank1Reranker(backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False).judge(LEN_QUERY, PASSAGES[30:])
     assert proxy.outcomes() == []
     assert backend.router.health()[0].failures == 0
+
+
+async def _streamed(reranker: Rank1Reranker, passages: list[str]) -> list[Judgment]:
+    return [judgment async for judgment in reranker.ajudge_stream(LEN_QUERY, passages)]
+
+
+CALLS = {
+    "judge": lambda reranker, passages: reranker.judge(LEN_QUERY, passages),
+    "ajudge": lambda reranker, passages: asyncio.run(reranker.ajudge(LEN_QUERY, passages)),
+    "judge_iter": lambda reranker, passages: list(reranker.judge_iter(LEN_QUERY, passages)),
+    "ajudge_stream": lambda reranker, passages: asyncio.run(_streamed(reranker, passages)),
+}
+
+
+@pytest.mark.parametrize("held", ["/v1/completions", "/tokenize"])
+@pytest.mark.parametrize("call", list(CALLS))
+def test_a_call_running_when_the_reranker_closes_ends_at_once_with_the_packages_error(
+    proxy, server, call, held
+) -> None:
+    reranker = remote_on(proxy.base_url, server.model)
+    # The server holds every completion, or every /tokenize that builds a prompt (more passages than
+    # prompt builders, so that some builds are still queued), until the close.
+    passages = [f"{passage} Closing {n}." for n, passage in enumerate(PASSAGES[:12])]
+    proxy.add(Fault("delay", delay=120.0, times=-1, path=held))
+    ended: list[BaseException | None] = []
+
+    def caller() -> None:
+        try:
+            CALLS[call](reranker, passages)
+        except BaseException as err:
+            ended.append(err)
+        else:
+            ended.append(None)
+
+    thread = threading.Thread(target=caller, daemon=True)  # a hung call must not keep pytest alive
+    thread.start()
+    holding = len(passages) if held == "/v1/completions" else RemoteTokenizer.parallelism
+    deadline = time.monotonic() + 60
+    while proxy.delayed < holding and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.delayed == holding
+    reranker.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "the call still waits after close()"
+    (error,) = ended
+    assert isinstance(error, PassagesFailedError)
+    assert sorted(failed_indices(error)) == list(range(len(passages)))
+    assert all(isinstance(f.error, BackendError) and "closed" in str(f.error) for f in error.failures)
 
 
 def test_a_missing_openai_package_is_a_typed_error_naming_it(monkeypatch) -> None:
@@ -323,6 +374,39 @@ def test_a_two_second_outage_costs_little_more_than_itself(proxy, server, refere
     assert elapsed < 2.0 + normal + 5.0, (elapsed, normal)
     health = healthy.backend.router.health()[0]
     assert health.down_until == 0.0  # answering again ended the cool-down
+
+
+def test_a_flaky_server_that_answers_in_between_loses_no_passage(proxy, server, reference) -> None:
+    # The default policy with max_retries=8; request after request the server answers, fails with a 500,
+    # answers, says 429 with Retry-After 2 s, answers, drops the connection, answers, holds the request
+    # past the timeout. No passage may be lost to the waits it asked for, nor to a held request.
+    passages = PASSAGES * 2
+    flaky = Rank1Reranker.from_server(
+        proxy.base_url,
+        server.model,
+        max_reasoning_tokens=SCRIPTED_BUDGET,
+        cache=False,
+        timeout=2.5,
+        max_retries=8,
+        max_concurrency=8,
+    )
+    flaky.judge(LEN_QUERY, passages[:8])  # connections open
+    started = time.monotonic()
+    flaky.judge(LEN_QUERY, passages)
+    normal = time.monotonic() - started
+    steps = (None, Fault("status", status=500), None, Fault("status", status=429, retry_after="2"), None)
+    proxy.add(Fault("cycle", times=-1, steps=(*steps, Fault("drop"), None, Fault("delay", delay=60.0))))
+    started = time.monotonic()
+    got = flaky.judge(LEN_QUERY, passages)
+    elapsed = time.monotonic() - started
+    for index, judgment in enumerate(got):
+        assert_own(judgment, index, reference * 2)
+    outcomes = proxy.outcomes()
+    assert {"status 500", "status 429", "dropped", "client disconnected"} <= set(outcomes)
+    assert outcomes.count("status 429") >= len(passages) // 8  # every completion met the cycle
+    # Each Retry-After and each held request is waited out (here they cost far more than the tiny
+    # model's fault-free run), but no call goes on waiting beyond what its server asked.
+    assert elapsed < 2 * normal + 40, (elapsed, normal)
 
 
 def test_a_dead_fleet_fails_within_ten_seconds_with_the_packages_error(server) -> None:
@@ -536,6 +620,42 @@ def test_the_tokenizer_cache_is_bounded_by_size() -> None:
     cache.put(("huge" * 100, False), (6,))  # larger than the whole cache: never kept
     assert cache.get(("huge" * 100, False)) is None
     assert cache.get(("z" * 30, False)) == (4,)
+
+
+def _deep_size(obj: object, seen: set[int]) -> int:
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    items = obj if isinstance(obj, tuple) else ()
+    return sys.getsizeof(obj) + sum(_deep_size(item, seen) for item in items)
+
+
+def test_the_server_tokenizers_cache_holds_at_most_its_bytes(server) -> None:
+    # 16 distinct passages of 100 KB: their texts and ids (an int object each) would hold about 46 MiB.
+    reranker = remote_on(server.base_url, server.model)
+    tokenizer = reranker.backend.tokenizer
+    assert isinstance(tokenizer, RemoteTokenizer)
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards"]
+    limit = 32 * 1024 * 1024  # the default tokenizer_cache_bytes
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(16):
+            rng = random.Random(n)
+            passage = " ".join(rng.choice(words) for _ in range(20_000))[:100_000]
+            assert reranker.build_prompt(LEN_QUERY, passage).truncated
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    caches = (tokenizer._encoded, tokenizer._decoded)
+    seen: set[int] = set()
+    held = sum(_deep_size(key, seen) + _deep_size(value, seen) for c in caches for key, value in c._items.items())
+    accounted = sum(c._size for c in caches)
+    assert held <= accounted <= limit, (held, accounted)  # its own accounting never under-counts
+    assert retained < limit + 4 * 1024 * 1024, retained
+    assert reranker.backend.settings.tokenizer_cache_bytes == limit
 
 
 def test_model_output_errors_are_not_retried(proxy, server) -> None:

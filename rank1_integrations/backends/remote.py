@@ -211,7 +211,7 @@ class RemoteBackend:
             # Chosen once the request may go: chosen while it waited, every waiting request
             # would pick the server least loaded back then, all the same one.
             server = core.pick_server(call, tried)
-            core.router.started(server)
+            sent = core.router.started(server)
             try:
                 # The whole attempt, however slowly the answer trickles in (httpx's timeouts are per read).
                 content = await asyncio.wait_for(self._send(server, call), timeout=call.timeout)
@@ -220,7 +220,7 @@ class RemoteBackend:
                 error = core.translate_error(err, server, call)
                 if error is None:  # not the server's fault: our bug or environment, raised as it is
                     raise
-                core.record_failure(server, error)
+                core.record_failure(server, error, sent)
             else:
                 core.router.succeeded(server)
                 return body

@@ -121,9 +121,9 @@ class RemoteSettings:
     max_retries: int = 6
     """Retries per HTTP call after the first attempt (0 disables retrying)."""
     retry_budget: float = 8.0
-    """Seconds one HTTP call may spend waiting between its retries. Also: once every server
-    has been failing for this long, calls stop retrying (one attempt each) until one answers,
-    so a call against a dead fleet fails within about this many seconds."""
+    """Once every server has been failing for this long (by when its failed requests were sent),
+    calls stop retrying (one attempt each) until one answers, so a call against a dead fleet
+    fails within about this many seconds. Also the longest Retry-After honoured."""
     initial_backoff: float = 0.25
     """First cool-down of a failed server, and the first retry's random wait (full jitter); both double."""
     max_backoff: float = 2.0
@@ -134,6 +134,8 @@ class RemoteSettings:
     """Prompts sent in one ``/v1/completions`` request (vLLM batches concurrent requests anyway)."""
     max_response_bytes: int = 64 * 1024 * 1024
     """A larger answer is a malformed answer (retried), never read into memory whole."""
+    tokenizer_cache_bytes: int = 32 * 1024 * 1024
+    """Memory the server tokenizer's caches (texts -> ids, ids -> texts) may hold in all."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -156,6 +158,7 @@ class RemoteSettings:
             ("max_concurrency", self.max_concurrency, 1),
             ("prompts_per_request", self.prompts_per_request, 1),
             ("max_response_bytes", self.max_response_bytes, 1),
+            ("tokenizer_cache_bytes", self.tokenizer_cache_bytes, 0),
             ("max_retries", self.max_retries, 0),
         ):
             if not isinstance(number, int) or isinstance(number, bool) or number < least:

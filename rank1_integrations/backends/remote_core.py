@@ -294,13 +294,13 @@ class RemoteCore:
             return self.router.can_route_around(err.server)
         return False
 
-    def record_failure(self, server: str, err: Rank1Error) -> None:
-        """Tell the router what a failure says about the server's health."""
+    def record_failure(self, server: str, err: Rank1Error, sent: float | None = None) -> None:
+        """Tell the router what a failure of a request (sent at ``sent``) says about the server's health."""
         if isinstance(err, IncompatibleServerError) and not isinstance(err, MalformedResponseError):
             self.router.disable(server, str(err))
         elif self.is_retryable(err):
             come_back = err.retry_after if isinstance(err, ServerStatusError) else None
-            self.router.failed(server, retry_after=come_back)
+            self.router.failed(server, sent=sent, retry_after=come_back)
 
     def retry_arguments(self, call: HttpCall, tried: list[str]) -> dict[str, Any]:
         """Keyword arguments for ``tenacity.AsyncRetrying`` around one call (see docs/remote.md)."""
@@ -318,11 +318,11 @@ class RemoteCore:
         attempts_used = stop_after_attempt(settings.max_retries + 1)
 
         def stop(state: RetryCallState) -> bool:
-            budget_spent = state.idle_for + state.upcoming_sleep > settings.retry_budget
-            # Every server failing for that long by the time of the retry: no more retries (each
-            # call gets one attempt) until one of them answers again.
+            # Every server failing for the budget by the time of the retry: no more retries (each
+            # call gets one attempt) until one of them answers again. Only an outage ends retries
+            # early: a call that was unlucky on servers answering others keeps its max_retries.
             fleet_down = self.router.outage_seconds() + state.upcoming_sleep > settings.retry_budget
-            return attempts_used(state) or budget_spent or fleet_down
+            return attempts_used(state) or fleet_down
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None

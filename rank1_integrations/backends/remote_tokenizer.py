@@ -1,8 +1,8 @@
 """A :class:`PromptTokenizer` over a vLLM server's ``/tokenize`` and ``/detokenize`` endpoints.
 
 No local copy of the model is needed: token ids, label ids and truncation all come
-from the tokenizer the server itself runs. Results are cached, so a text is sent
-at most once.
+from the tokenizer the server itself runs. Results are cached, up to the
+``tokenizer_cache_bytes`` setting (the least recently used go first).
 
 Special-token strings must never enter a prompt from data. The server's
 ``/tokenize`` always parses them, so the tokenizer needs to know them: it reads
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -146,12 +147,21 @@ class _LRU(Generic[_K, _V]):
                 self._size -= self._size_of(evicted_key, evicted)
 
 
+_ID_BYTES = sys.getsizeof(2**20)
+"""Each id in a tuple is an int object of its own (only ids up to 256 are shared)."""
+
+
+def _bytes(part: str | tuple[Any, ...]) -> int:
+    """Memory a cached string or tuple of ids holds."""
+    return sys.getsizeof(part) + (_ID_BYTES * len(part) if isinstance(part, tuple) else 0)
+
+
 def _encoded_size(key: tuple[str, bool], ids: tuple[int, ...]) -> int:
-    return len(key[0]) + len(ids)
+    return sys.getsizeof(key) + _bytes(key[0]) + _bytes(ids)
 
 
 def _decoded_size(ids: tuple[int, ...], text: str) -> int:
-    return len(ids) + len(text)
+    return _bytes(ids) + _bytes(text)
 
 
 class RemoteTokenizer:
@@ -166,13 +176,13 @@ class RemoteTokenizer:
         call: Callable[[HttpCall], Any],
         *,
         extra_protected: Sequence[str] = (),
-        cache_size: int = 16 * 1024 * 1024,
     ) -> None:
-        """``cache_size`` bounds each of the two caches (texts -> ids, ids -> texts), in characters plus ids."""
         self._core = core
         self._call = call
-        self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(cache_size, _encoded_size)
-        self._decoded: _LRU[tuple[int, ...], str] = _LRU(cache_size, _decoded_size)
+        # Half of the setting each: texts -> ids, ids -> texts.
+        half = core.settings.tokenizer_cache_bytes // 2
+        self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(half, _encoded_size)
+        self._decoded: _LRU[tuple[int, ...], str] = _LRU(half, _decoded_size)
         self._added = self._added_vocabulary(extra_protected)
         self._controls = {token_id: text for text, token_id in self._added.items()}
         self._protected = tuple(sorted({*self._added, *(s for s in extra_protected if s)}))

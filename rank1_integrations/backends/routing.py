@@ -7,6 +7,11 @@ doubles when it fails again after the cool-down (failures of requests that were
 already in flight when it went down do not count twice), or for its Retry-After; the
 first success ends it at once. A server found to serve something else is disabled for
 good, with the reason in :meth:`Router.health`.
+
+How long a server has been failing is read from when its failed requests were *sent*:
+from the first one sent since its last success to the last one. The time a request
+was held before it failed (a timeout) is not proof of an outage: the server may have
+answered others meanwhile.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ class ServerHealth:
     consecutive_failures: int = 0
     down_until: float = 0.0
     failing_since: float | None = None
-    """When its current run of failures began (None: its last request succeeded)."""
+    """When the first request that failed since its last success was sent (None: its last request succeeded)."""
+    failing_until: float = 0.0
+    """When the last request that failed was sent."""
+    answered_at: float = 0.0
+    """When it last succeeded."""
     disabled_reason: str | None = None
     successes: int = 0
     failures: int = 0
@@ -98,12 +107,12 @@ class Router:
             return any(s.disabled_reason is None and s.down_until <= now and s.url not in tried for s in self._servers)
 
     def outage_seconds(self) -> float:
-        """How long every enabled server has been failing without a success in between (0 if one is not)."""
+        """How long every enabled server has been failing without a success in between (0 if one is not),
+        measured between the sending of the first and the last of its failed requests."""
         with self._lock:
-            now = self._clock()
             enabled = [s for s in self._servers if s.disabled_reason is None] or self._servers
-            starts = [s.failing_since for s in enabled]
-            return 0.0 if any(t is None for t in starts) else now - max(t for t in starts if t is not None)
+            spans = [s.failing_until - s.failing_since for s in enabled if s.failing_since is not None]
+            return min(spans) if len(spans) == len(enabled) else 0.0
 
     def seconds_until_available(self, avoid: Collection[str] = ()) -> float:
         """How long until some enabled server is up (0 if one is up now), preferring ones not in ``avoid``."""
@@ -113,9 +122,11 @@ class Router:
             fresh = [s for s in enabled if s.url not in avoid] or enabled
             return max(0.0, min(s.down_until for s in fresh) - now)
 
-    def started(self, url: str) -> None:
+    def started(self, url: str) -> float:
+        """Count a request as sent now; returns when (for :meth:`failed`)."""
         with self._lock:
             self._servers[self._index[url]].in_flight += 1
+            return self._clock()
 
     def finished(self, url: str) -> None:
         with self._lock:
@@ -128,16 +139,22 @@ class Router:
             server.consecutive_failures = 0
             server.down_until = 0.0
             server.failing_since = None
+            server.answered_at = self._clock()
             server.successes += 1
 
-    def failed(self, url: str, *, retry_after: float | None = None) -> None:
-        """A failure that says the server is unwell (not one that says the request was bad)."""
+    def failed(self, url: str, *, sent: float | None = None, retry_after: float | None = None) -> None:
+        """A failure that says the server is unwell (not one that says the request was bad).
+
+        ``sent``: when the failed request was sent (None: now).
+        """
         with self._lock:
             now = self._clock()
             server = self._servers[self._index[url]]
             server.failures += 1
+            sent = max(now if sent is None else sent, server.answered_at)  # it answered others since
             if server.failing_since is None:
-                server.failing_since = now
+                server.failing_since = sent
+            server.failing_until = max(server.failing_until, sent)
             if now >= server.down_until:  # not a request that was in flight when the server went down
                 server.consecutive_failures += 1
             cooldown = min(self._max_cooldown, self._base_cooldown * 2 ** max(0, server.consecutive_failures - 1))
