@@ -60,7 +60,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # The untrained tiny Qwen2 of rank1_integrations.testing (2 MB): engine overhead dominates.
+    # The untrained tiny Qwen2 of tests.models (2 MB): engine overhead dominates.
     "random": Preset(passages=100, budget=32, passage_words=60, max_model_len=1024, kv_cache_gib=1),
     # SmolLM2-135M-Instruct, a real small model shipped offline: compute matters.
     "smollm2": Preset(passages=8, budget=16, passage_words=40, max_model_len=1024, kv_cache_gib=2),
@@ -118,7 +118,7 @@ def model_label(model: str) -> str:
 def model_path(model: str) -> str:
     """The folder (or hub id) vLLM loads; the offline models are built or converted on first use."""
     if model == "random":
-        from rank1_integrations.testing.tiny_models import build_random_model
+        from tests.models.tiny_models import build_random_model
 
         return str(build_random_model(CACHE / "random"))
     if model == "smollm2":

@@ -88,8 +88,8 @@ def synthetic(directory: Path, pairs: int, depth: int, passage_chars: int, seed:
 def tokenizer() -> Any:
     from transformers import AutoTokenizer
 
-    from rank1_integrations.testing.tiny_models import build_tokenizer
-    from rank1_integrations.tokenization import HFPromptTokenizer
+    from rank1_integrations.core.tokenization import HFPromptTokenizer
+    from tests.models.tiny_models import build_tokenizer
 
     return HFPromptTokenizer(AutoTokenizer.from_pretrained(str(build_tokenizer(CACHE / "tokenizer"))))
 

@@ -24,7 +24,8 @@ import tests.conftest as settings  # the CPU engine environment, before vLLM loa
 from rank1_integrations import Rank1Reranker
 from rank1_integrations.backends.base import Completion
 from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
-from rank1_integrations.testing.tiny_models import (
+from tests import golden, reference
+from tests.models.tiny_models import (
     JOIN_PASSAGE,
     JOIN_QUERY,
     LEN_PASSAGE,
@@ -33,7 +34,6 @@ from rank1_integrations.testing.tiny_models import (
     SORTED_PASSAGE,
     build_scripted_model,
 )
-from tests import golden, reference
 from tests.recording import RecordingBackend
 
 MIXED = ["Return the length (the number of items) of an object.", "日本語のテキスト with café and an emoji 🙂."]

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     report = Report("forced_prompts", "Building forced-answer prompts (JudgingRun.take)", args)
 
     from rank1_integrations.backends.base import CompletionRequest
-    from rank1_integrations.judging import JudgingRun
+    from rank1_integrations.core.judging import JudgingRun
 
     reranker = load_reranker(args, cache=False)
     query = make_queries(1, seed=args.seed)[0]
@@ -102,7 +102,7 @@ def _compare(
     report: Report, args: argparse.Namespace, tokenizer: Any, builder: Any, prompts: list[Any], completions: list[Any]
 ) -> None:
     """This build_forced vs the baseline module's, on the same completions, alternating run by run."""
-    from rank1_integrations.protocol import reasoning_for_forced_answer
+    from rank1_integrations.core.protocol import reasoning_for_forced_answer
 
     spec = importlib.util.spec_from_file_location("baseline_prompting", args.baseline)
     if spec is None or spec.loader is None:

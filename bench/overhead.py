@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from vllm.inputs import TokensPrompt
 
-    from rank1_integrations.protocol import STOP_STRINGS, THINK_CLOSE, reasoning_for_forced_answer
+    from rank1_integrations.core.protocol import STOP_STRINGS, THINK_CLOSE, reasoning_for_forced_answer
 
     reranker = load_reranker(args, cache=False)
     report.set_engine(engine_llm(reranker))

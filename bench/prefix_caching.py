@@ -41,7 +41,7 @@ from bench._common import (
 
 def _template(words: int, seed: int) -> str:
     """A long relevance definition around FILL_QUERY_HERE (like the paper's dataset prompts, only longer)."""
-    from rank1_integrations.protocol import QUERY_MARKER
+    from rank1_integrations.core.protocol import QUERY_MARKER
 
     rules = " ".join(make_passages(1, words, seed=seed, tag="rules-")[0].split()[1:])
     return f"Question: {QUERY_MARKER}\n\nA relevant passage must follow these rules. {rules}"

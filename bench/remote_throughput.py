@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = Report("remote_throughput", "Remote backend: async throughput vs concurrency, 1 and 2 servers", args)
 
     from rank1_integrations import Rank1Reranker
-    from rank1_integrations.backends.remote import RemoteBackend
+    from rank1_integrations.backends.remote.backend import RemoteBackend
 
     query = make_queries(1, seed=args.seed)[0]
     rounds = iter(range(10**9))

@@ -49,7 +49,7 @@ def langchain_tool(reranker: Rank1Reranker, index: BM25, k: int) -> Any:
     from _langchain_parts import BM25Retriever
     from langchain_core.tools import StructuredTool
 
-    from rank1_integrations.langchain import Rank1Rerank, format_documents
+    from rank1_integrations.adapters.langchain import Rank1Rerank, format_documents
 
     retriever = BM25Retriever(index=index, k=k)
     compressor = Rank1Rerank(reranker=reranker, top_n=3, min_keep=2)  # min_keep: the closest rejected ones
@@ -67,7 +67,7 @@ def llama_index_tool(reranker: Rank1Reranker, index: BM25, k: int) -> Any:
     from _llama_index_parts import BM25NodeRetriever
     from llama_index.core.tools import FunctionTool
 
-    from rank1_integrations.llama_index import Rank1Rerank, format_nodes
+    from rank1_integrations.adapters.llama_index import Rank1Rerank, format_nodes
 
     retriever = BM25NodeRetriever(index, k=k)
     postprocessor = Rank1Rerank(reranker, top_n=3, min_keep=2)

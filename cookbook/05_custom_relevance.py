@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from _shared import first_chunks, parser, resolve, verdict
 
 from rank1_integrations import DATASET_PROMPTS
-from rank1_integrations.templates import apply_template, resolve_template
+from rank1_integrations.core.templates import apply_template, resolve_template
 
 QUERY = "How do I measure how long a piece of my code takes to run?"
 SOURCES = ("time.perf_counter", "time.sleep", "datetime.timedelta", "statistics.median")

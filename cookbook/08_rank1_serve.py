@@ -32,7 +32,7 @@ from pathlib import Path
 from _shared import BM25, note, optional, parser, resolve, stdlib_corpus
 
 import rank1_integrations
-from rank1_integrations.rationale import rationale
+from rank1_integrations.core.rationale import rationale
 
 QUERY = "How do I run a shell command from Python and capture what it prints?"
 SETUPS = """# One rank1-serve per GPU: each owns its GPU's engine; put your load balancer in front.

@@ -57,7 +57,7 @@ async def langchain(reranker: Rank1Reranker, question: str, index: BM25, k: int,
     from _langchain_parts import BM25Retriever
     from langchain_classic.retrievers import ContextualCompressionRetriever
 
-    from rank1_integrations.langchain import Rank1Rerank
+    from rank1_integrations.adapters.langchain import Rank1Rerank
 
     print("\n== LangChain: ContextualCompressionRetriever.astream_events, rank1's custom events")
     retriever = ContextualCompressionRetriever(
@@ -78,7 +78,7 @@ async def llama_index(reranker: Rank1Reranker, question: str, index: BM25, k: in
     from llama_index.core.instrumentation import get_dispatcher
     from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
-    from rank1_integrations.llama_index import Rank1JudgmentEvent, Rank1Rerank
+    from rank1_integrations.adapters.llama_index import Rank1JudgmentEvent, Rank1Rerank
 
     print("\n== LlamaIndex: Rank1JudgmentEvent on the instrumentation dispatcher")
     start = time.perf_counter()

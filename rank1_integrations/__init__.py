@@ -5,6 +5,8 @@ LlamaIndex load only when the feature that needs them is used.
 """
 
 from rank1_integrations.cache import DiskCache, JudgmentCache, MemoryCache
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.templates import DATASET_PROMPTS
 from rank1_integrations.errors import (
     BackendError,
     CheckpointError,
@@ -22,9 +24,7 @@ from rank1_integrations.errors import (
     ServerTimeoutError,
     StorageError,
 )
-from rank1_integrations.judgment import Judgment
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
-from rank1_integrations.templates import DATASET_PROMPTS
 
 __all__ = [
     "DATASET_PROMPTS",

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from rank1_integrations.judgment import Judgment
+from rank1_integrations.core.judgment import Judgment
 
 __all__ = ["DiskCache", "GuardedCache", "JudgmentCache", "MemoryCache", "cache_key", "is_cacheable"]
 

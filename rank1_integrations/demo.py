@@ -21,11 +21,11 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.templates import DATASET_PROMPTS, resolve_template
 from rank1_integrations.errors import InvalidInputError, Rank1Error
-from rank1_integrations.judgment import Judgment
 from rank1_integrations.offline_models import ResolvedModel, resolve_model
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS
-from rank1_integrations.templates import DATASET_PROMPTS, resolve_template
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_QUERY", "default_passages", "main", "on_cpu", "prepare_environment"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rank1_integrations.judgment import Judgment
+from rank1_integrations.core.judgment import Judgment
 
 __all__ = [
     "BackendError",

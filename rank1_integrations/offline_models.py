@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from rank1_integrations._optional import require
+from rank1_integrations.core.protocol import FALSE_LABEL, TRUE_LABEL
 from rank1_integrations.errors import Rank1Error
-from rank1_integrations.protocol import FALSE_LABEL, TRUE_LABEL
 
 __all__ = [
     "SMOLLM2_INSTALL",

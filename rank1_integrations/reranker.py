@@ -9,16 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from rank1_integrations.backends.base import Backend
-from rank1_integrations.cache import GuardedCache, JudgmentCache, MemoryCache, cache_key
-from rank1_integrations.calls import CallPlan, plan_call, validated
+from rank1_integrations.cache import DiskCache, GuardedCache, JudgmentCache, MemoryCache, cache_key
+from rank1_integrations.core.calls import CallPlan, plan_call, validated
+from rank1_integrations.core.judging import FailurePolicy
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.profiles import mismatches, profile_for, tokenizer_facts
+from rank1_integrations.core.prompting import PreparedPrompt, PromptBuilder
+from rank1_integrations.core.protocol import FALSE_LABEL, TRUE_LABEL
+from rank1_integrations.core.templates import resolve_template
+from rank1_integrations.driver import CallDriver, adrive, drive
 from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError
-from rank1_integrations.judging import FailurePolicy
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.profiles import mismatches, profile_for, tokenizer_facts
-from rank1_integrations.prompting import PreparedPrompt, PromptBuilder
-from rank1_integrations.protocol import FALSE_LABEL, TRUE_LABEL
-from rank1_integrations.streaming import CallDriver, adrive, drive
-from rank1_integrations.templates import resolve_template
+from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["DEFAULT_MAX_REASONING_TOKENS", "Rank1Reranker"]
 
@@ -26,8 +27,6 @@ logger = logging.getLogger("rank1_integrations")
 
 DEFAULT_MAX_REASONING_TOKENS = 8192
 """The reasoning budget of the rank1 authors' runs."""
-
-_KEEP = object()
 
 
 class Rank1Reranker:
@@ -37,36 +36,34 @@ class Rank1Reranker:
     of passages or queries; a passage whose answer must be forced gets its forced-answer
     request as soon as its reasoning is done. :meth:`judge_iter` and :meth:`ajudge_stream`
     hand over each judgment as soon as it is final.
+
+    How to judge comes from ``settings`` (:class:`~rank1_integrations.settings.Rank1Settings`;
+    default: ``RANK1_*`` environment variables, then the defaults) with ``changes`` on top
+    (``template=``, ``max_reasoning_tokens=``, ``reasoning_effort=``, ``context_size=``,
+    ``on_failure=``, ...). Every judging method takes the per-call settings
+    (:data:`~rank1_integrations.settings.JUDGING_FIELDS`) as keywords too.
+    ``cache``: True (an in-memory cache of ``settings.cache_entries``, or a disk cache at
+    ``settings.cache_path``), False, or a :class:`~rank1_integrations.cache.JudgmentCache`.
     """
 
     def __init__(
         self,
         backend: Backend,
+        settings: Rank1Settings | None = None,
         *,
-        template: str | None = None,
-        max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
-        context_size: int | None = None,
-        on_failure: FailurePolicy = "raise",
         cache: JudgmentCache | bool = True,
+        **changes: Any,
     ) -> None:
-        if not isinstance(max_reasoning_tokens, int) or max_reasoning_tokens < 1:
-            raise InvalidInputError(f"max_reasoning_tokens must be a positive int, got {max_reasoning_tokens!r}")
+        settings = (settings or Rank1Settings()).replace(**changes)
         engine_context = backend.max_model_len
-        if context_size is None:
-            context_size = engine_context
-        elif not isinstance(context_size, int) or not 0 < context_size <= engine_context:
+        if settings.context_size is not None and settings.context_size > engine_context:
             raise InvalidInputError(
-                f"context_size must be a positive int no larger than the engine's {engine_context}, "
-                f"got {context_size!r}"
+                f"context_size: must be no larger than the engine's {engine_context}, got {settings.context_size}"
             )
-        if on_failure not in ("raise", "mark_unjudged"):
-            raise InvalidInputError(f"on_failure must be 'raise' or 'mark_unjudged', got {on_failure!r}")
+        self.settings = settings
         self.backend = backend
-        self.template = resolve_template(template)
-        self.max_reasoning_tokens = max_reasoning_tokens
-        self.context_size = context_size
-        self.on_failure: FailurePolicy = on_failure
-        self.cache: JudgmentCache | None = MemoryCache() if cache is True else None if cache is False else cache
+        self.context_size: int = settings.context_size or engine_context
+        self.cache: JudgmentCache | None = _cache_for(settings) if cache is True else None if cache is False else cache
         self._cache = GuardedCache(self.cache) if self.cache is not None else None
         self._closed = False
         parallelism = getattr(backend.tokenizer, "parallelism", 1)
@@ -80,42 +77,69 @@ class Rank1Reranker:
                 logger.warning(
                     "%s is a rank1 %s model, but its tokenizer differs: %s", backend.model_name, profile.family, problem
                 )
-        # Fails early (typed) when the budget leaves no room for any prompt.
-        self._builder_for(self.template)
+        # Fails early (typed) on a bad template, or a budget that leaves no room for any prompt.
+        self._builder_for(settings)
+
+    @property
+    def template(self) -> str | None:
+        """The relevance template's text (None: rank1's plain one)."""
+        return resolve_template(self.settings.template)
+
+    @property
+    def max_reasoning_tokens(self) -> int:
+        return self.settings.max_reasoning_tokens
+
+    @property
+    def on_failure(self) -> FailurePolicy:
+        return self.settings.on_failure
 
     @classmethod
-    def from_vllm(
-        cls,
-        model: str,
-        *,
-        template: str | None = None,
-        max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
-        context_size: int | None = None,
-        on_failure: FailurePolicy = "raise",
-        cache: JudgmentCache | bool = True,
-        progress: bool = False,
-        **engine_kwargs: Any,
-    ) -> Rank1Reranker:
-        """A reranker on an embedded ``vllm.LLM``; ``engine_kwargs`` go to vLLM unchanged.
+    def from_settings(cls, settings: Rank1Settings | None = None, **changes: Any) -> Rank1Reranker:
+        """A reranker on what ``settings`` names: vLLM servers (``servers``) or an embedded engine (``model``).
 
-        ``progress`` shows a progress bar (passages judged, on stderr) for each engine batch
-        (off by default in library use).
+        ``settings`` default: ``Rank1Settings()`` (``RANK1_*`` environment variables, then defaults);
+        ``changes`` are settings on top (``Rank1Reranker.from_settings(model="...", servers=[...])``).
+        """
+        settings = (settings or Rank1Settings()).replace(**changes)
+        if settings.servers:
+            from rank1_integrations.backends.remote.backend import RemoteBackend
+
+            backend: Backend = RemoteBackend(
+                list(settings.servers),
+                settings.model,
+                api_key=settings.resolved_api_key(),
+                verify=settings.verify,
+                tokenizer=settings.tokenizer,
+                **settings.transport(),
+            )
+        else:
+            if settings.model is None:
+                raise InvalidInputError("model: give the model for an embedded engine, or servers to use")
+            from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
+
+            engine_args = dict(settings.engine_args)
+            if settings.context_size is not None:
+                engine_args.setdefault("max_model_len", settings.context_size)
+            backend = VLLMEngineBackend.load(settings.model, progress=settings.progress, **engine_args)
+        try:
+            return cls(backend, settings)
+        except BaseException:
+            close = getattr(backend, "close", None)
+            if callable(close) and settings.servers:
+                close()
+            raise
+
+    @classmethod
+    def from_vllm(cls, model: str, *, settings: Rank1Settings | None = None, **changes: Any) -> Rank1Reranker:
+        """A reranker on an embedded ``vllm.LLM``: settings as keywords; any other keyword is a vLLM
+        engine argument (``Rank1Reranker.from_vllm(model, max_reasoning_tokens=512, dtype="float32")``).
 
         ``context_size`` also becomes the engine's ``max_model_len`` unless that is given.
         """
-        from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
-
-        if context_size is not None:
-            engine_kwargs.setdefault("max_model_len", context_size)
-        backend = VLLMEngineBackend.load(model, progress=progress, **engine_kwargs)
-        return cls(
-            backend,
-            template=template,
-            max_reasoning_tokens=max_reasoning_tokens,
-            context_size=context_size,
-            on_failure=on_failure,
-            cache=cache,
-        )
+        ours = {name: value for name, value in changes.items() if name in Rank1Settings.model_fields}
+        engine_args = {name: value for name, value in changes.items() if name not in ours}
+        base = settings or Rank1Settings()
+        return cls.from_settings(base, model=model, servers=(), **ours, engine_args={**base.engine_args, **engine_args})
 
     @classmethod
     def from_server(
@@ -123,42 +147,23 @@ class Rank1Reranker:
         base_url: str | Sequence[str],
         model: str | None = None,
         *,
-        template: str | None = None,
-        max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS,
-        context_size: int | None = None,
-        on_failure: FailurePolicy = "raise",
-        cache: JudgmentCache | bool = True,
-        **backend_kwargs: Any,
+        settings: Rank1Settings | None = None,
+        **changes: Any,
     ) -> Rank1Reranker:
         """A reranker on vLLM OpenAI-compatible servers: one ``base_url`` or a list of replicas.
 
-        ``model`` is the served model name (None: the only one served). ``backend_kwargs``
-        go to :class:`~rank1_integrations.backends.remote.RemoteBackend`: ``api_key`` (a string
-        or ``SecretStr``; None reads ``RANK1_API_KEY``, then ``VLLM_API_KEY``), ``verify``, and
-        the fields of ``RemoteSettings`` (``timeout``, ``max_retries``, ``retry_budget``,
-        ``max_concurrency``, ``prompts_per_request``, ...). See ``docs/remote.md``.
+        ``model`` is the served model name (None: the only one served); ``changes`` are settings
+        (``api_key``, ``timeout``, ``max_retries``, ``max_concurrency``, ...; see ``docs/remote.md``).
         """
-        from rank1_integrations.backends.remote import RemoteBackend
-
-        backend = RemoteBackend(base_url, model, **backend_kwargs)
-        try:
-            return cls(
-                backend,
-                template=template,
-                max_reasoning_tokens=max_reasoning_tokens,
-                context_size=context_size,
-                on_failure=on_failure,
-                cache=cache,
-            )
-        except BaseException:
-            backend.close()
-            raise
+        servers = (base_url,) if isinstance(base_url, str) else tuple(base_url)
+        return cls.from_settings(settings, servers=servers, model=model, **changes)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(model={self.backend.model_name!r}, "
             f"max_reasoning_tokens={self.max_reasoning_tokens}, context_size={self.context_size}, "
-            f"template={'custom' if self.template else None}, on_failure={self.on_failure!r})"
+            f"reasoning_effort={self.settings.reasoning_effort!r}, template={self.settings.template!r}, "
+            f"on_failure={self.on_failure!r})"
         )
 
     def close(self) -> None:
@@ -181,59 +186,56 @@ class Rank1Reranker:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def build_prompt(self, query: str, passage: str, *, template: Any = _KEEP) -> PreparedPrompt:
+    def build_prompt(self, query: str, passage: str, **changes: Any) -> PreparedPrompt:
         """The exact prompt (text and token ids) this reranker would send for one passage."""
         validated([(query, [passage])])
-        return self._builder_for(self.template if template is _KEEP else resolve_template(template)).build(
-            query, passage
-        )
+        return self._builder_for(self.settings.judging(**changes)).build(query, passage)
 
-    def cache_key(self, query: str, passage: str, *, template: Any = _KEEP) -> str:
+    def cache_key(self, query: str, passage: str, **changes: Any) -> str:
         """The key of this passage's judgment: equal keys mean the same judgment (cache, shared work)."""
+        return self._key(self.settings.judging(**changes), query, passage)
+
+    def _key(self, settings: Rank1Settings, query: str, passage: str) -> str:
         return cache_key(
             model=self.backend.model_name,
-            template=self.template if template is _KEEP else resolve_template(template),
+            template=resolve_template(settings.template),
             query=query,
             passage=passage,
-            max_reasoning_tokens=self.max_reasoning_tokens,
+            max_reasoning_tokens=settings.max_reasoning_tokens,
             context_size=self.context_size,
         )
 
-    def judge(self, query: str, passages: Sequence[str], *, template: Any = _KEEP) -> list[Judgment]:
+    def judge(self, query: str, passages: Sequence[str], **changes: Any) -> list[Judgment]:
         """Judge every passage for the query; same length and order as ``passages``."""
-        return self.judge_many([(query, passages)], template=template)[0]
+        return self.judge_many([(query, passages)], **changes)[0]
 
-    async def ajudge(self, query: str, passages: Sequence[str], *, template: Any = _KEEP) -> list[Judgment]:
+    async def ajudge(self, query: str, passages: Sequence[str], **changes: Any) -> list[Judgment]:
         """Async :meth:`judge`; never blocks the event loop."""
-        return (await self.ajudge_many([(query, passages)], template=template))[0]
+        return (await self.ajudge_many([(query, passages)], **changes))[0]
 
-    def judge_many(
-        self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
-    ) -> list[list[Judgment]]:
+    def judge_many(self, batches: Sequence[tuple[str, Sequence[str]]], **changes: Any) -> list[list[Judgment]]:
         """Judge several (query, passages) pairs in one engine batch."""
-        driver = self._driver(self._plan(batches, template))
+        driver = self._driver(self._plan(batches, changes))
         for _ in drive(driver):
             pass
         return driver.finish()
 
-    async def ajudge_many(
-        self, batches: Sequence[tuple[str, Sequence[str]]], *, template: Any = _KEEP
-    ) -> list[list[Judgment]]:
+    async def ajudge_many(self, batches: Sequence[tuple[str, Sequence[str]]], **changes: Any) -> list[list[Judgment]]:
         """Async :meth:`judge_many`."""
         # Prompt building tokenizes (over HTTP on the remote backend): keep it off the event loop.
-        driver = self._driver(await asyncio.to_thread(self._plan, batches, template))
+        driver = self._driver(await asyncio.to_thread(self._plan, batches, changes))
         async for _ in adrive(driver):
             pass
         return driver.finish()
 
-    def judge_iter(self, query: str, passages: Sequence[str], *, template: Any = _KEEP) -> Iterator[Judgment]:
+    def judge_iter(self, query: str, passages: Sequence[str], **changes: Any) -> Iterator[Judgment]:
         """Each passage's judgment as soon as it is final (cache hits first); ``Judgment.index`` says which.
 
         Leaving the loop early aborts the rest. A passage the backend failed on comes
         as an unjudged judgment under ``on_failure="mark_unjudged"``; under ``"raise"``
         the others come first, then ``PassagesFailedError`` (which carries them too).
         """
-        driver = self._driver(self._plan([(query, passages)], template))
+        driver = self._driver(self._plan([(query, passages)], changes))
         try:
             for _, judgment in drive(driver):
                 yield judgment
@@ -242,14 +244,14 @@ class Rank1Reranker:
         driver.finish()
 
     async def ajudge_stream(
-        self, query: str, passages: Sequence[str], *, template: Any = _KEEP
+        self, query: str, passages: Sequence[str], **changes: Any
     ) -> AsyncGenerator[Judgment, None]:
         """Async :meth:`judge_iter`: ``async for judgment in reranker.ajudge_stream(query, passages)``.
 
         Breaking out of the loop, or cancelling the task, aborts the rest (use
         ``contextlib.aclosing`` to abort at once rather than when the iterator is collected).
         """
-        driver = self._driver(await asyncio.to_thread(self._plan, [(query, passages)], template))
+        driver = self._driver(await asyncio.to_thread(self._plan, [(query, passages)], changes))
         try:
             async for _, judgment in adrive(driver):
                 yield judgment
@@ -260,29 +262,35 @@ class Rank1Reranker:
     def _driver(self, plan: CallPlan) -> CallDriver:
         return CallDriver(plan, self.backend, on_failure=self.on_failure, cache=self._cache, builders=self._builders)
 
-    def _builder_for(self, template: str | None) -> PromptBuilder:
+    def _builder_for(self, settings: Rank1Settings) -> PromptBuilder:
         return PromptBuilder(
             self.backend.tokenizer,
-            template=template,
-            max_prompt_tokens=self.context_size - self.max_reasoning_tokens,
+            template=resolve_template(settings.template),
+            max_prompt_tokens=self.context_size - settings.max_reasoning_tokens,
             context_size=self.context_size,
         )
 
-    def _plan(self, batches: Sequence[tuple[str, Sequence[str]]], template: Any) -> CallPlan:
+    def _plan(self, batches: Sequence[tuple[str, Sequence[str]]], changes: dict[str, Any]) -> CallPlan:
         if self._closed:
             raise BackendError(f"{self!r} is closed: make a new reranker")
-        resolved = self.template if template is _KEEP else resolve_template(template)
+        settings = self.settings.judging(**changes)
         plan = plan_call(
             batches,
-            self._builder_for(resolved),
+            self._builder_for(settings),
             label_token_ids=self.label_token_ids,
-            max_reasoning_tokens=self.max_reasoning_tokens,
+            max_reasoning_tokens=settings.max_reasoning_tokens,
             cache=self._cache,
-            key_for=lambda query, passage: self.cache_key(query, passage, template=resolved),
+            key_for=lambda query, passage: self._key(settings, query, passage),
         )
         # A tokenizer that costs a round trip per text builds prompts on a pool, while the
         # first requests already run; any other builds them all here, ahead.
         return plan if self._builders is not None else plan.build_all()
+
+
+def _cache_for(settings: Rank1Settings) -> JudgmentCache | None:
+    if settings.cache_path is not None:
+        return DiskCache(settings.cache_path)
+    return MemoryCache(settings.cache_entries) if settings.cache_entries else None
 
 
 def _label_id(backend: Backend, label: str) -> int:

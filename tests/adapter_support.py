@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from rank1_integrations import Judgment, Rank1Reranker
 from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.errors import BackendError
-from rank1_integrations.testing.tiny_models import (
+from tests.conftest import IN_PROCESS_ENGINE, SCRIPTED_BUDGET
+from tests.models.tiny_models import (
     JOIN_PASSAGE,
     JOIN_QUERY,
     LEN_PASSAGE,
@@ -24,7 +25,6 @@ from rank1_integrations.testing.tiny_models import (
     OPEN_PASSAGE,
     SORTED_PASSAGE,
 )
-from tests.conftest import IN_PROCESS_ENGINE, SCRIPTED_BUDGET
 from tests.vllm_server import VLLMServer, shared_server, stop_all
 
 TOLERANCE = 1e-4

@@ -94,8 +94,8 @@ def _built_in_a_fresh_python(module: str, builder: str, out_dir: Path, **kwargs:
     return out_dir
 
 
-_TINY_MODELS = "rank1_integrations.testing.tiny_models"
-_FAMILIES = "rank1_integrations.testing.families"
+_TINY_MODELS = "tests.models.tiny_models"
+_FAMILIES = "tests.models.families"
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import threading
 import time
 
 from rank1_integrations import Rank1Reranker
-from rank1_integrations.testing.tiny_models import JOIN_PASSAGE, JOIN_QUERY, LEN_PASSAGE, LEN_QUERY, SORTED_PASSAGE
+from tests.models.tiny_models import JOIN_PASSAGE, JOIN_QUERY, LEN_PASSAGE, LEN_QUERY, SORTED_PASSAGE
 from tests.test_embedded_engine import _summary
 
 

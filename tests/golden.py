@@ -188,11 +188,11 @@ def main() -> None:
 def model_folder(name: str, cache: Path) -> Path:
     """Where the test suite builds (or converts) each golden model."""
     if name == "random":
-        from rank1_integrations.testing.tiny_models import build_random_model
+        from tests.models.tiny_models import build_random_model
 
         return build_random_model(cache / "random")
     if name == "chaos":
-        from rank1_integrations.testing.families import build_chaos_model
+        from tests.models.families import build_chaos_model
 
         return build_chaos_model(cache / "chaos")
     from rank1_integrations.offline_models import smollm2_checkpoint

@@ -16,13 +16,13 @@ import pytest
 
 from rank1_integrations.backends.base import Completion
 from rank1_integrations.cache import DiskCache, GuardedCache, MemoryCache, cache_key
-from rank1_integrations.calls import plan_call, validated
+from rank1_integrations.core.calls import plan_call, validated
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.prompting import PromptBuilder
+from rank1_integrations.core.protocol import STOP_STRINGS
+from rank1_integrations.core.tokenization import HFPromptTokenizer
+from rank1_integrations.driver import CallDriver, drive
 from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError, PassagesFailedError
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.prompting import PromptBuilder
-from rank1_integrations.protocol import STOP_STRINGS
-from rank1_integrations.streaming import CallDriver, drive
-from rank1_integrations.tokenization import HFPromptTokenizer
 
 TRUE_ID, FALSE_ID = 101, 102
 BUDGET = 30
@@ -264,7 +264,7 @@ def test_a_locked_disk_cache_costs_only_a_miss(builder, tmp_path, caplog) -> Non
 _WRITER = """
 import sys
 from rank1_integrations.cache import DiskCache
-from rank1_integrations.judgment import Judgment
+from rank1_integrations.core.judgment import Judgment
 
 cache = DiskCache(sys.argv[1], busy_timeout=60)  # a loaded machine must not turn waiting into a failure here
 name = sys.argv[2]

@@ -20,7 +20,7 @@ from types import ModuleType
 
 import pytest
 
-from rank1_integrations.rationale import DEFAULT_RATIONALE_CHARS, rationale
+from rank1_integrations.core.rationale import DEFAULT_RATIONALE_CHARS, rationale
 
 _REPO = Path(__file__).resolve().parent.parent
 _COOKBOOK = _REPO / "cookbook"

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from rank1_integrations import InvalidInputError, Judgment, Rank1Reranker
-from rank1_integrations.protocol import reasoning_for_forced_answer
-from rank1_integrations.testing.tiny_models import (
+from rank1_integrations.core.protocol import reasoning_for_forced_answer
+from tests import reference
+from tests.conftest import SCRIPTED_BUDGET
+from tests.models.tiny_models import (
     DEFAULT_SCRIPT,
     JOIN_PASSAGE,
     JOIN_QUERY,
@@ -30,8 +32,6 @@ from rank1_integrations.testing.tiny_models import (
     OPEN_REASONING,
     SORTED_PASSAGE,
 )
-from tests import reference
-from tests.conftest import SCRIPTED_BUDGET
 from tests.recording import RecordingBackend
 
 pytestmark = [pytest.mark.engine, pytest.mark.embedded]

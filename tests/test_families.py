@@ -12,10 +12,10 @@ import logging
 import pytest
 
 from rank1_integrations import Rank1Reranker
-from rank1_integrations.profiles import PROFILES, mismatches, profile_for, tokenizer_facts
-from rank1_integrations.prompting import PromptBuilder
-from rank1_integrations.testing.families import FAMILIES
-from rank1_integrations.tokenization import HFPromptTokenizer
+from rank1_integrations.core.profiles import PROFILES, mismatches, profile_for, tokenizer_facts
+from rank1_integrations.core.prompting import PromptBuilder
+from rank1_integrations.core.tokenization import HFPromptTokenizer
+from tests.models.families import FAMILIES
 from tests.test_reranker_drivers import DeadEngine
 
 QUERY = "what does the len function return"

@@ -15,10 +15,10 @@ import pytest
 
 from rank1_integrations import Judgment, Rank1Reranker
 from rank1_integrations.backends.base import Completion
-from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, SORTED_PASSAGE
-from rank1_integrations.tokenization import Data, Trusted, encode_prompt
+from rank1_integrations.core.tokenization import Data, Trusted, encode_prompt
 from tests import reference
 from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
+from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, SORTED_PASSAGE
 from tests.recording import RecordingBackend
 
 pytestmark = pytest.mark.engine

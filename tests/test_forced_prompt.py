@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from rank1_integrations.backends.base import Completion
+from rank1_integrations.core.forced import control_spans
+from rank1_integrations.core.judging import JudgingRun
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.prompting import PromptBuilder, _think_text_ids
+from rank1_integrations.core.tokenization import HFPromptTokenizer
 from rank1_integrations.errors import ModelOutputError
-from rank1_integrations.forced import control_spans
-from rank1_integrations.judging import JudgingRun
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.prompting import PromptBuilder, _think_text_ids
-from rank1_integrations.testing.families import CHAOS_REASONING, chaos_token_ids
-from rank1_integrations.tokenization import HFPromptTokenizer
 from tests import reference
+from tests.models.families import CHAOS_REASONING, chaos_token_ids
 
 QUERY = "what does the len function return"
 PASSAGE = "Return the length (the number of items) of an object."

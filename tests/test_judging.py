@@ -7,12 +7,12 @@ import math
 import pytest
 
 from rank1_integrations.backends.base import Completion, CompletionRequest
+from rank1_integrations.core.judging import JudgingRun
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.prompting import PromptBuilder
+from rank1_integrations.core.protocol import STOP_STRINGS
+from rank1_integrations.core.tokenization import HFPromptTokenizer
 from rank1_integrations.errors import BackendError, ModelOutputError
-from rank1_integrations.judging import JudgingRun
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.prompting import PromptBuilder
-from rank1_integrations.protocol import STOP_STRINGS
-from rank1_integrations.tokenization import HFPromptTokenizer
 
 TRUE_ID, FALSE_ID = 101, 102
 BUDGET = 30

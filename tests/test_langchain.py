@@ -21,16 +21,8 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from rank1_integrations import InvalidInputError, Judgment, MissingDependencyError, PassagesFailedError
-from rank1_integrations.langchain import Rank1Rerank, format_documents
-from rank1_integrations.selection import ANSWER_WITH_SOURCES_PROMPT
-from rank1_integrations.testing.tiny_models import (
-    JOIN_PASSAGE,
-    JOIN_QUERY,
-    LEN_PASSAGE,
-    LEN_QUERY,
-    OPEN_PASSAGE,
-    SORTED_PASSAGE,
-)
+from rank1_integrations.adapters.langchain import Rank1Rerank, format_documents
+from rank1_integrations.adapters.selection import ANSWER_WITH_SOURCES_PROMPT
 from tests.adapter_support import (
     BREAD,
     REMOTE_TOLERANCE,
@@ -39,6 +31,14 @@ from tests.adapter_support import (
     recording,
 )
 from tests.conftest import SCRIPTED_BUDGET
+from tests.models.tiny_models import (
+    JOIN_PASSAGE,
+    JOIN_QUERY,
+    LEN_PASSAGE,
+    LEN_QUERY,
+    OPEN_PASSAGE,
+    SORTED_PASSAGE,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -438,15 +438,15 @@ def test_format_documents_names_sources():
 
 def test_missing_langchain_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "langchain_core", None)
-    monkeypatch.delitem(sys.modules, "rank1_integrations.langchain")
+    monkeypatch.delitem(sys.modules, "rank1_integrations.adapters.langchain")
     with pytest.raises(MissingDependencyError, match=r"pip install 'rank1-integrations\[langchain\]'") as info:
-        importlib.import_module("rank1_integrations.langchain")
+        importlib.import_module("rank1_integrations.adapters.langchain")
     assert info.value.extras == ("langchain",)
 
 
 def test_import_needs_only_langchain_core():
     code = (
-        "import sys, rank1_integrations.langchain; "
+        "import sys, rank1_integrations.adapters.langchain; "
         "print(sorted(m for m in ('llama_index', 'vllm', 'torch', 'langchain_classic') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

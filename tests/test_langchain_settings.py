@@ -17,10 +17,10 @@ from langsmith import Client
 from langsmith._internal._serde import dumps_json
 from pydantic import SecretStr, ValidationError
 
-from rank1_integrations.langchain import Rank1Rerank
-from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from rank1_integrations.adapters.langchain import Rank1Rerank
 from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused, with_one_secret
 from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
+from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.vllm_server import VLLMServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("no_api_key_in_the_environment")]

@@ -27,16 +27,8 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
 from rank1_integrations import InvalidInputError, Judgment, MissingDependencyError
-from rank1_integrations.llama_index import Rank1JudgmentEvent, Rank1Rerank, format_nodes
-from rank1_integrations.selection import RANK1_METADATA_KEYS
-from rank1_integrations.testing.tiny_models import (
-    JOIN_PASSAGE,
-    JOIN_QUERY,
-    LEN_PASSAGE,
-    LEN_QUERY,
-    OPEN_PASSAGE,
-    SORTED_PASSAGE,
-)
+from rank1_integrations.adapters.llama_index import Rank1JudgmentEvent, Rank1Rerank, format_nodes
+from rank1_integrations.adapters.selection import RANK1_METADATA_KEYS
 from tests.adapter_support import (
     BREAD,
     REMOTE_TOLERANCE,
@@ -45,6 +37,14 @@ from tests.adapter_support import (
     recording,
 )
 from tests.conftest import SCRIPTED_BUDGET
+from tests.models.tiny_models import (
+    JOIN_PASSAGE,
+    JOIN_QUERY,
+    LEN_PASSAGE,
+    LEN_QUERY,
+    OPEN_PASSAGE,
+    SORTED_PASSAGE,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -426,15 +426,15 @@ async def test_query_engine_on_the_remote_backend(remote_postprocessor, truth, i
 
 def test_missing_llama_index_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_index.core", None)
-    monkeypatch.delitem(sys.modules, "rank1_integrations.llama_index")
+    monkeypatch.delitem(sys.modules, "rank1_integrations.adapters.llama_index")
     with pytest.raises(MissingDependencyError, match=r"pip install 'rank1-integrations\[llama-index\]'") as info:
-        importlib.import_module("rank1_integrations.llama_index")
+        importlib.import_module("rank1_integrations.adapters.llama_index")
     assert info.value.extras == ("llama-index",)
 
 
 def test_import_needs_only_llama_index_core():
     code = (
-        "import sys, rank1_integrations.llama_index; "
+        "import sys, rank1_integrations.adapters.llama_index; "
         "print(sorted(m for m in ('langchain_core', 'vllm', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -15,10 +15,10 @@ from llama_index.core.bridge.pydantic import SecretStr, ValidationError
 from llama_index.core.schema import NodeWithScore, TextNode
 
 from rank1_integrations import InvalidInputError
-from rank1_integrations.llama_index import Rank1Rerank
-from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from rank1_integrations.adapters.llama_index import Rank1Rerank
 from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused, with_one_secret
 from tests.conftest import SCRIPTED_BUDGET
+from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.vllm_server import VLLMServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.usefixtures("no_api_key_in_the_environment")]

@@ -6,14 +6,14 @@ import math
 
 import pytest
 
-from rank1_integrations.errors import InvalidInputError
-from rank1_integrations.protocol import (
+from rank1_integrations.core.protocol import (
     STOP_STRINGS,
     label_probability,
     prompt_body,
     reasoning_for_forced_answer,
 )
-from rank1_integrations.templates import DATASET_PROMPTS, apply_template, resolve_template
+from rank1_integrations.core.templates import DATASET_PROMPTS, apply_template, resolve_template
+from rank1_integrations.errors import InvalidInputError
 
 
 def test_prompt_body_is_rank1s_prompt_byte_for_byte() -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 
 from rank1_integrations import Judgment
-from rank1_integrations.rationale import DEFAULT_RATIONALE_CHARS, rationale
-from rank1_integrations.testing.tiny_models import DEFAULT_SCRIPT, OPEN_REASONING
+from rank1_integrations.core.rationale import DEFAULT_RATIONALE_CHARS, rationale
+from tests.models.tiny_models import DEFAULT_SCRIPT, OPEN_REASONING
 
 RELEVANT_TRACE = """Okay, let's see. The user is asking about the side effects of metformin in elderly patients.
 The passage talks about a study of metformin use in adults over 65. It mentions gastrointestinal

@@ -32,13 +32,16 @@ from rank1_integrations import (
     ServerTimeoutError,
 )
 from rank1_integrations.backends.base import Backend, Completion, CompletionRequest
-from rank1_integrations.backends.remote import RemoteBackend, http_library
-from rank1_integrations.backends.remote_config import RemoteSettings, ServerURL, redact_url, resolve_api_key
-from rank1_integrations.backends.remote_core import HttpCall, RemoteCore
-from rank1_integrations.backends.remote_wire import parse_completions, retry_after
-from rank1_integrations.backends.routing import Router
-from rank1_integrations.prompting import PromptBuilder
-from rank1_integrations.testing.tiny_models import (
+from rank1_integrations.backends.remote.backend import RemoteBackend, http_library
+from rank1_integrations.backends.remote.config import RemoteSettings, ServerURL, redact_url, resolve_api_key
+from rank1_integrations.backends.remote.core import HttpCall, RemoteCore
+from rank1_integrations.backends.remote.routing import Router
+from rank1_integrations.backends.remote.wire import parse_completions, retry_after
+from rank1_integrations.core.prompting import PromptBuilder
+from rank1_integrations.core.tokenization import Data, HFPromptTokenizer, Trusted, encode_prompt
+from tests.conftest import SCRIPTED_BUDGET
+from tests.fault_proxy import Fault, FaultProxy, self_signed_tls
+from tests.models.tiny_models import (
     JOIN_PASSAGE,
     JOIN_QUERY,
     LEN_PASSAGE,
@@ -46,9 +49,6 @@ from rank1_integrations.testing.tiny_models import (
     OPEN_PASSAGE,
     SORTED_PASSAGE,
 )
-from rank1_integrations.tokenization import Data, HFPromptTokenizer, Trusted, encode_prompt
-from tests.conftest import SCRIPTED_BUDGET
-from tests.fault_proxy import Fault, FaultProxy, self_signed_tls
 from tests.vllm_server import VLLMServer, shared_server, stop_all, stop_shared
 
 pytestmark = pytest.mark.engine
@@ -227,7 +227,7 @@ def test_a_local_copy_of_the_tokenizer_is_checked_then_used_with_no_round_trips(
 def test_a_tokenizer_that_disagrees_with_the_servers_is_refused_or_passed_over(server, scripted_model_dir) -> None:
     from transformers import AutoTokenizer
 
-    from rank1_integrations.backends.remote_tokenizer import disagreement, local_or_server
+    from rank1_integrations.backends.remote.tokenizer import disagreement, local_or_server
 
     class OffByOne(HFPromptTokenizer):
         def encode_plain(self, text: str) -> list[int]:

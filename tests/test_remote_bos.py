@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from rank1_integrations import Rank1Reranker
-from rank1_integrations.backends.remote import RemoteBackend
-from rank1_integrations.prompting import PromptBuilder
-from rank1_integrations.tokenization import HFPromptTokenizer
+from rank1_integrations.backends.remote.backend import RemoteBackend
+from rank1_integrations.core.prompting import PromptBuilder
+from rank1_integrations.core.tokenization import HFPromptTokenizer
 from tests import reference
 from tests.recording import RecordingBackend
 from tests.test_forced_fidelity import PASSAGES, QUERY

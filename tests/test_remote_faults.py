@@ -25,7 +25,9 @@ from rank1_integrations import (
     ServerStatusError,
     ServerTimeoutError,
 )
-from rank1_integrations.testing.tiny_models import (
+from tests.conftest import IN_PROCESS_ENGINE, SCRIPTED_BUDGET
+from tests.fault_proxy import Fault, FaultProxy
+from tests.models.tiny_models import (
     JOIN_PASSAGE,
     JOIN_QUERY,
     LEN_PASSAGE,
@@ -33,8 +35,6 @@ from rank1_integrations.testing.tiny_models import (
     OPEN_PASSAGE,
     SORTED_PASSAGE,
 )
-from tests.conftest import IN_PROCESS_ENGINE, SCRIPTED_BUDGET
-from tests.fault_proxy import Fault, FaultProxy
 from tests.vllm_server import VLLMServer, shared_server, stop_all
 
 pytestmark = pytest.mark.engine

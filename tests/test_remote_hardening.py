@@ -37,11 +37,11 @@ from rank1_integrations import (
     ServerStatusError,
     ServerTimeoutError,
 )
-from rank1_integrations.backends.remote import RemoteBackend
-from rank1_integrations.backends.remote_tokenizer import _LRU, RemoteTokenizer
-from rank1_integrations.testing.tiny_models import JOIN_PASSAGE, LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
+from rank1_integrations.backends.remote.backend import RemoteBackend
+from rank1_integrations.backends.remote.tokenizer import _LRU, RemoteTokenizer
 from tests.conftest import SCRIPTED_BUDGET
 from tests.fault_proxy import Fault, FaultProxy
+from tests.models.tiny_models import JOIN_PASSAGE, LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.vllm_server import VLLMServer, shared_server, stop_all
 
 pytestmark = pytest.mark.engine

@@ -15,7 +15,7 @@ import pytest
 
 from rank1_integrations import BackendError, PassagesFailedError, Rank1Reranker
 from rank1_integrations.backends.base import CompletionRequest, ResultSink
-from rank1_integrations.tokenization import HFPromptTokenizer, PromptTokenizer
+from rank1_integrations.core.tokenization import HFPromptTokenizer, PromptTokenizer
 
 
 class DeadEngine:

@@ -11,8 +11,8 @@ import pytest
 from pydantic import SecretStr
 
 from rank1_integrations import InvalidInputError, Judgment, Rank1Error
-from rank1_integrations.adapter_settings import lift_api_key, redacted_base_url
-from rank1_integrations.selection import (
+from rank1_integrations.adapters.fields import lift_api_key, redacted_base_url
+from rank1_integrations.adapters.selection import (
     RANK1_METADATA_KEYS,
     ContextSource,
     JudgingPlan,
@@ -26,7 +26,7 @@ from rank1_integrations.selection import (
     select,
     template_kwargs,
 )
-from rank1_integrations.templates import DATASET_PROMPTS
+from rank1_integrations.core.templates import DATASET_PROMPTS
 
 
 def judged(index: int, score: float, reasoning: str = "", **kwargs) -> Judgment:

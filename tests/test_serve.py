@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rank1_integrations import Judgment, Rank1Reranker
 from rank1_integrations.serve import Limits, create_app
-from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.adapter_support import TOLERANCE
 from tests.conftest import SCRIPTED_BUDGET
+from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.serve_support import API_KEY, InProcessServer
 
 pytestmark = pytest.mark.engine

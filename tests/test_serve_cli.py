@@ -21,9 +21,9 @@ from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from rank1_integrations.serve import cli
-from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.adapter_support import REMOTE_TOLERANCE
 from tests.conftest import SCRIPTED_BUDGET
+from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.serve_support import API_KEY, REPORTING_LAUNCHER, ServeProcess
 from tests.vllm_server import shared_server, stop_all
 

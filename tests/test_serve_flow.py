@@ -31,9 +31,9 @@ from rank1_integrations import (
 )
 from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.serve import create_app
-from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.adapter_support import KNOWN, TOLERANCE, RecordingBackend
 from tests.conftest import SCRIPTED_BUDGET
+from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.serve_support import InProcessServer
 
 pytestmark = pytest.mark.engine

@@ -20,17 +20,17 @@ import pytest
 
 from rank1_integrations import BackendError, Judgment, PassagesFailedError, Rank1Reranker
 from rank1_integrations.backends.base import Completion, CompletionRequest
-from rank1_integrations.protocol import STOP_STRINGS
-from rank1_integrations.testing.tiny_models import (
+from rank1_integrations.core.protocol import STOP_STRINGS
+from rank1_integrations.core.tokenization import HFPromptTokenizer
+from tests.conftest import SCRIPTED_BUDGET
+from tests.fault_proxy import Fault, FaultProxy
+from tests.models.tiny_models import (
     JOIN_PASSAGE,
     LEN_PASSAGE,
     LEN_QUERY,
     OPEN_PASSAGE,
     SORTED_PASSAGE,
 )
-from rank1_integrations.tokenization import HFPromptTokenizer
-from tests.conftest import SCRIPTED_BUDGET
-from tests.fault_proxy import Fault, FaultProxy
 from tests.vllm_server import VLLMServer, shared_server, stop_all
 
 

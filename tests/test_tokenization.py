@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from rank1_integrations.prompting import PromptBuilder
-from rank1_integrations.tokenization import Control, Data, HFPromptTokenizer, Trusted, encode_prompt
+from rank1_integrations.core.prompting import PromptBuilder
+from rank1_integrations.core.tokenization import Control, Data, HFPromptTokenizer, Trusted, encode_prompt
 
 
 @pytest.fixture(scope="module")

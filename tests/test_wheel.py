@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from rank1_integrations.testing.tiny_models import LEN_PASSAGE, LEN_QUERY
 from tests.adapter_support import REMOTE_TOLERANCE
 from tests.conftest import SCRIPTED_BUDGET
+from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY
 from tests.vllm_server import VLLMServer
 
 pytestmark = pytest.mark.engine
@@ -65,7 +65,7 @@ def test_the_wheel_holds_the_typed_package_and_declares_only_what_it_imports(whe
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "rank1_integrations/py.typed" in names
-    assert "rank1_integrations/testing/tiny_models.py" in names
+    assert "tests/models/tiny_models.py" in names
     assert not [n for n in names if n.split("/")[0] in ("tests", "cookbook", "bench", "scripts", "docs")]
     fields = [line.split(": ", 1) for line in metadata.splitlines() if ": " in line]
     requires = [Requirement(value) for key, value in fields if key == "Requires-Dist"]

@@ -7,8 +7,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from rank1_integrations.core.tokenization import PromptTokenizer
 from rank1_integrations.errors import Rank1Error
-from rank1_integrations.tokenization import PromptTokenizer
 
 __all__ = ["Backend", "Completion", "CompletionRequest", "CompletionResult", "ResultSink"]
 

@@ -10,8 +10,8 @@ from typing import Any
 from rank1_integrations._optional import require
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.backends.engine_loop import EngineLoop, EngineLoopStats
+from rank1_integrations.core.tokenization import HFPromptTokenizer, PromptTokenizer
 from rank1_integrations.errors import BackendError, ModelOutputError
-from rank1_integrations.tokenization import HFPromptTokenizer, PromptTokenizer
 
 __all__ = ["VLLMEngineBackend"]
 

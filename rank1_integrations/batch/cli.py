@@ -17,9 +17,9 @@ from typing import Any
 from rank1_integrations.batch.engines import EmbeddedEngine, Engine, RayEngine, ServerEngine
 from rank1_integrations.batch.evaluate import DEFAULT_MEASURES
 from rank1_integrations.batch.runner import rerank_run
+from rank1_integrations.core.templates import DATASET_PROMPTS
 from rank1_integrations.errors import IncompleteRunError, InvalidInputError, Rank1Error
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS
-from rank1_integrations.templates import DATASET_PROMPTS
 
 __all__ = ["main"]
 
@@ -111,7 +111,7 @@ def _engine(args: argparse.Namespace) -> Engine:
     else:
         if args.engine_arg:
             raise InvalidInputError("--engine-arg is for --model (servers take their settings when started)")
-        from rank1_integrations.backends.remote_config import resolve_api_key
+        from rank1_integrations.backends.remote.config import resolve_api_key
 
         # Read here, on the driver: Ray actors on other machines may lack the environment.
         key = resolve_api_key(None)

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 from rank1_integrations.batch.drive import iterate, judge_units
 from rank1_integrations.batch.plan import WorkUnit
 from rank1_integrations.batch.records import PairRecord, RunSettings
+from rank1_integrations.core.templates import resolve_template
 from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
-from rank1_integrations.templates import resolve_template
 
 __all__ = [
     "EmbeddedEngine",

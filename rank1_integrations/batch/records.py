@@ -13,8 +13,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.errors import InvalidInputError
-from rank1_integrations.judgment import Judgment
 
 if TYPE_CHECKING:
     from rank1_integrations.reranker import Rank1Reranker

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rank1_integrations import __version__
+from rank1_integrations.adapters.selection import Pick
 from rank1_integrations.errors import (
     BackendError,
     InvalidInputError,
@@ -38,7 +39,6 @@ from rank1_integrations.errors import (
     ServerTimeoutError,
 )
 from rank1_integrations.reranker import Rank1Reranker
-from rank1_integrations.selection import Pick
 from rank1_integrations.serve.metrics import ServeMetrics
 from rank1_integrations.serve.schemas import (
     BilledUnits,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from rank1_integrations.judgment import Judgment
+from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.serve.sharing import InFlight
 
 __all__ = ["ServeMetrics"]

@@ -2,10 +2,10 @@
 
 Per request: check the limits and the text (before any of it joins shared work, where one
 bad passage would fail every request waiting on its batch); plan what to send (empty documents are never sent,
-identical ones once: :func:`~rank1_integrations.selection.plan_judging`); answer what the
+identical ones once: :func:`~rank1_integrations.adapters.selection.plan_judging`); answer what the
 reranker's result cache knows; join or start the in-flight judgments of the rest
 (:class:`~.sharing.InFlight`, one ``Rank1Reranker.ajudge_stream`` call per new batch); rank every
-document best first and cut to ``top_n`` (:func:`~rank1_integrations.selection.select`
+document best first and cut to ``top_n`` (:func:`~rank1_integrations.adapters.selection.select`
 with a threshold of 0: nothing is filtered, as the rerank APIs define it).
 """
 
@@ -16,12 +16,12 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
+from rank1_integrations.adapters.selection import Pick, SelectionPolicy, plan_judging, select
 from rank1_integrations.cache import GuardedCache
-from rank1_integrations.calls import validated
+from rank1_integrations.core.calls import validated
+from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError
-from rank1_integrations.judgment import Judgment
 from rank1_integrations.reranker import Rank1Reranker
-from rank1_integrations.selection import Pick, SelectionPolicy, plan_judging, select
 from rank1_integrations.serve.metrics import ServeMetrics
 from rank1_integrations.serve.sharing import InFlight
 

@@ -25,8 +25,8 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.errors import Rank1Error
-from rank1_integrations.judgment import Judgment
 
 __all__ = ["InFlight", "Joined"]
 

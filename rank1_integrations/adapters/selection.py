@@ -30,11 +30,11 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.rationale import rationale
+from rank1_integrations.core.templates import resolve_template
 from rank1_integrations.errors import InvalidInputError, Rank1Error
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.rationale import rationale
 from rank1_integrations.reranker import Rank1Reranker
-from rank1_integrations.templates import resolve_template
 
 __all__ = [
     "ANSWER_WITH_SOURCES_PROMPT",

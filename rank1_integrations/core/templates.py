@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from rank1_integrations.core.protocol import QUERY_MARKER
 from rank1_integrations.errors import InvalidInputError
-from rank1_integrations.protocol import QUERY_MARKER
 
 __all__ = ["DATASET_PROMPTS", "apply_template", "resolve_template"]
 

@@ -4,8 +4,8 @@
 (``ContextualCompressionRetriever``, ``DocumentCompressorPipeline``). It returns copies
 of the documents it keeps (``id`` and metadata kept), best first, each with
 ``metadata["relevance_score"]`` and the ``rank1_*`` keys of
-:data:`rank1_integrations.selection.RANK1_METADATA_KEYS`. The filter order and the
-handling of empty and unjudged documents are those of :mod:`rank1_integrations.selection`.
+:data:`rank1_integrations.adapters.selection.RANK1_METADATA_KEYS`. The filter order and the
+handling of empty and unjudged documents are those of :mod:`rank1_integrations.adapters.selection`.
 
 While it judges, each document is announced as soon as rank1 has judged it: a custom event
 ``"rank1_judgment"`` whose data is ``{"index": position in the input, "document": a copy
@@ -24,14 +24,14 @@ from typing import Any
 
 from rank1_integrations._optional import require
 
-require("langchain_core", extras=("langchain",), purpose="rank1_integrations.langchain")
+require("langchain_core", extras=("langchain",), purpose="rank1_integrations.adapters.langchain")
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
 from langchain_core.utils import secret_from_env  # noqa: E402
 from pydantic import ConfigDict, Field, SecretStr, field_serializer, model_validator  # noqa: E402
 
-from rank1_integrations.adapter_settings import (  # noqa: E402
+from rank1_integrations.adapters.fields import (  # noqa: E402
     MinKeep,
     RollbackInvalidAssignment,
     ScoreThreshold,
@@ -40,11 +40,7 @@ from rank1_integrations.adapter_settings import (  # noqa: E402
     redacted_base_url,
     redacted_repr_args,
 )
-from rank1_integrations.backends.remote_config import API_KEY_ENV_VARS  # noqa: E402
-from rank1_integrations.errors import InvalidInputError  # noqa: E402
-from rank1_integrations.judgment import Judgment  # noqa: E402
-from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
-from rank1_integrations.selection import (  # noqa: E402
+from rank1_integrations.adapters.selection import (  # noqa: E402
     DEFAULT_SOURCE_TEMPLATE,
     ContextSource,
     EmptyTextPolicy,
@@ -60,7 +56,11 @@ from rank1_integrations.selection import (  # noqa: E402
     select,
     template_kwargs,
 )
-from rank1_integrations.streamed_sources import JUDGMENT_EVENT, JudgmentsSoFar  # noqa: E402
+from rank1_integrations.adapters.streamed import JUDGMENT_EVENT, JudgmentsSoFar  # noqa: E402
+from rank1_integrations.backends.remote.config import API_KEY_ENV_VARS  # noqa: E402
+from rank1_integrations.core.judgment import Judgment  # noqa: E402
+from rank1_integrations.errors import InvalidInputError  # noqa: E402
+from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
 
 __all__ = ["Rank1Rerank", "format_documents"]
 
@@ -233,7 +233,7 @@ def format_documents(
     """A context block of numbered sources, each with rank1's verdict, score and reason.
 
     Use it on ``Rank1Rerank``'s output, e.g. ``retriever | format_documents`` in a chain, with
-    :data:`rank1_integrations.selection.ANSWER_WITH_SOURCES_PROMPT` or your own prompt.
+    :data:`rank1_integrations.adapters.selection.ANSWER_WITH_SOURCES_PROMPT` or your own prompt.
     The reason is rank1's rationale (``metadata["rank1_rationale"]``, one or two sentences);
     ``reasoning="full"`` shows its whole reasoning instead.
     The source name is ``metadata[source_key]``, else the document's ``id``, else ``document N``.

@@ -4,7 +4,7 @@
 engines, ``postprocess_nodes`` by hand), sync and async. It returns new
 ``NodeWithScore`` objects holding copies of the kept nodes (``node_id`` kept), best first,
 scored by rank1, with ``relevance_score`` and the ``rank1_*`` metadata keys of
-:data:`rank1_integrations.selection.RANK1_METADATA_KEYS`. Those keys never reach the
+:data:`rank1_integrations.adapters.selection.RANK1_METADATA_KEYS`. Those keys never reach the
 embedding text (so the reasoning cannot feed back into retrieval or a second
 reranker). The LLM text shows rank1's rationale (``rank1_rationale``: its conclusion, one or
 two sentences); ``reasoning_in_llm_text="full"`` shows its whole reasoning, ``"none"`` neither.
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from rank1_integrations._optional import require
 
-require("llama_index.core", extras=("llama-index",), purpose="rank1_integrations.llama_index")
+require("llama_index.core", extras=("llama-index",), purpose="rank1_integrations.adapters.llama_index")
 
 from llama_index.core.bridge.pydantic import (  # noqa: E402
     ConfigDict,
@@ -43,7 +43,7 @@ from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: 
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 from pydantic import computed_field  # noqa: E402  (llama_index.core.bridge.pydantic does not re-export it)
 
-from rank1_integrations.adapter_settings import (  # noqa: E402
+from rank1_integrations.adapters.fields import (  # noqa: E402
     MinKeep,
     RollbackInvalidAssignment,
     ScoreThreshold,
@@ -53,10 +53,7 @@ from rank1_integrations.adapter_settings import (  # noqa: E402
     redacted_base_url,
     redacted_repr_args,
 )
-from rank1_integrations.errors import InvalidInputError  # noqa: E402
-from rank1_integrations.judgment import Judgment  # noqa: E402
-from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
-from rank1_integrations.selection import (  # noqa: E402
+from rank1_integrations.adapters.selection import (  # noqa: E402
     DEFAULT_SOURCE_TEMPLATE,
     RANK1_METADATA_KEYS,
     RATIONALE_KEY,
@@ -75,7 +72,10 @@ from rank1_integrations.selection import (  # noqa: E402
     select,
     template_kwargs,
 )
-from rank1_integrations.streamed_sources import JudgmentsSoFar  # noqa: E402
+from rank1_integrations.adapters.streamed import JudgmentsSoFar  # noqa: E402
+from rank1_integrations.core.judgment import Judgment  # noqa: E402
+from rank1_integrations.errors import InvalidInputError  # noqa: E402
+from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
 
 __all__ = ["RETRIEVAL_SCORE_KEY", "Rank1JudgmentEvent", "Rank1Rerank", "format_nodes"]
 
@@ -329,7 +329,7 @@ def format_nodes(
     """A context block of numbered sources, each with rank1's verdict, score and reason.
 
     Use it on ``Rank1Rerank``'s output (e.g. ``response.source_nodes``) with
-    :data:`rank1_integrations.selection.ANSWER_WITH_SOURCES_PROMPT` or your own prompt.
+    :data:`rank1_integrations.adapters.selection.ANSWER_WITH_SOURCES_PROMPT` or your own prompt.
     The reason is rank1's rationale (one or two sentences); ``reasoning="full"`` shows its
     whole reasoning instead. The text is the node's content without metadata; the source
     name is ``metadata[source_key]``, else the node id.

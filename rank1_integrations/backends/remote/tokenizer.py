@@ -22,9 +22,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from rank1_integrations.backends.remote_core import HttpCall, RemoteCore
-from rank1_integrations.errors import IncompatibleServerError, InvalidInputError, ServerStatusError
-from rank1_integrations.protocol import (
+from rank1_integrations.backends.remote.core import HttpCall, RemoteCore
+from rank1_integrations.core.protocol import (
     FALSE_LABEL,
     PROMPT_HEAD,
     PROMPT_MIDDLE,
@@ -33,7 +32,7 @@ from rank1_integrations.protocol import (
     THINK_OPEN,
     TRUE_LABEL,
 )
-from rank1_integrations.tokenization import (
+from rank1_integrations.core.tokenization import (
     Control,
     Data,
     HFPromptTokenizer,
@@ -45,10 +44,11 @@ from rank1_integrations.tokenization import (
     protected_pattern,
     split_protected,
 )
+from rank1_integrations.errors import IncompatibleServerError, InvalidInputError, ServerStatusError
 
 __all__ = ["KNOWN_SPECIAL_TOKENS", "RemoteTokenizer", "disagreement", "local_or_server"]
 
-logger = logging.getLogger("rank1_integrations.backends.remote")
+logger = logging.getLogger("rank1_integrations.backends.remote.backend")
 
 KNOWN_SPECIAL_TOKENS: tuple[str, ...] = (
     # rank1's own markers

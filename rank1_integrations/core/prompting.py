@@ -6,9 +6,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rank1_integrations.errors import InvalidInputError, ModelOutputError
-from rank1_integrations.forced import control_spans, reasoning_pieces
-from rank1_integrations.protocol import (
+from rank1_integrations.core.forced import control_spans, reasoning_pieces
+from rank1_integrations.core.protocol import (
     PROMPT_HEAD,
     PROMPT_MIDDLE,
     PROMPT_TAIL,
@@ -18,7 +17,7 @@ from rank1_integrations.protocol import (
     THINK_OPEN,
     reasoning_for_forced_answer,
 )
-from rank1_integrations.tokenization import (
+from rank1_integrations.core.tokenization import (
     Control,
     Data,
     PromptPiece,
@@ -26,6 +25,7 @@ from rank1_integrations.tokenization import (
     Trusted,
     encode_prompt,
 )
+from rank1_integrations.errors import InvalidInputError, ModelOutputError
 
 __all__ = ["ForcedPrompt", "PreparedPrompt", "PromptBuilder"]
 

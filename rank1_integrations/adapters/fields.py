@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError
 
-from rank1_integrations.backends.remote_config import redact_url, resolve_api_key
+from rank1_integrations.backends.remote.config import redact_url, resolve_api_key
 from rank1_integrations.errors import InvalidInputError
 
 __all__ = [

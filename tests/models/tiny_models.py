@@ -19,7 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from rank1_integrations.testing.building import staged_build, train_byte_level_bpe
+from tests.models.building import staged_build, train_byte_level_bpe
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

@@ -6,7 +6,7 @@ and re-tokenize it with special-token strings parsed. A control token the model 
 special-token string the model wrote as ordinary characters (a passage's ``<think>``
 quoted back, which was data in the prompt). The generated token ids tell the two apart:
 the pieces here keep each as the model produced it, and everything else is text that
-:func:`~rank1_integrations.tokenization.encode_prompt` tokenizes as the authors' code does.
+:func:`~rank1_integrations.core.tokenization.encode_prompt` tokenizes as the authors' code does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from rank1_integrations.tokenization import Control, Data, PromptPiece, PromptTokenizer, protected_pattern
+from rank1_integrations.core.tokenization import Control, Data, PromptPiece, PromptTokenizer, protected_pattern
 
 __all__ = ["control_spans", "reasoning_pieces"]
 

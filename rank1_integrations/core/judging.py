@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.prompting import PreparedPrompt, PromptBuilder
+from rank1_integrations.core.protocol import STOP_STRINGS, label_probability
 from rank1_integrations.errors import BackendError, ModelOutputError, Rank1Error
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.prompting import PreparedPrompt, PromptBuilder
-from rank1_integrations.protocol import STOP_STRINGS, label_probability
 
 __all__ = ["FailurePolicy", "JudgingRun"]
 

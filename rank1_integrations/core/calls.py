@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rank1_integrations.cache import JudgmentCache
+from rank1_integrations.core.judging import FailurePolicy, JudgingRun
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.prompting import PreparedPrompt, PromptBuilder
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError, Rank1Error
-from rank1_integrations.judging import FailurePolicy, JudgingRun
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.prompting import PreparedPrompt, PromptBuilder
 
 __all__ = ["CallPlan", "plan_call", "validated"]
 

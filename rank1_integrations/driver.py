@@ -1,7 +1,7 @@
 """Drives one judging call on a backend, handing over each judgment as soon as it is final.
 
 :class:`CallDriver` holds every decision of a call in flight: which requests to send,
-what each result means (through the pure :class:`~rank1_integrations.judging.JudgingRun`),
+what each result means (through the pure :class:`~rank1_integrations.core.judging.JudgingRun`),
 what the caller gets, what goes to the cache. The backend reports each request's result
 from its own thread (and prompt builders each prompt they build) into a queue; the only
 difference between the synchronous loop (:func:`drive`) and the asynchronous one
@@ -23,11 +23,11 @@ from typing import Any
 
 from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult
 from rank1_integrations.cache import JudgmentCache
-from rank1_integrations.calls import CallPlan, Position
+from rank1_integrations.core.calls import CallPlan, Position
+from rank1_integrations.core.judging import FailurePolicy
+from rank1_integrations.core.judgment import Judgment
+from rank1_integrations.core.prompting import PreparedPrompt
 from rank1_integrations.errors import BackendError, Rank1Error
-from rank1_integrations.judging import FailurePolicy
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.prompting import PreparedPrompt
 
 __all__ = ["CallDriver", "adrive", "drive"]
 

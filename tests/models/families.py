@@ -1,6 +1,6 @@
 """Tiny offline tokenizers of rank1's model families, and a random model that writes control tokens.
 
-rank1 ships on three bases (:mod:`rank1_integrations.profiles`): Qwen2.5, Llama 3.1 and
+rank1 ships on three bases (:mod:`rank1_integrations.core.profiles`): Qwen2.5, Llama 3.1 and
 Mistral-Small 2501, whose tokenizers are all byte-level BPE and differ where prompts can
 go wrong: the pre-tokenizer pattern, NFC, a BOS token added before every prompt
 (Llama 3 ``<|begin_of_text|>``, Mistral ``<s>``), the EOS and control tokens, and whether
@@ -23,8 +23,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rank1_integrations.testing.building import staged_build, train_byte_level_bpe
-from rank1_integrations.testing.tiny_models import (
+from tests.models.building import staged_build, train_byte_level_bpe
+from tests.models.tiny_models import (
     _QWEN2_SPLIT,
     END_THINK_TOKEN,
     FALSE_LABEL,

@@ -3,16 +3,16 @@
 The adapters judge with ``Rank1Reranker.judge_iter`` / ``ajudge_stream`` and announce each
 document as soon as rank1 has judged it (a LangChain custom event, a LlamaIndex
 instrumentation event), so a chat UI can show sources before the slowest passage is done.
-The final result is the same :func:`~rank1_integrations.selection.select` over every
+The final result is the same :func:`~rank1_integrations.adapters.selection.select` over every
 judgment. A streamed document carries the same ``rank1_*`` metadata as a kept one, except
 ``rank1_kept_by``, which is None: top_n, min_keep and the ranking need every judgment.
 """
 
 from __future__ import annotations
 
+from rank1_integrations.adapters.selection import JudgingPlan, Pick, Status, has_score
+from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.errors import Rank1Error
-from rank1_integrations.judgment import Judgment
-from rank1_integrations.selection import JudgingPlan, Pick, Status, has_score
 
 __all__ = ["JUDGMENT_EVENT", "JudgmentsSoFar"]
 

@@ -1,7 +1,7 @@
 """The I/O-free core of the remote backend: what to send, how to read it, when to retry.
 
 Shaped like httpx's ``BaseClient`` and tenacity's decision core: everything here is a
-pure decision; the driver in :mod:`rank1_integrations.backends.remote` only sends the
+pure decision; the driver in :mod:`rank1_integrations.backends.remote.backend` only sends the
 HTTP calls it is given and waits.
 
 A batch of :class:`CompletionRequest` is cut into *jobs* (requests with the same
@@ -28,8 +28,9 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
-from rank1_integrations.backends.remote_config import API_KEY_ENV_VARS, RemoteSettings, ServerURL, redact_url
-from rank1_integrations.backends.remote_wire import (
+from rank1_integrations.backends.remote.config import API_KEY_ENV_VARS, RemoteSettings, ServerURL, redact_url
+from rank1_integrations.backends.remote.routing import Router
+from rank1_integrations.backends.remote.wire import (
     check_completions,
     completion_body,
     echo_body,
@@ -43,7 +44,6 @@ from rank1_integrations.backends.remote_wire import (
     retry_after,
     with_echoed_labels,
 )
-from rank1_integrations.backends.routing import Router
 from rank1_integrations.errors import (
     IncompatibleServerError,
     InvalidInputError,
@@ -56,7 +56,7 @@ from rank1_integrations.errors import (
 
 __all__ = ["Endpoint", "HttpCall", "Job", "RemoteCore"]
 
-logger = logging.getLogger("rank1_integrations.backends.remote")
+logger = logging.getLogger("rank1_integrations.backends.remote.backend")
 
 _NO_KEY = "EMPTY"  # vLLM's documented placeholder when the server needs no key
 

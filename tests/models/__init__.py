@@ -4,8 +4,8 @@ Importing this package is cheap; torch, transformers and tokenizers are only imp
 when a model or tokenizer is actually built.
 """
 
-from rank1_integrations.testing.building import MARKER_FILE
-from rank1_integrations.testing.tiny_models import (
+from tests.models.building import MARKER_FILE
+from tests.models.tiny_models import (
     BUILDER_VERSION,
     DEFAULT_SCRIPT,
     END_THINK_TOKEN,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rank1_integrations.rationale import rationale as _rationale
+from rank1_integrations.core.rationale import rationale as _rationale
 
 __all__ = ["Judgment"]
 
@@ -41,5 +41,5 @@ class Judgment:
     def rationale(self) -> str:
         """rank1's conclusion quoted from ``reasoning``: one or two sentences, at most 300
         characters, never cut inside a word; ``""`` without reasoning. For other bounds use
-        :func:`rank1_integrations.rationale.rationale` on ``reasoning``."""
+        :func:`rank1_integrations.core.rationale.rationale` on ``reasoning``."""
         return _rationale(self.reasoning)

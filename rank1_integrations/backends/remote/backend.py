@@ -1,9 +1,9 @@
 """Remote backend: rank1 on one or more vLLM OpenAI-compatible servers, sync and async.
 
-A thin driver around :class:`~rank1_integrations.backends.remote_core.RemoteCore`: it
+A thin driver around :class:`~rank1_integrations.backends.remote.core.RemoteCore`: it
 sends the HTTP calls the core asks for (with the ``openai`` client), retries them
 with ``tenacity`` on the core's policy and hands the outcomes back. All network I/O
-runs on one private event loop (:class:`~rank1_integrations.backends.io_loop.BackgroundLoop`),
+runs on one private event loop (:class:`~rank1_integrations.backends.remote.io_loop.BackgroundLoop`),
 whoever calls (threads, or tasks on other event loops): one code path, one connection
 pool per server and one bound of ``max_concurrency`` requests in flight. See
 ``docs/remote.md``.
@@ -24,22 +24,22 @@ from pydantic import SecretStr
 
 from rank1_integrations._optional import require
 from rank1_integrations.backends.base import CompletionRequest, CompletionResult, ResultSink
-from rank1_integrations.backends.io_loop import BackgroundLoop
-from rank1_integrations.backends.remote_config import RemoteSettings, ServerURL, resolve_api_key
-from rank1_integrations.backends.remote_core import HttpCall, Job, RemoteCore
-from rank1_integrations.backends.remote_tokenizer import RemoteTokenizer, local_or_server
-from rank1_integrations.backends.routing import Router
+from rank1_integrations.backends.remote.config import RemoteSettings, ServerURL, resolve_api_key
+from rank1_integrations.backends.remote.core import HttpCall, Job, RemoteCore
+from rank1_integrations.backends.remote.io_loop import BackgroundLoop
+from rank1_integrations.backends.remote.routing import Router
+from rank1_integrations.backends.remote.tokenizer import RemoteTokenizer, local_or_server
+from rank1_integrations.core.tokenization import PromptTokenizer
 from rank1_integrations.errors import (
     IncompatibleServerError,
     InvalidInputError,
     MalformedResponseError,
     Rank1Error,
 )
-from rank1_integrations.tokenization import PromptTokenizer
 
 __all__ = ["RemoteBackend"]
 
-logger = logging.getLogger("rank1_integrations.backends.remote")
+logger = logging.getLogger("rank1_integrations.backends.remote.backend")
 
 _SETTING_NAMES = frozenset(RemoteSettings.__dataclass_fields__)
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from rank1_integrations.protocol import FALSE_LABEL, THINK_CLOSE, THINK_OPEN, TRUE_LABEL
-from rank1_integrations.tokenization import PromptTokenizer
+from rank1_integrations.core.protocol import FALSE_LABEL, THINK_CLOSE, THINK_OPEN, TRUE_LABEL
+from rank1_integrations.core.tokenization import PromptTokenizer
 
 __all__ = ["PROFILES", "ModelProfile", "TokenizerFacts", "mismatches", "profile_for", "tokenizer_facts"]
 

@@ -1,0 +1,1 @@
+"""LangChain and LlamaIndex adapters over one framework-free selection."""

@@ -1,0 +1,1 @@
+"""The remote backend: OpenAI-compatible vLLM servers."""
