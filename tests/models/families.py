@@ -16,14 +16,13 @@ the text, characters cut at the budget): what a forced answer must survive.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.models.building import staged_build, train_byte_level_bpe
+from tests.models.building import chained_model, staged_build, train_byte_level_bpe
 from tests.models.tiny_models import (
     _QWEN2_SPLIT,
     END_THINK_TOKEN,
@@ -192,31 +191,11 @@ def chaos_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def _chaos_weights(tokenizer: PreTrainedTokenizerBase, seed: int) -> Any:
-    """Random weights, plus: the hidden state of step i's token points at step i+1's output row.
-
-    Two random layers leave the last hidden state close to the current token's embedding,
-    so adding that embedding (scaled to about unit norm) to the next token's output row makes
-    greedy decoding follow the chain, with a wide margin (vLLM's float32 kernels agree).
-    """
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     family = FAMILIES["llama3"]
     bos, eos = tokenizer.convert_tokens_to_ids(family.bos), tokenizer.convert_tokens_to_ids(family.eos)
-    special_ids = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos}
-    config = LlamaConfig(vocab_size=len(tokenizer), **CHAOS_LLAMA, **special_ids)
+    config = LlamaConfig(vocab_size=len(tokenizer), **CHAOS_LLAMA, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     chain = [tokenizer.convert_tokens_to_ids(THINK_TOKEN), *chaos_token_ids(tokenizer)]
     labels = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in (TRUE_LABEL, FALSE_LABEL)]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float32)
-        with torch.no_grad():
-            embeddings, head = model.model.embed_tokens.weight, model.lm_head.weight
-            # A constant, not each embedding's own norm: elementwise arithmetic only, so the
-            # weights are the same bits on any CPU (reductions are not).
-            scale = _CHAOS_STEP / (config.initializer_range * config.hidden_size**0.5)
-            for current, following in itertools.pairwise(chain):
-                head[following] += scale * embeddings[current]
-            head[labels] *= _CHAOS_LABEL_SCALE
-    model.generation_config = GenerationConfig(**special_ids)
-    return model.eval()
+    return chained_model(config, chain, labels, seed=seed, step=_CHAOS_STEP, label_scale=_CHAOS_LABEL_SCALE)
