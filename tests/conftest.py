@@ -117,13 +117,12 @@ def chaos_model_dir(model_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def family_tokenizer_dir(model_cache: Path) -> Callable[[str, bool], Path]:
-    """``(family, think_tokens) -> folder`` of a tiny tokenizer of that rank1 family."""
+def family_tokenizer_dir(model_cache: Path) -> Callable[[str], Path]:
+    """``family -> folder`` of a tiny tokenizer of that rank1 family with ``<think>`` tokens of its own."""
 
-    def build(family: str, think_tokens: bool) -> Path:
-        name = f"tokenizer-{family}{'-think' if think_tokens else ''}"
+    def build(family: str) -> Path:
         return _built_in_a_fresh_python(
-            _FAMILIES, "build_family_tokenizer", model_cache / name, family=family, think_tokens=think_tokens
+            _FAMILIES, "build_family_tokenizer", model_cache / f"tokenizer-{family}-think", family=family
         )
 
     return build
