@@ -39,14 +39,13 @@ def cache_key(
     template: str | None,
     query: str,
     passage: str,
-    max_reasoning_tokens: int,
+    max_reasoning_tokens: int | None,
     context_size: int,
     how: Sequence[object] = ("full",),
 ) -> str:
     """A stable digest of everything a judgment depends on.
 
-    ``how``: the effort and what it depends on (no-think: the prefill). The budget is in every
-    key, no-think's too: it fixes how much of a long passage is kept.
+    ``how``: the effort and what it depends on (no-think: the prefill, and no budget).
     """
     material = json.dumps(
         [_KEY_VERSION, model, template, query, passage, max_reasoning_tokens, context_size, *how], ensure_ascii=False

@@ -205,7 +205,7 @@ class Rank1Reranker:
             template=resolve_template(settings.template),
             query=query,
             passage=passage,
-            max_reasoning_tokens=settings.max_reasoning_tokens,
+            max_reasoning_tokens=settings.max_reasoning_tokens if effort != "none" else None,
             context_size=self.context_size,
             how=how,
         )
@@ -268,10 +268,15 @@ class Rank1Reranker:
         return CallDriver(plan, self.backend, on_failure=self.on_failure, cache=self._cache, builders=self._builders)
 
     def _builder_for(self, settings: Rank1Settings) -> PromptBuilder:
+        template = resolve_template(settings.template)
+        room = settings.max_reasoning_tokens
+        if settings.reasoning_effort == "none":  # no reasoning: the passage may take the budget's room
+            whole = PromptBuilder(self.backend.tokenizer, template=template, max_prompt_tokens=self.context_size)
+            room = whole.no_think_room(settings.no_think_prefill)
         return PromptBuilder(
             self.backend.tokenizer,
-            template=resolve_template(settings.template),
-            max_prompt_tokens=self.context_size - settings.max_reasoning_tokens,
+            template=template,
+            max_prompt_tokens=self.context_size - room,
             context_size=self.context_size,
         )
 

@@ -58,9 +58,11 @@ class CallPlan:
 
     def store_key(self, index: int, judgment: Judgment) -> str | None:
         """Where fresh passage ``index``'s judgment is cached: under how it was made, so that adaptive's
-        reasoned judgments serve full calls and its unreasoned ones no-think calls."""
+        reasoned judgments serve full calls and its unreasoned ones no-think calls (None: not cached)."""
         if self.key_for is None or not judgment.judged:
             return None
+        if self.effort == "adaptive" and not judgment.reasoned and judgment.truncated:
+            return None  # cut to leave the budget's room: not what a no-think call would judge
         return self.key_for(*self.texts[index], "full" if judgment.reasoned else "none")
 
     def handed_over(self, index: int, on_failure: FailurePolicy) -> Judgment | None:
