@@ -28,10 +28,14 @@ TOLERANCE = 1e-3
 PASSAGES = [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE, JOIN_PASSAGE, "日本語のテキスト with café and an emoji 🙂."]
 
 
-@pytest.fixture(scope="module", params=["scripted", "random"])
+@pytest.fixture(scope="module", params=["scripted", "random", "chaos"])
 def model(request: pytest.FixtureRequest) -> tuple[Path, Rank1Reranker]:
-    """(model folder, reranker) on the scripted model (natural answers) and the random one (forced)."""
-    reranker: Rank1Reranker = request.getfixturevalue(f"{request.param}_reranker")
+    """(model folder, reranker): the scripted model (natural answers), the random one (forced answers) and
+    the chaos model (a BOS tokenizer; reasoning full of control tokens and cut characters)."""
+    if request.param == "chaos":
+        reranker = Rank1Reranker(request.getfixturevalue("chaos_backend"), max_reasoning_tokens=15)
+    else:
+        reranker = request.getfixturevalue(f"{request.param}_reranker")
     return request.getfixturevalue(f"{request.param}_model_dir"), reranker
 
 
