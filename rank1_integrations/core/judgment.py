@@ -32,6 +32,10 @@ class Judgment:
     truncated: bool = False
     """True when the passage was cut to fit the context window."""
     error: str | None = None
+    reasoning_effort: str = "full"
+    """The effort this judgment was made with: ``"full"``, ``"none"`` or ``"adaptive"``."""
+    reasoned: bool = True
+    """False when rank1 answered without reasoning (no-think, or adaptive that did not reason)."""
 
     @property
     def judged(self) -> bool:
