@@ -43,34 +43,28 @@ class Rank1AdapterFields(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True)
 
     reranker: Rank1Reranker | None = Field(
-        default=None,
+        None,
         frozen=True,
         exclude=True,
-        description="The rank1 reranker (any backend); one built from settings is set on the first call.",
+        description="The reranker (any backend); one built from settings: after a call.",
     )
     settings: Rank1Settings | None = Field(
-        default=None,
-        frozen=True,
-        description="Without a reranker: what to build one from (Rank1Reranker.from_settings) on the first call.",
+        None, frozen=True, description="Without a reranker: what its first call builds one from (from_settings)."
     )
-    top_n: Count | None = Field(default=3, description="Keep at most this many; None: every passing one; 0: none.")
+    top_n: Count | None = Field(3, description="Keep at most this many; None: every passing one; 0: none.")
     score_threshold: Annotated[float, Field(strict=True, ge=0.0, le=1.0)] | None = Field(
-        default=None, description="Pass when the score is at least this (in [0, 1]); None: when rank1 says relevant."
+        None, description="Pass when the score is at least this (in [0, 1]); None: when rank1 says relevant."
     )
-    min_keep: Count = Field(
-        default=0, description="Keep at least this many (the best rejected ones) when rank1 rejects more; <= top_n."
-    )
+    min_keep: Count = Field(0, description="Keep at least this many (the best rejected ones); at most top_n.")
     template: str | None = Field(
-        default=None, description="Relevance template (FILL_QUERY_HERE or a DATASET_PROMPTS name); None: reranker's."
+        None, description="Relevance template (FILL_QUERY_HERE or a dataset's); None: the reranker's."
     )
     max_reasoning_tokens: Annotated[int, Field(strict=True, ge=1)] | None = Field(
-        default=None, description="Reasoning budget per passage; None: the reranker's."
+        None, description="Reasoning budget per passage; None: the reranker's."
     )
-    reasoning_effort: Effort | None = Field(
-        default=None, description="'full', 'none' (no-think) or 'adaptive'; None: the reranker's."
-    )
+    reasoning_effort: Effort | None = Field(None, description="'full', 'none' or 'adaptive'; None: the reranker's.")
     empty_text: EmptyTextPolicy = Field(
-        default="not_relevant", description="Texts with no content: 'not_relevant' (never sent; score 0.0) or 'raise'."
+        "not_relevant", description="Empty texts: 'not_relevant' (score 0.0) or 'raise'."
     )
 
     def __init__(self, reranker: Rank1Reranker | None = None, /, **fields: Any) -> None:
@@ -152,7 +146,7 @@ class Rank1AdapterFields(BaseModel):
         return select(policy, plan, so_far.in_order())
 
     async def _apick(
-        self, query: str, texts: Sequence[str], announce: Callable[[list[Pick]], Awaitable[None]]
+        self, query: str, texts: Sequence[str], announce: Callable[[list[Pick]], Awaitable[None] | None]
     ) -> list[Pick]:
         """Async :meth:`_pick`: never blocks the event loop."""
         policy = self.policy
@@ -164,5 +158,6 @@ class Rank1AdapterFields(BaseModel):
         stream = reranker.ajudge_stream(query, plan.passages, **self._changes(reranker))
         async with aclosing(stream):  # an error or a cancellation aborts the rest at once
             async for judgment in stream:
-                await announce(so_far.add(judgment))
+                if (announcing := announce(so_far.add(judgment))) is not None:
+                    await announcing
         return select(policy, plan, so_far.in_order())

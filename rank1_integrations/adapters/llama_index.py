@@ -9,7 +9,8 @@ rationale (``reasoning_in_llm_text``). Each node is announced as soon as rank1 h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 from rank1_integrations._optional import require
@@ -104,11 +105,10 @@ class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query = self._start(nodes, query_bundle, self._rank1())
-        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            kept = [
-                self._copy(nodes[p.index], p) for p in self._pick(query, self._texts(nodes), self._announcer(nodes))
-            ]
+        query, payload = self._start(nodes, query_bundle, self._rank1())
+        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+            picks = self._pick(query, self._texts(nodes), partial(self._announce, nodes))
+            kept = [self._copy(nodes[p.index], p) for p in picks]
             event.on_end(payload={EventPayload.NODES: kept})
         dispatcher.event(ReRankEndEvent(nodes=kept))
         return kept
@@ -119,48 +119,35 @@ class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        query = self._start(nodes, query_bundle, await self._arank1())
-        announce = self._announcer(nodes)
-
-        async def aannounce(picks: list[Pick]) -> None:
-            announce(picks)
-
-        with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(nodes, query)) as event:
-            picks = await self._apick(query, self._texts(nodes), aannounce)
+        query, payload = self._start(nodes, query_bundle, await self._arank1())
+        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
+            picks = await self._apick(query, self._texts(nodes), partial(self._announce, nodes))
             kept = [self._copy(nodes[p.index], p) for p in picks]
             event.on_end(payload={EventPayload.NODES: kept})
         dispatcher.event(ReRankEndEvent(nodes=kept))
         return kept
 
-    def _start(self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None, reranker: Rank1Reranker) -> str:
-        """Check the inputs, then emit the start event; returns the query text."""
+    def _start(
+        self, nodes: Sequence[NodeWithScore], query_bundle: QueryBundle | None, reranker: Rank1Reranker
+    ) -> tuple[str, dict[str, Any]]:
+        """Check the inputs, emit the start event; the query and the legacy callback payload."""
         if query_bundle is None:
             raise InvalidInputError("Rank1Rerank needs the query: pass query_bundle or query_str")
         wrong = [i for i, n in enumerate(nodes) if not isinstance(n, NodeWithScore)]
         if wrong:
             raise InvalidInputError(f"nodes at indices {wrong[:20]} are not NodeWithScore")
-        top_n = len(nodes) if self.top_n is None else self.top_n
-        model_name = reranker.backend.model_name
-        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=list(nodes), top_n=top_n, model_name=model_name))
-        return query_bundle.query_str
-
-    def _payload(self, nodes: Sequence[NodeWithScore], query: str) -> dict[str, Any]:
-        return {
-            EventPayload.NODES: list(nodes),
-            EventPayload.MODEL_NAME: self._rank1().backend.model_name,
-            EventPayload.QUERY_STR: query,
-            EventPayload.TOP_K: self.top_n,
-        }
+        top_n, model_name, query = self.top_n, reranker.backend.model_name, query_bundle.query_str
+        shown = len(nodes) if top_n is None else top_n
+        dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=list(nodes), top_n=shown, model_name=model_name))
+        names = (EventPayload.NODES, EventPayload.MODEL_NAME, EventPayload.QUERY_STR, EventPayload.TOP_K)
+        return query, dict(zip(names, (list(nodes), model_name, query, top_n), strict=True))
 
     def _texts(self, nodes: Sequence[NodeWithScore]) -> list[str]:
         return [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
 
-    def _announcer(self, nodes: Sequence[NodeWithScore]) -> Callable[[list[Pick]], None]:
-        def announce(picks: list[Pick]) -> None:
-            for pick in picks:
-                dispatcher.event(Rank1JudgmentEvent(index=pick.index, node=self._copy(nodes[pick.index], pick)))
-
-        return announce
+    def _announce(self, nodes: Sequence[NodeWithScore], picks: list[Pick]) -> None:
+        for pick in picks:
+            dispatcher.event(Rank1JudgmentEvent(index=pick.index, node=self._copy(nodes[pick.index], pick)))
 
     def _copy(self, original: NodeWithScore, pick: Pick) -> NodeWithScore:
         """A deep copy of the node with the rank1 metadata, hidden from the embedding text."""

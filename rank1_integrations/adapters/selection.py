@@ -65,18 +65,15 @@ class SelectionPolicy:
     """Keep at least this many (when that many non-empty documents were given), even if rejected."""
 
     def __post_init__(self) -> None:
-        if self.top_n is not None and (not _is_int(self.top_n) or self.top_n < 0):
-            raise InvalidInputError(f"top_n must be None or an int >= 0, got {self.top_n!r}")
-        if self.score_threshold is not None and (
-            isinstance(self.score_threshold, bool)
-            or not isinstance(self.score_threshold, int | float)
-            or not 0.0 <= self.score_threshold <= 1.0
-        ):
-            raise InvalidInputError(f"score_threshold must be None or a number in [0, 1], got {self.score_threshold!r}")
-        if not _is_int(self.min_keep) or self.min_keep < 0:
-            raise InvalidInputError(f"min_keep must be an int >= 0, got {self.min_keep!r}")
-        if self.top_n is not None and self.min_keep > self.top_n:
-            raise InvalidInputError(f"min_keep ({self.min_keep}) cannot exceed top_n ({self.top_n})")
+        top_n, threshold, min_keep = self.top_n, self.score_threshold, self.min_keep
+        if top_n is not None and not (_is_int(top_n) and top_n >= 0):
+            raise InvalidInputError(f"top_n must be None or an int >= 0, got {top_n!r}")
+        if threshold is not None and not (_is_number(threshold) and 0.0 <= threshold <= 1.0):
+            raise InvalidInputError(f"score_threshold must be None or a number in [0, 1], got {threshold!r}")
+        if not (_is_int(min_keep) and min_keep >= 0):
+            raise InvalidInputError(f"min_keep must be an int >= 0, got {min_keep!r}")
+        if top_n is not None and min_keep > top_n:
+            raise InvalidInputError(f"min_keep ({min_keep}) cannot exceed top_n ({top_n})")
 
 
 @dataclass(frozen=True)
@@ -107,10 +104,7 @@ class Pick:
 
 
 def plan_judging(texts: Sequence[str], *, empty_text: EmptyTextPolicy = "not_relevant") -> JudgingPlan:
-    """Decide which texts go to rank1: each distinct non-empty text once.
-
-    Raises :class:`InvalidInputError` for empty texts when ``empty_text="raise"``.
-    """
+    """Each distinct non-empty text once; :class:`InvalidInputError` for empty ones under ``"raise"``."""
     if empty_text not in ("not_relevant", "raise"):
         raise InvalidInputError(f"empty_text must be 'not_relevant' or 'raise', got {empty_text!r}")
     empty = [i for i, text in enumerate(texts) if not text.strip()]
@@ -129,12 +123,8 @@ def needs_judging(policy: SelectionPolicy, plan: JudgingPlan) -> bool:
 
 
 def select(policy: SelectionPolicy, plan: JudgingPlan, judgments: Sequence[Judgment]) -> list[Pick]:
-    """Apply ``policy`` to the documents of ``plan`` given the judgments of ``plan.passages``.
-
-    Every document is accounted for: ``judgments`` must hold one judgment per passage,
-    or this raises :class:`Rank1Error` (a reranker that lost passages must fail loudly).
-    With ``top_n == 0`` nothing is kept and ``judgments`` may be empty (see :func:`needs_judging`).
-    """
+    """Apply ``policy`` to the documents of ``plan`` given one judgment per passage (else
+    :class:`Rank1Error`: lost passages must fail loudly); with ``top_n == 0`` none are needed."""
     if policy.top_n == 0:
         return []
     if len(judgments) != len(plan.passages):
@@ -203,10 +193,13 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def has_score(judgment: Judgment) -> bool:
     """A finite score (an unjudged passage, or a broken score, has none)."""
-    score = judgment.score
-    return isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score)
+    return _is_number(judgment.score) and math.isfinite(judgment.score)  # type: ignore[arg-type]
 
 
 def _score(judgment: Judgment) -> float:
