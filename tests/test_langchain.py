@@ -438,10 +438,10 @@ def remote_compressor(scripted_model_dir, model_cache, request) -> Iterator[Rank
 async def test_retriever_on_the_remote_backend(remote_compressor, truth, store, use_async):
     from langchain_classic.retrievers import ContextualCompressionRetriever
 
-    assert type(remote_compressor.reranker.backend).__name__ == "RemoteBackend"
     base = store.as_retriever(search_kwargs={"k": 2})
     retriever = ContextualCompressionRetriever(base_compressor=remote_compressor, base_retriever=base)
     kept = await retriever.ainvoke(LEN_QUERY) if use_async else retriever.invoke(LEN_QUERY)
+    assert type(remote_compressor.reranker.backend).__name__ == "RemoteBackend"  # type: ignore[union-attr]
     assert [(d.id, d.metadata["rank1_kept_by"], d.metadata["rank1_reasoning"]) for d in kept] == [
         ("len", "relevance", truth["len"].reasoning),
         ("sorted", "min_keep", truth["sorted"].reasoning),

@@ -452,9 +452,9 @@ def remote_postprocessor(scripted_model_dir, model_cache, request) -> Iterator[R
 
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_query_engine_on_the_remote_backend(remote_postprocessor, truth, index, use_async):
-    assert type(remote_postprocessor.reranker.backend).__name__ == "RemoteBackend"
     engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=2, node_postprocessors=[remote_postprocessor])
     response = await engine.aquery(LEN_QUERY) if use_async else engine.query(LEN_QUERY)
+    assert type(remote_postprocessor.reranker.backend).__name__ == "RemoteBackend"  # type: ignore[union-attr]
     assert [
         (n.node.ref_doc_id, n.node.metadata["rank1_kept_by"], n.node.metadata["rank1_reasoning"])
         for n in response.source_nodes
