@@ -83,6 +83,7 @@ async def test_builds_its_reranker_from_settings_on_the_first_call(built_from_se
     assert sorted(str(d.id) for d in kept) == ["len", "open", "sorted"]
     assert all(0.0 <= d.metadata["relevance_score"] <= 1.0 for d in kept)
     assert all(d.metadata["rank1_reasoning_tokens"] <= 8 for d in kept)
+    built_from_settings.top_n = 3  # assignments go on after the build (reranker and settings both set)
     built_from_settings.compress_documents(documents(), LEN_QUERY)
     assert built_from_settings.reranker is reranker  # built once
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from rank1_integrations.adapters.selection import (
     EmptyTextPolicy,
@@ -85,7 +85,9 @@ class Rank1AdapterFields(BaseModel):
 
     @field_validator("settings", mode="before")
     @classmethod
-    def _settings_from_data(cls, value: Any) -> Any:
+    def _settings_from_data(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("reranker") is not None:
+            raise InvalidInputError("pass either reranker= or settings=, not both")
         # from to_dict / from_dict: read the environment again for what was never dumped (api_key)
         return Rank1Settings(**value) if isinstance(value, Mapping) else value
 
@@ -98,8 +100,6 @@ class Rank1AdapterFields(BaseModel):
     @model_validator(mode="after")
     def _one_source(self) -> Rank1AdapterFields:
         _ = self.policy  # checks the filter together (min_keep <= top_n)
-        if self.reranker is not None and self.settings is not None:
-            raise InvalidInputError("pass either reranker= or settings=, not both")
         if self.reranker is None and self.settings is None:  # on construction only
             self.__dict__["settings"] = Rank1Settings()
         if self.settings is not None and self.settings.model is None and not self.settings.servers:
