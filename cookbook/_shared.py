@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rank1_integrations import DEFAULT_MAX_REASONING_TOKENS, Judgment, Rank1Reranker, demo
-from rank1_integrations.adapters.selection import ContextSource
+from rank1_integrations.adapters.context import ContextSource
 from rank1_integrations.offline_models import ResolvedModel, resolve_model
 
 DEFAULT_MODEL = "jhu-clsp/rank1-7b"

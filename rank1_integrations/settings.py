@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, InitSettingsSource, NoDecode, SettingsConfigDict
 
+from rank1_integrations.backends.remote.config import redact_url
 from rank1_integrations.errors import InvalidInputError
 
 if sys.version_info >= (3, 11):
@@ -163,6 +172,15 @@ class Rank1Settings(BaseSettings):
         if isinstance(value, str):  # RANK1_SERVERS="http://a:8000 http://b:8000" (or comma-separated)
             return tuple(part for part in value.replace(",", " ").split() if part)
         return value
+
+    @field_serializer("servers")
+    def _servers_without_credentials(self, servers: tuple[str, ...]) -> tuple[str, ...]:
+        """User info or a query string in a server URL may be a credential: never dumped."""
+        return tuple(redact_url(url) for url in servers)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, self._servers_without_credentials(value) if name == "servers" else value
 
     @field_validator("model", "api_key_env", "tokenizer", "cache_path")
     @classmethod
