@@ -164,6 +164,13 @@ class Rank1Settings(BaseSettings):
             return tuple(part for part in value.replace(",", " ").split() if part)
         return value
 
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _verify_word(cls, value: Any) -> Any:
+        if isinstance(value, str):  # RANK1_VERIFY=false or --verify false: not a CA bundle named "false"
+            return {"true": True, "false": False}.get(value.strip().lower(), value)
+        return value
+
     @field_validator("model", "api_key_env", "tokenizer", "cache_path")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:

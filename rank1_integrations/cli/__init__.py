@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     module.add_arguments(parser)
-    args, settings = parse(parser, rest, name)
+    args, settings = parse(parser, rest, name if name != "rerank" else None)
     try:
         status: int = module.command(args, settings)
     except (InvalidInputError, OSError) as error:

@@ -11,7 +11,7 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +48,6 @@ def _kind(name: str) -> str:
     return "text"
 
 
-def _bool_or_text(text: str) -> bool | str:
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (also RANK1_<NAME> variables or top-level keys of --config)")
     for name, field in Rank1Settings.model_fields.items():
@@ -65,9 +61,18 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         elif kind in ("list", "dict"):
             metavar = "KEY=VALUE" if kind == "dict" else name[:-1].upper()
             group.add_argument(flag, action="append", metavar=metavar, **{**options, "help": f"{help_text}; repeat"})
+        elif kind == "bool_or_text":  # --verify PATH, --no-verify
+            group.add_argument(flag, metavar="PATH", **options)
+            group.add_argument(
+                f"--no-{flag[2:]}",
+                action="store_const",
+                const=False,
+                dest=name,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
         else:
-            convert: Callable[[str], Any] = _bool_or_text if kind == "bool_or_text" else str
-            group.add_argument(flag, type=convert, metavar=name.upper(), **options)
+            group.add_argument(flag, metavar=name.upper(), **options)
 
 
 def _key_values(items: Sequence[str]) -> dict[str, Any]:
@@ -102,14 +107,17 @@ def _table_argv(parser: argparse.ArgumentParser, config: str, table: str) -> lis
     return argv
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str], table: str) -> tuple[argparse.Namespace, Rank1Settings]:
+def parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str], table: str | None
+) -> tuple[argparse.Namespace, Rank1Settings]:
     """The command's own options and the settings (flags > env > ``--config`` > defaults); mistakes exit 2."""
-    parser.add_argument("--config", metavar="TOML", help=f"rank1.toml: settings at the top, [{table}] options")
+    where = f"; its [{table}] table: this command's options" if table else ""
+    parser.add_argument("--config", metavar="TOML", help=f"rank1.toml: settings at the top{where}")
     _add_settings(parser)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     config = pre.parse_known_args(argv)[0].config
-    args = parser.parse_args([*(_table_argv(parser, config, table) if config else ()), *argv])
+    args = parser.parse_args([*(_table_argv(parser, config, table) if config and table else ()), *argv])
     given = {name: value for name, value in vars(args).items() if name in Rank1Settings.model_fields}
     try:
         if "engine_args" in given:

@@ -68,7 +68,8 @@ def _choose(settings: Rank1Settings) -> Rank1Settings:
     changes: dict[str, object] = {"on_failure": "mark_unjudged", "progress": True}
     if small:
         changes["max_reasoning_tokens"] = SMALL_BUDGET
-        changes["context_size"] = 2048
+        if "max_model_len" not in settings.engine_args:
+            changes["context_size"] = 2048
     return settings.replace(**{name: value for name, value in changes.items() if name not in given})
 
 
