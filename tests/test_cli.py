@@ -86,7 +86,7 @@ def test_every_setting_but_the_api_key_has_its_flag() -> None:
 
 FLAGS = ["--server", "http://a:8000/v1", "--server", "http://b:8000/v1", "--model", "rank1",
          "--max-reasoning-tokens", "7", "--reasoning-effort", "adaptive", "--adaptive-top-k", "3",
-         "--engine-arg", "dtype=float32", "--engine-arg", "max_model_len=1024", "--no-verify",
+         "--engine-arg", "dtype=float32", "--engine-arg", "max_model_len=1024", "--verify", "false",
          "--progress", "--timeout", "2.5", "--template", "SciFact"]  # fmt: skip
 ENV = {"RANK1_SERVERS": "http://a:8000/v1 http://b:8000/v1", "RANK1_MODEL": "rank1",
        "RANK1_MAX_REASONING_TOKENS": "7", "RANK1_REASONING_EFFORT": "adaptive", "RANK1_ADAPTIVE_TOP_K": "3",

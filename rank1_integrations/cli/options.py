@@ -25,8 +25,6 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["flag_of", "parse"]
 
-_NOT_FLAGS = frozenset({"api_key"})  # a secret never goes on a command line
-
 
 def flag_of(name: str) -> str:
     """``servers`` -> ``--server``, ``engine_args`` -> ``--engine-arg``, ``max_retries`` -> ``--max-retries``."""
@@ -43,15 +41,13 @@ def _kind(name: str) -> str:
         return "dict"
     if tuple in origins:
         return "list"
-    if bool in origins:
-        return "bool" if str not in origins else "bool_or_text"
-    return "text"
+    return "bool" if origins == {bool} else "text"  # verify (bool | str): --verify false, or a CA bundle
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (also RANK1_<NAME> variables or top-level keys of --config)")
     for name, field in Rank1Settings.model_fields.items():
-        if name in _NOT_FLAGS:
+        if name == "api_key":  # a secret never goes on a command line
             continue
         kind, flag, default = _kind(name), flag_of(name), field.get_default(call_default_factory=True)
         help_text = f"{field.description} (default: {default!r})".replace("%", "%%")
@@ -61,16 +57,6 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         elif kind in ("list", "dict"):
             metavar = "KEY=VALUE" if kind == "dict" else name[:-1].upper()
             group.add_argument(flag, action="append", metavar=metavar, **{**options, "help": f"{help_text}; repeat"})
-        elif kind == "bool_or_text":  # --verify PATH, --no-verify
-            group.add_argument(flag, metavar="PATH", **options)
-            group.add_argument(
-                f"--no-{flag[2:]}",
-                action="store_const",
-                const=False,
-                dest=name,
-                default=argparse.SUPPRESS,
-                help=argparse.SUPPRESS,
-            )
         else:
             group.add_argument(flag, metavar=name.upper(), **options)
 
