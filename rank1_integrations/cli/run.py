@@ -7,6 +7,7 @@ to resume); 2 bad input or options (a checkpoint of other settings, pairs refuse
 from __future__ import annotations
 
 import argparse
+import sys
 
 from rank1_integrations.batch.engines import Engine, RayEngine
 from rank1_integrations.batch.evaluate import DEFAULT_MEASURES
@@ -85,6 +86,4 @@ def command(args: argparse.Namespace, settings: Rank1Settings) -> int:
 
 
 def _note(message: str) -> None:
-    import sys
-
     print(message, file=sys.stderr, flush=True)
