@@ -333,6 +333,8 @@ def test_bad_command_tables_exit_2_naming_the_option(
     path = tmp_path / "rank1.toml"
     path.write_text(config)
     command = "serve" if "[serve]" in config else "run"
+    if command == "serve":
+        pytest.importorskip("fastapi")  # the serve extra (not in the floor job)
     with pytest.raises(SystemExit) as done:
         main([command, "--config", str(path), *([] if command == "serve" else RUN_ARGS)])
     assert done.value.code == 2
@@ -340,3 +342,13 @@ def test_bad_command_tables_exit_2_naming_the_option(
 
 
 RUN_ARGS = ["--run", "r", "--corpus", "c", "--queries", "q", "--out", "o", "--reasoning", "j"]
+
+
+def test_serve_without_the_serve_extra_names_it() -> None:
+    code = (
+        "import sys; sys.modules['fastapi'] = None\nfrom rank1_integrations.cli import main\nsys.exit(main(['serve']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=_REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "pip install 'rank1-integrations[serve]'" in done.stderr
+    assert "Traceback" not in done.stderr

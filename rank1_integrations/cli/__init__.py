@@ -41,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    module.add_arguments(parser)
-    args, settings = parse(parser, rest, name if name != "rerank" else None)
     try:
+        module.add_arguments(parser)  # serve's need the serve extra
+        args, settings = parse(parser, rest, name if name != "rerank" else None)
         status: int = module.command(args, settings)
     except (InvalidInputError, OSError) as error:
         print(f"rank1 {name}: error: {error}", file=sys.stderr)
