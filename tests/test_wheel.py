@@ -35,7 +35,7 @@ import rank1_integrations
 from rank1_integrations import Rank1Reranker
 
 url, model, budget, query, passage = sys.argv[1:]
-with Rank1Reranker.from_server(url, model, max_reasoning_tokens=int(budget), cache=False) as reranker:
+with Rank1Reranker.from_server(url, model, max_reasoning_tokens=int(budget), cache_entries=0) as reranker:
     (judgment,) = reranker.judge(query, [passage])
 print(json.dumps({"file": rank1_integrations.__file__, "score": judgment.score, "relevant": judgment.relevant}))
 """
@@ -65,7 +65,6 @@ def test_the_wheel_holds_the_typed_package_and_declares_only_what_it_imports(whe
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "rank1_integrations/py.typed" in names
-    assert "tests/models/tiny_models.py" in names
     assert not [n for n in names if n.split("/")[0] in ("tests", "cookbook", "bench", "scripts", "docs")]
     fields = [line.split(": ", 1) for line in metadata.splitlines() if ": " in line]
     requires = [Requirement(value) for key, value in fields if key == "Requires-Dist"]
