@@ -182,6 +182,13 @@ class Rank1Settings(BaseSettings):
         for name, value in super().__repr_args__():
             yield name, self._servers_without_credentials(value) if name == "servers" else value
 
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _verify_word(cls, value: Any) -> Any:
+        if isinstance(value, str):  # RANK1_VERIFY=false or --verify false: not a CA bundle named "false"
+            return {"true": True, "false": False}.get(value.strip().lower(), value)
+        return value
+
     @field_validator("model", "api_key_env", "tokenizer", "cache_path")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
