@@ -39,7 +39,6 @@ DEFAULT_NO_THINK_PREFILL = "Okay, I think I have finished thinking."
 """NoThinking's prefill (arXiv 2504.09858), written where rank1's reasoning would be."""
 
 
-
 def _not_bool(value: Any) -> Any:
     if isinstance(value, bool):  # True is not a number of tokens
         raise ValueError("must be a number, not a bool")
@@ -105,9 +104,7 @@ class Rank1Settings(BaseSettings):
         description="Seconds one completion request may take (default: base_timeout + seconds_per_token x budget).",
     )
     base_timeout: Seconds = Field(120.0, description="Seconds a completion may take before its budget.")
-    seconds_per_token: SecondsOrZero = Field(
-        0.1, description="Seconds added per budgeted token."
-    )
+    seconds_per_token: SecondsOrZero = Field(0.1, description="Seconds added per budgeted token.")
     connect_timeout: Seconds = Field(10.0, description="Seconds to connect to a server.")
     metadata_timeout: Seconds = Field(30.0, description="Seconds for /v1/models, /tokenize, /detokenize.")
     max_retries: NonNegative = Field(6, description="Retries per HTTP call after the first attempt.")
