@@ -94,7 +94,9 @@ class Rank1Reranker:
         return self.settings.on_failure
 
     @classmethod
-    def from_settings(cls, settings: Rank1Settings | None = None, **changes: Any) -> Rank1Reranker:
+    def from_settings(
+        cls, settings: Rank1Settings | None = None, *, cache: JudgmentCache | bool = True, **changes: Any
+    ) -> Rank1Reranker:
         """A reranker on what ``settings`` names: vLLM servers (``servers``) or an embedded engine (``model``).
 
         ``settings`` default: ``Rank1Settings()`` (``RANK1_*`` environment variables, then defaults);
@@ -122,7 +124,7 @@ class Rank1Reranker:
                 engine_args.setdefault("max_model_len", settings.context_size)
             backend = VLLMEngineBackend.load(settings.model, progress=settings.progress, **engine_args)
         try:
-            return cls(backend, settings)
+            return cls(backend, settings, cache=cache)
         except BaseException:
             close = getattr(backend, "close", None)
             if callable(close) and settings.servers:
@@ -130,7 +132,14 @@ class Rank1Reranker:
             raise
 
     @classmethod
-    def from_vllm(cls, model: str, *, settings: Rank1Settings | None = None, **changes: Any) -> Rank1Reranker:
+    def from_vllm(
+        cls,
+        model: str,
+        *,
+        settings: Rank1Settings | None = None,
+        cache: JudgmentCache | bool = True,
+        **changes: Any,
+    ) -> Rank1Reranker:
         """A reranker on an embedded ``vllm.LLM``: settings as keywords; any other keyword is a vLLM
         engine argument (``Rank1Reranker.from_vllm(model, max_reasoning_tokens=512, dtype="float32")``).
 
