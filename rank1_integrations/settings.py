@@ -28,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["JUDGING_FIELDS", "Effort", "Rank1Settings", "describe_validation_error"]
+__all__ = ["JUDGING_FIELDS", "TRANSPORT_FIELDS", "Effort", "Rank1Settings", "describe_validation_error"]
 
 Effort = Literal["full", "none", "adaptive"]
 """How much rank1 reasons: ``full`` (rank1 as published), ``none`` (no-think: the reasoning is
@@ -221,7 +221,7 @@ class Rank1Settings(BaseSettings):
 
     def transport(self) -> dict[str, Any]:
         """The remote backend's settings (docs/remote.md)."""
-        return {name: getattr(self, name) for name in _TRANSPORT_FIELDS}
+        return {name: getattr(self, name) for name in TRANSPORT_FIELDS}
 
 
 JUDGING_FIELDS = frozenset(
@@ -237,7 +237,7 @@ JUDGING_FIELDS = frozenset(
 )
 """Settings a single call may change (``judge(..., reasoning_effort="none")``)."""
 
-_TRANSPORT_FIELDS = (
+TRANSPORT_FIELDS = (
     "max_concurrency",
     "timeout",
     "base_timeout",
