@@ -204,7 +204,11 @@ class Rank1Reranker:
         """The key of this passage's judgment: equal keys mean the same judgment (cache, shared work)."""
         return self._key(self.settings.judging(**changes), query, passage)
 
-    def _key(self, settings: Rank1Settings, query: str, passage: str) -> str:
+    def _key(self, settings: Rank1Settings, query: str, passage: str, effort: str | None = None) -> str:
+        effort = effort or settings.reasoning_effort
+        how: tuple[object, ...] = (effort,) if effort == "full" else (effort, settings.no_think_prefill)
+        if effort == "adaptive":
+            how += (settings.adaptive_margin, settings.adaptive_center, settings.adaptive_top_k)
         return cache_key(
             model=self.backend.model_name,
             template=resolve_template(settings.template),
@@ -212,6 +216,7 @@ class Rank1Reranker:
             passage=passage,
             max_reasoning_tokens=settings.max_reasoning_tokens,
             context_size=self.context_size,
+            how=how,
         )
 
     def judge(self, query: str, passages: Sequence[str], **changes: Any) -> list[Judgment]:
@@ -287,9 +292,9 @@ class Rank1Reranker:
             batches,
             self._builder_for(settings),
             label_token_ids=self.label_token_ids,
-            max_reasoning_tokens=settings.max_reasoning_tokens,
+            settings=settings,
             cache=self._cache,
-            key_for=lambda query, passage: self._key(settings, query, passage),
+            key_for=lambda query, passage, effort: self._key(settings, query, passage, effort),
         )
         # A tokenizer that costs a round trip per text builds prompts on a pool, while the
         # first requests already run; any other builds them all here, ahead.

@@ -131,6 +131,21 @@ class PromptBuilder:
             )
         return ForcedPrompt(built[cut], reasoning[:cut])
 
+    def build_no_think(self, prompt: PreparedPrompt, prefill: str) -> tuple[int, ...]:
+        """No-think's prompt (arXiv 2504.09858): the forced answer's, ``prompt + "\\n" + prefill + "\\n</think>"``,
+        with the prefill as the reasoning (data: it never becomes a control token); the answer is read next.
+
+        The passage is cut as for reasoning (to ``max_prompt_tokens``), so every effort judges the
+        same text; the prefill must fit in the reasoning budget's room.
+        """
+        token_ids = self._forced_ids(prompt, (Data(prefill),))
+        if self.context_size is not None and len(token_ids) >= self.context_size:
+            raise InvalidInputError(
+                f"no_think_prefill: the no-think prompt takes {len(token_ids)} tokens, more than the "
+                f"{self.context_size - 1} that fit before the answer; raise max_reasoning_tokens or shorten the prefill"
+            )
+        return token_ids
+
     def _forced_ids(self, prompt: PreparedPrompt, reasoning: Sequence[PromptPiece]) -> tuple[int, ...]:
         continuation = (Trusted("\n"), *reasoning, Trusted("\n"), Control(THINK_CLOSE))
         prompt_ids = prompt.token_ids
