@@ -131,7 +131,16 @@ def test_jina_shape_carries_rank1_fields(server, expected, path) -> None:
     objects = [{"text": text} for text in DOCS]
     lean = post(server, path, {"query": LEN_QUERY, "documents": objects, "return_documents": False}).json()
     assert [set(r) for r in lean["results"]] == [
-        {"index", "relevance_score", "relevant", "reasoning", "forced", "reasoning_tokens"}
+        {
+            "index",
+            "relevance_score",
+            "relevant",
+            "reasoning",
+            "forced",
+            "reasoning_tokens",
+            "reasoning_effort",
+            "reasoned",
+        }
     ] * 3
     assert [r["relevance_score"] for r in lean["results"]] == [r["relevance_score"] for r in body["results"]]
     assert lean["model"] == NAME
@@ -163,6 +172,8 @@ def test_empty_texts_duplicates_and_top_n(server, expected) -> None:
         "reasoning": "",
         "forced": False,
         "reasoning_tokens": 0,
+        "reasoning_effort": "full",
+        "reasoned": False,
         "document": {"text": "  "},
     }
     assert post(server, "/v2/rerank", {"model": NAME, "query": LEN_QUERY, "documents": []}).json()["results"] == []
