@@ -371,6 +371,14 @@ def test_a_request_chooses_no_think_and_gets_the_judges_no_think_scores(server, 
     assert all(r["reasoned"] and r["reasoning_effort"] == "full" for r in full.values())  # never a no-think score
 
 
+def test_the_cohere_sdk_asks_for_no_think_with_an_extra_body_field(server) -> None:
+    client = cohere.ClientV2(api_key=API_KEY, base_url=server.url)
+    extra = {"additional_body_parameters": {"reasoning_effort": "none"}}
+    response = client.rerank(model=NAME, query=LEN_QUERY, documents=DOCS, request_options=extra)
+    fields = [r.model_dump() for r in response.results]
+    assert [(f["reasoning_effort"], f["reasoned"], f["reasoning_tokens"]) for f in fields] == [("none", False, 0)] * 3
+
+
 def test_a_request_budget_above_the_servers_is_a_400_and_below_it_is_used(server) -> None:
     body = {"model": NAME, "query": LEN_QUERY, "documents": DOCS}
     refused = post(server, "/v1/rerank", {**body, "max_reasoning_tokens": SCRIPTED_BUDGET + 1})
