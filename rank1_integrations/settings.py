@@ -37,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["JUDGING_FIELDS", "Effort", "Rank1Settings", "describe_validation_error"]
+__all__ = ["JUDGING_FIELDS", "TRANSPORT_FIELDS", "Effort", "Rank1Settings", "describe_validation_error"]
 
 Effort = Literal["full", "none", "adaptive"]
 """How much rank1 reasons: ``full`` (rank1 as published), ``none`` (no-think: the reasoning is
@@ -95,7 +95,7 @@ class Rank1Settings(BaseSettings):
         description="The servers' API key (env RANK1_API_KEY, then VLLM_API_KEY; never a flag).",
     )
     api_key_env: str | None = Field(
-        None, description="Read the servers' API key from this environment variable instead."
+        None, description="Read the servers' API key from this environment variable (before RANK1_API_KEY)."
     )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
@@ -234,19 +234,18 @@ class Rank1Settings(BaseSettings):
         return self.replace(**changes)
 
     def resolved_api_key(self) -> SecretStr | None:
-        """The key to send to the servers: ``api_key``, else the variable ``api_key_env`` names."""
-        if self.api_key is not None and self.api_key.get_secret_value():
-            return SecretStr(self.api_key.get_secret_value().strip())
+        """The key to send to the servers: from the variable ``api_key_env`` names when set, else ``api_key``."""
         if self.api_key_env is not None:
             value = os.environ.get(self.api_key_env, "").strip()
             if not value:
                 raise InvalidInputError(f"api_key_env: the environment variable {self.api_key_env} is not set")
             return SecretStr(value)
-        return None
+        value = self.api_key.get_secret_value().strip() if self.api_key is not None else ""
+        return SecretStr(value) if value else None
 
     def transport(self) -> dict[str, Any]:
         """The remote backend's settings (docs/remote.md)."""
-        return {name: getattr(self, name) for name in _TRANSPORT_FIELDS}
+        return {name: getattr(self, name) for name in TRANSPORT_FIELDS}
 
 
 JUDGING_FIELDS = frozenset(
@@ -262,7 +261,7 @@ JUDGING_FIELDS = frozenset(
 )
 """Settings a single call may change (``judge(..., reasoning_effort="none")``)."""
 
-_TRANSPORT_FIELDS = (
+TRANSPORT_FIELDS = (
     "max_concurrency",
     "timeout",
     "base_timeout",

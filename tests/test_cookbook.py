@@ -252,6 +252,21 @@ class TestOnTheOfflineModel:
             assert len(kept) == 1, out
             assert float(kept[0][0]) >= max(float(t) for t, _ in sources)
 
+    def test_fast_answers(self, capsys: pytest.CaptureFixture[str]):
+        out = run_main(
+            "10_fast_answers", ["--k", "4", "--top-n", "2", *_ANSWER, "--max-reasoning-tokens", "16"], capsys
+        )
+        quick = re.findall(r"^  \[(\d)\] \S+: no-think score (\d\.\d{3}), (\d+) tokens$", out, re.M)
+        assert [n for n, _, _ in quick] == ["1", "2"], out
+        assert all(tokens == "0" for _, _, tokens in quick)  # no-think generates nothing
+        assert re.search(r"^Answer after \d+\.\d\ds:$", out, re.M), out
+        reasoned = re.findall(r"^  \+ *\d+\.\d\ds \[(\d)\] \S+: (?:not )?relevant, score \d\.\d{3}", out, re.M)
+        assert reasoned, out
+        assert set(reasoned) <= {"1", "2"}, out
+        tokens = re.findall(r"^      why \(rank1, (\d+) tokens\)", out, re.M)
+        assert len(tokens) == len(reasoned), out
+        assert all(0 < int(t) <= 16 for t in tokens), out
+
     @pytest.mark.timeout(600)
     def test_serving_offline_demo(self, capsys: pytest.CaptureFixture[str]):
         out = run_main("06_serving", ["--offline-demo", *_TINY], capsys)

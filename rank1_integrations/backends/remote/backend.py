@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from rank1_integrations._optional import require
 from rank1_integrations.backends.base import CompletionRequest, CompletionResult, ResultSink
-from rank1_integrations.backends.remote.config import RemoteSettings, ServerURL, resolve_api_key
+from rank1_integrations.backends.remote.config import ServerURL, resolve_api_key
 from rank1_integrations.backends.remote.core import HttpCall, Job, RemoteCore
 from rank1_integrations.backends.remote.io_loop import BackgroundLoop
 from rank1_integrations.backends.remote.routing import Router
@@ -36,12 +36,11 @@ from rank1_integrations.errors import (
     MalformedResponseError,
     Rank1Error,
 )
+from rank1_integrations.settings import TRANSPORT_FIELDS, Rank1Settings
 
 __all__ = ["RemoteBackend"]
 
 logger = logging.getLogger("rank1_integrations.backends.remote.backend")
-
-_SETTING_NAMES = frozenset(RemoteSettings.__dataclass_fields__)
 
 
 class RemoteBackend:
@@ -64,8 +63,8 @@ class RemoteBackend:
             path (or a ``PromptTokenizer``): that tokenizer, checked the same way. ``"server"``:
             always the server's endpoints (the light install needs no ``transformers``).
         extra_protected: More strings that data may never turn into tokens of their own.
-        **settings: Fields of :class:`RemoteSettings` (``timeout``, ``max_retries``, ``retry_budget``,
-            ``max_concurrency``, ``prompts_per_request``, backoff, ...).
+        **settings: Transport fields of :class:`~rank1_integrations.settings.Rank1Settings`
+            (``timeout``, ``max_retries``, ``retry_budget``, ``max_concurrency``, backoff, ...).
     """
 
     def __init__(
@@ -80,9 +79,11 @@ class RemoteBackend:
         **settings: Any,
     ) -> None:
         self._openai = require("openai", extras=(), purpose="The remote backend")
-        unknown = sorted(set(settings) - _SETTING_NAMES)
+        unknown = sorted(set(settings) - set(TRANSPORT_FIELDS))
         if unknown:
-            raise InvalidInputError(f"unknown remote settings {unknown}; valid ones: {sorted(_SETTING_NAMES)}")
+            raise InvalidInputError(
+                f"{', '.join(unknown)}: not a remote backend setting ({', '.join(TRANSPORT_FIELDS)})"
+            )
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise InvalidInputError("base_url names no server")
@@ -91,7 +92,7 @@ class RemoteBackend:
         self._core = RemoteCore(
             servers=tuple(ServerURL.parse(url) for url in urls),
             model=model or "",
-            settings=RemoteSettings(**settings),
+            settings=Rank1Settings.model_construct().replace(**settings),
             api_key=resolve_api_key(api_key),
         )
         self._verify = _tls_verification(verify)
@@ -127,7 +128,7 @@ class RemoteBackend:
         return self._max_model_len
 
     @property
-    def settings(self) -> RemoteSettings:
+    def settings(self) -> Rank1Settings:
         return self._core.settings
 
     @property

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
-from rank1_integrations.backends.remote.config import API_KEY_ENV_VARS, RemoteSettings, ServerURL, redact_url
+from rank1_integrations.backends.remote.config import API_KEY_ENV_VARS, ServerURL, redact_url
 from rank1_integrations.backends.remote.routing import Router
 from rank1_integrations.backends.remote.wire import (
     check_completions,
@@ -53,6 +53,7 @@ from rank1_integrations.errors import (
     ServerStatusError,
     ServerTimeoutError,
 )
+from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["Endpoint", "HttpCall", "Job", "RemoteCore"]
 
@@ -90,7 +91,8 @@ class RemoteCore:
 
     servers: tuple[ServerURL, ...]
     model: str
-    settings: RemoteSettings
+    settings: Rank1Settings
+    """Its transport fields (timeouts, retries, backoff, concurrency) rule the remote backend."""
     api_key: SecretStr | None = None
     router: Router = field(init=False)
     label_ids_supported: bool = True
@@ -111,6 +113,12 @@ class RemoteCore:
             max_cooldown=self.settings.max_backoff,
         )
         self._by_display = {server.display: server for server in self.servers}
+
+    def completion_timeout(self, max_tokens: int) -> float:
+        """Seconds a completion of up to ``max_tokens`` generated tokens may take."""
+        if self.settings.timeout is not None:
+            return float(self.settings.timeout)
+        return self.settings.base_timeout + self.settings.seconds_per_token * max_tokens
 
     def server(self, display: str) -> ServerURL:
         return self._by_display[display]
@@ -143,11 +151,11 @@ class RemoteCore:
     def completion_call(self, requests: Sequence[CompletionRequest]) -> HttpCall:
         """One ``/v1/completions`` request for requests that share their sampling settings."""
         body = completion_body(self.model, requests, label_ids=self.label_ids_supported)
-        return HttpCall("completions", body, self.settings.completion_timeout(requests[0].max_tokens))
+        return HttpCall("completions", body, self.completion_timeout(requests[0].max_tokens))
 
     def echo_call(self, prompts: Sequence[Sequence[int]]) -> HttpCall:
         """Prompt log-probabilities of ``prompts`` (each ends in the label to score)."""
-        return HttpCall("completions", echo_body(self.model, prompts), self.settings.completion_timeout(1))
+        return HttpCall("completions", echo_body(self.model, prompts), self.completion_timeout(1))
 
     # -- jobs -------------------------------------------------------------------------
 
