@@ -19,48 +19,30 @@ from typing import Any, TypeGuard
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
 from rank1_integrations.errors import IncompatibleServerError, MalformedResponseError, ModelOutputError, Rank1Error
 
-__all__ = [
-    "OPENAI_COMPLETION_PARAMS",
-    "check_completions",
-    "completion_body",
-    "echo_body",
-    "error_detail",
-    "is_token_list",
-    "label_prompts",
-    "max_model_len_of",
-    "needs_label_fallback",
-    "only_model",
-    "parse_completions",
-    "retry_after",
-    "with_echoed_labels",
-]
-
-OPENAI_COMPLETION_PARAMS = frozenset({"model", "prompt", "max_tokens", "temperature", "logprobs", "stop", "echo", "n"})
-"""Parameters the openai client's ``completions.create`` takes by name; the rest of a body
-goes in ``extra_body`` (vLLM's extensions)."""
-
 _TOKEN_ID_PREFIX = "token_id:"
 _DETAIL_LIMIT = 400
+
+
+def _body(model: str, prompts: Sequence[Sequence[int]], max_tokens: int, **more: Any) -> dict[str, Any]:
+    # skip_special_tokens: else </think> vanishes from the text and the stop strings never match.
+    return {
+        "model": model,
+        "prompt": [list(p) for p in prompts],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "skip_special_tokens": False,
+        "return_tokens_as_token_ids": True,
+        "add_special_tokens": False,
+        **more,
+    }
 
 
 def completion_body(model: str, requests: Sequence[CompletionRequest], *, label_ids: bool) -> dict[str, Any]:
     """One ``/v1/completions`` body for requests that share their sampling settings."""
     first = requests[0]
-    body: dict[str, Any] = {
-        "model": model,
-        "prompt": [list(r.prompt_token_ids) for r in requests],
-        "max_tokens": first.max_tokens,
-        "temperature": 0.0,
-        # One top log-probability keeps answers small; the labels come from
-        # logprob_token_ids, exact at every position whatever the server's
-        # --logprobs-mode, and far below the default --max-logprobs 20.
-        "logprobs": 1,
-        # Else </think> vanishes from the text and the stop strings never match.
-        "skip_special_tokens": False,
-        "return_tokens_as_token_ids": True,
-        "return_token_ids": True,
-        "add_special_tokens": False,
-    }
+    # One top log-probability keeps answers small; the labels come from logprob_token_ids, exact
+    # at every position whatever the server's --logprobs-mode, and far below --max-logprobs 20.
+    body = _body(model, [r.prompt_token_ids for r in requests], first.max_tokens, logprobs=1, return_token_ids=True)
     if first.stop:
         body["stop"] = list(first.stop)
     if label_ids:
@@ -70,17 +52,7 @@ def completion_body(model: str, requests: Sequence[CompletionRequest], *, label_
 
 def echo_body(model: str, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
     """Prompt log-probabilities of ``prompts`` (each ends in the label to score)."""
-    return {
-        "model": model,
-        "prompt": [list(p) for p in prompts],
-        "max_tokens": 1,
-        "temperature": 0.0,
-        "echo": True,
-        "logprobs": 0,
-        "skip_special_tokens": False,
-        "return_tokens_as_token_ids": True,
-        "add_special_tokens": False,
-    }
+    return _body(model, prompts, 1, echo=True, logprobs=0)
 
 
 def check_completions(body: Any, model: str, server: str) -> None:
@@ -287,21 +259,13 @@ def _echoed_last_logprob(choice: Any, prompt: Sequence[int]) -> float | ModelOut
     return float(value)
 
 
-def error_detail(response: Any) -> str:
-    """The server's error message (vLLM: ``{"error": {"message": ...}}``), shortened."""
-    try:
-        body = response.json()
-    except Exception:
-        text = getattr(response, "text", "") or ""
-        return text[:_DETAIL_LIMIT].strip() or "(no body)"
-    message: Any = body
+def error_detail(body: object) -> str:
+    """The server's error message from an ``APIStatusError.body`` (vLLM: ``{"error": {"message": ...}}``), shortened."""
     if isinstance(body, dict):
-        error = body.get("error", body)
-        message = error.get("message", error) if isinstance(error, dict) else error
-        if isinstance(body.get("message"), str):
-            message = body["message"]
-    text = message if isinstance(message, str) else json.dumps(message)[:_DETAIL_LIMIT]
-    return text[:_DETAIL_LIMIT]
+        body = body.get("error", body)
+        body = body.get("message", body) if isinstance(body, dict) else body
+    text = body if isinstance(body, str) else "" if body is None else json.dumps(body, default=str)
+    return text.strip()[:_DETAIL_LIMIT] or "(no body)"
 
 
 def retry_after(headers: Mapping[str, str], cap: float) -> float | None:
