@@ -52,21 +52,11 @@ T = TypeVar("T")
 class RemoteBackend:
     """Completes rank1 requests on vLLM servers over HTTP (a :class:`~rank1_integrations.backends.base.Backend`).
 
-    Construction checks that each server serves ``model`` (``/v1/models``, where
-    ``max_model_len`` is read) and sets up the tokenizer; servers that cannot be reached
-    then are routed around until they answer. See ``docs/remote.md``.
-
-    Args:
-        base_url: One server (``http://host:8000/v1``) or a list of replicas. Credentials in a
-            URL (``http://user:password@host/v1``) are sent as HTTP Basic auth, never shown.
-        model: The served model name; None takes the only model the servers serve.
-        api_key: Bearer key; None reads ``RANK1_API_KEY`` then ``VLLM_API_KEY``. Never shown.
-        verify: TLS verification for https servers: True, a CA bundle path or an ``ssl.SSLContext``.
-        tokenizer: None: a local copy of the served model's tokenizer if one loads offline and
-            agrees with the server's, else the server's ``/tokenize``; a name, path or
-            ``PromptTokenizer``: that one, checked the same way; ``"server"``: always the server's.
-        extra_protected: More strings that data may never turn into tokens of their own.
-        **settings: Transport fields of :class:`~rank1_integrations.settings.Rank1Settings`.
+    Construction checks that each server serves ``model`` (None: the only one served) and reads
+    its ``max_model_len``; servers that do not answer then are routed around until they do.
+    ``api_key`` None reads ``RANK1_API_KEY`` then ``VLLM_API_KEY``; ``settings`` are the transport
+    fields of :class:`~rank1_integrations.settings.Rank1Settings`. The arguments and policy:
+    ``docs/remote.md``.
     """
 
     def __init__(
@@ -112,7 +102,7 @@ class RemoteBackend:
             raise
 
     def __repr__(self) -> str:
-        servers = [server.display for server in self._core.servers]
+        servers = self._core.router.servers
         return (
             f"{type(self).__name__}(model={self._core.model!r}, servers={servers}, max_model_len={self._max_model_len})"
         )
@@ -128,10 +118,6 @@ class RemoteBackend:
     @property
     def max_model_len(self) -> int:
         return self._max_model_len
-
-    @property
-    def settings(self) -> Rank1Settings:
-        return self._core.settings
 
     @property
     def router(self) -> Router:
@@ -220,10 +206,10 @@ class RemoteBackend:
             return bytes(await client.get(url, cast_to=bytes, options=options))
         return bytes(await client.post(url, cast_to=bytes, body=dict(call.body), options=options))
 
-    def _client(self, display: str) -> Any:
-        server = self._core.server(display)
+    def _client(self, name: str) -> Any:
+        server = self._core.server(name)
         auth = (server.auth[0], server.auth[1].get_secret_value()) if server.auth else None
-        hook = _body_limit(self._openai, self._core.settings.max_response_bytes, display)
+        hook = _body_limit(self._openai, self._core.settings.max_response_bytes, name)
         api_key = self._core.api_key
         return self._openai.AsyncOpenAI(
             base_url=server.api,
@@ -236,7 +222,7 @@ class RemoteBackend:
 
     async def _discover(self) -> int:
         """Check every server's model list; the smallest ``max_model_len`` of those that answer."""
-        servers = [server.display for server in self._core.servers]
+        servers = self._core.router.servers
         calls = (self._call(self._core.models_call(server)) for server in servers)
         answers = await asyncio.gather(*calls, return_exceptions=True)
         lengths: dict[str, int] = {}

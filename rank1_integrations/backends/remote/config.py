@@ -32,11 +32,6 @@ class ServerURL:
     auth: tuple[str, SecretStr] | None = field(default=None, repr=False)
     """HTTP Basic credentials from the URL: (user, password)."""
 
-    @property
-    def display(self) -> str:
-        """The server's name in logs, errors and ``router.health()``."""
-        return self.api
-
     @classmethod
     def parse(cls, url: str) -> ServerURL:
         if not isinstance(url, str) or not url.strip():

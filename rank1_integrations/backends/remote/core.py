@@ -88,26 +88,24 @@ class RemoteCore:
     """False once a server has rejected ``logprob_token_ids`` (an older vLLM)."""
 
     def __post_init__(self) -> None:
-        displays = [server.display for server in self.servers]
-        if len(set(displays)) != len(displays):
-            raise InvalidInputError(f"the same server is listed twice: {displays}")
+        names = [server.api for server in self.servers]  # in logs, errors and router.health()
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"the same server is listed twice: {names}")
         if self.api_key is not None and any(server.auth for server in self.servers):
             raise InvalidInputError(
                 "give either an API key or credentials in a server URL, not both: both would go in the "
                 "Authorization header"
             )
-        self.router = Router(
-            displays, base_cooldown=self.settings.initial_backoff, max_cooldown=self.settings.max_backoff
-        )
-        self._by_display = {server.display: server for server in self.servers}
+        self.router = Router(names, base_cooldown=self.settings.initial_backoff, max_cooldown=self.settings.max_backoff)
+        self._by_name = dict(zip(names, self.servers, strict=True))
 
     def completion_timeout(self, max_tokens: int) -> float:
         if self.settings.timeout is not None:
             return float(self.settings.timeout)
         return self.settings.base_timeout + self.settings.seconds_per_token * max_tokens
 
-    def server(self, display: str) -> ServerURL:
-        return self._by_display[display]
+    def server(self, name: str) -> ServerURL:
+        return self._by_name[name]
 
     # -- calls ------------------------------------------------------------------------
 

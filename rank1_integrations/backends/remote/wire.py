@@ -9,12 +9,13 @@ when the whole answer is not a vLLM one), never as a ``KeyError``.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
 from rank1_integrations.errors import IncompatibleServerError, MalformedResponseError, ModelOutputError, Rank1Error
@@ -162,28 +163,17 @@ def with_echoed_labels(
             f"{type(echo).__name__}: {echo}"
         )
     choices = {c.get("index"): c for c in echo.get("choices", []) if isinstance(c, dict)}
-    logprobs: list[float] = []
-    for offset, prompt in enumerate(prompts):
-        value = _echoed_last_logprob(choices.get(first_index + offset), prompt)
+    values = [_echoed_last_logprob(choices.get(first_index + i), prompt) for i, prompt in enumerate(prompts)]
+    for value in values:
         if isinstance(value, ModelOutputError):
             return value
-        logprobs.append(value)
-    return Completion(
-        token_ids=completion.token_ids,
-        text=completion.text,
-        finish_reason=completion.finish_reason,
-        stop_reason=completion.stop_reason,
-        final_label_logprobs=(logprobs[0], logprobs[1]),
-    )
+    true, false = cast(list[float], values)
+    return dataclasses.replace(completion, final_label_logprobs=(true, false))
 
 
 def _token_id(token: Any) -> int | None:
-    if isinstance(token, str) and token.startswith(_TOKEN_ID_PREFIX):
-        try:
-            return int(token[len(_TOKEN_ID_PREFIX) :])
-        except ValueError:
-            return None
-    return None
+    number = token[len(_TOKEN_ID_PREFIX) :] if isinstance(token, str) and token.startswith(_TOKEN_ID_PREFIX) else ""
+    return int(number) if number.isascii() and number.isdigit() else None
 
 
 def _parse_choice(choice: Mapping[str, Any], request: CompletionRequest) -> CompletionResult:
