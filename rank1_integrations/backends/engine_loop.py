@@ -130,7 +130,7 @@ class EngineLoop(Generic[RequestT, OutputT]):
                 waiting, self._submitted = self._submitted, []
                 self._driver = None
             for call in waiting:
-                _fail(call, err)
+                _settle(call.future.set_exception, err)
             raise
 
     def _drive_until_idle(self) -> None:
@@ -161,7 +161,7 @@ class EngineLoop(Generic[RequestT, OutputT]):
                 if len(engine_ids) != len(call.requests):
                     raise BackendError(f"the engine took {len(engine_ids)} of {len(call.requests)} requests")
             except BaseException as err:  # only this call's requests were refused
-                _fail(call, err)
+                _settle(call.future.set_exception, err)
                 continue
             call.engine_ids = engine_ids
             call.outputs = [None] * len(engine_ids)
@@ -211,13 +211,9 @@ class EngineLoop(Generic[RequestT, OutputT]):
         engine_ids = list(self._running)
         self._running.clear()
         for call in calls.values():
-            _fail(call, err)
+            _settle(call.future.set_exception, err)
         with contextlib.suppress(Exception):  # best effort: the engine already failed
             self._engine.abort(engine_ids)
-
-
-def _fail(call: _Call[RequestT, OutputT], err: BaseException) -> None:
-    _settle(call.future.set_exception, err)
 
 
 def _settle(setter: Callable[[_ValueT], None], value: _ValueT) -> None:

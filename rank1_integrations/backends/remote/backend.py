@@ -91,8 +91,13 @@ class RemoteBackend:
         self._slots = asyncio.Semaphore(self._core.settings.max_concurrency)
         self._clients: dict[str, Any] = {}  # touched only on the I/O loop
         self._io = _IOLoop()
+
+        async def close_clients(clients: dict[str, Any] = self._clients) -> None:
+            for client in clients.values():
+                await client.close()
+
         # Closes the loop, its thread and the connections even if close() is never called.
-        self._finalizer = weakref.finalize(self, self._io.close, _closer(self._clients))
+        self._finalizer = weakref.finalize(self, self._io.close, close_clients)
         try:
             self._max_model_len = self._io.run(self._discover())
             served = RemoteTokenizer(self._core, self.call, extra_protected=extra_protected)
@@ -341,15 +346,6 @@ class _IOLoop:
 
 def _closed_error() -> BackendError:
     return BackendError("the backend is closed (close() was called): make a new one")
-
-
-def _closer(clients: dict[str, Any]) -> Callable[[], Awaitable[None]]:
-    async def close_clients() -> None:
-        for client in list(clients.values()):
-            await client.close()
-        clients.clear()
-
-    return close_clients
 
 
 def _body_limit(openai: Any, limit: int, server: str) -> Any:

@@ -120,24 +120,17 @@ def _model_ids(body: Any) -> list[Any]:
 
 def parse_completions(body: Mapping[str, Any], requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
     """One result per request from a checked completions answer, matched by choice index."""
-    by_index: dict[int, Any] = {}
-    doubled: set[int] = set()
+    found: list[list[Any]] = [[] for _ in requests]
     for choice in body["choices"]:
         index = choice.get("index") if isinstance(choice, dict) else None
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(requests):
-            continue
-        if index in by_index:
-            doubled.add(index)
-        by_index[index] = choice
-    results: list[CompletionResult] = []
-    for index, request in enumerate(requests):
-        if index in doubled:
-            results.append(ModelOutputError(f"the server returned several choices for prompt {index}"))
-        elif index not in by_index:
-            results.append(ModelOutputError(f"the server returned no choice for prompt {index}"))
-        else:
-            results.append(_parse_choice(by_index[index], request))
-    return results
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(requests):
+            found[index].append(choice)
+    return [
+        _parse_choice(choices[0], request)
+        if len(choices) == 1
+        else ModelOutputError(f"the server returned {'several choices' if choices else 'no choice'} for prompt {i}")
+        for i, (choices, request) in enumerate(zip(found, requests, strict=True))
+    ]
 
 
 def needs_label_fallback(request: CompletionRequest, completion: Completion) -> bool:
@@ -220,16 +213,9 @@ def _parse_choice(choice: Mapping[str, Any], request: CompletionRequest) -> Comp
 
 def _label_logprobs(position: Any, labels: tuple[int, int]) -> tuple[float, float] | None:
     """The two labels' log-probabilities, keyed by token id (``"token_id:N"``), never by decoded text."""
-    if not isinstance(position, dict):
-        return None
-    by_id: dict[int, float] = {}
-    for key, value in position.items():
-        token_id = _token_id(key)
-        if token_id is not None and isinstance(value, int | float) and not isinstance(value, bool):
-            by_id[token_id] = float(value)
-    if labels[0] not in by_id or labels[1] not in by_id:
-        return None
-    return by_id[labels[0]], by_id[labels[1]]
+    items = position.items() if isinstance(position, dict) else ()
+    by_id = {_token_id(k): float(v) for k, v in items if isinstance(v, int | float) and not isinstance(v, bool)}
+    return (by_id[labels[0]], by_id[labels[1]]) if labels[0] in by_id and labels[1] in by_id else None
 
 
 def _echoed_last_logprob(choice: Any, prompt: Sequence[int]) -> float | ModelOutputError:
