@@ -125,6 +125,10 @@ class RemoteBackend:
         return self._max_model_len
 
     @property
+    def settings(self) -> Rank1Settings:
+        return self._core.settings
+
+    @property
     def router(self) -> Router:
         """Where requests go, and each server's health (``router.health()``, for monitoring)."""
         return self._core.router
