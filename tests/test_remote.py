@@ -32,7 +32,7 @@ from rank1_integrations import (
     ServerTimeoutError,
 )
 from rank1_integrations.backends.base import Backend, Completion, CompletionRequest
-from rank1_integrations.backends.remote.backend import RemoteBackend, http_library
+from rank1_integrations.backends.remote.backend import RemoteBackend, http_library, translate_error
 from rank1_integrations.backends.remote.config import ServerURL, redact_url, resolve_api_key
 from rank1_integrations.backends.remote.core import HttpCall, RemoteCore
 from rank1_integrations.backends.remote.routing import Router
@@ -557,7 +557,6 @@ def test_urls_are_split_and_redacted() -> None:
     url = ServerURL.parse("https://user:p%40ss@gpu-1:8443/prefix/v1/")
     assert url.api == "https://gpu-1:8443/prefix/v1"  # credentials go nowhere but the Basic auth header
     assert url.root == "https://gpu-1:8443/prefix"
-    assert url.display == "https://gpu-1:8443/prefix/v1"
     assert url.auth is not None
     assert (url.auth[0], url.auth[1].get_secret_value()) == ("user", "p@ss")
     assert "p@ss" not in repr(url)
@@ -668,18 +667,18 @@ def test_library_errors_are_translated_without_secrets() -> None:
     request = http.Request("POST", "http://127.0.0.1:1/v1/completions", headers={"Authorization": f"Bearer {SECRET}"})
     body = {"error": {"message": f"bad key {SECRET}"}}
     response = http.Response(401, json=body, request=request, headers={"retry-after": "3"})
-    status = core.translate_error(openai.AuthenticationError("denied", response=response, body=body), server, call)
+    status = translate_error(core, openai.AuthenticationError("denied", response=response, body=body), server, call)
     assert isinstance(status, ServerStatusError)
     assert status.status == 401
     assert status.retry_after == 3.0
     assert SECRET not in str(status)
-    assert isinstance(core.translate_error(openai.APITimeoutError(request=request), server, call), ServerTimeoutError)
-    connection = core.translate_error(openai.APIConnectionError(request=request), server, call)
+    assert isinstance(translate_error(core, openai.APITimeoutError(request=request), server, call), ServerTimeoutError)
+    connection = translate_error(core, openai.APIConnectionError(request=request), server, call)
     assert type(connection) is ServerConnectionError
     assert connection.server == server
     # Not a transport or HTTP failure: not translated (so never blamed on the server).
     for ours in (ValueError("a bug"), ModuleNotFoundError("No module named 'x'"), RuntimeError("client closed")):
-        assert core.translate_error(ours, server, call) is None
+        assert translate_error(core, ours, server, call) is None
 
 
 def test_completions_are_matched_by_index_and_checked() -> None:

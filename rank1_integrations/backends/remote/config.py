@@ -32,11 +32,6 @@ class ServerURL:
     auth: tuple[str, SecretStr] | None = field(default=None, repr=False)
     """HTTP Basic credentials from the URL: (user, password)."""
 
-    @property
-    def display(self) -> str:
-        """The server's name in logs, errors and ``router.health()``."""
-        return self.api
-
     @classmethod
     def parse(cls, url: str) -> ServerURL:
         if not isinstance(url, str) or not url.strip():
@@ -52,8 +47,7 @@ class ServerURL:
             )
         if parts.query or parts.fragment:
             raise InvalidInputError(f"server URL {redact_url(url)!r} must not have a query string or fragment")
-        path = parts.path.rstrip("/")
-        root_path = path[: -len("/v1")] if path.endswith("/v1") else path
+        root_path = parts.path.rstrip("/").removesuffix("/v1")
         netloc = _netloc(parts.hostname, port)
         auth = None
         if parts.username is not None or parts.password is not None:
