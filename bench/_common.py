@@ -122,9 +122,9 @@ def model_path(model: str) -> str:
 
         return str(build_random_model(CACHE / "random"))
     if model == "smollm2":
-        from rank1_integrations.offline_models import smollm2_checkpoint
+        from scripts.offline_model import smollm2_checkpoint
 
-        return str(smollm2_checkpoint(say=print))
+        return str(smollm2_checkpoint())
     return model
 
 

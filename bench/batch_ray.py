@@ -29,11 +29,12 @@ from bench.batch_scaling import synthetic
 
 def child(args: argparse.Namespace, variant: str) -> None:
     """One variant in this (fresh) process; the last stdout line is its JSON."""
-    from rank1_integrations.batch import EmbeddedEngine, RayEngine, rerank_run
+    from rank1_integrations.batch import RayEngine, rerank_run
+    from rank1_integrations.settings import Rank1Settings
 
     paths = {name: Path(getattr(args, name)) for name in ("run", "corpus", "queries")}
-    rerankers = EmbeddedEngine(
-        model_path(args.model), max_reasoning_tokens=args.budget, engine_kwargs=engine_kwargs(args)
+    rerankers = Rank1Settings(
+        model=model_path(args.model), max_reasoning_tokens=args.budget, engine_args=engine_kwargs(args)
     )
     engine = (
         rerankers

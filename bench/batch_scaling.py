@@ -85,26 +85,20 @@ def synthetic(directory: Path, pairs: int, depth: int, passage_chars: int, seed:
     return paths
 
 
-def tokenizer() -> Any:
-    from transformers import AutoTokenizer
-
-    from rank1_integrations.core.tokenization import HFPromptTokenizer
+def tokenizer() -> str:
     from tests.models.tiny_models import build_tokenizer
 
-    return HFPromptTokenizer(AutoTokenizer.from_pretrained(str(build_tokenizer(CACHE / "tokenizer"))))
+    return str(build_tokenizer(CACHE / "tokenizer"))
 
 
 def rerank(paths: dict[str, Path], urls: list[str], capacity: int, depth: int, work: Path) -> Any:
     """One run into a fresh judgments file; its summary."""
     from bench._fake_vllm import MODEL
-    from rank1_integrations.batch import ServerEngine, rerank_run
+    from rank1_integrations.batch import rerank_run
+    from rank1_integrations.settings import Rank1Settings
 
-    engine = ServerEngine(
-        urls,
-        MODEL,
-        max_reasoning_tokens=64,
-        concurrency_per_server=capacity,
-        backend_kwargs={"tokenizer": tokenizer()},
+    engine = Rank1Settings(
+        servers=urls, model=MODEL, max_reasoning_tokens=64, max_concurrency=capacity * len(urls), tokenizer=tokenizer()
     )
     with tempfile.TemporaryDirectory(dir=work) as scratch:
         result = rerank_run(
@@ -216,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows,
         note="Judging time is the run's judging phase (after its inputs are indexed and checked). "
         f"Ideal = servers x capacity / latency. {args.capacity} requests in flight per server "
-        "(ServerEngine.concurrency_per_server), a window of twice that. 'Server slots busy' is the servers' busy "
+        "(max_concurrency / servers), a window of twice that. 'Server slots busy' is the servers' busy "
         "time over servers x capacity x judging time; 'client CPU' is this process's (all threads) per pair.",
     )
 

@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         last_judgments, _, _, last_passages = next(iter(remote.values()))[-1].result
         scores = [j.score for j in last_judgments]
         for backend in backends:
-            loop.run_until_complete(backend.aclose())
+            backend.close()
     finally:
         for server in servers:
             server.stop()  # the embedded engine gets the machine to itself

@@ -29,8 +29,8 @@ from langchain_core.prompts import PromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
 
+from rank1_integrations.adapters.context import ANSWER_WITH_SOURCES_PROMPT, ContextSource
 from rank1_integrations.adapters.langchain import Rank1Rerank, format_documents
-from rank1_integrations.adapters.selection import ANSWER_WITH_SOURCES_PROMPT, ContextSource
 
 QUESTION = "How do I turn a Python dict into a JSON string with sorted keys and indentation?"
 

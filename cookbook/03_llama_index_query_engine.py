@@ -22,8 +22,8 @@ from _shared import BM25, parser, print_cited_answer, resolve, stdlib_corpus
 from llama_index.core.query_engine import CitationQueryEngine
 from llama_index.core.schema import MetadataMode
 
+from rank1_integrations.adapters.context import ContextSource
 from rank1_integrations.adapters.llama_index import Rank1Rerank
-from rank1_integrations.adapters.selection import ContextSource
 
 QUESTION = "How can I remove a whole directory tree, including the files in it?"
 

@@ -3,7 +3,7 @@
 Inputs are the usual formats: a TREC run (``qid Q0 docid rank score tag``, e.g. BM25 top-100
 from Pyserini), TREC qrels, and BEIR-style ``corpus.jsonl`` (``_id``, ``title``, ``text``)
 and ``queries.jsonl`` (``_id``, ``text``). The batch runner (``rerank_run``, the library
-behind ``rank1-rerank-run``; see ``docs/batch.md``) judges the top ``--depth`` documents
+behind ``rank1 run``; see ``docs/batch.md``) judges the top ``--depth`` documents
 of every query, reorders them by rank1's score (ties keep the first-stage order; documents
 below the depth keep theirs), writes the reranked TREC run and rank1's judgments (score,
 verdict, reasoning for every pair), and both runs are scored with ir-measures. The
@@ -15,7 +15,7 @@ To check the paper's numbers on a GPU (BEIR with the paper's dataset prompts)::
         --qrels trec-covid/qrels/test.qrels --corpus trec-covid/corpus.jsonl \\
         --queries trec-covid/queries.jsonl --depth 100 --template TRECCOVID
 
-or the same with ``rank1-rerank-run`` (``--eval`` for the qrels), which also runs on vLLM
+or the same with ``rank1 run`` (``--eval`` for the qrels), which also runs on vLLM
 servers and Ray. Without arguments it uses the tiny set shipped in ``cookbook/data``
 (stdlib docstrings; see ``data/make_tiny.py``). With the offline stand-in (SmolLM2, not
 rank1) the reranked numbers say nothing about rank1; they show the pipeline working.

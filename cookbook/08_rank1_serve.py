@@ -1,8 +1,8 @@
-"""rank1-serve: rank1 behind LangChain's and LlamaIndex's Cohere rerankers, by changing only the base URL.
+"""rank1 serve: rank1 behind LangChain's and LlamaIndex's Cohere rerankers, by changing only the base URL.
 
-Prints the set-ups (no options): one ``rank1-serve`` per GPU (each with its own embedded
-engine), or one ``rank1-serve --upstream ...`` gateway in front of several vLLM servers.
-With ``--url`` it reranks through a running rank1-serve; with ``--launch`` it starts one
+Prints the set-ups (no options): one ``rank1 serve`` per GPU (each with its own embedded
+engine), or one ``rank1 serve --server ...`` gateway in front of several vLLM servers.
+With ``--url`` it reranks through a running rank1 serve; with ``--launch`` it starts one
 here on ``--model`` (on CPU, or offline, the SmolLM2 stand-in, which is not rank1) and
 stops it at the end::
 
@@ -12,7 +12,7 @@ stops it at the end::
 
 The pipelines are the frameworks' own Cohere ones: LangChain's ``ContextualCompressionRetriever``
 with ``langchain_cohere.CohereRerank`` and LlamaIndex's ``CohereRerank`` postprocessor. Pointed
-at rank1-serve (``base_url``, ``model``: the served name) they rank with rank1; the Cohere SDK
+at rank1 serve (``base_url``, ``model``: the served name) they rank with rank1; the Cohere SDK
 call at the end shows the fields those wrappers drop: rank1's verdict and reasoning.
 """
 
@@ -35,19 +35,19 @@ import rank1_integrations
 from rank1_integrations.core.rationale import rationale
 
 QUERY = "How do I run a shell command from Python and capture what it prints?"
-SETUPS = """# One rank1-serve per GPU: each owns its GPU's engine; put your load balancer in front.
-CUDA_VISIBLE_DEVICES=0 rank1-serve --model jhu-clsp/rank1-7b --served-model-name rank1-7b --host 0.0.0.0 --port 8080 \\
-    --api-key-env RANK1_SERVE_API_KEY --max-model-len 16384 --gpu-memory-utilization 0.9
-CUDA_VISIBLE_DEVICES=1 rank1-serve --model jhu-clsp/rank1-7b --served-model-name rank1-7b --host 0.0.0.0 --port 8081 \\
-    --api-key-env RANK1_SERVE_API_KEY --max-model-len 16384 --gpu-memory-utilization 0.9
+SETUPS = """# One rank1 serve per GPU: each owns its GPU's engine; put your load balancer in front.
+CUDA_VISIBLE_DEVICES=0 rank1 serve --model jhu-clsp/rank1-7b --model-name rank1-7b --host 0.0.0.0 --port 8080 \\
+    --serve-api-key-env RANK1_SERVE_API_KEY --engine-arg max_model_len=16384 --engine-arg gpu_memory_utilization=0.9
+CUDA_VISIBLE_DEVICES=1 rank1 serve --model jhu-clsp/rank1-7b --model-name rank1-7b --host 0.0.0.0 --port 8081 \\
+    --serve-api-key-env RANK1_SERVE_API_KEY --engine-arg max_model_len=16384 --engine-arg gpu_memory_utilization=0.9
 
 # Or a gateway (no GPU, no vLLM, no torch) in front of vLLM servers, one per GPU:
 CUDA_VISIBLE_DEVICES=0 python -m vllm.entrypoints.openai.api_server --model jhu-clsp/rank1-7b \\
     --served-model-name rank1-7b --port 8000 --enable-tokenizer-info-endpoint --max-model-len 16384
 CUDA_VISIBLE_DEVICES=1 python -m vllm.entrypoints.openai.api_server --model jhu-clsp/rank1-7b \\
     --served-model-name rank1-7b --port 8001 --enable-tokenizer-info-endpoint --max-model-len 16384
-rank1-serve --upstream http://gpu-box:8000/v1 --upstream http://gpu-box:8001/v1 --model rank1-7b \\
-    --host 0.0.0.0 --port 8080 --api-key-env RANK1_SERVE_API_KEY
+rank1 serve --server http://gpu-box:8000/v1 --server http://gpu-box:8001/v1 --model rank1-7b \\
+    --host 0.0.0.0 --port 8080 --serve-api-key-env RANK1_SERVE_API_KEY
 
 # Clients: only the base URL (and the model name) change.
 #   LangChain:  CohereRerank(base_url="http://rank1-host:8080", model="rank1-7b", cohere_api_key=KEY, top_n=3)
@@ -57,16 +57,15 @@ HEALTH_TIMEOUT = 600.0
 
 
 def launch(args, log: Path) -> tuple[subprocess.Popen, str, str, str]:
-    """rank1-serve on a free loopback port, the resolved model (offline stand-in where rank1 is missing)."""
+    """rank1 serve on a free loopback port, the resolved model (offline stand-in where rank1 is missing)."""
     setup = resolve(args)
     key = secrets.token_urlsafe(16)  # the demo's own key, handed over in the environment, never on a command line
     name, port = "rank1-demo", free_port()
-    command = [sys.executable, "-m", "rank1_integrations.serve", "--model", setup.model.path, "--port", str(port)]
-    command += ["--served-model-name", name, "--max-reasoning-tokens", str(setup.budget)]
+    command = [sys.executable, "-m", "rank1_integrations", "serve", "--model", setup.model.path, "--port", str(port)]
+    command += ["--model-name", name, "--max-reasoning-tokens", str(setup.budget)]
     if setup.context:
-        command += ["--max-model-len", str(setup.context)]
-    if setup.cpu:
-        command += ["--dtype", "float32", "--enforce-eager"]
+        command += ["--context-size", str(setup.context)]  # also the engine's max_model_len
+    # on CPU, rank1 serve gives the engine its CPU defaults (float32, eager) itself
     # the same rank1_integrations as this process (a checkout, or the installed package)
     package_root = str(Path(rank1_integrations.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
@@ -82,13 +81,13 @@ def launch(args, log: Path) -> tuple[subprocess.Popen, str, str, str]:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
-                    print(f"rank1-serve healthy after {time.monotonic() - started:.0f} s: {url} (model {name!r})")
+                    print(f"rank1 serve healthy after {time.monotonic() - started:.0f} s: {url} (model {name!r})")
                     return process, url, name, key
         except OSError:
             time.sleep(0.5)
     stop(process)
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-    raise SystemExit(f"rank1-serve did not become healthy; last lines of {log}:\n{tail}")
+    raise SystemExit(f"rank1 serve did not become healthy; last lines of {log}:\n{tail}")
 
 
 def free_port() -> int:
@@ -150,8 +149,8 @@ def rerank_everywhere(url: str, name: str, key: str, k: int, top_n: int) -> None
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--launch", action="store_true", help="start rank1-serve here on --model, rerank, stop it")
-    p.add_argument("--url", help="a running rank1-serve (its key from RANK1_SERVE_API_KEY)")
+    p.add_argument("--launch", action="store_true", help="start rank1 serve here on --model, rerank, stop it")
+    p.add_argument("--url", help="a running rank1 serve (its key from RANK1_SERVE_API_KEY)")
     p.add_argument("--served-name", default="rank1-7b", help="with --url: the model name it serves")
     p.add_argument("--k", type=int, default=6, help="BM25 hits to rerank")
     p.add_argument("--top-n", type=int, default=3)
@@ -167,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             rerank_everywhere(url, name, key, args.k, args.top_n)
         finally:
-            note("Stopping rank1-serve (SIGTERM) ...")
+            note("Stopping rank1 serve (SIGTERM) ...")
             stop(process)
     return 0
 

@@ -17,7 +17,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from rank1_integrations.adapters.selection import ANSWER_WITH_SOURCES_PROMPT
+from rank1_integrations.adapters.context import ANSWER_WITH_SOURCES_PROMPT
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "user"}
 

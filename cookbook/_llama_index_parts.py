@@ -22,7 +22,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from rank1_integrations.adapters.selection import ANSWER_WITH_SOURCES_PROMPT
+from rank1_integrations.adapters.context import ANSWER_WITH_SOURCES_PROMPT
 
 
 class BM25NodeRetriever(BaseRetriever):

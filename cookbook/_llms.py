@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from _shared import Setup, note
 
 from rank1_integrations import Rank1Reranker
-from rank1_integrations.offline_models import SMOLLM2_NAME, smollm2_checkpoint
+from rank1_integrations.cli.models import SMOLLM2 as SMOLLM2_NAME
+from rank1_integrations.cli.models import offline_model_dir
 
 URL_ENV, MODEL_ENV, KEY_ENV = "RANK1_COOKBOOK_LLM_BASE_URL", "RANK1_COOKBOOK_LLM_MODEL", "RANK1_COOKBOOK_LLM_API_KEY"
 SMALL_MODEL_NOTE = "a 135M model: expect poor answers; the point is the pipeline and rank1's citations"
@@ -106,7 +107,7 @@ def answer_backend(args: argparse.Namespace, setup: Setup, reranker: Rank1Rerank
 
         note(f"Starting a second vLLM engine for the answer LLM ({SMOLLM2_NAME}) ...")
         engine = dict(setup.engine) if setup.cpu else {"gpu_memory_utilization": 0.1}
-        llm = vllm.LLM(model=str(smollm2_checkpoint(say=note)), max_model_len=4096, **engine)
+        llm = vllm.LLM(model=str(offline_model_dir()), max_model_len=4096, **engine)
         backend = EngineChat(llm, f"{SMOLLM2_NAME} run by vLLM ({SMALL_MODEL_NOTE}; set --llm-base-url)")
     if args.max_answer_tokens is None:
         args.max_answer_tokens = 96 if setup.cpu else 512

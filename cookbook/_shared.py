@@ -17,11 +17,12 @@ import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from rank1_integrations import DEFAULT_MAX_REASONING_TOKENS, Judgment, Rank1Reranker, demo
-from rank1_integrations.adapters.selection import ContextSource
-from rank1_integrations.offline_models import ResolvedModel, resolve_model
+from rank1_integrations import DEFAULT_MAX_REASONING_TOKENS, Judgment, Rank1Error, Rank1Reranker
+from rank1_integrations.adapters.context import ContextSource
+from rank1_integrations.cli import models
 
 DEFAULT_MODEL = "jhu-clsp/rank1-7b"
 MODEL_ENV = "RANK1_COOKBOOK_MODEL"
@@ -63,11 +64,38 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def prepare_environment(verbose: bool = False) -> bool:
-    """The demo's vLLM environment (before vLLM is imported); returns whether vLLM runs on CPU."""
-    cpu = demo.prepare_environment(verbose)
+    """vLLM's environment (before vLLM is imported), as ``rank1 rerank`` sets it; returns whether vLLM runs on CPU."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # keep stdout for results
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if verbose else "ERROR")
+    cpu = models.on_cpu()
     if cpu:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        for key, value in {**models.CPU_ENV, "TOKENIZERS_PARALLELISM": "false"}.items():
+            os.environ.setdefault(key, value)
     return cpu
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model folder vLLM can load, and what it is."""
+
+    path: str
+    name: str
+    fallback: bool = False
+
+
+def resolve_model(model: str, *, fallback: bool) -> ResolvedModel:
+    """A local folder as is; a Hugging Face id from the cache or hub; else the offline stand-in, as ``rank1 rerank``."""
+    if Path(model).expanduser().is_dir():
+        return ResolvedModel(str(Path(model).expanduser().resolve()), model)
+    try:
+        path, why, stand_in = models.default_model(model)
+    except Rank1Error as error:
+        sys.exit(f"error: {error}")
+    if stand_in and not fallback:
+        sys.exit(f"error: {why.split(': using')[0]}")
+    if stand_in:
+        note(why)
+    return ResolvedModel(path, models.SMOLLM2 if stand_in else model, stand_in)
 
 
 @dataclass
@@ -111,11 +139,9 @@ _ENGINES: dict[tuple[Any, ...], Any] = {}
 
 
 def resolve(args: argparse.Namespace) -> Setup:
-    """Find the model (falling back offline exactly as ``rank1-rerank`` does) and size the run."""
+    """Find the model (falling back offline exactly as ``rank1 rerank`` does) and size the run."""
     cpu = prepare_environment(args.verbose)
-    model = resolve_model(args.model, fallback=not args.no_fallback, say=note)
-    if model.fallback:
-        note(model.source)
+    model = resolve_model(args.model, fallback=not args.no_fallback)
     small = cpu or model.fallback
     budget = args.max_reasoning_tokens or (CPU_BUDGET if small else DEFAULT_MAX_REASONING_TOKENS)
     context = args.context_size or (max(CPU_CONTEXT, budget + 1024) if cpu else None)

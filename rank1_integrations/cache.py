@@ -1,7 +1,7 @@
 """Result caches: a chatbot that asks again about the same passage must not reason again.
 
 A judgment depends on the model, the relevance template, the query, the passage, the
-reasoning budget and the context size; the key covers all of them. Only judged
+reasoning budget, the context size and the reasoning effort; the key covers all of them. Only judged
 passages are stored, never failures.
 
 A cache may only ever cost a miss: the reranker reads and writes through
@@ -29,16 +29,26 @@ __all__ = ["DiskCache", "GuardedCache", "JudgmentCache", "MemoryCache", "cache_k
 
 logger = logging.getLogger("rank1_integrations.cache")
 
-_KEY_VERSION = 1
+_KEY_VERSION = 2
 _FIELDS = frozenset(field.name for field in dataclasses.fields(Judgment))
 
 
 def cache_key(
-    *, model: str, template: str | None, query: str, passage: str, max_reasoning_tokens: int, context_size: int
+    *,
+    model: str,
+    template: str | None,
+    query: str,
+    passage: str,
+    max_reasoning_tokens: int | None,
+    context_size: int,
+    how: Sequence[object] = ("full",),
 ) -> str:
-    """A stable digest of everything a judgment depends on."""
+    """A stable digest of everything a judgment depends on.
+
+    ``how``: the effort and what it depends on (no-think: the prefill, and no budget).
+    """
     material = json.dumps(
-        [_KEY_VERSION, model, template, query, passage, max_reasoning_tokens, context_size], ensure_ascii=False
+        [_KEY_VERSION, model, template, query, passage, max_reasoning_tokens, context_size, *how], ensure_ascii=False
     )
     return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
@@ -60,6 +70,8 @@ def is_cacheable(judgment: Any) -> bool:
         and not isinstance(tokens, bool)
         and tokens >= 0
         and isinstance(judgment.truncated, bool)
+        and isinstance(judgment.reasoning_effort, str)
+        and isinstance(judgment.reasoned, bool)
         and judgment.error is None
     )
 

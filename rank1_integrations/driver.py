@@ -75,7 +75,6 @@ class CallDriver:
         self._submissions: list[Future[Any]] = []
         self._pending = 0
         self._follow_ups: list[tuple[int, CompletionRequest]] = []
-        self._final: list[int] = []
 
     @property
     def done(self) -> bool:
@@ -107,22 +106,20 @@ class CallDriver:
             return
         index, result = item
         follow_up = self._plan.run.take(index, result)
-        if follow_up is None:
-            self._final.append(index)
-        else:
+        if follow_up is not None:
             self._follow_ups.append((index, follow_up))
 
     def flush(self) -> list[Handed]:
         """Send the requests that became due (one submission); the judgments that became final."""
-        due, self._follow_ups = self._follow_ups, []
+        released, final = self._plan.run.drain()
+        due, self._follow_ups = self._follow_ups + released, []
         if due:
             self._send(due)
-        final, self._final = self._final, []
-        handed = [(self._plan.fresh[i], j) for i in final if (j := self._plan.handed_over(i, self._on_failure))]
-        judged = {self._plan.keys[pos]: j for pos, j in handed if j.judged and pos in self._plan.keys}
-        if self._cache is not None and judged:
-            self._cache.put_many(judged)
-        return handed
+        handed = [(i, j) for i in final if (j := self._plan.handed_over(i, self._on_failure))]
+        keyed = {key: j for i, j in handed if (key := self._plan.store_key(i, j))}
+        if self._cache is not None and keyed:
+            self._cache.put_many(keyed)
+        return [(self._plan.fresh[i], j) for i, j in handed]
 
     def cancel(self) -> None:
         """Abort whatever the call still has in the backend."""
@@ -135,9 +132,7 @@ class CallDriver:
 
     def _begin(self, index: int, prompt: PreparedPrompt | Rank1Error) -> None:
         request = self._plan.run.begin(index, prompt)
-        if request is None:
-            self._final.append(index)
-        else:
+        if request is not None:
             self._follow_ups.append((index, request))
 
     def _build(self, index: int) -> None:  # on a builder's thread

@@ -94,7 +94,9 @@ class Rank1Reranker:
         return self.settings.on_failure
 
     @classmethod
-    def from_settings(cls, settings: Rank1Settings | None = None, **changes: Any) -> Rank1Reranker:
+    def from_settings(
+        cls, settings: Rank1Settings | None = None, *, cache: JudgmentCache | bool = True, **changes: Any
+    ) -> Rank1Reranker:
         """A reranker on what ``settings`` names: vLLM servers (``servers``) or an embedded engine (``model``).
 
         ``settings`` default: ``Rank1Settings()`` (``RANK1_*`` environment variables, then defaults);
@@ -122,7 +124,7 @@ class Rank1Reranker:
                 engine_args.setdefault("max_model_len", settings.context_size)
             backend = VLLMEngineBackend.load(settings.model, progress=settings.progress, **engine_args)
         try:
-            return cls(backend, settings)
+            return cls(backend, settings, cache=cache)
         except BaseException:
             close = getattr(backend, "close", None)
             if callable(close) and settings.servers:
@@ -130,7 +132,14 @@ class Rank1Reranker:
             raise
 
     @classmethod
-    def from_vllm(cls, model: str, *, settings: Rank1Settings | None = None, **changes: Any) -> Rank1Reranker:
+    def from_vllm(
+        cls,
+        model: str,
+        *,
+        settings: Rank1Settings | None = None,
+        cache: JudgmentCache | bool = True,
+        **changes: Any,
+    ) -> Rank1Reranker:
         """A reranker on an embedded ``vllm.LLM``: settings as keywords; any other keyword is a vLLM
         engine argument (``Rank1Reranker.from_vllm(model, max_reasoning_tokens=512, dtype="float32")``).
 
@@ -195,14 +204,19 @@ class Rank1Reranker:
         """The key of this passage's judgment: equal keys mean the same judgment (cache, shared work)."""
         return self._key(self.settings.judging(**changes), query, passage)
 
-    def _key(self, settings: Rank1Settings, query: str, passage: str) -> str:
+    def _key(self, settings: Rank1Settings, query: str, passage: str, effort: str | None = None) -> str:
+        effort = effort or settings.reasoning_effort
+        how: tuple[object, ...] = (effort,) if effort == "full" else (effort, settings.no_think_prefill)
+        if effort == "adaptive":
+            how += (settings.adaptive_margin, settings.adaptive_center, settings.adaptive_top_k)
         return cache_key(
             model=self.backend.model_name,
             template=resolve_template(settings.template),
             query=query,
             passage=passage,
-            max_reasoning_tokens=settings.max_reasoning_tokens,
+            max_reasoning_tokens=settings.max_reasoning_tokens if effort != "none" else None,
             context_size=self.context_size,
+            how=how,
         )
 
     def judge(self, query: str, passages: Sequence[str], **changes: Any) -> list[Judgment]:
@@ -263,10 +277,15 @@ class Rank1Reranker:
         return CallDriver(plan, self.backend, on_failure=self.on_failure, cache=self._cache, builders=self._builders)
 
     def _builder_for(self, settings: Rank1Settings) -> PromptBuilder:
+        template = resolve_template(settings.template)
+        room = settings.max_reasoning_tokens
+        if settings.reasoning_effort == "none":  # no reasoning: the passage may take the budget's room
+            whole = PromptBuilder(self.backend.tokenizer, template=template, max_prompt_tokens=self.context_size)
+            room = whole.no_think_room(settings.no_think_prefill)
         return PromptBuilder(
             self.backend.tokenizer,
-            template=resolve_template(settings.template),
-            max_prompt_tokens=self.context_size - settings.max_reasoning_tokens,
+            template=template,
+            max_prompt_tokens=self.context_size - room,
             context_size=self.context_size,
         )
 
@@ -278,9 +297,9 @@ class Rank1Reranker:
             batches,
             self._builder_for(settings),
             label_token_ids=self.label_token_ids,
-            max_reasoning_tokens=settings.max_reasoning_tokens,
+            settings=settings,
             cache=self._cache,
-            key_for=lambda query, passage: self._key(settings, query, passage),
+            key_for=lambda query, passage, effort: self._key(settings, query, passage, effort),
         )
         # A tokenizer that costs a round trip per text builds prompts on a pool, while the
         # first requests already run; any other builds them all here, ahead.

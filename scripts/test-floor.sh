@@ -59,7 +59,7 @@ PY
 
 export RANK1_TEST_ENGINE_PYTHON="$engine_python" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 status=0
-# rank1-serve and the batch runner stand on their own extras (serve, ray, eval), which this
+# rank1 serve and rank1 run stand on their own extras (serve, ray, eval), which this
 # job does not install: their tests run in the main job only.
 "$floor/bin/python" -m pytest -m "not embedded" --ignore-glob='tests/test_serve*' --ignore-glob='tests/test_batch*' "$@" \
   || status=$?

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from rank1_integrations import Judgment, Rank1Reranker
 from rank1_integrations.backends.base import Backend, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.errors import BackendError
+from rank1_integrations.settings import Rank1Settings
 from tests.conftest import IN_PROCESS_ENGINE, SCRIPTED_BUDGET
 from tests.models.tiny_models import (
     JOIN_PASSAGE,
@@ -129,14 +130,14 @@ def scripted_server_reranker(scripted_server: VLLMServer) -> Iterator[Rank1Reran
     remote.close()
 
 
-def with_one_secret(kind: str, server: VLLMServer, *, api_key: str, url_password: str) -> tuple[str, dict[str, object]]:
-    """``(base_url, reranker_kwargs)`` built as users do, with one kind of secret (the remote backend
-    takes one or the other): the API key among the reranker's arguments, or credentials in the URL."""
+def with_one_secret(kind: str, server: VLLMServer, *, api_key: str, url_password: str) -> Rank1Settings:
+    """Settings for the scripted server with one kind of secret (the remote backend takes one or
+    the other): an API key, or credentials in the server URL."""
     host = f"127.0.0.1:{server.port}"
-    kwargs: dict[str, object] = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
+    given: dict[str, object] = {"model": server.model, "max_reasoning_tokens": SCRIPTED_BUDGET, "cache_entries": 0}
     if kind == "api_key":
-        return f"http://{host}/v1", {**kwargs, "api_key": api_key}
-    return f"http://rank1:{url_password}@{host}/v1", kwargs
+        return Rank1Settings(servers=(f"http://{host}/v1",), api_key=api_key, **given)
+    return Rank1Settings(servers=(f"http://rank1:{url_password}@{host}/v1",), **given)
 
 
 @pytest.fixture
@@ -156,7 +157,11 @@ BAD_SETTINGS = [
     ({"score_threshold": True}, "valid number"),
     ({"score_threshold": "0.5"}, "valid number"),
     ({"template": "no marker"}, "FILL_QUERY_HERE"),
+    ({"max_reasoning_tokens": 0}, "greater than or equal to 1"),
+    ({"max_reasoning_tokens": True}, "valid integer"),
+    ({"reasoning_effort": "some"}, "'full', 'none' or 'adaptive'"),
     ({"empty_text": "drop"}, "empty_text"),
+    ({"settings": Rank1Settings(model="m")}, "not both"),
     ({"topn": 3}, "Extra inputs are not permitted"),
 ]
 """Settings both adapters refuse on construction (pydantic's ``ValidationError``), with the message."""
@@ -169,10 +174,10 @@ REFUSED_ASSIGNMENTS = [
     ("score_threshold", 1.5, "less than or equal to 1"),
     ("template", "no marker", "FILL_QUERY_HERE"),
     ("empty_text", "drop", "empty_text"),
-    ("model", "other/model", "frozen"),
-    ("base_url", "http://127.0.0.1:9/v1", "frozen"),
-    ("api_key", "k", "frozen"),
-    ("reranker_kwargs", {"cache": False}, "frozen"),
+    ("max_reasoning_tokens", 0, "greater than or equal to 1"),
+    ("reasoning_effort", "some", "'full', 'none' or 'adaptive'"),
+    ("reranker", None, "frozen"),
+    ("settings", Rank1Settings(model="m"), "frozen"),
 ]
 """Assignments both adapters refuse after construction with ``top_n=1, min_keep=1``."""
 

@@ -1,5 +1,5 @@
 """Shared by the batch runner tests: run sets built from the cookbook's tiny BEIR set, output comparison,
-and running ``rank1-rerank-run`` as a process that can be killed."""
+and running ``rank1 run`` as a process that can be killed."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def complete_judged_pairs(path: Path) -> set[tuple[str, str]]:
 
 
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "rank1_integrations.batch.cli", *args]
+    return [sys.executable, "-m", "rank1_integrations", "run", *args]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

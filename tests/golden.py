@@ -200,7 +200,7 @@ def model_folder(name: str, cache: Path) -> Path:
         from tests.models.families import build_chaos_model
 
         return build_chaos_model(cache / "chaos")
-    from rank1_integrations.offline_models import smollm2_checkpoint
+    from scripts.offline_model import smollm2_checkpoint
 
     return smollm2_checkpoint(Path(os.environ.get("RANK1_CACHE_DIR", cache / "offline")) / "smollm2-135m-instruct")
 

@@ -1,5 +1,5 @@
 """rank1-serve under test: the app on a free loopback port, in a thread of the test process or as a
-real ``rank1-serve`` process (``python -m rank1_integrations.serve``)."""
+real ``rank1 serve`` process (``python -m rank1_integrations serve``)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ REPORTING_LAUNCHER = (
     "heavy = lambda: sorted(m for m in ('torch', 'vllm') if m in sys.modules)\n"
     "# uvicorn re-raises the SIGTERM it handled once it has shut down: report, then exit 0\n"
     "signal.signal(signal.SIGTERM, lambda *_: sys.exit(print('heavy modules at exit:', heavy(), flush=True)))\n"
-    "from rank1_integrations.serve.cli import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
+    "from rank1_integrations.cli import main\n"
+    "sys.exit(main(['serve', *sys.argv[1:]]))\n"
 )
-"""``rank1-serve`` that says, when SIGTERM has stopped it, whether vLLM or torch were ever imported."""
+"""``rank1 serve`` that says, when SIGTERM has stopped it, whether vLLM or torch were ever imported."""
 
 
 class InProcessServer:
@@ -54,7 +54,7 @@ class InProcessServer:
 
 
 class ServeProcess:
-    """``python -m rank1_integrations.serve ARGS --port P`` from this checkout (or ``python -c launcher``),
+    """``python -m rank1_integrations serve ARGS --port P`` from this checkout (or ``python -c launcher``),
     output to a log file."""
 
     def __init__(
@@ -68,7 +68,7 @@ class ServeProcess:
         # this checkout's package; an API key only where a test gives one
         full_env = {k: v for k, v in os.environ.items() if k != "RANK1_SERVE_API_KEY"}
         full_env.update(env or {}, PYTHONPATH=str(_REPO))
-        start = ["-c", launcher] if launcher else ["-m", "rank1_integrations.serve"]
+        start = ["-c", launcher] if launcher else ["-m", "rank1_integrations", "serve"]
         self.process = subprocess.Popen(
             [sys.executable, *start, *args, "--port", str(self.port)],
             cwd=_REPO,

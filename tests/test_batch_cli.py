@@ -1,4 +1,4 @@
-"""``rank1-rerank-run`` as a process: killed with SIGKILL mid-run and started again with the same command
+"""``rank1 run`` as a process: killed with SIGKILL mid-run and started again with the same command
 (embedded engine, vLLM server, Ray actors), Ray's actor pool against the single-process path, and its errors.
 
 Each killed run must resume with only the pairs its checkpoint lacks and end with the
@@ -85,7 +85,7 @@ def kill_then_resume(args: list[str], directory: Path, pairs: int) -> None:
 def test_the_runner_imports_neither_vllm_nor_ray_until_asked() -> None:
     code = """
         import sys
-        import rank1_integrations.batch, rank1_integrations.batch.cli
+        import rank1_integrations.batch, rank1_integrations.cli.run, rank1_integrations.cli.rerank
         print(sorted(m for m in ("vllm", "torch", "ray", "pyarrow", "ir_measures", "ir_datasets") if m in sys.modules))
     """
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=False)
@@ -97,8 +97,8 @@ def test_without_ray_installed_ray_runs_name_the_extra(tmp_path: Path) -> None:
     code = f"""
         import sys
         sys.modules["ray"] = None  # an environment without Ray
-        from rank1_integrations.batch.cli import main
-        sys.exit(main({cli_args(tiny_set(), tmp_path, "--server", "http://127.0.0.1:9/v1", "--ray")!r}))
+        from rank1_integrations.cli import main
+        sys.exit(main(['run', *{cli_args(tiny_set(), tmp_path, "--server", "http://127.0.0.1:9/v1", "--ray")!r}]))
     """
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, check=False)
     assert result.returncode == 1, result.stderr
@@ -108,9 +108,7 @@ def test_without_ray_installed_ray_runs_name_the_extra(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ([], "choose the engine: --model PATH or --server URL"),
-        (["--model", "m", "--server", "http://x/v1"], "choose the engine"),
-        (["--server", "http://x/v1", "--engine-arg", "dtype=half"], "--engine-arg is for --model"),
+        ([], "model: give the model for an embedded engine (--model), or servers (--server URL)"),
         (["--server", "http://x/v1", "--depth", "0"], "depth must be a positive int"),
     ],
 )
@@ -143,8 +141,8 @@ def run_cli_without_engines(args: list[str]) -> subprocess.CompletedProcess[str]
     code = f"""
         import sys
         sys.modules["vllm"] = sys.modules["ray"] = None
-        from rank1_integrations.batch.cli import main
-        sys.exit(main({args!r}))
+        from rank1_integrations.cli import main
+        sys.exit(main(['run', *{args!r}]))
     """
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], env=cli_env(), capture_output=True, text=True, check=False
@@ -157,7 +155,7 @@ def run_cli_without_engines(args: list[str]) -> subprocess.CompletedProcess[str]
         ["--model", MODEL],
         ["--model", MODEL, "--engine-arg", "max_model_len=1024"],
         ["--server", NO_SERVER],
-        ["--server", NO_SERVER, "--served-model", MODEL, "--ray"],
+        ["--server", NO_SERVER, "--model", MODEL, "--ray"],
     ],
 )
 def test_a_finished_run_started_again_writes_its_outputs_without_starting_an_engine(
@@ -176,7 +174,7 @@ def test_a_finished_run_started_again_writes_its_outputs_without_starting_an_eng
         (["--model", MODEL, "--max-reasoning-tokens", "32"], "max_reasoning_tokens: 16 != 32"),
         (["--model", MODEL, "--template", "SciFact"], "template: None != 'Claim: FILL_QUERY_HERE"),
         (["--model", MODEL, "--engine-arg", "max_model_len=2048"], "context_size: 1024 != 2048"),
-        (["--server", NO_SERVER, "--served-model", "other", "--ray"], "model: 'rank1-test-model' != 'other'"),
+        (["--server", NO_SERVER, "--model", "other", "--ray"], "model: 'rank1-test-model' != 'other'"),
     ],
 )
 def test_a_finished_run_refuses_other_settings_without_starting_an_engine(
@@ -200,7 +198,7 @@ def test_without_its_settings_file_a_finished_run_starts_the_engine_only_to_lear
     unknown = run_cli_without_engines(cli_args(tiny_set(), tmp_path, "--server", NO_SERVER))  # model, context?
     assert unknown.returncode == 1, unknown.stderr
     assert "ServerConnectionError" in unknown.stderr  # it asked the servers
-    every = ["--server", NO_SERVER, "--served-model", MODEL, "--context-size", "1024", "--max-reasoning-tokens", "16"]
+    every = ["--server", NO_SERVER, "--model", MODEL, "--context-size", "1024", "--max-reasoning-tokens", "16"]
     known = run_cli_without_engines(cli_args(tiny_set(), tmp_path, *every))
     assert known.returncode == 0, known.stderr
     assert json.loads(settings_file.read_text())["settings"] == FINISHED.to_dict()
@@ -234,8 +232,8 @@ def test_embedded_run_killed_mid_run_resumes_to_the_uninterrupted_outputs(
 def test_server_run_killed_mid_run_resumes_to_the_uninterrupted_outputs(
     server: VLLMServer, scripted_reranker: Rank1Reranker, wide: RunSet, tmp_path: Path
 ) -> None:
-    engine = ["--server", server.base_url, "--served-model", server.model]
-    engine += ["--max-reasoning-tokens", str(SCRIPTED_BUDGET), "--max-in-flight", "1", "--concurrency-per-server", "1"]
+    engine = ["--server", server.base_url, "--model", server.model]
+    engine += ["--max-reasoning-tokens", str(SCRIPTED_BUDGET), "--max-in-flight", "1", "--max-concurrency", "1"]
     kill_then_resume(cli_args(wide, tmp_path / "cli", *engine), tmp_path / "cli", pairs=120)
     reference = in_process(wide, tmp_path / "reference", scripted_reranker)
     assert_same_outputs(outputs(tmp_path / "cli"), reference, REMOTE_TOLERANCE)
@@ -250,15 +248,15 @@ def test_a_failing_write_stops_the_run_with_a_message_and_the_same_command_resum
     server: VLLMServer, scripted_reranker: Rank1Reranker, wide: RunSet, tmp_path: Path
 ) -> None:
     """A real failing write (a file size limit, as a full disk would fail it) in the middle of the run."""
-    engine = ["--server", server.base_url, "--served-model", server.model]
-    engine += ["--max-reasoning-tokens", str(SCRIPTED_BUDGET), "--max-in-flight", "1", "--concurrency-per-server", "1"]
+    engine = ["--server", server.base_url, "--model", server.model]
+    engine += ["--max-reasoning-tokens", str(SCRIPTED_BUDGET), "--max-in-flight", "1", "--max-concurrency", "1"]
     args = cli_args(wide, tmp_path / "cli", *engine)
     code = f"""
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the process
         resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, resource.RLIM_INFINITY))
-        from rank1_integrations.batch.cli import main
-        sys.exit(main({args!r}))
+        from rank1_integrations.cli import main
+        sys.exit(main(['run', *{args!r}]))
     """
     stopped = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -295,7 +293,7 @@ def test_invalid_input_exits_2_naming_the_pairs_and_is_not_judged_again(server: 
     engine = [
         "--server",
         server.base_url,
-        "--served-model",
+        "--model",
         server.model,
         "--max-reasoning-tokens",
         str(SCRIPTED_BUDGET),
@@ -322,7 +320,7 @@ def test_ray_run_killed_mid_run_resumes_to_the_uninterrupted_outputs(
     server: VLLMServer, scripted_reranker: Rank1Reranker, wide: RunSet, tmp_path: Path
 ) -> None:
     """Two Ray actors, each a client of the server; the driver and its whole local Ray instance are killed."""
-    engine = ["--server", server.base_url, "--served-model", server.model, "--concurrency-per-server", "1"]
+    engine = ["--server", server.base_url, "--model", server.model, "--max-concurrency", "1"]
     engine += ["--max-reasoning-tokens", str(SCRIPTED_BUDGET), "--ray", "--num-engines", "2"]
     engine += ["--cpus-per-engine", "0.5", "--ray-batch-size", "2"]
     kill_then_resume(cli_args(wide, tmp_path / "cli", *engine), tmp_path / "cli", pairs=120)

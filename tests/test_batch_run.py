@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from rank1_integrations import CheckpointError, IncompleteRunError, InvalidInputError, Rank1Reranker
-from rank1_integrations.batch import ServerEngine, rerank_run
+from rank1_integrations.batch import rerank_run
+from rank1_integrations.settings import Rank1Settings
 from tests.batch_support import (
     REMOTE_TOLERANCE,
     TOLERANCE,
@@ -407,13 +408,14 @@ def proxy(server: VLLMServer) -> Iterator[FaultProxy]:
         yield running
 
 
-def servers(server: VLLMServer, *urls: str, **backend_kwargs: object) -> ServerEngine:
-    return ServerEngine(
-        urls or (server.base_url,),
-        server.model,
+def servers(server: VLLMServer, *urls: str, **transport: object) -> Rank1Settings:
+    urls = urls or (server.base_url,)
+    return Rank1Settings(
+        servers=urls,
+        model=server.model,
         max_reasoning_tokens=SCRIPTED_BUDGET,
-        concurrency_per_server=4,
-        backend_kwargs={"initial_backoff": 0.02, "max_backoff": 0.2, **backend_kwargs},
+        max_concurrency=4 * len(urls),
+        **{"initial_backoff": 0.02, "max_backoff": 0.2, **transport},
     )
 
 
@@ -459,11 +461,11 @@ def test_a_slow_server_in_the_fleet_gets_less_work_than_a_fast_one(
     (chosen while waiting, they would be split evenly, and the run would wait on the slow server)."""
     proxy.add(Fault("delay", times=-1, delay=6.0))  # every request through this one takes 6 s more
     with FaultProxy(server.root_url) as fast:
-        engine = ServerEngine(
-            (proxy.base_url, fast.base_url),
-            server.model,
+        engine = Rank1Settings(
+            servers=(proxy.base_url, fast.base_url),
+            model=server.model,
             max_reasoning_tokens=SCRIPTED_BUDGET,
-            concurrency_per_server=1,
+            max_concurrency=2,
         )
         got = rerun(tiny_set(), tmp_path, engine, max_in_flight=16)  # 2 requests in flight, 14 waiting
         slow_requests, fast_requests = len(proxy.outcomes()), len(fast.outcomes())

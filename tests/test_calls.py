@@ -23,6 +23,7 @@ from rank1_integrations.core.protocol import STOP_STRINGS
 from rank1_integrations.core.tokenization import HFPromptTokenizer
 from rank1_integrations.driver import CallDriver, drive
 from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError, PassagesFailedError
+from rank1_integrations.settings import Rank1Settings
 
 TRUE_ID, FALSE_ID = 101, 102
 BUDGET = 30
@@ -33,9 +34,15 @@ def builder(hf_tokenizer) -> PromptBuilder:
     return PromptBuilder(HFPromptTokenizer(hf_tokenizer), template=None, max_prompt_tokens=500)
 
 
-def _key(query: str, passage: str) -> str:
+def _key(query: str, passage: str, effort: str = "full") -> str:
     return cache_key(
-        model="m", template=None, query=query, passage=passage, max_reasoning_tokens=BUDGET, context_size=1
+        model="m",
+        template=None,
+        query=query,
+        passage=passage,
+        max_reasoning_tokens=BUDGET,
+        context_size=1,
+        how=(effort,),
     )
 
 
@@ -44,7 +51,7 @@ def _plan(builder, batches, cache):
         batches,
         builder,
         label_token_ids=(TRUE_ID, FALSE_ID),
-        max_reasoning_tokens=BUDGET,
+        settings=Rank1Settings.model_construct(max_reasoning_tokens=BUDGET),
         cache=cache,
         key_for=_key,
     )

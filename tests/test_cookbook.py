@@ -58,9 +58,9 @@ def offline_environment(model_cache: Path, hf_home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def offline(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def offline(model_cache: Path, smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """This process set up as a fresh offline machine for the examples; restored afterwards."""
-    from rank1_integrations import offline_models
+    from huggingface_hub import constants
 
     saved = dict(os.environ)
     env = offline_environment(model_cache, tmp_path_factory.mktemp("hf"))
@@ -68,7 +68,8 @@ def offline(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         os.environ.pop(name, None)
     os.environ.update(env)
     with pytest.MonkeyPatch.context() as patch:  # rank1 is neither cached nor downloadable
-        patch.setattr(offline_models, "_from_hub", lambda repo_id: (None, "no hub in this test"))
+        patch.setattr(constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
+        patch.setattr(constants, "HF_HUB_OFFLINE", True)
         yield env
     os.environ.clear()
     os.environ.update(saved)
@@ -139,8 +140,8 @@ def test_serving_prints_every_setup(capsys: pytest.CaptureFixture[str]):
 def test_rank1_serve_prints_the_setups(capsys: pytest.CaptureFixture[str]):
     assert example("08_rank1_serve").main([]) == 0
     out = capsys.readouterr().out
-    assert "CUDA_VISIBLE_DEVICES=1 rank1-serve --model jhu-clsp/rank1-7b " in out
-    assert "rank1-serve --upstream http://gpu-box:8000/v1 --upstream http://gpu-box:8001/v1 " in out
+    assert "CUDA_VISIBLE_DEVICES=1 rank1 serve --model jhu-clsp/rank1-7b " in out
+    assert "rank1 serve --server http://gpu-box:8000/v1 --server http://gpu-box:8001/v1 " in out
     assert 'CohereRerank(base_url="http://rank1-host:8080", model="rank1-7b"' in out
 
 
@@ -152,14 +153,14 @@ def test_rank1_serve_prints_the_setups(capsys: pytest.CaptureFixture[str]):
 @pytest.mark.timeout(600)
 @needs_vllm
 @needs_smollm2
-def test_quickstart_as_a_script(model_cache: Path, tmp_path: Path):
+def test_quickstart_as_a_script(model_cache: Path, smollm2_dir: Path, tmp_path: Path):
     env = {**os.environ, **offline_environment(model_cache, tmp_path / "hf"), "PYTHONPATH": str(_REPO)}
     env.pop("RANK1_COOKBOOK_MODEL", None)
     command = [sys.executable, str(_COOKBOOK / "01_quickstart.py"), "--max-reasoning-tokens", "48"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=580, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Reranker model: SmolLM2-135M-Instruct (NOT rank1" in done.stdout
-    assert "jhu-clsp/rank1-7b is not available here" in done.stderr
+    assert "jhu-clsp/rank1-7b is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in done.stderr
     judged = re.findall(r"^\[(\S+)\] (?:not )?relevant, score (\d\.\d+)", done.stdout, re.M)
     assert sorted(s for s, _ in judged) == sorted(example("01_quickstart").SOURCES), done.stdout
     assert all(0.0 <= float(score) <= 1.0 for _, score in judged)
@@ -251,6 +252,21 @@ class TestOnTheOfflineModel:
             assert len(kept) == 1, out
             assert float(kept[0][0]) >= max(float(t) for t, _ in sources)
 
+    def test_fast_answers(self, capsys: pytest.CaptureFixture[str]):
+        out = run_main(
+            "10_fast_answers", ["--k", "4", "--top-n", "2", *_ANSWER, "--max-reasoning-tokens", "16"], capsys
+        )
+        quick = re.findall(r"^  \[(\d)\] \S+: no-think score (\d\.\d{3}), (\d+) tokens$", out, re.M)
+        assert [n for n, _, _ in quick] == ["1", "2"], out
+        assert all(tokens == "0" for _, _, tokens in quick)  # no-think generates nothing
+        assert re.search(r"^Answer after \d+\.\d\ds:$", out, re.M), out
+        reasoned = re.findall(r"^  \+ *\d+\.\d\ds \[(\d)\] \S+: (?:not )?relevant, score \d\.\d{3}", out, re.M)
+        assert reasoned, out
+        assert set(reasoned) <= {"1", "2"}, out
+        tokens = re.findall(r"^      why \(rank1, (\d+) tokens\)", out, re.M)
+        assert len(tokens) == len(reasoned), out
+        assert all(0 < int(t) <= 16 for t in tokens), out
+
     @pytest.mark.timeout(600)
     def test_serving_offline_demo(self, capsys: pytest.CaptureFixture[str]):
         out = run_main("06_serving", ["--offline-demo", *_TINY], capsys)
@@ -262,7 +278,7 @@ class TestOnTheOfflineModel:
     def test_rank1_serve_behind_the_cohere_clients(self, capsys: pytest.CaptureFixture[str]):
         out = run_main("08_rank1_serve", ["--launch", "--k", "4", "--top-n", "2", *_TINY], capsys)
         assert re.search(
-            r"^rank1-serve healthy after \d+ s: http://127\.0\.0\.1:\d+ \(model 'rank1-demo'\)$", out, re.M
+            r"^rank1 serve healthy after \d+ s: http://127\.0\.0\.1:\d+ \(model 'rank1-demo'\)$", out, re.M
         )
         langchain = re.findall(r"^  \[\d\] (\S+)  relevance_score (\d\.\d+)$", out, re.M)
         llama_index = re.findall(r"^  \[\d\] (\S+)  score (\d\.\d+)$", out, re.M)

@@ -13,6 +13,7 @@ from rank1_integrations.core.prompting import PromptBuilder
 from rank1_integrations.core.protocol import STOP_STRINGS
 from rank1_integrations.core.tokenization import HFPromptTokenizer
 from rank1_integrations.errors import BackendError, ModelOutputError
+from rank1_integrations.settings import Rank1Settings
 
 TRUE_ID, FALSE_ID = 101, 102
 BUDGET = 30
@@ -227,3 +228,59 @@ def test_a_forced_prompt_that_cannot_be_built_fails_only_its_passage(hf_tokenize
     assert isinstance(failed, BackendError)
     assert (forced.forced, forced.reasoning) == (True, "A fine one.")
     assert not natural.forced
+
+
+def _probe(p_true: float) -> Completion:
+    """A no-think answer: one generated label with the two label log-probabilities."""
+    return Completion((TRUE_ID,), " true", "length", None, (math.log(p_true), math.log(1 - p_true)))
+
+
+def test_adaptive_reasons_per_query_once_its_no_think_scores_are_all_in(builder) -> None:
+    settings = Rank1Settings.model_construct(reasoning_effort="adaptive", adaptive_margin=0.1, adaptive_top_k=1)
+    positions = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    run = JudgingRun(
+        builder, positions=positions, label_token_ids=(TRUE_ID, FALSE_ID), max_reasoning_tokens=BUDGET, effort=settings
+    )
+    prompts = [builder.build("q", f"passage {i}") for i in range(len(positions))]
+    probes = [run.begin(i, prompt) for i, prompt in enumerate(prompts)]
+    assert all(r is not None and r.max_tokens == 1 and r.stop == () for r in probes)
+    assert run.take(0, _probe(0.95)) is None  # query 0: top 1
+    assert run.take(1, _probe(0.55)) is None  # query 0: uncertain
+    assert run.take(3, BackendError("down")) is None  # query 1: a failed probe still counts as in
+    assert run.drain() == ([], [3])  # query 0 still waits for passage 2
+    assert run.take(2, _probe(0.1)) is None
+    due, final = run.drain()
+    assert sorted(i for i, _ in due) == [0, 1]
+    assert all(r.max_tokens == BUDGET and r.prompt_token_ids == prompts[i].token_ids for i, r in due)
+    assert final == [2]
+    assert run.outcome(2) == Judgment(2, pytest.approx(0.1), False, "", reasoning_effort="adaptive", reasoned=False)
+    assert run.take(4, _probe(0.2)) is None
+    due, final = run.drain()  # query 1: its only score is its top 1
+    assert [i for i, _ in due] == [4]
+    assert final == []
+    assert run.take(0, _answered(TRUE_ID, -0.1, -3.0)) is None
+    judged = run.outcome(0)
+    assert isinstance(judged, Judgment)
+    assert (judged.reasoned, judged.reasoning_effort, judged.reasoning_tokens) == (True, "adaptive", 4)
+
+
+def test_no_think_judges_from_one_label_position_and_rejects_broken_log_probabilities(builder) -> None:
+    settings = Rank1Settings.model_construct(reasoning_effort="none")
+    run = JudgingRun(
+        builder,
+        positions=[(0, 0), (0, 1)],
+        label_token_ids=(TRUE_ID, FALSE_ID),
+        max_reasoning_tokens=BUDGET,
+        effort=settings,
+    )
+    prompt = builder.build("q", "p")
+    request = run.begin(0, prompt)
+    assert request is not None
+    assert request.prompt_token_ids[: len(prompt.token_ids)] == prompt.token_ids
+    assert request.prompt_token_ids == builder.build_no_think(prompt, settings.no_think_prefill)
+    run.begin(1, prompt)
+    assert run.take(0, _probe(0.7)) is None
+    assert run.take(1, Completion((TRUE_ID,), " true", "length", None, (math.nan, -1.0))) is None
+    assert run.drain() == ([], [0, 1])
+    assert run.outcome(0) == Judgment(0, pytest.approx(0.7), True, "", reasoning_effort="none", reasoned=False)
+    assert isinstance(run.outcome(1), ModelOutputError)

@@ -21,8 +21,9 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 
 from rank1_integrations import InvalidInputError, Judgment, MissingDependencyError, PassagesFailedError
+from rank1_integrations.adapters.context import ANSWER_WITH_SOURCES_PROMPT
 from rank1_integrations.adapters.langchain import Rank1Rerank, format_documents
-from rank1_integrations.adapters.selection import ANSWER_WITH_SOURCES_PROMPT
+from rank1_integrations.settings import Rank1Settings
 from tests.adapter_support import (
     BREAD,
     REMOTE_TOLERANCE,
@@ -96,6 +97,8 @@ def rank1_keys(j: Judgment, *, kept_by: str | None = "relevance") -> dict[str, o
         "rank1_status": "judged",
         "rank1_kept_by": kept_by,
         "rank1_error": None,
+        "rank1_reasoning_effort": j.reasoning_effort,
+        "rank1_reasoned": j.reasoned,
     }
 
 
@@ -170,7 +173,7 @@ def test_empty_texts_are_never_sent_and_come_back_last_with_score_zero(reranker,
     assert spy.backend.sent() == [LEN_PASSAGE, SORTED_PASSAGE]
     assert [d.id for d in kept] == ["len", None, "e1", "e2"]
     assert kept[2].metadata == {
-        **rank1_keys(Judgment(0, 0.0, False, "")),
+        **rank1_keys(Judgment(0, 0.0, False, "", reasoned=False)),
         "rank1_status": "empty",
     }
     # by verdict, and with min_keep: empty texts are never kept to fill the minimum
@@ -225,6 +228,23 @@ def test_template_goes_to_rank1(reranker):
     spy = recording(reranker)
     Rank1Rerank(reranker=spy, template="SciFact").compress_documents(documents()[:1], LEN_QUERY)
     assert "A relevant passage would provide evidence" in spy.backend.calls[0][1][0]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_the_reasoning_budget_is_a_per_call_change(reranker, truth, use_async):
+    """The adapter's budget reaches the reranker per call; None gives the reranker's own back."""
+    compressor = Rank1Rerank(reranker=reranker, score_threshold=0.0, top_n=None, max_reasoning_tokens=4)
+    call = compressor.acompress_documents if use_async else compressor.compress_documents
+    short = call(documents(), LEN_QUERY)
+    short = await short if use_async else short
+    assert {d.metadata["rank1_reasoning_tokens"] for d in short} == {4}
+    assert all(d.metadata["rank1_forced"] for d in short)
+    assert reranker.max_reasoning_tokens == SCRIPTED_BUDGET  # the reranker itself is unchanged
+    compressor.max_reasoning_tokens = None
+    full = compressor.compress_documents(documents(), LEN_QUERY)
+    assert {d.id: d.metadata["rank1_reasoning_tokens"] for d in full} == {
+        key: truth[key].reasoning_tokens for key in ("len", "open", "sorted")
+    }
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -405,20 +425,23 @@ def remote_compressor(scripted_model_dir, model_cache, request) -> Iterator[Rank
 
     request.config.add_cleanup(stop_all)
     server = shared_server(scripted_model_dir, "--enable-tokenizer-info-endpoint", log_dir=model_cache).wait_ready()
-    kwargs = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
-    compressor = Rank1Rerank(base_url=server.base_url, model=server.model, reranker_kwargs=kwargs, min_keep=2)
+    settings = Rank1Settings(
+        servers=(server.base_url,), model=server.model, max_reasoning_tokens=SCRIPTED_BUDGET, cache_entries=0
+    )
+    compressor = Rank1Rerank(settings=settings, min_keep=2)
     yield compressor
-    compressor.reranker.backend.close()  # type: ignore[union-attr]
+    if compressor.reranker is not None:
+        compressor.reranker.close()
 
 
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_retriever_on_the_remote_backend(remote_compressor, truth, store, use_async):
     from langchain_classic.retrievers import ContextualCompressionRetriever
 
-    assert type(remote_compressor.reranker.backend).__name__ == "RemoteBackend"
     base = store.as_retriever(search_kwargs={"k": 2})
     retriever = ContextualCompressionRetriever(base_compressor=remote_compressor, base_retriever=base)
     kept = await retriever.ainvoke(LEN_QUERY) if use_async else retriever.invoke(LEN_QUERY)
+    assert type(remote_compressor.reranker.backend).__name__ == "RemoteBackend"  # type: ignore[union-attr]
     assert [(d.id, d.metadata["rank1_kept_by"], d.metadata["rank1_reasoning"]) for d in kept] == [
         ("len", "relevance", truth["len"].reasoning),
         ("sorted", "min_keep", truth["sorted"].reasoning),

@@ -18,6 +18,7 @@ from langsmith._internal._serde import dumps_json
 from pydantic import SecretStr, ValidationError
 
 from rank1_integrations.adapters.langchain import Rank1Rerank
+from rank1_integrations.settings import Rank1Settings
 from tests.adapter_support import BAD_SETTINGS, assert_assignments_refused, with_one_secret
 from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
 from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
@@ -40,47 +41,51 @@ def documents() -> list[Document]:
 # -- construction ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("settings", "message"),
-    [*BAD_SETTINGS, ({"model": "x"}, "not both"), ({"api_key": "k"}, "not both")],
-)
+@pytest.mark.parametrize(("settings", "message"), BAD_SETTINGS)
 def test_bad_settings_fail_on_construction(reranker, settings, message):
     with pytest.raises(ValidationError, match=message):
         Rank1Rerank(reranker=reranker, **settings)
 
 
-def test_needs_a_reranker_or_a_model():
-    with pytest.raises(ValidationError, match="pass reranker="):
+def test_settings_default_to_the_environment_and_build_nothing_until_used(monkeypatch):
+    with pytest.raises(ValidationError, match="pass reranker=, or settings= naming a model"):
         Rank1Rerank()
-    with pytest.raises(ValidationError, match="api_key is for vLLM servers"):
-        Rank1Rerank(model="some/model", api_key="k")
-    with pytest.raises(ValidationError, match="api_key is given twice"):
-        Rank1Rerank(base_url="http://127.0.0.1:9/v1", api_key="a", reranker_kwargs={"api_key": "b"})
+    monkeypatch.setenv("RANK1_MODEL", "some/model")
+    monkeypatch.setenv("RANK1_MAX_REASONING_TOKENS", "64")
+    compressor = Rank1Rerank(top_n=1)
+    assert compressor.settings == Rank1Settings(model="some/model", max_reasoning_tokens=64)
+    assert compressor.reranker is None  # no engine is loaded before the first call
 
 
 def test_a_key_in_the_environment_does_not_stop_a_given_reranker(reranker, monkeypatch):
     monkeypatch.setenv("VLLM_API_KEY", "from-env")
     compressor = Rank1Rerank(reranker=reranker)
     assert compressor.reranker is reranker
-    assert compressor.api_key == SecretStr("from-env")
+    assert compressor.settings is None
 
 
 @pytest.fixture(scope="session")
-def built_from_model(random_model_dir) -> Rank1Rerank:
+def built_from_settings(random_model_dir) -> Rank1Rerank:
     """Kept for the whole session: destroying an embedded vLLM engine tears down process-wide
     state (the model-parallel groups) that the other engines in this process still use."""
-    kwargs = {"max_reasoning_tokens": 8, **ENGINE_KWARGS}
-    return Rank1Rerank(model=str(random_model_dir), reranker_kwargs=kwargs, score_threshold=0.0)
+    settings = Rank1Settings(model=str(random_model_dir), max_reasoning_tokens=8, engine_args=ENGINE_KWARGS)
+    return Rank1Rerank(settings=settings, score_threshold=0.0)
 
 
 @pytest.mark.embedded
-def test_builds_its_reranker_from_model_arguments(built_from_model, random_model_dir):
-    assert built_from_model.reranker is not None
-    assert built_from_model.reranker.max_reasoning_tokens == 8
-    assert built_from_model.reranker.backend.model_name == str(random_model_dir)
-    kept = built_from_model.compress_documents(documents(), LEN_QUERY)
+async def test_builds_its_reranker_from_settings_on_the_first_call(built_from_settings, random_model_dir):
+    assert built_from_settings.reranker is None
+    kept = await built_from_settings.acompress_documents(documents(), LEN_QUERY)
+    reranker = built_from_settings.reranker
+    assert reranker is not None
+    assert reranker.max_reasoning_tokens == 8
+    assert reranker.backend.model_name == str(random_model_dir)
     assert sorted(str(d.id) for d in kept) == ["len", "open", "sorted"]
     assert all(0.0 <= d.metadata["relevance_score"] <= 1.0 for d in kept)
+    assert all(d.metadata["rank1_reasoning_tokens"] <= 8 for d in kept)
+    built_from_settings.top_n = 3  # assignments go on after the build (reranker and settings both set)
+    built_from_settings.compress_documents(documents(), LEN_QUERY)
+    assert built_from_settings.reranker is reranker  # built once
 
 
 # -- assignment ----------------------------------------------------------------------------
@@ -92,8 +97,6 @@ def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
     compressor.score_threshold = 0.15
     assert compressor.policy.top_n == 1
     assert_assignments_refused(compressor, compressor.model_dump)
-    with pytest.raises(ValidationError, match="frozen"):
-        compressor.reranker = None
     assert (compressor.top_n, compressor.min_keep, compressor.score_threshold) == (1, 1, 0.15)
     assert [d.id for d in compressor.compress_documents(documents(), LEN_QUERY)] == ["len"]
 
@@ -103,11 +106,11 @@ def test_assignments_are_checked_and_a_refused_one_changes_nothing(reranker):
 
 @pytest.fixture(params=["api_key", "url_credentials"])
 def secret_compressor(request: pytest.FixtureRequest, scripted_server: VLLMServer) -> Iterator[Rank1Rerank]:
-    url, kwargs = with_one_secret(request.param, scripted_server, api_key=API_KEY, url_password=URL_PASSWORD)
-    compressor = Rank1Rerank(base_url=url, model=scripted_server.model, reranker_kwargs=kwargs)
+    settings = with_one_secret(request.param, scripted_server, api_key=API_KEY, url_password=URL_PASSWORD)
+    compressor = Rank1Rerank(settings=settings)
     yield compressor
-    assert compressor.reranker is not None
-    compressor.reranker.close()
+    if compressor.reranker is not None:
+        compressor.reranker.close()
 
 
 class RecordingLangSmith(Client):
@@ -125,9 +128,6 @@ class RecordingLangSmith(Client):
 
 
 def test_no_secret_in_repr_or_dumps(secret_compressor, scripted_server):
-    with_key = secret_compressor.api_key is not None
-    assert secret_compressor.api_key == (SecretStr(API_KEY) if with_key else None)
-    assert "api_key" not in secret_compressor.reranker_kwargs
     safe_url = f"http://127.0.0.1:{scripted_server.port}/v1"
     shown = {
         "repr": repr(secret_compressor),
@@ -139,11 +139,12 @@ def test_no_secret_in_repr_or_dumps(secret_compressor, scripted_server):
         assert API_KEY not in text, how
         assert URL_PASSWORD not in text, how
         assert safe_url in text, how  # the settings are shown, without their secrets
-    assert secret_compressor.model_dump()["base_url"] == safe_url
-    assert ('"api_key":"**********"' if with_key else '"api_key":null') in shown["model_dump_json"]
+    assert secret_compressor.model_dump()["settings"]["servers"] == (safe_url,)
+    assert "api_key" not in secret_compressor.model_dump()["settings"]
     # and the key and URL still work: the server answered
     kept = secret_compressor.compress_documents(documents(), LEN_QUERY)
     assert [d.id for d in kept] == ["len"]
+    assert API_KEY not in repr(secret_compressor)  # nor in the reranker it built
 
 
 async def test_no_secret_in_langsmith_traces(secret_compressor, scripted_server):
@@ -163,16 +164,17 @@ async def test_no_secret_in_langsmith_traces(secret_compressor, scripted_server)
     assert URL_PASSWORD not in traced
 
 
-def test_api_key_defaults_from_the_environment(scripted_server, monkeypatch):
-    server = scripted_server
-    url = server.base_url
-    kwargs = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
-    settings = {"base_url": url, "model": server.model, "reranker_kwargs": kwargs}
-    keys = []
-    for env, given in [("VLLM_API_KEY", None), ("RANK1_API_KEY", None), (None, "given")]:
-        if env:
-            monkeypatch.setenv(env, f"from-{env}")
-        compressor = Rank1Rerank(**settings, **({"api_key": given} if given else {}))
-        keys.append(compressor.api_key)
+def test_servers_and_key_from_the_environment(scripted_server, monkeypatch):
+    monkeypatch.setenv("RANK1_SERVERS", scripted_server.base_url)
+    monkeypatch.setenv("RANK1_MODEL", scripted_server.model)
+    monkeypatch.setenv("RANK1_MAX_REASONING_TOKENS", str(SCRIPTED_BUDGET))
+    monkeypatch.setenv("VLLM_API_KEY", API_KEY)
+    compressor = Rank1Rerank()
+    assert compressor.settings is not None
+    assert compressor.settings.resolved_api_key() == SecretStr(API_KEY)
+    try:
+        assert [d.id for d in compressor.compress_documents(documents(), LEN_QUERY)] == ["len"]
+        assert type(compressor.reranker.backend).__name__ == "RemoteBackend"  # type: ignore[union-attr]
+    finally:
         compressor.reranker.close()  # type: ignore[union-attr]
-    assert keys == [SecretStr("from-VLLM_API_KEY"), SecretStr("from-RANK1_API_KEY"), SecretStr("given")]
+    assert API_KEY not in repr(compressor) + compressor.model_dump_json()

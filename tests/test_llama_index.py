@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,9 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, Te
 from rank1_integrations import InvalidInputError, Judgment, MissingDependencyError
 from rank1_integrations.adapters.llama_index import Rank1JudgmentEvent, Rank1Rerank, format_nodes
 from rank1_integrations.adapters.selection import RANK1_METADATA_KEYS
+from rank1_integrations.cache import cache_key
+from rank1_integrations.reranker import Rank1Reranker
+from rank1_integrations.settings import Rank1Settings
 from tests.adapter_support import (
     BREAD,
     REMOTE_TOLERANCE,
@@ -47,6 +51,9 @@ from tests.models.tiny_models import (
 )
 
 pytestmark = pytest.mark.engine
+
+EFFORT_IN_THE_CORE = "how" in inspect.signature(cache_key).parameters
+"""Whether the core judges with reasoning efforts other than "full" (the core task's branch)."""
 
 
 # -- helpers: a real (tiny) embedding, a recording backend, an event recorder -----------
@@ -114,6 +121,8 @@ def rank1_keys(j: Judgment, *, kept_by: str | None = "relevance") -> dict[str, o
         "rank1_status": "judged",
         "rank1_kept_by": kept_by,
         "rank1_error": None,
+        "rank1_reasoning_effort": j.reasoning_effort,
+        "rank1_reasoned": j.reasoned,
     }
 
 
@@ -392,6 +401,39 @@ async def test_query_engine(reranker, truth, index, events, use_async):
     )
 
 
+@pytest.mark.skipif(not EFFORT_IN_THE_CORE, reason="reasoning effort comes with the core task (branch effort)")
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_reasoning_effort_is_a_per_call_change_and_adaptive_reasons_at_the_cut(reranker, use_async):
+    keys = [n.node.node_id for n in nodes()]
+    texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes()]
+    no_think = dict(
+        zip(keys, [j.score for j in reranker.judge(LEN_QUERY, texts, reasoning_effort="none")], strict=True)
+    )
+    judged = await _judged(Rank1Rerank(reranker, reasoning_effort="none"), use_async)
+    assert {key: m["relevance_score"] for key, m in judged.items()} == pytest.approx(no_think, abs=TOLERANCE)
+    how = {(m["rank1_reasoning_effort"], m["rank1_reasoned"], m["rank1_reasoning_tokens"]) for m in judged.values()}
+    assert how == {("none", False, 0)}
+    # adaptive reasons on the adapter's cut: its top_n no-think favourites, and scores near its threshold
+    narrow = Rank1Reranker(reranker.backend, max_reasoning_tokens=SCRIPTED_BUDGET, cache=False, adaptive_margin=1e-3)
+    judged = await _judged(Rank1Rerank(narrow, reasoning_effort="adaptive", top_n=1), use_async)
+    assert {key for key, m in judged.items() if m["rank1_reasoned"]} == {max(no_think, key=lambda k: no_think[k])}
+    at_open = Rank1Rerank(narrow, reasoning_effort="adaptive", top_n=None, score_threshold=no_think["open"])
+    judged = await _judged(at_open, use_async)
+    assert {key for key, m in judged.items() if m["rank1_reasoned"]} == {"open"}
+
+
+async def _judged(post: Rank1Rerank, use_async: bool) -> dict[str, dict[str, Any]]:
+    """The rank1 metadata of every node the postprocessor judged (announced), by node id."""
+    listener = Announcements()
+    get_dispatcher().add_event_handler(listener)
+    try:
+        await postprocess(post, nodes(), LEN_QUERY, use_async)
+    finally:
+        get_dispatcher().event_handlers.remove(listener)
+    announced = [event.node.node for event in listener.events if isinstance(event, Rank1JudgmentEvent)]
+    return {node.node_id: node.metadata for node in announced}
+
+
 @pytest.fixture(scope="module")
 def remote_postprocessor(scripted_model_dir, model_cache, request) -> Iterator[Rank1Rerank]:
     """Built from server settings, on the run's shared vLLM server (started if not running yet)."""
@@ -399,17 +441,20 @@ def remote_postprocessor(scripted_model_dir, model_cache, request) -> Iterator[R
 
     request.config.add_cleanup(stop_all)
     server = shared_server(scripted_model_dir, "--enable-tokenizer-info-endpoint", log_dir=model_cache).wait_ready()
-    kwargs = {"max_reasoning_tokens": SCRIPTED_BUDGET, "cache": False}
-    post = Rank1Rerank(base_url=server.base_url, model=server.model, reranker_kwargs=kwargs, min_keep=2)
+    settings = Rank1Settings(
+        servers=(server.base_url,), model=server.model, max_reasoning_tokens=SCRIPTED_BUDGET, cache_entries=0
+    )
+    post = Rank1Rerank(settings=settings, min_keep=2)
     yield post
-    post.reranker.backend.close()  # type: ignore[attr-defined]
+    if post.reranker is not None:
+        post.reranker.close()
 
 
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_query_engine_on_the_remote_backend(remote_postprocessor, truth, index, use_async):
-    assert type(remote_postprocessor.reranker.backend).__name__ == "RemoteBackend"
     engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=2, node_postprocessors=[remote_postprocessor])
     response = await engine.aquery(LEN_QUERY) if use_async else engine.query(LEN_QUERY)
+    assert type(remote_postprocessor.reranker.backend).__name__ == "RemoteBackend"  # type: ignore[union-attr]
     assert [
         (n.node.ref_doc_id, n.node.metadata["rank1_kept_by"], n.node.metadata["rank1_reasoning"])
         for n in response.source_nodes

@@ -32,13 +32,14 @@ from rank1_integrations import (
     ServerTimeoutError,
 )
 from rank1_integrations.backends.base import Backend, Completion, CompletionRequest
-from rank1_integrations.backends.remote.backend import RemoteBackend, http_library
-from rank1_integrations.backends.remote.config import RemoteSettings, ServerURL, redact_url, resolve_api_key
+from rank1_integrations.backends.remote.backend import RemoteBackend, http_library, translate_error
+from rank1_integrations.backends.remote.config import ServerURL, redact_url, resolve_api_key
 from rank1_integrations.backends.remote.core import HttpCall, RemoteCore
 from rank1_integrations.backends.remote.routing import Router
 from rank1_integrations.backends.remote.wire import parse_completions, retry_after
 from rank1_integrations.core.prompting import PromptBuilder
 from rank1_integrations.core.tokenization import Data, HFPromptTokenizer, Trusted, encode_prompt
+from rank1_integrations.settings import Rank1Settings
 from tests.conftest import SCRIPTED_BUDGET
 from tests.fault_proxy import Fault, FaultProxy, self_signed_tls
 from tests.models.tiny_models import (
@@ -547,7 +548,7 @@ def _core(**settings) -> RemoteCore:
     return RemoteCore(
         servers=(ServerURL.parse("http://127.0.0.1:1/v1"), ServerURL.parse("https://gpu-2:8443/rank1")),
         model="m",
-        settings=RemoteSettings(**settings),
+        settings=Rank1Settings.model_construct().replace(**settings),
         api_key=SecretStr(SECRET),
     )
 
@@ -556,7 +557,6 @@ def test_urls_are_split_and_redacted() -> None:
     url = ServerURL.parse("https://user:p%40ss@gpu-1:8443/prefix/v1/")
     assert url.api == "https://gpu-1:8443/prefix/v1"  # credentials go nowhere but the Basic auth header
     assert url.root == "https://gpu-1:8443/prefix"
-    assert url.display == "https://gpu-1:8443/prefix/v1"
     assert url.auth is not None
     assert (url.auth[0], url.auth[1].get_secret_value()) == ("user", "p@ss")
     assert "p@ss" not in repr(url)
@@ -568,7 +568,7 @@ def test_urls_are_split_and_redacted() -> None:
         with pytest.raises(InvalidInputError):
             ServerURL.parse(bad)
     with pytest.raises(InvalidInputError, match="not both"):
-        RemoteCore(servers=(url,), model="m", settings=RemoteSettings(), api_key=SecretStr("k"))
+        RemoteCore(servers=(url,), model="m", settings=Rank1Settings.model_construct(), api_key=SecretStr("k"))
 
 
 def test_api_key_resolution(monkeypatch) -> None:
@@ -585,8 +585,8 @@ def test_api_key_resolution(monkeypatch) -> None:
 
 
 def test_settings_are_validated() -> None:
-    assert RemoteSettings().completion_timeout(8192) == pytest.approx(120 + 819.2)
-    assert RemoteSettings(timeout=30).completion_timeout(8192) == 30
+    assert _core().completion_timeout(8192) == pytest.approx(120 + 819.2)
+    assert _core(timeout=30).completion_timeout(8192) == 30
     nan, inf = float("nan"), float("inf")
     for bad in [
         {"max_concurrency": 0},
@@ -603,8 +603,8 @@ def test_settings_are_validated() -> None:
         {"max_response_bytes": 0},
     ]:
         with pytest.raises(InvalidInputError):
-            RemoteSettings(**bad)
-    with pytest.raises(InvalidInputError, match="unknown remote settings"):
+            Rank1Settings(**bad)
+    with pytest.raises(InvalidInputError, match="max_retry: not a remote backend setting"):
         RemoteBackend("http://127.0.0.1:1/v1", "m", max_retry=3)
 
 
@@ -667,18 +667,18 @@ def test_library_errors_are_translated_without_secrets() -> None:
     request = http.Request("POST", "http://127.0.0.1:1/v1/completions", headers={"Authorization": f"Bearer {SECRET}"})
     body = {"error": {"message": f"bad key {SECRET}"}}
     response = http.Response(401, json=body, request=request, headers={"retry-after": "3"})
-    status = core.translate_error(openai.AuthenticationError("denied", response=response, body=body), server, call)
+    status = translate_error(core, openai.AuthenticationError("denied", response=response, body=body), server, call)
     assert isinstance(status, ServerStatusError)
     assert status.status == 401
     assert status.retry_after == 3.0
     assert SECRET not in str(status)
-    assert isinstance(core.translate_error(openai.APITimeoutError(request=request), server, call), ServerTimeoutError)
-    connection = core.translate_error(openai.APIConnectionError(request=request), server, call)
+    assert isinstance(translate_error(core, openai.APITimeoutError(request=request), server, call), ServerTimeoutError)
+    connection = translate_error(core, openai.APIConnectionError(request=request), server, call)
     assert type(connection) is ServerConnectionError
     assert connection.server == server
     # Not a transport or HTTP failure: not translated (so never blamed on the server).
     for ours in (ValueError("a bug"), ModuleNotFoundError("No module named 'x'"), RuntimeError("client closed")):
-        assert core.translate_error(ours, server, call) is None
+        assert translate_error(core, ours, server, call) is None
 
 
 def test_completions_are_matched_by_index_and_checked() -> None:

@@ -8,25 +8,21 @@ from __future__ import annotations
 import math
 
 import pytest
-from pydantic import SecretStr
 
 from rank1_integrations import InvalidInputError, Judgment, Rank1Error
-from rank1_integrations.adapters.fields import lift_api_key, redacted_base_url
+from rank1_integrations.adapters.context import ContextSource, format_context
 from rank1_integrations.adapters.selection import (
     RANK1_METADATA_KEYS,
-    ContextSource,
     JudgingPlan,
+    JudgmentsSoFar,
     Pick,
     SelectionPolicy,
-    format_context,
     needs_judging,
     plan_judging,
     rank1_metadata,
-    resolve_reranker,
     select,
-    template_kwargs,
 )
-from rank1_integrations.core.templates import DATASET_PROMPTS
+from rank1_integrations.settings import Rank1Settings
 
 
 def judged(index: int, score: float, reasoning: str = "", **kwargs) -> Judgment:
@@ -187,7 +183,7 @@ def test_empty_texts_score_zero_never_pass_the_verdict_and_never_fill_min_keep()
         (3, "empty", "relevance"),
     ]
     pick = select(SelectionPolicy(score_threshold=0.0), plan_judging([""]), [])[0]
-    assert pick.judgment == Judgment(index=0, score=0.0, relevant=False, reasoning="")
+    assert pick.judgment == Judgment(index=0, score=0.0, relevant=False, reasoning="", reasoned=False)
 
 
 def test_duplicate_texts_share_one_judgment_and_all_come_back():
@@ -217,7 +213,13 @@ def test_metadata_keys_and_values():
         "rank1_status": "judged",
         "rank1_kept_by": "min_keep",
         "rank1_error": None,
+        "rank1_reasoning_effort": "full",
+        "rank1_reasoned": True,
     }
+    unreasoned = rank1_metadata(
+        Pick(0, Judgment(0, 0.5, True, "", reasoning_effort="none", reasoned=False), "judged", None)
+    )
+    assert (unreasoned["rank1_reasoning_effort"], unreasoned["rank1_reasoned"]) == ("none", False)
     failed = rank1_metadata(Pick(0, unjudged(0), "unjudged", "min_keep"))
     assert failed["relevance_score"] is None
     assert failed["rank1_relevant"] is None
@@ -272,47 +274,29 @@ def test_context_source_from_metadata():
     assert ContextSource.from_metadata("t", "s", older) == source
 
 
-# -- adapter plumbing -------------------------------------------------------------------
+# -- streamed judgments and settings shown -----------------------------------------------
 
 
-def test_resolve_reranker_needs_exactly_one_source():
-    with pytest.raises(InvalidInputError, match="pass reranker="):
-        resolve_reranker(None, None, None, {})
-    with pytest.raises(InvalidInputError, match="pass reranker="):
-        resolve_reranker(None, None, None, {"max_reasoning_tokens": 8})
-    for model, base_url, kwargs in [("m", None, {}), (None, "http://x", {}), (None, None, {"cache": False})]:
-        with pytest.raises(InvalidInputError, match="not both"):
-            resolve_reranker(object(), model, base_url, kwargs)  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="must be a Rank1Reranker"):
-        resolve_reranker(object(), None, None, {})  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="not both"):
-        resolve_reranker(object(), None, None, {}, api_key=SecretStr("k"))  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="api_key is for vLLM servers"):
-        resolve_reranker(None, "some/model", None, {}, api_key=SecretStr("k"))
+def test_judgments_so_far_map_each_passage_to_its_documents_once():
+    so_far = JudgmentsSoFar(plan_judging(["x", "", "y", "x"]))
+    picks = so_far.add(judged(0, 0.8))
+    assert [(p.index, p.status, p.kept_by) for p in picks] == [(0, "judged", None), (3, "judged", None)]
+    with pytest.raises(Rank1Error, match="rank1 returned no judgment for passages \\[1\\]"):
+        so_far.in_order()
+    with pytest.raises(Rank1Error, match="passage 0 that was not expected"):
+        so_far.add(judged(0, 0.8))
+    assert [(p.index, p.status) for p in so_far.add(unjudged(1))] == [(2, "unjudged")]
+    assert [j.index for j in so_far.in_order()] == [0, 1]
 
 
-def test_an_api_key_among_the_reranker_arguments_becomes_the_secret_field():
-    data = {"base_url": "http://h/v1", "reranker_kwargs": {"api_key": "k", "cache": False}}
-    assert lift_api_key(data) == {"base_url": "http://h/v1", "reranker_kwargs": {"cache": False}, "api_key": "k"}
-    assert data["reranker_kwargs"] == {"api_key": "k", "cache": False}  # the caller's dict is untouched
-    assert lift_api_key({"reranker_kwargs": {"cache": False}}) == {"reranker_kwargs": {"cache": False}}
-    assert lift_api_key("not a mapping") == "not a mapping"
-    with pytest.raises(InvalidInputError, match="given twice"):
-        lift_api_key({"api_key": "a", "reranker_kwargs": {"api_key": "b"}})
-
-
-def test_server_urls_are_shown_without_credentials():
-    assert redacted_base_url("https://user:pw@host:8000/v1?token=t") == "https://host:8000/v1"
-    assert redacted_base_url(["http://a:b@x/v1", "http://y/v1"]) == ["http://x/v1", "http://y/v1"]
-    assert redacted_base_url(None) is None
-
-
-def test_template_kwargs():
-    assert template_kwargs(None) == {}
-    assert template_kwargs("SciFact") == {"template": DATASET_PROMPTS["SciFact"]}
-    assert template_kwargs("Is it about FILL_QUERY_HERE?") == {"template": "Is it about FILL_QUERY_HERE?"}
-    with pytest.raises(InvalidInputError, match="FILL_QUERY_HERE"):
-        template_kwargs("no marker")
+def test_settings_show_server_urls_without_credentials():
+    settings = Rank1Settings(servers=("https://user:pw@host:8000/v1", "http://y/v1"), model="m", api_key="sk-1")
+    assert settings.model_dump()["servers"] == ("https://host:8000/v1", "http://y/v1")
+    for text in (repr(settings), settings.model_dump_json(), str(settings.model_dump())):
+        assert "pw@" not in text
+        assert "sk-1" not in text
+        assert "https://host:8000/v1" in text
+    assert settings.servers[0] == "https://user:pw@host:8000/v1"  # still used as given
 
 
 def test_a_broken_score_never_upsets_the_ranking_of_the_others():

@@ -131,7 +131,16 @@ def test_jina_shape_carries_rank1_fields(server, expected, path) -> None:
     objects = [{"text": text} for text in DOCS]
     lean = post(server, path, {"query": LEN_QUERY, "documents": objects, "return_documents": False}).json()
     assert [set(r) for r in lean["results"]] == [
-        {"index", "relevance_score", "relevant", "reasoning", "forced", "reasoning_tokens"}
+        {
+            "index",
+            "relevance_score",
+            "relevant",
+            "reasoning",
+            "forced",
+            "reasoning_tokens",
+            "reasoning_effort",
+            "reasoned",
+        }
     ] * 3
     assert [r["relevance_score"] for r in lean["results"]] == [r["relevance_score"] for r in body["results"]]
     assert lean["model"] == NAME
@@ -163,6 +172,8 @@ def test_empty_texts_duplicates_and_top_n(server, expected) -> None:
         "reasoning": "",
         "forced": False,
         "reasoning_tokens": 0,
+        "reasoning_effort": "full",
+        "reasoned": False,
         "document": {"text": "  "},
     }
     assert post(server, "/v2/rerank", {"model": NAME, "query": LEN_QUERY, "documents": []}).json()["results"] == []
@@ -339,3 +350,53 @@ def test_an_api_key_with_surrounding_whitespace_is_stripped(scripted_reranker) -
         assert httpx.get(f"{served.url}/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
     finally:
         served.stop()
+
+
+# -- reasoning effort per request (issue 22) -------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
+def test_a_request_chooses_no_think_and_gets_the_judges_no_think_scores(server, scripted_reranker, path) -> None:
+    body = {"model": NAME, "query": LEN_QUERY, "documents": DOCS, "reasoning_effort": "none"}
+    response = post(server, path, body)
+    assert response.status_code == 200, response.text
+    results = {r["index"]: r for r in response.json()["results"]}
+    truth = scripted_reranker.judge(LEN_QUERY, DOCS, reasoning_effort="none", max_reasoning_tokens=SCRIPTED_BUDGET)
+    for index, judgment in enumerate(truth):
+        assert results[index]["relevance_score"] == pytest.approx(judgment.score, abs=TOLERANCE)
+        assert results[index]["reasoning_effort"] == "none"
+        assert results[index]["reasoned"] is False
+        assert results[index]["reasoning_tokens"] == 0
+    full = {r["index"]: r for r in post(server, path, {**body, "reasoning_effort": "full"}).json()["results"]}
+    assert all(r["reasoned"] and r["reasoning_effort"] == "full" for r in full.values())  # never a no-think score
+
+
+def test_the_cohere_sdk_asks_for_no_think_with_an_extra_body_field(server) -> None:
+    client = cohere.ClientV2(api_key=API_KEY, base_url=server.url)
+    extra = {"additional_body_parameters": {"reasoning_effort": "none"}}
+    response = client.rerank(model=NAME, query=LEN_QUERY, documents=DOCS, request_options=extra)
+    fields = [r.model_dump() for r in response.results]
+    assert [(f["reasoning_effort"], f["reasoned"], f["reasoning_tokens"]) for f in fields] == [("none", False, 0)] * 3
+
+
+def test_a_request_budget_above_the_servers_is_a_400_and_below_it_is_used(server) -> None:
+    body = {"model": NAME, "query": LEN_QUERY, "documents": DOCS}
+    refused = post(server, "/v1/rerank", {**body, "max_reasoning_tokens": SCRIPTED_BUDGET + 1})
+    assert refused.status_code == 400, refused.text
+    assert "max_reasoning_tokens" in refused.json()["error"]["message"]
+    short = post(server, "/v1/rerank", {**body, "max_reasoning_tokens": 2})
+    assert short.status_code == 200, short.text
+    assert all(r["reasoning_tokens"] <= 2 for r in short.json()["results"])
+    for bad in [0, "many", True]:
+        assert post(server, "/v1/rerank", {**body, "max_reasoning_tokens": bad}).status_code == 422
+    assert post(server, "/v1/rerank", {**body, "reasoning_effort": "low"}).status_code == 422
+
+
+def test_an_adaptive_request_reasons_only_on_what_its_top_n_needs(server) -> None:
+    body = {"model": NAME, "query": LEN_QUERY, "documents": DOCS, "reasoning_effort": "adaptive", "top_n": 1}
+    response = post(server, "/v1/rerank", body)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 1
+    assert results[0]["reasoning_effort"] == "adaptive"
+    assert results[0]["reasoned"] is True  # the top candidate is always reasoned on (adaptive_top_k = top_n)

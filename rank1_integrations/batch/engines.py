@@ -1,15 +1,12 @@
-"""Where a run's pairs are judged: an embedded engine, a fleet of vLLM servers, or Ray actors of either.
-
-Each engine is a spec (plain data, picklable for Ray) and, opened, a :class:`Judge`:
-work units in, judgment records out. Rerankers are built only through the public
-``Rank1Reranker`` constructors, with failures marked (never raised) and no result
-cache (the checkpoint is the run's memory).
+"""Where a run's pairs are judged: a reranker, one built from ``Rank1Settings`` (an embedded engine or
+vLLM servers), or Ray actors of those; opened, a :class:`Judge`: work units in, judgment records out.
+Failures are marked (never raised) and nothing is cached (the checkpoint is the run's memory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from rank1_integrations.batch.drive import iterate, judge_units
@@ -17,18 +14,10 @@ from rank1_integrations.batch.plan import WorkUnit
 from rank1_integrations.batch.records import PairRecord, RunSettings
 from rank1_integrations.core.templates import resolve_template
 from rank1_integrations.errors import InvalidInputError
-from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
+from rank1_integrations.reranker import Rank1Reranker
+from rank1_integrations.settings import Rank1Settings
 
-__all__ = [
-    "EmbeddedEngine",
-    "Engine",
-    "InProcessJudge",
-    "Judge",
-    "RayEngine",
-    "ServerEngine",
-    "known_settings",
-    "open_judge",
-]
+__all__ = ["Engine", "InProcessJudge", "Judge", "RayEngine", "known_settings", "open_judge", "run_reranker"]
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 """Pairs in flight on an embedded engine: more than vLLM runs at once, so its batch stays full."""
@@ -36,77 +25,22 @@ UNITS_IN_WINDOW = 16
 """A work unit (one ``ajudge`` call) holds at most 1/16 of the window."""
 
 
-@dataclass(frozen=True)
-class EmbeddedEngine:
-    """rank1 on a ``vllm.LLM`` in this process; ``engine_kwargs`` go to vLLM unchanged."""
-
-    model: str
-    template: str | None = None
-    max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS
-    context_size: int | None = None
-    engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def reranker(self) -> Rank1Reranker:
-        return Rank1Reranker.from_vllm(self.model, **_run_settings(self), **dict(self.engine_kwargs))
-
-    def window(self) -> int:
-        return DEFAULT_MAX_IN_FLIGHT
-
-
-@dataclass(frozen=True)
-class ServerEngine:
-    """rank1 on vLLM OpenAI-compatible servers (the remote backend), all of them kept busy.
-
-    ``concurrency_per_server`` requests are in flight per server; ``backend_kwargs`` go to
-    ``Rank1Reranker.from_server`` (``api_key``, ``timeout``, ``max_retries``, ...).
-    """
-
-    urls: Sequence[str]
-    model: str | None = None
-    template: str | None = None
-    max_reasoning_tokens: int = DEFAULT_MAX_REASONING_TOKENS
-    context_size: int | None = None
-    concurrency_per_server: int = 32
-    backend_kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def reranker(self) -> Rank1Reranker:
-        if isinstance(self.urls, str) or not self.urls:
-            raise InvalidInputError("ServerEngine needs a list of server URLs")
-        return Rank1Reranker.from_server(
-            list(self.urls),
-            self.model,
-            **_run_settings(self),
-            **{"max_concurrency": self.concurrency_per_server * len(self.urls), **self.backend_kwargs},
-        )
-
-    def window(self) -> int:
-        """Twice the requests in flight: each server has its next requests waiting."""
-        return 2 * self.concurrency_per_server * len(self.urls)
-
-
-def _run_settings(engine: EmbeddedEngine | ServerEngine | Rank1Reranker) -> dict[str, Any]:
-    """A run's reranker settings: a failed pair is recorded (and retried on resume), never cached
-    (the checkpoint is the run's cache)."""
-    return {
-        "template": engine.template,
-        "max_reasoning_tokens": engine.max_reasoning_tokens,
-        "context_size": engine.context_size,
-        "on_failure": "mark_unjudged",
-        "cache": False,
-    }
+def run_reranker(settings: Rank1Settings) -> Rank1Reranker:
+    """A run's reranker: a failed pair is recorded (and retried on resume), never cached (the checkpoint is)."""
+    return Rank1Reranker.from_settings(settings, on_failure="mark_unjudged", cache_entries=0, cache_path=None)
 
 
 @dataclass(frozen=True)
 class RayEngine:
-    """Ray Data over the pairs with an actor pool of ``num_engines`` rerankers.
+    """Ray Data over the pairs with an actor pool of ``num_engines`` rerankers, each built from ``settings``.
 
-    Each actor builds ``rerankers``: its own embedded engine (on ``gpus_per_engine``
-    GPUs; default one where the cluster has GPUs) or a client of a vLLM fleet.
-    ``address`` is Ray's (None: start or join a local instance; ``"auto"``: the running
-    cluster). Actors take ``batch_size`` pairs per call, several calls at once.
+    Each actor has its own embedded engine (on ``gpus_per_engine`` GPUs; default one where
+    the cluster has GPUs) or is a client of the settings' vLLM servers. ``address`` is Ray's
+    (None: start or join a local instance; ``"auto"``: the running cluster). Actors take
+    ``batch_size`` pairs per call, several calls at once.
     """
 
-    rerankers: EmbeddedEngine | ServerEngine
+    settings: Rank1Settings
     num_engines: int = 1
     address: str | None = None
     gpus_per_engine: float | None = None
@@ -114,8 +48,8 @@ class RayEngine:
     batch_size: int = 64
 
 
-Engine = Rank1Reranker | EmbeddedEngine | ServerEngine | RayEngine
-"""What ``rerank_run`` judges on: a ready reranker (its settings and backend) or an engine spec."""
+Engine = Rank1Reranker | Rank1Settings | RayEngine
+"""What ``rerank_run`` judges on: a ready reranker, the settings of one to start, or Ray actors of those."""
 
 
 class Judge(Protocol):
@@ -163,23 +97,23 @@ class InProcessJudge:
 
 
 def known_settings(engine: Engine) -> dict[str, Any]:
-    """The :class:`RunSettings` fields the engine fixes without being started: all of a reranker's; of a
-    spec, the model (as given), template, budget, and context size where given."""
+    """The :class:`RunSettings` fields the engine fixes without being started: all of a reranker's; of
+    settings, the model (as given), template, budget, and context size where given."""
     if isinstance(engine, Rank1Reranker):
         return RunSettings.of(engine).to_dict()
-    spec = engine.rerankers if isinstance(engine, RayEngine) else engine
-    if not isinstance(spec, EmbeddedEngine | ServerEngine):
+    settings = engine.settings if isinstance(engine, RayEngine) else engine
+    if not isinstance(settings, Rank1Settings):
         raise _not_an_engine(engine)
     known: dict[str, Any] = {
-        "template": resolve_template(spec.template),
-        "max_reasoning_tokens": spec.max_reasoning_tokens,
+        "template": resolve_template(settings.template),
+        "max_reasoning_tokens": settings.max_reasoning_tokens,
     }
     # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
     # context it is told to have.
-    context = spec.context_size
-    if context is None and isinstance(spec, EmbeddedEngine):
-        context = spec.engine_kwargs.get("max_model_len")
-    for name, value in (("model", spec.model), ("context_size", context)):
+    context = settings.context_size
+    if context is None and settings.embedded:
+        context = settings.engine_args.get("max_model_len")
+    for name, value in (("model", settings.model), ("context_size", context)):
         if value is not None:
             known[name] = value
     return known
@@ -191,10 +125,12 @@ def open_judge(engine: Engine, *, max_in_flight: int | None) -> Judge:
         raise InvalidInputError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
     if isinstance(engine, Rank1Reranker):
         # The caller's reranker keeps its settings and backend; failures come back marked.
-        marking = Rank1Reranker(engine.backend, **_run_settings(engine))
+        marking = Rank1Reranker(engine.backend, engine.settings, on_failure="mark_unjudged", cache=False)
         return InProcessJudge(marking, max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT, owned=False)
-    if isinstance(engine, EmbeddedEngine | ServerEngine):
-        return InProcessJudge(engine.reranker(), max_in_flight=max_in_flight or engine.window(), owned=True)
+    if isinstance(engine, Rank1Settings):
+        # Servers: twice the requests in flight, so each server has its next requests waiting.
+        window = DEFAULT_MAX_IN_FLIGHT if engine.embedded else 2 * engine.max_concurrency
+        return InProcessJudge(run_reranker(engine), max_in_flight=max_in_flight or window, owned=True)
     if isinstance(engine, RayEngine):
         from rank1_integrations.batch.ray_engine import RayJudge
 
@@ -203,6 +139,4 @@ def open_judge(engine: Engine, *, max_in_flight: int | None) -> Judge:
 
 
 def _not_an_engine(engine: object) -> InvalidInputError:
-    return InvalidInputError(
-        f"engine must be a Rank1Reranker, EmbeddedEngine, ServerEngine or RayEngine, got {type(engine).__name__}"
-    )
+    return InvalidInputError(f"engine must be a Rank1Reranker, Rank1Settings or RayEngine, got {type(engine).__name__}")

@@ -20,10 +20,11 @@ from typing import Any
 
 from rank1_integrations._optional import require
 from rank1_integrations.batch.drive import judge_units
-from rank1_integrations.batch.engines import EmbeddedEngine, RayEngine, ServerEngine
+from rank1_integrations.batch.engines import RayEngine, run_reranker
 from rank1_integrations.batch.plan import WorkUnit
 from rank1_integrations.batch.records import PairRecord, RunSettings
 from rank1_integrations.errors import BackendError, InvalidInputError, Rank1Error
+from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["RayJudge", "RerankActor"]
 
@@ -36,11 +37,11 @@ _PURPOSE = "Batch reranking on Ray (--ray)"
 class RerankActor:
     """A reranker per Ray actor: ``map_batches`` calls it with pyarrow tables of (qid, docid, query, passage)."""
 
-    def __init__(self, spec: EmbeddedEngine | ServerEngine) -> None:
-        self._reranker = spec.reranker()
-        settings = RunSettings.of(self._reranker)
-        self._fingerprint = settings.fingerprint
-        self._settings = json.dumps(settings.to_dict())
+    def __init__(self, settings: Rank1Settings) -> None:
+        self._reranker = run_reranker(settings)
+        run_settings = RunSettings.of(self._reranker)
+        self._fingerprint = run_settings.fingerprint
+        self._settings = json.dumps(run_settings.to_dict())
 
     async def __call__(self, batch: Any) -> Any:
         pa = require("pyarrow", extras=("ray",), purpose=_PURPOSE)
@@ -76,8 +77,8 @@ def _backend_error(err: Exception) -> BackendError:
     return BackendError(f"Ray could not judge the pairs: {type(err).__name__}: {first_line}")
 
 
-def _settings_of(spec: EmbeddedEngine | ServerEngine) -> dict[str, Any]:
-    reranker = spec.reranker()
+def _settings_of(settings: Rank1Settings) -> dict[str, Any]:
+    reranker = run_reranker(settings)
     try:
         return RunSettings.of(reranker).to_dict()
     finally:
@@ -123,8 +124,8 @@ class RayJudge:
     """Runs a :class:`RayEngine`; starts (and later stops) a local Ray instance unless one is running."""
 
     def __init__(self, spec: RayEngine) -> None:
-        if not isinstance(spec.rerankers, EmbeddedEngine | ServerEngine):
-            raise InvalidInputError("RayEngine.rerankers must be an EmbeddedEngine or a ServerEngine")
+        if not isinstance(spec.settings, Rank1Settings):
+            raise InvalidInputError("RayEngine.settings must be a Rank1Settings")
         for name, least in (("num_engines", 1), ("batch_size", 1)):
             value = getattr(spec, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -147,7 +148,7 @@ class RayJudge:
     def _gpus(self) -> float:
         if self.spec.gpus_per_engine is not None:
             return float(self.spec.gpus_per_engine)
-        if isinstance(self.spec.rerankers, ServerEngine):
+        if not self.spec.settings.embedded:
             return 0.0
         return 1.0 if self._ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
@@ -157,7 +158,7 @@ class RayJudge:
             return
         dataset = self._data.from_arrow_refs(blocks).map_batches(
             RerankActor,
-            fn_constructor_kwargs={"spec": self.spec.rerankers},
+            fn_constructor_kwargs={"settings": self.spec.settings},
             batch_size=self.spec.batch_size,
             batch_format="pyarrow",
             compute=self._data.ActorPoolStrategy(size=self.spec.num_engines),
@@ -182,7 +183,7 @@ class RayJudge:
         """One reranker started as a Ray task with an actor's resources, asked for its settings."""
         if self.settings is None:
             probe = self._ray.remote(num_cpus=self.spec.cpus_per_engine, num_gpus=self._gpus())(_settings_of)
-            self.settings = RunSettings.from_dict(self._ray.get(probe.remote(self.spec.rerankers)))
+            self.settings = RunSettings.from_dict(self._ray.get(probe.remote(self.spec.settings)))
         return self.settings
 
     def _blocks(self, units: Iterator[WorkUnit]) -> list[Any]:

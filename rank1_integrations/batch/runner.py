@@ -75,9 +75,9 @@ def rerank_run(
     ``reasoning`` (JSONL, one line per pair: qid, docid, score, relevant, forced,
     reasoning_tokens, reasoning, truncated, error) is also the checkpoint: started again
     after any interruption, the same call judges only the pairs it lacks. ``corpus`` and
-    ``queries`` are BEIR JSONL files or ``irds:<dataset id>``; ``engine`` is a
-    ``Rank1Reranker`` or an :class:`EmbeddedEngine`, :class:`ServerEngine` or
-    :class:`RayEngine`. ``max_in_flight`` bounds the pairs judged at once in this process.
+    ``queries`` are BEIR JSONL files or ``irds:<dataset id>``; ``engine`` is a ``Rank1Reranker``,
+    the ``Rank1Settings`` of one, or a :class:`RayEngine`. ``max_in_flight`` bounds the pairs
+    judged at once in this process.
 
     Raises :class:`~rank1_integrations.errors.IncompleteRunError` when pairs failed (their
     errors are in ``reasoning``; the next run retries them, but for those refused as invalid

@@ -16,11 +16,14 @@ from rank1_integrations.core.judging import FailurePolicy, JudgingRun
 from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.core.prompting import PreparedPrompt, PromptBuilder
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError, Rank1Error
+from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["CallPlan", "plan_call", "validated"]
 
 Position = tuple[int, int]
 """(which (query, passages) pair, index of the passage in it)."""
+KeyFor = Callable[[str, str, str], str]
+"""The cache key of (query, passage) judged at an effort (``full``, ``none`` or ``adaptive``)."""
 
 
 @dataclass
@@ -35,7 +38,9 @@ class CallPlan:
     """(query, passage) of each fresh passage."""
     builder: PromptBuilder
     known: dict[Position, Judgment] = field(default_factory=dict)
-    keys: dict[Position, str] = field(default_factory=dict)
+    key_for: KeyFor | None = None
+    """None: no cache."""
+    effort: str = "full"
     prompts: dict[int, PreparedPrompt | Rank1Error] = field(default_factory=dict)
     """The prompts built ahead (:meth:`build_all`); the rest are built by the driver."""
 
@@ -51,13 +56,22 @@ class CallPlan:
         self.prompts = {index: self.build(index) for index in range(len(self.fresh))}
         return self
 
+    def store_key(self, index: int, judgment: Judgment) -> str | None:
+        """Where fresh passage ``index``'s judgment is cached: under how it was made, so that adaptive's
+        reasoned judgments serve full calls and its unreasoned ones no-think calls (None: not cached)."""
+        if self.key_for is None or not judgment.judged:
+            return None
+        if self.effort == "adaptive" and not judgment.reasoned and judgment.truncated:
+            return None  # cut to leave the budget's room: not what a no-think call would judge
+        return self.key_for(*self.texts[index], "full" if judgment.reasoned else "none")
+
     def handed_over(self, index: int, on_failure: FailurePolicy) -> Judgment | None:
         """What the caller gets for fresh passage ``index``, now final (None: a failure, raised at the end)."""
         outcome = self.run.outcome(index)
         if isinstance(outcome, Judgment):
             return outcome
         if outcome is not None and on_failure == "mark_unjudged":
-            return _unjudged(self.fresh[index][1], outcome)
+            return _unjudged(self.fresh[index][1], outcome, self.effort)
         return None
 
     def finish(self, on_failure: FailurePolicy) -> list[list[Judgment]]:
@@ -69,12 +83,13 @@ class CallPlan:
             failures = [PassageFailure(i, error, batch=b) for (b, i), error in sorted(failed.items())]
             batches = [[found.get((b, i)) for i in range(size)] for b, size in enumerate(self.sizes)]
             raise PassagesFailedError(failures, total=sum(self.sizes), batches=batches)
-        found.update({pos: _unjudged(pos[1], error) for pos, error in failed.items()})
+        found.update({pos: _unjudged(pos[1], error, self.effort) for pos, error in failed.items()})
         return [[found[(b, i)] for i in range(size)] for b, size in enumerate(self.sizes)]
 
 
-def _unjudged(index: int, error: Rank1Error) -> Judgment:
-    return Judgment(index=index, score=None, relevant=None, reasoning="", error=f"{type(error).__name__}: {error}")
+def _unjudged(index: int, error: Rank1Error, effort: str) -> Judgment:
+    message = f"{type(error).__name__}: {error}"
+    return Judgment(index, None, None, "", error=message, reasoning_effort=effort, reasoned=False)
 
 
 def plan_call(
@@ -82,24 +97,36 @@ def plan_call(
     builder: PromptBuilder,
     *,
     label_token_ids: tuple[int, int],
-    max_reasoning_tokens: int,
+    settings: Rank1Settings,
     cache: JudgmentCache | None,
-    key_for: Callable[[str, str], str],
+    key_for: KeyFor,
 ) -> CallPlan:
+    """The call's plan. An adaptive call reads no cache (its selection needs every no-think score of
+    a query); full and no-think calls read judgments of their own kind, adaptive's included."""
     checked = validated(batches)
     positions = [(b, i) for b, (_, passages) in enumerate(checked) for i in range(len(passages))]
     text = {(b, i): (checked[b][0], checked[b][1][i]) for b, i in positions}
-    keys: dict[Position, str] = {}
+    effort = settings.reasoning_effort
     known: dict[Position, Judgment] = {}
-    if cache is not None and positions:
-        keys = {pos: key_for(*text[pos]) for pos in positions}
+    if cache is not None and positions and effort != "adaptive":
+        keys = {pos: key_for(*text[pos], effort) for pos in positions}
         hits = cache.get_many(list(dict.fromkeys(keys.values())))
-        known = {pos: dataclasses.replace(hits[key], index=pos[1]) for pos, key in keys.items() if key in hits}
+        known = {
+            pos: dataclasses.replace(hits[key], index=pos[1], reasoning_effort=effort)
+            for pos, key in keys.items()
+            if key in hits
+        }
     fresh = [pos for pos in positions if pos not in known]
     run = JudgingRun(
-        builder, positions=fresh, label_token_ids=label_token_ids, max_reasoning_tokens=max_reasoning_tokens
+        builder,
+        positions=fresh,
+        label_token_ids=label_token_ids,
+        max_reasoning_tokens=settings.max_reasoning_tokens,
+        effort=settings,
     )
-    return CallPlan([len(p) for _, p in checked], run, fresh, [text[pos] for pos in fresh], builder, known, keys)
+    texts = [text[pos] for pos in fresh]
+    stored = key_for if cache is not None else None
+    return CallPlan([len(p) for _, p in checked], run, fresh, texts, builder, known, stored, effort)
 
 
 def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:

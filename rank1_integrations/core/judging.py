@@ -2,8 +2,10 @@
 
 :class:`JudgingRun` never waits on I/O. A driver (sync or async) hands each passage's
 request to a backend and feeds its result back with :meth:`JudgingRun.take`, which
-answers with the passage's next request (its forced answer) or nothing (it is final).
-The forced answer, the only loop back, is decided here and only here.
+answers with the passage's next request (its forced answer), if any; :meth:`JudgingRun.drain`
+says which passages became final and which other requests became due (adaptive effort
+releases a query's reasoning requests once its no-think scores are all in). The forced
+answer and adaptive's selection are decided here and only here.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.core.prompting import PreparedPrompt, PromptBuilder
 from rank1_integrations.core.protocol import STOP_STRINGS, label_probability
 from rank1_integrations.errors import BackendError, ModelOutputError, Rank1Error
+from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["FailurePolicy", "JudgingRun"]
 
 FailurePolicy = Literal["raise", "mark_unjudged"]
+_FULL = Rank1Settings.model_construct()  # the defaults, not the environment's: full reasoning
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,10 @@ class JudgingRun:
 
     Passages advance independently: a passage whose reasoning is done gets its forced-answer
     request (or its judgment) at once, without waiting for the others, so a driver can
-    stream judgments as they become final.
+    stream judgments as they become final. No-think (``none``, and adaptive's first step)
+    reads p(true) after a prefilled, closed reasoning: one token, no decoding. Adaptive
+    then reasons on a query's passages whose no-think score is within ``adaptive_margin``
+    of ``adaptive_center``, and on its ``adaptive_top_k`` best; the others are final then.
     """
 
     def __init__(
@@ -46,36 +53,69 @@ class JudgingRun:
         positions: Sequence[tuple[int, int]],
         label_token_ids: tuple[int, int],
         max_reasoning_tokens: int,
+        effort: Rank1Settings | None = None,
     ) -> None:
+        """``effort``: the settings saying how much to reason (``reasoning_effort`` and its knobs); None: full."""
         # (batch, index in batch) of each passage: what callers of judge_many see.
         self._positions = tuple(positions)
         self._builder = builder
         self._labels = label_token_ids
         self._budget = max_reasoning_tokens
+        self._effort = effort or _FULL
         self._prompts: dict[int, PreparedPrompt] = {}
         self._outcomes: dict[int, Judgment | Rank1Error] = {}
         self._forced: dict[int, _ForcedAnswer] = {}
+        self._probing: set[int] = set()  # passages whose pending request is a no-think one
+        self._scores: dict[int, float] = {}  # adaptive: no-think scores awaiting their query's selection
+        self._unprobed = [0] * (max((b for b, _ in self._positions), default=-1) + 1)
+        for batch, _ in self._positions:
+            self._unprobed[batch] += 1
+        self._due: list[tuple[int, CompletionRequest]] = []
+        self._final: list[int] = []
+
+    @property
+    def level(self) -> str:
+        return self._effort.reasoning_effort
 
     def begin(self, index: int, prompt: PreparedPrompt | Rank1Error) -> CompletionRequest | None:
-        """Passage ``index``'s prompt, or the error that kept it from being built; its reasoning request."""
+        """Passage ``index``'s prompt, or the error that kept it from being built; its first request."""
         if isinstance(prompt, Rank1Error):
-            self._outcomes[index] = prompt
+            self._settle(index, prompt)
+            self._probed(index)
             return None
         self._prompts[index] = prompt
-        return CompletionRequest(prompt.token_ids, self._budget, STOP_STRINGS, self._labels)
+        if self.level == "full":
+            return self._reasoning_request(index)
+        try:
+            token_ids = self._builder.build_no_think(prompt, self._effort.no_think_prefill)
+        except BackendError as err:  # e.g. the server's tokenizer failed: this passage only
+            self._settle(index, err)
+            self._probed(index)
+            return None
+        self._probing.add(index)
+        return CompletionRequest(token_ids, max_tokens=1, stop=(), label_token_ids=self._labels)
 
     def take(self, index: int, result: CompletionResult) -> CompletionRequest | None:
         """The result of passage ``index``'s last request; its forced-answer request when one is needed."""
         if index in self._outcomes or index not in self._prompts:
             raise BackendError(f"a result came for passage {index}, which awaits none")
         forced = self._forced.pop(index, None)
-        if isinstance(result, Rank1Error):
-            self._outcomes[index] = result
+        if index in self._probing:
+            self._probing.discard(index)
+            self._take_no_think(index, result)
+        elif isinstance(result, Rank1Error):
+            self._settle(index, result)
         elif forced is not None:
             self._take_forced_answer(forced, result)
         else:
             return self._take_reasoning(index, result)
         return None
+
+    def drain(self) -> tuple[list[tuple[int, CompletionRequest]], list[int]]:
+        """The requests released for other passages, and the passages that became final, since the last drain."""
+        due, final = self._due, self._final
+        self._due, self._final = [], []
+        return due, final
 
     def outcome(self, index: int) -> Judgment | Rank1Error | None:
         """Passage ``index``'s judgment, or the error that kept it from one; None while it is pending."""
@@ -84,6 +124,52 @@ class JudgingRun:
     def outcomes(self) -> list[Judgment | Rank1Error]:
         """Every passage's judgment, or the error that kept it from one, in input order."""
         return [self._outcomes.get(index, ModelOutputError("no result")) for index in range(len(self._positions))]
+
+    def _settle(self, index: int, outcome: Judgment | Rank1Error) -> None:
+        self._outcomes[index] = outcome
+        self._final.append(index)
+
+    def _reasoning_request(self, index: int) -> CompletionRequest:
+        return CompletionRequest(self._prompts[index].token_ids, self._budget, STOP_STRINGS, self._labels)
+
+    def _take_no_think(self, index: int, result: CompletionResult) -> None:
+        score = result if isinstance(result, Rank1Error) else _label_score(result.final_label_logprobs, "for no-think")
+        if isinstance(score, Rank1Error):
+            self._settle(index, score)
+        elif self.level == "none":
+            self._settle(index, self._unreasoned(index, score))
+        else:
+            self._scores[index] = score
+        self._probed(index)
+
+    def _probed(self, index: int) -> None:
+        """Adaptive: once a query's no-think scores are all in, reason where it can change the outcome."""
+        if self.level != "adaptive":
+            return
+        batch = self._positions[index][0]
+        self._unprobed[batch] -= 1
+        if self._unprobed[batch]:
+            return
+        scores = {i: self._scores.pop(i) for i in list(self._scores) if self._positions[i][0] == batch}
+        margin, center, top_k = self._effort.adaptive_margin, self._effort.adaptive_center, self._effort.adaptive_top_k
+        chosen = {i for i, score in scores.items() if abs(score - center) <= margin}
+        chosen.update(sorted(scores, key=lambda i: -scores[i])[: top_k or 0])
+        for i, score in scores.items():
+            if i in chosen:
+                self._due.append((i, self._reasoning_request(i)))
+            else:
+                self._settle(i, self._unreasoned(i, score))
+
+    def _unreasoned(self, index: int, score: float) -> Judgment:
+        return Judgment(
+            index=self._positions[index][1],
+            score=score,
+            relevant=score > 0.5,
+            reasoning="",
+            truncated=self._prompts[index].truncated,
+            reasoning_effort=self.level,
+            reasoned=False,
+        )
 
     def _take_reasoning(self, index: int, completion: Completion) -> CompletionRequest | None:
         label = completion.token_ids[-1] if completion.token_ids else None
@@ -94,16 +180,20 @@ class JudgingRun:
             return self._forced_request(index, completion)
         score = _label_score(completion.final_label_logprobs, "at the answer position")
         if isinstance(score, ModelOutputError):
-            self._outcomes[index] = score
+            self._settle(index, score)
             return None
-        self._outcomes[index] = Judgment(
-            index=self._positions[index][1],
-            score=score,
-            relevant=label == self._labels[0],
-            reasoning=completion.text.strip(),
-            forced=False,
-            reasoning_tokens=len(completion.token_ids),
-            truncated=self._prompts[index].truncated,
+        self._settle(
+            index,
+            Judgment(
+                index=self._positions[index][1],
+                score=score,
+                relevant=label == self._labels[0],
+                reasoning=completion.text.strip(),
+                forced=False,
+                reasoning_tokens=len(completion.token_ids),
+                truncated=self._prompts[index].truncated,
+                reasoning_effort=self.level,
+            ),
         )
         return None
 
@@ -111,7 +201,7 @@ class JudgingRun:
         try:
             forced = self._builder.build_forced(self._prompts[index], completion.token_ids, completion.text)
         except Rank1Error as err:  # e.g. the server's tokenizer failed, or no room: this passage only
-            self._outcomes[index] = err
+            self._settle(index, err)
             return None
         self._forced[index] = _ForcedAnswer(index, forced.reasoning, len(completion.token_ids))
         return CompletionRequest(forced.token_ids, max_tokens=1, stop=(), label_token_ids=self._labels)
@@ -119,16 +209,20 @@ class JudgingRun:
     def _take_forced_answer(self, forced: _ForcedAnswer, result: Completion) -> None:
         score = _label_score(result.final_label_logprobs, "for the forced answer")
         if isinstance(score, ModelOutputError):
-            self._outcomes[forced.index] = score
+            self._settle(forced.index, score)
             return
-        self._outcomes[forced.index] = Judgment(
-            index=self._positions[forced.index][1],
-            score=score,
-            relevant=score > 0.5,
-            reasoning=forced.reasoning,
-            forced=True,
-            reasoning_tokens=forced.reasoning_tokens,
-            truncated=self._prompts[forced.index].truncated,
+        self._settle(
+            forced.index,
+            Judgment(
+                index=self._positions[forced.index][1],
+                score=score,
+                relevant=score > 0.5,
+                reasoning=forced.reasoning,
+                forced=True,
+                reasoning_tokens=forced.reasoning_tokens,
+                truncated=self._prompts[forced.index].truncated,
+                reasoning_effort=self.level,
+            ),
         )
 
 

@@ -24,7 +24,7 @@ class Judgment:
     relevant: bool | None
     """The model's verdict: the label it generated, or the likelier label when forced."""
     reasoning: str
-    """The text between ``<think>`` and ``</think>`` (cut back to a sentence end when forced)."""
+    """The text between ``<think>`` and ``</think>`` (cut back to a sentence end when forced; ``""`` unreasoned)."""
     forced: bool = False
     """True when reasoning ran past the budget and the answer had to be forced."""
     reasoning_tokens: int = 0
@@ -32,6 +32,10 @@ class Judgment:
     truncated: bool = False
     """True when the passage was cut to fit the context window."""
     error: str | None = None
+    reasoning_effort: str = "full"
+    """The effort asked for: ``full``, ``none`` (no-think) or ``adaptive``."""
+    reasoned: bool = True
+    """Whether rank1 reasoned (False: the score is no-think's, read after a prefilled reasoning)."""
 
     @property
     def judged(self) -> bool:

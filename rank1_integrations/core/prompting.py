@@ -131,6 +131,28 @@ class PromptBuilder:
             )
         return ForcedPrompt(built[cut], reasoning[:cut])
 
+    def build_no_think(self, prompt: PreparedPrompt, prefill: str) -> tuple[int, ...]:
+        """No-think's prompt (arXiv 2504.09858): the forced answer's, ``prompt + "\\n" + prefill + "\\n</think>"``,
+        with the prefill as the reasoning (data: it never becomes a control token); the answer is read next.
+
+        Under effort ``none`` the builder's ``max_prompt_tokens`` leaves :meth:`no_think_room`, not
+        the reasoning budget; adaptive's leaves the budget, which must hold the prefill.
+        """
+        token_ids = self._forced_ids(prompt, (Data(prefill),))
+        if self.context_size is not None and len(token_ids) >= self.context_size:
+            raise InvalidInputError(
+                f"no_think_prefill: the no-think prompt takes {len(token_ids)} tokens, more than the "
+                f"{self.context_size - 1} that fit before the answer; raise max_reasoning_tokens or shorten the prefill"
+            )
+        return token_ids
+
+    def no_think_room(self, prefill: str) -> int:
+        """The tokens no-think adds to a prompt, its answer included (exact wherever the forced prompt
+        extends the prompt's own ids, as on every byte-level BPE tokenizer rank1 uses)."""
+        pieces = self._pieces("", "")
+        bare = PreparedPrompt(pieces, tuple(encode_prompt(self._tokenizer, pieces)), truncated=False)
+        return len(self._forced_ids(bare, (Data(prefill),))) - len(bare.token_ids) + 1
+
     def _forced_ids(self, prompt: PreparedPrompt, reasoning: Sequence[PromptPiece]) -> tuple[int, ...]:
         continuation = (Trusted("\n"), *reasoning, Trusted("\n"), Control(THINK_CLOSE))
         prompt_ids = prompt.token_ids

@@ -162,7 +162,10 @@ def create_app(
     @app.post("/rerank")
     async def rerank_jina(body: JinaRerankRequest, request: Request) -> Response:
         model = model_for(body.model)
-        ranking = await _unless_disconnected(request, service.rerank(body.query, body.documents, body.top_n))
+        ranking = await _unless_disconnected(
+            request,
+            service.rerank(body.query, body.documents, body.top_n, body.reasoning_effort, body.max_reasoning_tokens),
+        )
         if ranking is None:
             return Response(status_code=_CLIENT_CLOSED)
         results = [
@@ -178,7 +181,10 @@ def create_app(
     @app.post("/v2/rerank")
     async def rerank_cohere(body: CohereRerankRequest, request: Request) -> Response:
         model_for(body.model)
-        ranking = await _unless_disconnected(request, service.rerank(body.query, body.documents, body.top_n))
+        ranking = await _unless_disconnected(
+            request,
+            service.rerank(body.query, body.documents, body.top_n, body.reasoning_effort, body.max_reasoning_tokens),
+        )
         if ranking is None:
             return Response(status_code=_CLIENT_CLOSED)
         results = [CohereResult(**_result_fields(pick)) for pick in ranking.picks]
@@ -197,6 +203,8 @@ def _result_fields(pick: Pick) -> dict[str, Any]:
         "reasoning": j.reasoning,
         "forced": j.forced,
         "reasoning_tokens": j.reasoning_tokens,
+        "reasoning_effort": j.reasoning_effort,
+        "reasoned": j.reasoned,
     }
 
 

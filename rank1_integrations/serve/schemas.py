@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from rank1_integrations.settings import Effort
+
 __all__ = [
     "ApiVersion",
     "BilledUnits",
@@ -60,6 +62,10 @@ class _RerankRequest(BaseModel):
     documents: list[DocumentText]
     top_n: Annotated[StrictInt, Field(ge=1)] | None = None
     """Return the best ``top_n`` documents; None: all of them, best first."""
+    reasoning_effort: Effort | None = None
+    """rank1's effort for this request (``full``, ``none``, ``adaptive``); None: the server's."""
+    max_reasoning_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    """The reasoning budget for this request, at most the server's; None: the server's."""
 
     @field_validator("query")
     @classmethod
@@ -95,6 +101,10 @@ class CohereResult(BaseModel):
     """The reasoning ran out of budget and the answer was forced."""
     reasoning_tokens: int
     """Tokens of reasoning generated."""
+    reasoning_effort: str
+    """The effort this judgment was made with."""
+    reasoned: bool
+    """Whether rank1 reasoned (False: a no-think score)."""
 
 
 class JinaResult(CohereResult):

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rank1_integrations.adapters.selection import Pick, SelectionPolicy, plan_judging, select
 from rank1_integrations.cache import GuardedCache
@@ -24,6 +25,7 @@ from rank1_integrations.errors import BackendError, InvalidInputError, PassageFa
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.serve.metrics import ServeMetrics
 from rank1_integrations.serve.sharing import InFlight
+from rank1_integrations.settings import Effort
 
 __all__ = ["Limits", "Ranking", "RequestTooLargeError", "RerankService"]
 
@@ -76,21 +78,37 @@ class RerankService:
         # As the reranker reads its cache: a failing cache costs a miss, never a request.
         self._cache = GuardedCache(reranker.cache) if reranker.cache is not None else None
 
-    async def rerank(self, query: str, texts: Sequence[str], top_n: int | None) -> Ranking:
-        """Every document judged (or the call fails), ranked best first, cut to ``top_n`` (None: all)."""
+    async def rerank(
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: int | None,
+        effort: Effort | None = None,
+        budget: int | None = None,
+    ) -> Ranking:
+        """Every document judged (or the call fails), ranked best first, cut to ``top_n`` (None: all).
+
+        ``effort`` and ``budget`` (the request's ``reasoning_effort`` and ``max_reasoning_tokens``)
+        override the server's; a budget above the server's is refused.
+        """
         self._check_limits(query, texts)
+        changes = self._changes(effort, budget, top_n)
         self.metrics.documents.inc(len(texts))
         plan = plan_judging(texts)
         validated([(query, plan.passages)])
-        by_key = {self._key(query, passage): passage for passage in plan.passages}
-        known = await self._cached(list(by_key))
-        missing = {key: passage for key, passage in by_key.items() if key not in known}
-        self.metrics.cache_hits.inc(len(known))
-        if missing:
-            joined = await self.in_flight.join(query, missing)
-            self.metrics.shared.inc(joined.shared)
-            known.update(joined.judgments)
-        judgments = [known[key] for key in by_key]
+        if changes.get("reasoning_effort", self.reranker.settings.reasoning_effort) == "adaptive":
+            # Adaptive picks what to reason on from the whole list: its work is this request's own.
+            judgments = await self.reranker.ajudge(query, plan.passages, **changes) if plan.passages else []
+        else:
+            by_key = {self.reranker.cache_key(query, passage, **changes): passage for passage in plan.passages}
+            known = await self._cached(list(by_key))
+            missing = {key: passage for key, passage in by_key.items() if key not in known}
+            self.metrics.cache_hits.inc(len(known))
+            if missing:
+                joined = await self.in_flight.join(query, missing, changes)
+                self.metrics.shared.inc(joined.shared)
+                known.update(joined.judgments)
+            judgments = [known[key] for key in by_key]
         failures = [
             PassageFailure(index, BackendError(judgments[slot].error or "not judged"))
             for index, slot in enumerate(plan.slots)
@@ -115,21 +133,34 @@ class RerankService:
                 f"{self.limits.max_characters} per request"
             )
 
-    def _key(self, query: str, passage: str) -> str:
-        # The reranker's own cache key: what makes two judgments the same also makes them shareable.
-        return self.reranker.cache_key(query, passage)
+    def _changes(self, effort: Effort | None, budget: int | None, top_n: int | None) -> dict[str, Any]:
+        # The reranker's own cache key takes these too: what makes two judgments the same also makes them shareable.
+        changes: dict[str, Any] = {}
+        if budget is not None:
+            if budget > self.reranker.max_reasoning_tokens:
+                raise InvalidInputError(
+                    f"max_reasoning_tokens: at most this server's {self.reranker.max_reasoning_tokens}, got {budget}"
+                )
+            changes["max_reasoning_tokens"] = budget
+        if effort is not None:
+            changes["reasoning_effort"] = effort
+        if (effort or self.reranker.settings.reasoning_effort) == "adaptive" and top_n is not None:
+            changes["adaptive_top_k"] = top_n  # the rerank APIs' cut is top_n: reason on the candidates for it
+        return changes
 
     async def _cached(self, keys: list[str]) -> dict[str, Judgment]:
         if self._cache is None or not keys:
             return {}
         return await asyncio.to_thread(self._cache.get_many, keys)  # a DiskCache reads SQLite: off the event loop
 
-    async def _judge_batch(self, query: str, passages: Sequence[str]) -> AsyncGenerator[Judgment, None]:
+    async def _judge_batch(
+        self, query: str, passages: Sequence[str], changes: Mapping[str, Any]
+    ) -> AsyncGenerator[Judgment, None]:
         """Each passage's judgment as soon as it is final (then ``PassagesFailedError`` if some failed)."""
         started = time.perf_counter()
         judged: list[Judgment] = []
         try:
-            async for judgment in self.reranker.ajudge_stream(query, passages):
+            async for judgment in self.reranker.ajudge_stream(query, passages, **changes):
                 judged.append(judgment)
                 yield judgment
         finally:

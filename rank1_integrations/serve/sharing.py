@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.errors import Rank1Error
@@ -31,8 +32,8 @@ from rank1_integrations.errors import Rank1Error
 __all__ = ["InFlight", "Joined"]
 
 _Outcome = Judgment | Exception
-Judge = Callable[[str, Sequence[str]], AsyncGenerator[Judgment, None]]
-"""Judges passages for a query: yields each passage's judgment (``Judgment.index``: which one) as
+Judge = Callable[[str, Sequence[str], Mapping[str, Any]], AsyncGenerator[Judgment, None]]
+"""Judges passages for a query with per-call settings: yields each passage's judgment (``Judgment.index``: which one) as
 soon as it is final. Raising fails the passages not handed over yet."""
 
 
@@ -71,14 +72,16 @@ class InFlight:
         """Requests waiting for judgments now (one per request and batch it waits on)."""
         return sum(batch.waiters for batch in {id(b): b for b in self._batches.values()}.values())
 
-    async def join(self, query: str, passages: Mapping[str, str]) -> Joined:
+    async def join(self, query: str, passages: Mapping[str, str], changes: Mapping[str, Any] | None = None) -> Joined:
         """Judgments of ``passages`` (key -> text) for ``query``, each key judged once across callers.
+
+        ``changes`` are the request's per-call settings; the keys must tell them apart.
 
         Raises what judging raised; cancelling the caller cancels only batches nobody else awaits.
         """
         new = {key: text for key, text in passages.items() if key not in self._batches}
         if new:
-            self._start(query, new)
+            self._start(query, new, changes or {})
         futures = {key: self._batches[key].results[key] for key in passages}
         held: dict[_Batch, list[asyncio.Future[_Outcome]]] = {}
         for key, future in futures.items():
@@ -114,18 +117,18 @@ class InFlight:
         for batch in list({id(b): b for b in self._batches.values()}.values()):
             self._cancel(batch)
 
-    def _start(self, query: str, passages: Mapping[str, str]) -> None:
+    def _start(self, query: str, passages: Mapping[str, str], changes: Mapping[str, Any]) -> None:
         loop = asyncio.get_running_loop()
         batch = _Batch({key: loop.create_future() for key in passages})
         for key in passages:
             self._batches[key] = batch
-        batch.task = loop.create_task(self._run(batch, query, list(passages.values())))
+        batch.task = loop.create_task(self._run(batch, query, list(passages.values()), changes))
         batch.task.add_done_callback(lambda _: self._settle(batch))
 
-    async def _run(self, batch: _Batch, query: str, texts: list[str]) -> None:
+    async def _run(self, batch: _Batch, query: str, texts: list[str], changes: Mapping[str, Any]) -> None:
         keys = list(batch.results)
         try:
-            async with contextlib.aclosing(self.judge(query, texts)) as judgments:
+            async with contextlib.aclosing(self.judge(query, texts, changes)) as judgments:
                 async for judgment in judgments:
                     self._hand_over(batch, keys[judgment.index], judgment)
             lost = [key for key in keys if not batch.results[key].done()]

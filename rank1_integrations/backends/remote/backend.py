@@ -1,71 +1,62 @@
 """Remote backend: rank1 on one or more vLLM OpenAI-compatible servers, sync and async.
 
-A thin driver around :class:`~rank1_integrations.backends.remote.core.RemoteCore`: it
-sends the HTTP calls the core asks for (with the ``openai`` client), retries them
-with ``tenacity`` on the core's policy and hands the outcomes back. All network I/O
-runs on one private event loop (:class:`~rank1_integrations.backends.remote.io_loop.BackgroundLoop`),
-whoever calls (threads, or tasks on other event loops): one code path, one connection
-pool per server and one bound of ``max_concurrency`` requests in flight. See
-``docs/remote.md``.
+A thin driver around :class:`~rank1_integrations.backends.remote.core.RemoteCore`: it sends
+the calls the core asks for (with the ``openai`` client), retries them with ``tenacity`` on
+the core's policy and hands the outcomes back. All network I/O runs on one private event
+loop on a daemon thread, whoever calls (threads, or tasks on other event loops): one
+connection pool per server and one bound of ``max_concurrency`` requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import ssl
 import sys
+import threading
 import weakref
-from collections.abc import Sequence
-from concurrent.futures import Future
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
 from rank1_integrations._optional import require
 from rank1_integrations.backends.base import CompletionRequest, CompletionResult, ResultSink
-from rank1_integrations.backends.remote.config import RemoteSettings, ServerURL, resolve_api_key
+from rank1_integrations.backends.remote.config import API_KEY_ENV_VARS, ServerURL, redact_url, resolve_api_key
 from rank1_integrations.backends.remote.core import HttpCall, Job, RemoteCore
-from rank1_integrations.backends.remote.io_loop import BackgroundLoop
 from rank1_integrations.backends.remote.routing import Router
 from rank1_integrations.backends.remote.tokenizer import RemoteTokenizer, local_or_server
+from rank1_integrations.backends.remote.wire import error_detail, retry_after
 from rank1_integrations.core.tokenization import PromptTokenizer
 from rank1_integrations.errors import (
+    BackendError,
     IncompatibleServerError,
     InvalidInputError,
     MalformedResponseError,
     Rank1Error,
+    ServerConnectionError,
+    ServerStatusError,
+    ServerTimeoutError,
 )
+from rank1_integrations.settings import TRANSPORT_FIELDS, Rank1Settings
 
 __all__ = ["RemoteBackend"]
 
 logger = logging.getLogger("rank1_integrations.backends.remote.backend")
 
-_SETTING_NAMES = frozenset(RemoteSettings.__dataclass_fields__)
+T = TypeVar("T")
 
 
 class RemoteBackend:
     """Completes rank1 requests on vLLM servers over HTTP (a :class:`~rank1_integrations.backends.base.Backend`).
 
-    Construction talks to the servers once: it checks that each serves ``model``
-    (``/v1/models``), reads ``max_model_len`` there and sets up the server's
-    tokenizer (``/tokenize``, ``/detokenize``, ``/tokenizer_info``). Servers that
-    cannot be reached then are routed around until they answer.
-
-    Args:
-        base_url: One server (``http://host:8000/v1``) or a list of replicas. Credentials in a
-            URL (``http://user:password@host/v1``) are sent as HTTP Basic auth, never shown.
-        model: The served model name; None takes the only model the servers serve.
-        api_key: Bearer key; None reads ``RANK1_API_KEY`` then ``VLLM_API_KEY``. Never shown.
-        verify: TLS verification for https servers: True, a CA bundle path or an ``ssl.SSLContext``.
-        tokenizer: How prompts are tokenized. None (default): with a local copy of the served
-            model's tokenizer when one loads offline and agrees with the server's on probe
-            texts (no round trip per prompt), else with the server's ``/tokenize``. A name or
-            path (or a ``PromptTokenizer``): that tokenizer, checked the same way. ``"server"``:
-            always the server's endpoints (the light install needs no ``transformers``).
-        extra_protected: More strings that data may never turn into tokens of their own.
-        **settings: Fields of :class:`RemoteSettings` (``timeout``, ``max_retries``, ``retry_budget``,
-            ``max_concurrency``, ``prompts_per_request``, backoff, ...).
+    Construction checks that each server serves ``model`` (None: the only one served) and reads
+    its ``max_model_len``; servers that do not answer then are routed around until they do.
+    ``api_key`` None reads ``RANK1_API_KEY`` then ``VLLM_API_KEY``; ``settings`` are the transport
+    fields of :class:`~rank1_integrations.settings.Rank1Settings`. The arguments and policy:
+    ``docs/remote.md``.
     """
 
     def __init__(
@@ -80,9 +71,11 @@ class RemoteBackend:
         **settings: Any,
     ) -> None:
         self._openai = require("openai", extras=(), purpose="The remote backend")
-        unknown = sorted(set(settings) - _SETTING_NAMES)
+        unknown = sorted(set(settings) - set(TRANSPORT_FIELDS))
         if unknown:
-            raise InvalidInputError(f"unknown remote settings {unknown}; valid ones: {sorted(_SETTING_NAMES)}")
+            raise InvalidInputError(
+                f"{', '.join(unknown)}: not a remote backend setting ({', '.join(TRANSPORT_FIELDS)})"
+            )
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
             raise InvalidInputError("base_url names no server")
@@ -91,15 +84,20 @@ class RemoteBackend:
         self._core = RemoteCore(
             servers=tuple(ServerURL.parse(url) for url in urls),
             model=model or "",
-            settings=RemoteSettings(**settings),
+            settings=Rank1Settings.model_construct().replace(**settings),
             api_key=resolve_api_key(api_key),
         )
         self._verify = _tls_verification(verify)
         self._slots = asyncio.Semaphore(self._core.settings.max_concurrency)
         self._clients: dict[str, Any] = {}  # touched only on the I/O loop
-        self._io = BackgroundLoop(name="rank1-remote-io")
+        self._io = _IOLoop()
+
+        async def close_clients(clients: dict[str, Any] = self._clients) -> None:
+            for client in clients.values():
+                await client.close()
+
         # Closes the loop, its thread and the connections even if close() is never called.
-        self._finalizer = weakref.finalize(self, self._io.close, _closer(self._clients))
+        self._finalizer = weakref.finalize(self, self._io.close, close_clients)
         try:
             self._max_model_len = self._io.run(self._discover())
             served = RemoteTokenizer(self._core, self.call, extra_protected=extra_protected)
@@ -109,7 +107,7 @@ class RemoteBackend:
             raise
 
     def __repr__(self) -> str:
-        servers = [server.display for server in self._core.servers]
+        servers = self._core.router.servers
         return (
             f"{type(self).__name__}(model={self._core.model!r}, servers={servers}, max_model_len={self._max_model_len})"
         )
@@ -127,7 +125,7 @@ class RemoteBackend:
         return self._max_model_len
 
     @property
-    def settings(self) -> RemoteSettings:
+    def settings(self) -> Rank1Settings:
         return self._core.settings
 
     @property
@@ -135,13 +133,9 @@ class RemoteBackend:
         """Where requests go, and each server's health (``router.health()``, for monitoring)."""
         return self._core.router
 
-    # -- Backend ------------------------------------------------------------------------
-
-    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
-        """Send the requests (``max_concurrency`` at a time); ``on_result`` hears of each as its answer comes.
-
-        Cancelling the future closes the requests still in flight (vLLM then aborts them).
-        """
+    def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> concurrent.futures.Future[Any]:
+        """Send the requests (``max_concurrency`` at a time); cancelling the future closes those
+        still in flight (vLLM then aborts them)."""
         return self._io.submit(self._complete(requests, on_result))
 
     def call(self, call: HttpCall) -> Any:
@@ -152,26 +146,22 @@ class RemoteBackend:
         """Cancel running requests and close every connection; later calls raise ``BackendError``."""
         self._finalizer()
 
-    async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
-
-    def __enter__(self) -> RemoteBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> RemoteBackend:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     # -- the driver (on the I/O loop) -----------------------------------------------------
 
     async def _complete(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> None:
         async def run(job: Job) -> None:
-            for position, result in zip(job.positions, await self._run_job(job), strict=True):
+            steps = self._core.run_job(job)
+            outcome: Any = None
+            try:
+                while True:
+                    call = steps.send(outcome)
+                    try:
+                        outcome = await self._call(call)
+                    except Rank1Error as err:
+                        outcome = err
+            except StopIteration as done:
+                results: list[CompletionResult] = done.value
+            for position, result in zip(job.positions, results, strict=True):
                 on_result(position, result)
 
         jobs = [asyncio.ensure_future(run(job)) for job in self._core.plan_jobs(requests)]
@@ -180,20 +170,6 @@ class RemoteBackend:
         finally:  # a bug in one job (or a cancel) stops the others too
             for job in jobs:
                 job.cancel()
-
-    async def _run_job(self, job: Job) -> list[CompletionResult]:
-        steps = self._core.run_job(job)
-        outcome: Any = None
-        try:
-            while True:
-                call = steps.send(outcome)
-                try:
-                    outcome = await self._call(call)
-                except Rank1Error as err:
-                    outcome = err
-        except StopIteration as done:
-            result: list[CompletionResult] = done.value
-            return result
 
     async def _call(self, call: HttpCall) -> Any:
         from tenacity import AsyncRetrying
@@ -217,7 +193,7 @@ class RemoteBackend:
                 content = await asyncio.wait_for(self._send(server, call), timeout=call.timeout)
                 body = core.decode(content, call, server)
             except Exception as err:
-                error = core.translate_error(err, server, call)
+                error = translate_error(core, err, server, call)
                 if error is None:  # not the server's fault: our bug or environment, raised as it is
                     raise
                 core.record_failure(server, error, sent)
@@ -234,63 +210,146 @@ class RemoteBackend:
         """One HTTP call, every endpoint the same way: the raw body of a successful answer."""
         timeout = self._openai.Timeout(call.timeout, connect=min(self._core.settings.connect_timeout, call.timeout))
         client = self._clients.get(server) or self._clients.setdefault(server, self._client(server))
-        url = self._core.url_for(call, server)
-        options = {"timeout": timeout}
+        url, options = self._core.url_for(call, server), {"timeout": timeout}
         if call.body is None:
-            content = await client.get(url, cast_to=bytes, options=options)
-        else:
-            content = await client.post(url, cast_to=bytes, body=dict(call.body), options=options)
-        return bytes(content)
+            return bytes(await client.get(url, cast_to=bytes, options=options))
+        return bytes(await client.post(url, cast_to=bytes, body=dict(call.body), options=options))
 
-    def _client(self, display: str) -> Any:
-        server = self._core.server(display)
+    def _client(self, name: str) -> Any:
+        server = self._core.server(name)
         auth = (server.auth[0], server.auth[1].get_secret_value()) if server.auth else None
-        http_client = self._openai.DefaultAsyncHttpxClient(
-            verify=self._verify,
-            auth=auth,
-            event_hooks={"response": [_body_limit(self._openai, self._core.settings.max_response_bytes, display)]},
-        )
+        hook = _body_limit(self._openai, self._core.settings.max_response_bytes, name)
+        api_key = self._core.api_key
         return self._openai.AsyncOpenAI(
             base_url=server.api,
-            api_key=self._core.api_key_value,
+            api_key=api_key.get_secret_value() if api_key is not None else "EMPTY",  # vLLM's "no key"
             max_retries=0,  # tenacity owns the retry policy
-            timeout=self._core.settings.metadata_timeout,
-            http_client=http_client,
+            http_client=self._openai.DefaultAsyncHttpxClient(
+                verify=self._verify, auth=auth, event_hooks={"response": [hook]}
+            ),
         )
 
     async def _discover(self) -> int:
         """Check every server's model list; the smallest ``max_model_len`` of those that answer."""
-        servers = [server.display for server in self._core.servers]
-        answers = await asyncio.gather(
-            *(self._call(self._core.models_call(server)) for server in servers), return_exceptions=True
-        )
+        servers = self._core.router.servers
+        calls = (self._call(self._core.models_call(server)) for server in servers)
+        answers = await asyncio.gather(*calls, return_exceptions=True)
         lengths: dict[str, int] = {}
-        first_error: Rank1Error | None = None
+        down: list[Rank1Error] = []
         for server, answer in zip(servers, answers, strict=True):
             if isinstance(answer, IncompatibleServerError) and not isinstance(answer, MalformedResponseError):
                 raise answer
             if isinstance(answer, Rank1Error) and self._core.is_retryable(answer):
                 logger.warning("server %s is not answering (%s); routing around it for now", server, answer)
-                first_error = first_error or answer
-                continue
-            if isinstance(answer, BaseException):
+                down.append(answer)
+            elif isinstance(answer, BaseException):
                 raise answer
-            lengths[server] = self._core.max_model_len(answer, server)
+            else:
+                lengths[server] = self._core.max_model_len(answer, server)
         if not lengths:
-            assert first_error is not None
-            raise first_error
+            raise down[0]
         if len(set(lengths.values())) > 1:
             logger.warning("servers report different max_model_len %s; using the smallest", lengths)
         return min(lengths.values())
 
 
-def _closer(clients: dict[str, Any]) -> Any:
-    async def close_clients() -> None:
-        for client in list(clients.values()):
-            await client.close()
-        clients.clear()
+def translate_error(core: RemoteCore, err: BaseException, server: str, call: HttpCall) -> Rank1Error | None:
+    """A transport or HTTP error of one call as this project's error, with nothing secret in it.
 
-    return close_clients
+    None for anything else (a bug, a missing package, a closed client): that is not the
+    server's fault, must not count against it, and is raised as it is.
+    """
+    import openai
+
+    where = redact_url(core.url_for(call, server))
+    if isinstance(err, Rank1Error):
+        return err
+    if isinstance(err, openai.APITimeoutError | TimeoutError | asyncio.TimeoutError):
+        return ServerTimeoutError(f"{where} did not answer within {call.timeout:.0f} s", server=server)
+    if isinstance(err, openai.APIConnectionError):
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, Rank1Error):  # raised by our own hook while the answer was read
+            return cause
+        detail = f": {type(cause).__name__}" if cause is not None else ""
+        if cause is not None and str(cause):
+            detail += f" ({core.scrub(str(cause))[:200]})"
+        return ServerConnectionError(f"could not reach {where}{detail}", server=server)
+    if isinstance(err, openai.APIStatusError):
+        status = err.status_code
+        hint = ""
+        if status == 401:
+            hint = f" (the server needs an API key: pass api_key= or set {API_KEY_ENV_VARS[0]})"
+        elif status == 404 and call.endpoint in ("tokenize", "detokenize"):
+            hint = " (rank1 needs vLLM's /tokenize and /detokenize endpoints: is this a vLLM server?)"
+        return ServerStatusError(
+            f"{where} answered HTTP {status}{hint}: {core.scrub(error_detail(err.body))}",
+            status=status,
+            server=server,
+            retry_after=retry_after(err.response.headers, core.settings.retry_budget),
+        )
+    return None
+
+
+class _IOLoop:
+    """An event loop on its own daemon thread, where a backend's network I/O runs for every caller."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rank1-remote-io", daemon=True)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coroutine`` on the loop; cancelling the future cancels it."""
+        with self._lock:
+            if self._closed:
+                coroutine.close()
+                raise _closed_error()
+            return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the loop and wait for it; an interrupted wait cancels it."""
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("a blocking call was made from the backend's own event loop thread")
+        future = self.submit(coroutine)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise _closed_error() from None
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: stop the work too
+            raise
+
+    def close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Cancel what still runs, await ``cleanup`` on the loop, then stop the loop and its thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+
+        async def shutdown() -> None:
+            running = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            await cleanup()
+
+        if threading.current_thread() is self._thread:  # closed from a callback on the loop: never block
+            self._loop.call_soon(self._loop.stop)
+            return
+        # If the loop is stuck, give up waiting: its daemon thread dies with the process.
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+
+def _closed_error() -> BackendError:
+    return BackendError("the backend is closed (close() was called): make a new one")
 
 
 def _body_limit(openai: Any, limit: int, server: str) -> Any:
@@ -298,8 +357,9 @@ def _body_limit(openai: Any, limit: int, server: str) -> Any:
     http = http_library(openai)
 
     def too_large(size: str) -> MalformedResponseError:
-        message = f"{server} sent an answer of {size} bytes, over max_response_bytes"
-        return MalformedResponseError(message, server=server)
+        return MalformedResponseError(
+            f"{server} sent an answer of {size} bytes, over max_response_bytes", server=server
+        )
 
     class BoundedStream(http.AsyncByteStream):  # type: ignore[misc,name-defined]
         def __init__(self, stream: Any) -> None:

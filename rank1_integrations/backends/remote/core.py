@@ -1,23 +1,13 @@
 """The I/O-free core of the remote backend: what to send, how to read it, when to retry.
 
-Shaped like httpx's ``BaseClient`` and tenacity's decision core: everything here is a
-pure decision; the driver in :mod:`rank1_integrations.backends.remote.backend` only sends the
-HTTP calls it is given and waits.
-
-A batch of :class:`CompletionRequest` is cut into *jobs* (requests with the same
-sampling settings, ``prompts_per_request`` prompts per HTTP request). Each job runs
-the sans-I/O generator :meth:`RemoteCore.run_job`: it yields the HTTP calls it
-needs and receives their outcome (a decoded JSON body or a typed error) until it
-returns one result per request of the job. Retries and server choice happen around
-each single call, with tenacity and the :class:`Router`.
-
-Only transport and HTTP failures count against a server; anything else raised while
-calling one (a bug, a missing package) is not translated and surfaces at once.
+Shaped like httpx's ``BaseClient`` and tenacity's decision core: no HTTP library, no I/O;
+the driver (:mod:`.backend`) only sends the calls it is given and waits. A batch is cut
+into *jobs* (equal sampling settings, ``prompts_per_request`` prompts each); each job is
+the sans-I/O generator :meth:`RemoteCore.run_job`, answered with decoded bodies or typed errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Generator, Mapping, Sequence
@@ -28,20 +18,18 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
-from rank1_integrations.backends.remote.config import API_KEY_ENV_VARS, RemoteSettings, ServerURL, redact_url
+from rank1_integrations.backends.remote.config import ServerURL, redact_url
 from rank1_integrations.backends.remote.routing import Router
 from rank1_integrations.backends.remote.wire import (
     check_completions,
     completion_body,
     echo_body,
-    error_detail,
     is_token_list,
     label_prompts,
     max_model_len_of,
     needs_label_fallback,
     only_model,
     parse_completions,
-    retry_after,
     with_echoed_labels,
 )
 from rank1_integrations.errors import (
@@ -51,14 +39,12 @@ from rank1_integrations.errors import (
     Rank1Error,
     ServerConnectionError,
     ServerStatusError,
-    ServerTimeoutError,
 )
+from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["Endpoint", "HttpCall", "Job", "RemoteCore"]
 
 logger = logging.getLogger("rank1_integrations.backends.remote.backend")
-
-_NO_KEY = "EMPTY"  # vLLM's documented placeholder when the server needs no key
 
 Endpoint = Literal["completions", "models", "tokenize", "detokenize", "tokenizer_info"]
 
@@ -75,6 +61,11 @@ class HttpCall:
     timeout: float
     server: str | None = None
 
+    @property
+    def path(self) -> str:
+        """``/v1/completions`` and ``/v1/models`` live under the API base, the rest at the root."""
+        return f"/v1/{self.endpoint}" if self.endpoint in ("completions", "models") else f"/{self.endpoint}"
+
 
 @dataclass(frozen=True)
 class Job:
@@ -90,35 +81,31 @@ class RemoteCore:
 
     servers: tuple[ServerURL, ...]
     model: str
-    settings: RemoteSettings
+    settings: Rank1Settings
     api_key: SecretStr | None = None
     router: Router = field(init=False)
     label_ids_supported: bool = True
     """False once a server has rejected ``logprob_token_ids`` (an older vLLM)."""
 
     def __post_init__(self) -> None:
-        displays = [server.display for server in self.servers]
-        if len(set(displays)) != len(displays):
-            raise InvalidInputError(f"the same server is listed twice: {displays}")
+        names = [server.api for server in self.servers]  # in logs, errors and router.health()
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"the same server is listed twice: {names}")
         if self.api_key is not None and any(server.auth for server in self.servers):
             raise InvalidInputError(
                 "give either an API key or credentials in a server URL, not both: both would go in the "
                 "Authorization header"
             )
-        self.router = Router(
-            displays,
-            base_cooldown=self.settings.initial_backoff,
-            max_cooldown=self.settings.max_backoff,
-        )
-        self._by_display = {server.display: server for server in self.servers}
+        self.router = Router(names, base_cooldown=self.settings.initial_backoff, max_cooldown=self.settings.max_backoff)
+        self._by_name = dict(zip(names, self.servers, strict=True))
 
-    def server(self, display: str) -> ServerURL:
-        return self._by_display[display]
+    def completion_timeout(self, max_tokens: int) -> float:
+        if self.settings.timeout is not None:
+            return float(self.settings.timeout)
+        return self.settings.base_timeout + self.settings.seconds_per_token * max_tokens
 
-    @property
-    def api_key_value(self) -> str:
-        """What the openai client sends as the bearer token."""
-        return self.api_key.get_secret_value() if self.api_key is not None else _NO_KEY
+    def server(self, name: str) -> ServerURL:
+        return self._by_name[name]
 
     # -- calls ------------------------------------------------------------------------
 
@@ -129,25 +116,11 @@ class RemoteCore:
         return HttpCall("tokenizer_info", None, self.settings.metadata_timeout)
 
     def tokenize_call(self, text: str, *, add_special_tokens: bool, token_strs: bool = False) -> HttpCall:
-        body = {
-            "model": self.model,
-            "prompt": text,
-            "add_special_tokens": add_special_tokens,
-            "return_token_strs": token_strs,
-        }
-        return HttpCall("tokenize", body, self.settings.metadata_timeout)
+        body = {"model": self.model, "prompt": text, "add_special_tokens": add_special_tokens}
+        return HttpCall("tokenize", body | {"return_token_strs": token_strs}, self.settings.metadata_timeout)
 
     def detokenize_call(self, token_ids: Sequence[int]) -> HttpCall:
         return HttpCall("detokenize", {"model": self.model, "tokens": list(token_ids)}, self.settings.metadata_timeout)
-
-    def completion_call(self, requests: Sequence[CompletionRequest]) -> HttpCall:
-        """One ``/v1/completions`` request for requests that share their sampling settings."""
-        body = completion_body(self.model, requests, label_ids=self.label_ids_supported)
-        return HttpCall("completions", body, self.settings.completion_timeout(requests[0].max_tokens))
-
-    def echo_call(self, prompts: Sequence[Sequence[int]]) -> HttpCall:
-        """Prompt log-probabilities of ``prompts`` (each ends in the label to score)."""
-        return HttpCall("completions", echo_body(self.model, prompts), self.settings.completion_timeout(1))
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -157,51 +130,40 @@ class RemoteCore:
         for position, request in enumerate(requests):
             groups.setdefault((request.max_tokens, request.stop, request.label_token_ids), []).append(position)
         size = self.settings.prompts_per_request
-        jobs = []
-        for positions in groups.values():
-            for start in range(0, len(positions), size):
-                chunk = tuple(positions[start : start + size])
-                jobs.append(Job(chunk, tuple(requests[p] for p in chunk)))
-        return jobs
+        chunks = [
+            tuple(group[start : start + size]) for group in groups.values() for start in range(0, len(group), size)
+        ]
+        return [Job(chunk, tuple(requests[p] for p in chunk)) for chunk in chunks]
 
     def run_job(self, job: Job) -> Generator[HttpCall, Any, list[CompletionResult]]:
-        """The calls one job needs, as a sans-I/O generator: send it outcomes, get results back.
-
-        Each yielded :class:`HttpCall` is answered with the decoded JSON body, or the
-        :class:`Rank1Error` left after retries. Never raises for a server's fault.
-        """
-        count = len(job.requests)
+        """The calls one job needs: each yielded call is answered with its decoded body or the
+        :class:`Rank1Error` left after retries. Never raises for a server's fault."""
         while True:
-            call = self.completion_call(job.requests)
-            outcome = yield call
-            if (
-                isinstance(outcome, ServerStatusError)
-                and "logprob_token_ids" in (call.body or {})
-                and self.rejects_label_ids(outcome)
-            ):
-                if self.label_ids_supported:
-                    logger.warning(
-                        "server %s rejected logprob_token_ids (vLLM older than 0.32?); label log-probabilities "
-                        "will be read from prompt log-probabilities instead (one extra request per answer)",
-                        outcome.server,
-                    )
-                self.label_ids_supported = False
-                continue
-            break
+            body = completion_body(self.model, job.requests, label_ids=self.label_ids_supported)
+            outcome = yield HttpCall("completions", body, self.completion_timeout(job.requests[0].max_tokens))
+            rejected = isinstance(outcome, ServerStatusError) and outcome.status in (400, 422)
+            if not (rejected and "logprob_token_ids" in body and "logprob_token_ids" in str(outcome)):
+                break
+            if self.label_ids_supported:
+                logger.warning(
+                    "server %s rejected logprob_token_ids (vLLM older than 0.32?); label log-probabilities "
+                    "will be read from prompt log-probabilities instead (one extra request per answer)",
+                    outcome.server,
+                )
+            self.label_ids_supported = False
         if isinstance(outcome, Rank1Error):
-            return [outcome] * count
+            return [outcome] * len(job.requests)
         results = parse_completions(outcome, job.requests)
         pending = [
-            (i, request, result)
-            for i, (request, result) in enumerate(zip(job.requests, results, strict=True))
-            if isinstance(result, Completion) and needs_label_fallback(request, result)
+            (i, completion, label_prompts(request, completion))
+            for i, (request, completion) in enumerate(zip(job.requests, results, strict=True))
+            if isinstance(completion, Completion) and needs_label_fallback(request, completion)
         ]
-        if not pending:
-            return results
-        prompts = [label_prompts(request, completion) for _, request, completion in pending]
-        echo = yield self.echo_call([prompt for pair in prompts for prompt in pair])
-        for number, ((i, _, completion), pair) in enumerate(zip(pending, prompts, strict=True)):
-            results[i] = with_echoed_labels(completion, pair, 2 * number, echo)
+        if pending:
+            prompts = [prompt for _, _, pair in pending for prompt in pair]
+            echo = yield HttpCall("completions", echo_body(self.model, prompts), self.completion_timeout(1))
+            for number, (i, completion, pair) in enumerate(pending):
+                results[i] = with_echoed_labels(completion, pair, 2 * number, echo)
         return results
 
     # -- reading answers --------------------------------------------------------------
@@ -209,7 +171,7 @@ class RemoteCore:
     def decode(self, content: bytes, call: HttpCall, server: str) -> Any:
         """The JSON body of a successful answer, checked to be what a vLLM server sends.
 
-        Raises :class:`MalformedResponseError` (retried) for an answer that is not one, and
+        :class:`MalformedResponseError` (retried) for an answer that is not one,
         :class:`IncompatibleServerError` for proof that the server serves another model.
         """
         where = redact_url(self.url_for(call, server))
@@ -238,52 +200,10 @@ class RemoteCore:
     def scrub(self, text: str) -> str:
         """Text with the API key and any URL credentials removed, should a message ever carry them."""
         secrets = [self.api_key.get_secret_value()] if self.api_key is not None else []
-        secrets += [secret for server in self.servers for secret in server.secrets()]
-        for secret in secrets:
+        for secret in secrets + [s for server in self.servers for s in server.secrets()]:
             if secret:
                 text = text.replace(secret, "**********")
         return text
-
-    def translate_error(self, err: BaseException, server: str, call: HttpCall) -> Rank1Error | None:
-        """A transport or HTTP error of one call as this project's error, with nothing secret in it.
-
-        None for anything else (a bug, a missing package, a closed client): that is not the
-        server's fault, must not count against it, and is raised as it is.
-        """
-        import openai
-
-        where = redact_url(self.url_for(call, server))
-        if isinstance(err, Rank1Error):
-            return err
-        if isinstance(err, openai.APITimeoutError | TimeoutError | asyncio.TimeoutError):
-            return ServerTimeoutError(f"{where} did not answer within {call.timeout:.0f} s", server=server)
-        if isinstance(err, openai.APIConnectionError):
-            cause = err.__cause__ or err.__context__
-            if isinstance(cause, Rank1Error):  # raised by our own hook while the answer was read
-                return cause
-            detail = f": {type(cause).__name__}" if cause is not None else ""
-            if cause is not None and str(cause):
-                detail += f" ({self.scrub(str(cause))[:200]})"
-            return ServerConnectionError(f"could not reach {where}{detail}", server=server)
-        if isinstance(err, openai.APIStatusError):
-            status = err.status_code
-            detail = self.scrub(error_detail(err.response))
-            hint = ""
-            if status == 401:
-                hint = f" (the server needs an API key: pass api_key= or set {API_KEY_ENV_VARS[0]})"
-            elif status == 404 and call.endpoint in ("tokenize", "detokenize"):
-                hint = " (rank1 needs vLLM's /tokenize and /detokenize endpoints: is this a vLLM server?)"
-            return ServerStatusError(
-                f"{where} answered HTTP {status}{hint}: {detail}",
-                status=status,
-                server=server,
-                retry_after=retry_after(err.response.headers, self.settings.retry_budget),
-            )
-        return None
-
-    @staticmethod
-    def rejects_label_ids(err: ServerStatusError) -> bool:
-        return err.status in (400, 422) and "logprob_token_ids" in str(err)
 
     def is_retryable(self, err: BaseException) -> bool:
         if isinstance(err, ServerConnectionError | MalformedResponseError):  # includes timeouts
@@ -306,6 +226,7 @@ class RemoteCore:
         """Keyword arguments for ``tenacity.AsyncRetrying`` around one call (see docs/remote.md)."""
         settings = self.settings
         backoff = wait_random_exponential(multiplier=settings.initial_backoff, max=settings.max_backoff)
+        attempts_used = stop_after_attempt(settings.max_retries + 1)
 
         def wait(state: RetryCallState) -> float:
             if call.server is None and self.router.untried_server_up(tried):
@@ -315,12 +236,9 @@ class RemoteCore:
             others = [] if call.server is None else [s for s in self.router.servers if s != call.server]
             return self.router.seconds_until_available(avoid=others or tried) + backoff(state)
 
-        attempts_used = stop_after_attempt(settings.max_retries + 1)
-
         def stop(state: RetryCallState) -> bool:
-            # Every server failing for the budget by the time of the retry: no more retries (each
-            # call gets one attempt) until one of them answers again. Only an outage ends retries
-            # early: a call that was unlucky on servers answering others keeps its max_retries.
+            # Only an outage (every server failing for the budget) ends retries early: a call
+            # unlucky on servers that answer others keeps its max_retries.
             fleet_down = self.router.outage_seconds() + state.upcoming_sleep > settings.retry_budget
             return attempts_used(state) or fleet_down
 
@@ -328,7 +246,7 @@ class RemoteCore:
             error = state.outcome.exception() if state.outcome is not None else None
             logger.warning(
                 "retrying %s after %s (attempt %d of %d) in %.2f s: %s",
-                _endpoint_path(call.endpoint),
+                call.path,
                 type(error).__name__,
                 state.attempt_number,
                 settings.max_retries + 1,
@@ -336,13 +254,8 @@ class RemoteCore:
                 error,
             )
 
-        return {
-            "stop": stop,
-            "wait": wait,
-            "retry": retry_if_exception(self.is_retryable),
-            "reraise": True,
-            "before_sleep": before_sleep,
-        }
+        retry = retry_if_exception(self.is_retryable)
+        return {"stop": stop, "wait": wait, "retry": retry, "reraise": True, "before_sleep": before_sleep}
 
     def pick_server(self, call: HttpCall, tried: list[str]) -> str:
         server = call.server if call.server is not None else self.router.pick(tried)
@@ -350,12 +263,5 @@ class RemoteCore:
         return server
 
     def url_for(self, call: HttpCall, server: str) -> str:
-        """The URL a call goes to (``/v1/completions`` and ``/v1/models`` under the API base, the rest at the root)."""
         urls = self.server(server)
-        if call.endpoint in ("completions", "models"):
-            return f"{urls.api}/{call.endpoint}"
-        return f"{urls.root}/{call.endpoint}"
-
-
-def _endpoint_path(endpoint: Endpoint) -> str:
-    return "/v1/" + endpoint if endpoint in ("completions", "models") else "/" + endpoint
+        return f"{urls.api}/{call.endpoint}" if call.path.startswith("/v1/") else f"{urls.root}/{call.endpoint}"

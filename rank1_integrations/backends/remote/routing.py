@@ -1,17 +1,10 @@
 """Which server gets the next request: a pure, thread-safe decision over server health.
 
-The router does no I/O and reads time only through the clock it is given, so tests
-can drive it with a fake clock. A server that fails (connection refused or dropped,
-timeout, 429, 5xx, a malformed answer) is left alone for a short cool-down, which
-doubles when it fails again after the cool-down (failures of requests that were
-already in flight when it went down do not count twice), or for its Retry-After; the
-first success ends it at once. A server found to serve something else is disabled for
-good, with the reason in :meth:`Router.health`.
-
-How long a server has been failing is read from when its failed requests were *sent*:
-from the first one sent since its last success to the last one. The time a request
-was held before it failed (a timeout) is not proof of an outage: the server may have
-answered others meanwhile.
+No I/O; time only through the clock it is given. A failing server cools down (doubling when
+it fails again after the cool-down; failures of requests already in flight do not count
+twice), or waits out its Retry-After; the first success ends it. How long a server has been
+failing is read from when its failed requests were *sent*: the time a request was held
+before it timed out is no proof of an outage (the server may have answered others meanwhile).
 """
 
 from __future__ import annotations
@@ -33,11 +26,10 @@ class ServerHealth:
     consecutive_failures: int = 0
     down_until: float = 0.0
     failing_since: float | None = None
-    """When the first request that failed since its last success was sent (None: its last request succeeded)."""
+    """When the first request that failed since its last success was sent (None: the last succeeded)."""
     failing_until: float = 0.0
     """When the last request that failed was sent."""
     answered_at: float = 0.0
-    """When it last succeeded."""
     disabled_reason: str | None = None
     successes: int = 0
     failures: int = 0
@@ -74,13 +66,8 @@ class Router:
             return [ServerHealth(**vars(server)) for server in self._servers]
 
     def pick(self, avoid: Collection[str] = ()) -> str:
-        """The server for the next attempt.
-
-        Prefers enabled servers that are up and not in ``avoid`` (those this request
-        already tried), then any server that is up, then the enabled server that
-        comes back soonest: a request is never refused for lack of a healthy server,
-        it is sent where it has the best chance.
-        """
+        """The server for the next attempt: enabled, up and not in ``avoid`` (tried already), else up,
+        else the one back soonest; never a refusal."""
         with self._lock:
             now = self._clock()
             enabled = [s for s in self._servers if s.disabled_reason is None] or self._servers
@@ -143,10 +130,7 @@ class Router:
             server.successes += 1
 
     def failed(self, url: str, *, sent: float | None = None, retry_after: float | None = None) -> None:
-        """A failure that says the server is unwell (not one that says the request was bad).
-
-        ``sent``: when the failed request was sent (None: now).
-        """
+        """A failure that says the server is unwell, of a request ``sent`` then (None: now)."""
         with self._lock:
             now = self._clock()
             server = self._servers[self._index[url]]

@@ -1,15 +1,10 @@
-"""A :class:`PromptTokenizer` over a vLLM server's ``/tokenize`` and ``/detokenize`` endpoints.
+"""A :class:`PromptTokenizer` over a vLLM server's ``/tokenize`` and ``/detokenize``, cached up to
+``tokenizer_cache_bytes``.
 
-No local copy of the model is needed: token ids, label ids and truncation all come
-from the tokenizer the server itself runs. Results are cached, up to the
-``tokenizer_cache_bytes`` setting (the least recently used go first).
-
-Special-token strings must never enter a prompt from data. The server's
-``/tokenize`` always parses them, so the tokenizer needs to know them: it reads
-the added vocabulary from ``/tokenizer_info`` (served when vLLM runs with
-``--enable-tokenizer-info-endpoint``), and otherwise asks the server which of the
-special tokens of the model families rank1 is built on (Qwen2.5, Llama 3.1,
-Mistral) plus any ``extra_protected`` strings are single tokens of its vocabulary.
+The server's ``/tokenize`` always parses special-token strings, so to keep them out of data the
+tokenizer must know them: from ``/tokenizer_info`` (vLLM's ``--enable-tokenizer-info-endpoint``),
+else by asking which of the special tokens of rank1's base model families (Qwen2.5, Llama 3.1,
+Mistral) and ``extra_protected`` are single tokens of the server's vocabulary.
 """
 
 from __future__ import annotations
@@ -51,63 +46,17 @@ __all__ = ["KNOWN_SPECIAL_TOKENS", "RemoteTokenizer", "disagreement", "local_or_
 logger = logging.getLogger("rank1_integrations.backends.remote.backend")
 
 KNOWN_SPECIAL_TOKENS: tuple[str, ...] = (
-    # rank1's own markers
-    "<think>",
-    "</think>",
-    # Qwen2 / Qwen2.5
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
-    # Llama 3 / 3.1
-    "<|begin_of_text|>",
-    "<|end_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|python_tag|>",
-    "<|finetune_right_pad_id|>",
+    # rank1's markers; Qwen2 / Qwen2.5; Llama 3 / 3.1 (and its reserved tokens below); Mistral
+    *"""<think> </think>
+    <|endoftext|> <|im_start|> <|im_end|> <|object_ref_start|> <|object_ref_end|> <|box_start|> <|box_end|>
+    <|quad_start|> <|quad_end|> <|vision_start|> <|vision_end|> <|vision_pad|> <|image_pad|> <|video_pad|>
+    <tool_call> </tool_call> <|fim_prefix|> <|fim_middle|> <|fim_suffix|> <|fim_pad|> <|repo_name|> <|file_sep|>
+    <|begin_of_text|> <|end_of_text|> <|start_header_id|> <|end_header_id|> <|eot_id|> <|eom_id|> <|python_tag|>
+    <|finetune_right_pad_id|>
+    <s> </s> <unk> <pad> [INST] [/INST] [AVAILABLE_TOOLS] [/AVAILABLE_TOOLS] [TOOL_RESULTS] [/TOOL_RESULTS]
+    [TOOL_CALLS] [TOOL_CONTENT] [SYSTEM_PROMPT] [/SYSTEM_PROMPT] [PREFIX] [MIDDLE] [SUFFIX] [IMG] [IMG_BREAK] [IMG_END]
+    """.split(),  # noqa: SIM905 (a table of names reads best as text)
     *(f"<|reserved_special_token_{i}|>" for i in range(256)),
-    # Mistral
-    "<s>",
-    "</s>",
-    "<unk>",
-    "<pad>",
-    "[INST]",
-    "[/INST]",
-    "[AVAILABLE_TOOLS]",
-    "[/AVAILABLE_TOOLS]",
-    "[TOOL_RESULTS]",
-    "[/TOOL_RESULTS]",
-    "[TOOL_CALLS]",
-    "[TOOL_CONTENT]",
-    "[SYSTEM_PROMPT]",
-    "[/SYSTEM_PROMPT]",
-    "[PREFIX]",
-    "[MIDDLE]",
-    "[SUFFIX]",
-    "[IMG]",
-    "[IMG_BREAK]",
-    "[IMG_END]",
 )
 """Special tokens probed for when the server does not serve ``/tokenizer_info``."""
 
@@ -116,21 +65,18 @@ _V = TypeVar("_V")
 
 
 class _LRU(Generic[_K, _V]):
-    """A small thread-safe least-recently-used cache, bounded by the total size of its entries."""
+    """A thread-safe least-recently-used cache, bounded by the total size of its entries."""
 
     def __init__(self, max_size: int, size_of: Callable[[_K, _V], int]) -> None:
-        self._max_size = max_size
-        self._size_of = size_of
-        self._size = 0
+        self._max_size, self._size_of, self._size = max_size, size_of, 0
         self._items: OrderedDict[_K, _V] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: _K) -> _V | None:
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
+            if key in self._items:
                 self._items.move_to_end(key)
-            return value
+            return self._items.get(key)
 
     def put(self, key: _K, value: _V) -> None:
         size = self._size_of(key, value)
@@ -151,17 +97,9 @@ _ID_BYTES = sys.getsizeof(2**20)
 """Each id in a tuple is an int object of its own (only ids up to 256 are shared)."""
 
 
-def _bytes(part: str | tuple[Any, ...]) -> int:
-    """Memory a cached string or tuple of ids holds."""
-    return sys.getsizeof(part) + (_ID_BYTES * len(part) if isinstance(part, tuple) else 0)
-
-
-def _encoded_size(key: tuple[str, bool], ids: tuple[int, ...]) -> int:
-    return sys.getsizeof(key) + _bytes(key[0]) + _bytes(ids)
-
-
-def _decoded_size(ids: tuple[int, ...], text: str) -> int:
-    return _bytes(ids) + _bytes(text)
+def _bytes(*parts: str | tuple[int, ...]) -> int:
+    """Memory cached strings and tuples of ids hold."""
+    return sum(sys.getsizeof(part) + (_ID_BYTES * len(part) if isinstance(part, tuple) else 0) for part in parts)
 
 
 class RemoteTokenizer:
@@ -171,18 +109,15 @@ class RemoteTokenizer:
     """Prompts a reranker may build at once with it (each costs round trips; they overlap)."""
 
     def __init__(
-        self,
-        core: RemoteCore,
-        call: Callable[[HttpCall], Any],
-        *,
-        extra_protected: Sequence[str] = (),
+        self, core: RemoteCore, call: Callable[[HttpCall], Any], *, extra_protected: Sequence[str] = ()
     ) -> None:
-        self._core = core
-        self._call = call
+        self._core, self._call = core, call
         # Half of the setting each: texts -> ids, ids -> texts.
         half = core.settings.tokenizer_cache_bytes // 2
-        self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(half, _encoded_size)
-        self._decoded: _LRU[tuple[int, ...], str] = _LRU(half, _decoded_size)
+        self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(
+            half, lambda key, ids: sys.getsizeof(key) + _bytes(key[0], ids)
+        )
+        self._decoded: _LRU[tuple[int, ...], str] = _LRU(half, _bytes)
         self._added = self._added_vocabulary(extra_protected)
         self._controls = {token_id: text for text, token_id in self._added.items()}
         self._protected = tuple(sorted({*self._added, *(s for s in extra_protected if s)}))
@@ -211,20 +146,12 @@ class RemoteTokenizer:
         return self._controls
 
     def encode_plain(self, text: str) -> list[int]:
-        """Ids of ``text`` with no special tokens added and none parsed.
-
-        The server always parses special-token strings, so any protected string is
-        encoded one character at a time here, as :func:`encode_prompt` does for data.
-        """
-        if not text:
-            return []
+        """Ids of ``text`` with no special tokens added and none parsed (the server parses them:
+        a protected string goes one character at a time, as :func:`encode_prompt` does for data)."""
         ids: list[int] = []
-        for part, is_protected in split_protected(text, protected_pattern(self._protected)):
-            if is_protected:
-                for char in part:
-                    ids.extend(self._tokenize(char, add_special_tokens=False))
-            else:
-                ids.extend(self._tokenize(part, add_special_tokens=False))
+        for part, is_protected in split_protected(text, protected_pattern(self._protected)) if text else ():
+            for piece in part if is_protected else (part,):
+                ids.extend(self._tokenize(piece, add_special_tokens=False))
         return ids
 
     def single_token_id(self, text: str) -> int | None:
@@ -235,23 +162,19 @@ class RemoteTokenizer:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         key = tuple(int(t) for t in token_ids)
-        if not key:
-            return ""
-        cached = self._decoded.get(key)
-        if cached is not None:
-            return cached
-        text: str = self._call(self._core.detokenize_call(key))["prompt"]  # checked by the core
-        self._decoded.put(key, text)
+        text = self._decoded.get(key) if key else ""
+        if text is None:
+            text = str(self._call(self._core.detokenize_call(key))["prompt"])  # checked by the core
+            self._decoded.put(key, text)
         return text
 
     def _tokenize(self, text: str, *, add_special_tokens: bool) -> tuple[int, ...]:
         key = (text, add_special_tokens)
-        cached = self._encoded.get(key)
-        if cached is not None:
-            return cached
-        body = self._call(self._core.tokenize_call(text, add_special_tokens=add_special_tokens))
-        ids = tuple(body["tokens"])  # checked by the core
-        self._encoded.put(key, ids)
+        ids = self._encoded.get(key)
+        if ids is None:
+            body = self._call(self._core.tokenize_call(text, add_special_tokens=add_special_tokens))
+            ids = tuple(body["tokens"])  # checked by the core
+            self._encoded.put(key, ids)
         return ids
 
     def _added_vocabulary(self, extra: Sequence[str]) -> dict[str, int]:
@@ -295,14 +218,11 @@ class RemoteTokenizer:
 
 
 def _special_token_strings(info: dict[str, Any]) -> list[str]:
-    found: list[str] = []
-    for key, value in info.items():
-        if key.endswith("_token") and isinstance(value, str):
-            found.append(value)
-        elif key in ("additional_special_tokens", "extra_special_tokens"):
-            values = value.values() if isinstance(value, dict) else value
-            if isinstance(values, list | tuple) or hasattr(values, "__iter__"):
-                found.extend(v for v in values if isinstance(v, str))
+    found = [value for key, value in info.items() if key.endswith("_token") and isinstance(value, str)]
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        values = info.get(key)
+        values = list(values.values()) if isinstance(values, dict) else values
+        found += [v for v in values if isinstance(v, str)] if isinstance(values, list | tuple) else []
     return found
 
 
@@ -346,13 +266,8 @@ def disagreement(local: PromptTokenizer, server: PromptTokenizer) -> str | None:
 def local_or_server(
     choice: PromptTokenizer | str | None, server: RemoteTokenizer, *, extra_protected: Sequence[str] = ()
 ) -> PromptTokenizer:
-    """The tokenizer to build prompts with: a local copy of the server's when one agrees with it, else the server's.
-
-    ``choice``: None tries a local copy of the served model's tokenizer (its name as a path
-    or in the Hugging Face cache; needs ``transformers``); a name or path loads that one; a
-    :class:`PromptTokenizer` is used as given; ``"server"`` always uses the server's
-    endpoints. A local tokenizer named or given is refused if it disagrees with the server's.
-    """
+    """The tokenizer to build prompts with (``choice`` as ``RemoteBackend``'s ``tokenizer``): a local
+    one only when it agrees with the server's; one named or given that disagrees is refused."""
     if choice == "server":
         return server
     local = choice if not isinstance(choice, str | None) else _load(choice or server.model, extra_protected)

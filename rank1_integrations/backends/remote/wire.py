@@ -9,58 +9,41 @@ when the whole answer is not a vLLM one), never as a ``KeyError``.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
 from rank1_integrations.errors import IncompatibleServerError, MalformedResponseError, ModelOutputError, Rank1Error
-
-__all__ = [
-    "OPENAI_COMPLETION_PARAMS",
-    "check_completions",
-    "completion_body",
-    "echo_body",
-    "error_detail",
-    "is_token_list",
-    "label_prompts",
-    "max_model_len_of",
-    "needs_label_fallback",
-    "only_model",
-    "parse_completions",
-    "retry_after",
-    "with_echoed_labels",
-]
-
-OPENAI_COMPLETION_PARAMS = frozenset({"model", "prompt", "max_tokens", "temperature", "logprobs", "stop", "echo", "n"})
-"""Parameters the openai client's ``completions.create`` takes by name; the rest of a body
-goes in ``extra_body`` (vLLM's extensions)."""
 
 _TOKEN_ID_PREFIX = "token_id:"
 _DETAIL_LIMIT = 400
 
 
+def _body(model: str, prompts: Sequence[Sequence[int]], max_tokens: int, **more: Any) -> dict[str, Any]:
+    # skip_special_tokens: else </think> vanishes from the text and the stop strings never match.
+    return {
+        "model": model,
+        "prompt": [list(p) for p in prompts],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "skip_special_tokens": False,
+        "return_tokens_as_token_ids": True,
+        "add_special_tokens": False,
+        **more,
+    }
+
+
 def completion_body(model: str, requests: Sequence[CompletionRequest], *, label_ids: bool) -> dict[str, Any]:
     """One ``/v1/completions`` body for requests that share their sampling settings."""
     first = requests[0]
-    body: dict[str, Any] = {
-        "model": model,
-        "prompt": [list(r.prompt_token_ids) for r in requests],
-        "max_tokens": first.max_tokens,
-        "temperature": 0.0,
-        # One top log-probability keeps answers small; the labels come from
-        # logprob_token_ids, exact at every position whatever the server's
-        # --logprobs-mode, and far below the default --max-logprobs 20.
-        "logprobs": 1,
-        # Else </think> vanishes from the text and the stop strings never match.
-        "skip_special_tokens": False,
-        "return_tokens_as_token_ids": True,
-        "return_token_ids": True,
-        "add_special_tokens": False,
-    }
+    # One top log-probability keeps answers small; the labels come from logprob_token_ids, exact
+    # at every position whatever the server's --logprobs-mode, and far below --max-logprobs 20.
+    body = _body(model, [r.prompt_token_ids for r in requests], first.max_tokens, logprobs=1, return_token_ids=True)
     if first.stop:
         body["stop"] = list(first.stop)
     if label_ids:
@@ -70,17 +53,7 @@ def completion_body(model: str, requests: Sequence[CompletionRequest], *, label_
 
 def echo_body(model: str, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
     """Prompt log-probabilities of ``prompts`` (each ends in the label to score)."""
-    return {
-        "model": model,
-        "prompt": [list(p) for p in prompts],
-        "max_tokens": 1,
-        "temperature": 0.0,
-        "echo": True,
-        "logprobs": 0,
-        "skip_special_tokens": False,
-        "return_tokens_as_token_ids": True,
-        "add_special_tokens": False,
-    }
+    return _body(model, prompts, 1, echo=True, logprobs=0)
 
 
 def check_completions(body: Any, model: str, server: str) -> None:
@@ -147,24 +120,17 @@ def _model_ids(body: Any) -> list[Any]:
 
 def parse_completions(body: Mapping[str, Any], requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
     """One result per request from a checked completions answer, matched by choice index."""
-    by_index: dict[int, Any] = {}
-    doubled: set[int] = set()
+    found: list[list[Any]] = [[] for _ in requests]
     for choice in body["choices"]:
         index = choice.get("index") if isinstance(choice, dict) else None
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(requests):
-            continue
-        if index in by_index:
-            doubled.add(index)
-        by_index[index] = choice
-    results: list[CompletionResult] = []
-    for index, request in enumerate(requests):
-        if index in doubled:
-            results.append(ModelOutputError(f"the server returned several choices for prompt {index}"))
-        elif index not in by_index:
-            results.append(ModelOutputError(f"the server returned no choice for prompt {index}"))
-        else:
-            results.append(_parse_choice(by_index[index], request))
-    return results
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(requests):
+            found[index].append(choice)
+    return [
+        _parse_choice(choices[0], request)
+        if len(choices) == 1
+        else ModelOutputError(f"the server returned {'several choices' if choices else 'no choice'} for prompt {i}")
+        for i, (choices, request) in enumerate(zip(found, requests, strict=True))
+    ]
 
 
 def needs_label_fallback(request: CompletionRequest, completion: Completion) -> bool:
@@ -190,28 +156,17 @@ def with_echoed_labels(
             f"{type(echo).__name__}: {echo}"
         )
     choices = {c.get("index"): c for c in echo.get("choices", []) if isinstance(c, dict)}
-    logprobs: list[float] = []
-    for offset, prompt in enumerate(prompts):
-        value = _echoed_last_logprob(choices.get(first_index + offset), prompt)
+    values = [_echoed_last_logprob(choices.get(first_index + i), prompt) for i, prompt in enumerate(prompts)]
+    for value in values:
         if isinstance(value, ModelOutputError):
             return value
-        logprobs.append(value)
-    return Completion(
-        token_ids=completion.token_ids,
-        text=completion.text,
-        finish_reason=completion.finish_reason,
-        stop_reason=completion.stop_reason,
-        final_label_logprobs=(logprobs[0], logprobs[1]),
-    )
+    true, false = cast(list[float], values)
+    return dataclasses.replace(completion, final_label_logprobs=(true, false))
 
 
 def _token_id(token: Any) -> int | None:
-    if isinstance(token, str) and token.startswith(_TOKEN_ID_PREFIX):
-        try:
-            return int(token[len(_TOKEN_ID_PREFIX) :])
-        except ValueError:
-            return None
-    return None
+    number = token[len(_TOKEN_ID_PREFIX) :] if isinstance(token, str) and token.startswith(_TOKEN_ID_PREFIX) else ""
+    return int(number) if number.isascii() and number.isdigit() else None
 
 
 def _parse_choice(choice: Mapping[str, Any], request: CompletionRequest) -> CompletionResult:
@@ -258,16 +213,9 @@ def _parse_choice(choice: Mapping[str, Any], request: CompletionRequest) -> Comp
 
 def _label_logprobs(position: Any, labels: tuple[int, int]) -> tuple[float, float] | None:
     """The two labels' log-probabilities, keyed by token id (``"token_id:N"``), never by decoded text."""
-    if not isinstance(position, dict):
-        return None
-    by_id: dict[int, float] = {}
-    for key, value in position.items():
-        token_id = _token_id(key)
-        if token_id is not None and isinstance(value, int | float) and not isinstance(value, bool):
-            by_id[token_id] = float(value)
-    if labels[0] not in by_id or labels[1] not in by_id:
-        return None
-    return by_id[labels[0]], by_id[labels[1]]
+    items = position.items() if isinstance(position, dict) else ()
+    by_id = {_token_id(k): float(v) for k, v in items if isinstance(v, int | float) and not isinstance(v, bool)}
+    return (by_id[labels[0]], by_id[labels[1]]) if labels[0] in by_id and labels[1] in by_id else None
 
 
 def _echoed_last_logprob(choice: Any, prompt: Sequence[int]) -> float | ModelOutputError:
@@ -287,21 +235,13 @@ def _echoed_last_logprob(choice: Any, prompt: Sequence[int]) -> float | ModelOut
     return float(value)
 
 
-def error_detail(response: Any) -> str:
-    """The server's error message (vLLM: ``{"error": {"message": ...}}``), shortened."""
-    try:
-        body = response.json()
-    except Exception:
-        text = getattr(response, "text", "") or ""
-        return text[:_DETAIL_LIMIT].strip() or "(no body)"
-    message: Any = body
+def error_detail(body: object) -> str:
+    """The server's error message from an ``APIStatusError.body`` (vLLM: ``{"error": {"message": ...}}``), shortened."""
     if isinstance(body, dict):
-        error = body.get("error", body)
-        message = error.get("message", error) if isinstance(error, dict) else error
-        if isinstance(body.get("message"), str):
-            message = body["message"]
-    text = message if isinstance(message, str) else json.dumps(message)[:_DETAIL_LIMIT]
-    return text[:_DETAIL_LIMIT]
+        body = body.get("error", body)
+        body = body.get("message", body) if isinstance(body, dict) else body
+    text = body if isinstance(body, str) else "" if body is None else json.dumps(body, default=str)
+    return text.strip()[:_DETAIL_LIMIT] or "(no body)"
 
 
 def retry_after(headers: Mapping[str, str], cap: float) -> float | None:
