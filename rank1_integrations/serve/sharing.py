@@ -149,10 +149,11 @@ class InFlight:
 
     def _release(self, batch: _Batch) -> None:
         batch.waiters -= 1
-        if batch.waiters == 0 and self.linger > 0:
-            batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
-        elif batch.waiters == 0:
-            self._expire(batch)
+        if batch.waiters == 0 and batch.task is not None and not batch.task.done():
+            if self.linger > 0:
+                batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
+            else:
+                self._cancel(batch)
 
     def _expire(self, batch: _Batch) -> None:
         batch.expiry = None
