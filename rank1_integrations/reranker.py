@@ -148,7 +148,9 @@ class Rank1Reranker:
         ours = {name: value for name, value in changes.items() if name in Rank1Settings.model_fields}
         engine_args = {name: value for name, value in changes.items() if name not in ours}
         base = settings or Rank1Settings()
-        return cls.from_settings(base, model=model, servers=(), **ours, engine_args={**base.engine_args, **engine_args})
+        return cls.from_settings(
+            base, cache=cache, model=model, servers=(), **ours, engine_args={**base.engine_args, **engine_args}
+        )
 
     @classmethod
     def from_server(
