@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from rank1_integrations.batch.errors import CheckpointError
 from rank1_integrations.batch.records import PairRecord, RunSettings
-from rank1_integrations.errors import CheckpointError
 
 __all__ = ["Checkpoint", "PairState", "side_files"]
 

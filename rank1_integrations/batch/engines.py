@@ -6,47 +6,23 @@ Failures are marked (never raised) and nothing is cached (the checkpoint is the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict
 from typing import Any, Protocol
 
-from rank1_integrations.batch.drive import iterate, judge_units
-from rank1_integrations.batch.plan import WorkUnit
-from rank1_integrations.batch.records import PairRecord, RunSettings
+from rank1_integrations.batch.plan import WorkUnit, judged_records, run_reranker
+from rank1_integrations.batch.ray_engine import RayEngine
+from rank1_integrations.batch.records import PairRecord, RunSettings, effort_of
 from rank1_integrations.core.templates import resolve_template
 from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["Engine", "InProcessJudge", "Judge", "RayEngine", "known_settings", "open_judge", "run_reranker"]
+__all__ = ["Engine", "InProcessJudge", "Judge", "RayEngine", "known_settings", "open_judge"]
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 """Pairs in flight on an embedded engine: more than vLLM runs at once, so its batch stays full."""
 UNITS_IN_WINDOW = 16
-"""A work unit (one ``ajudge`` call) holds at most 1/16 of the window."""
-
-
-def run_reranker(settings: Rank1Settings) -> Rank1Reranker:
-    """A run's reranker: a failed pair is recorded (and retried on resume), never cached (the checkpoint is)."""
-    return Rank1Reranker.from_settings(settings, on_failure="mark_unjudged", cache_entries=0, cache_path=None)
-
-
-@dataclass(frozen=True)
-class RayEngine:
-    """Ray Data over the pairs with an actor pool of ``num_engines`` rerankers, each built from ``settings``.
-
-    Each actor has its own embedded engine (on ``gpus_per_engine`` GPUs; default one where
-    the cluster has GPUs) or is a client of the settings' vLLM servers. ``address`` is Ray's
-    (None: start or join a local instance; ``"auto"``: the running cluster). Actors take
-    ``batch_size`` pairs per call, several calls at once.
-    """
-
-    settings: Rank1Settings
-    num_engines: int = 1
-    address: str | None = None
-    gpus_per_engine: float | None = None
-    cpus_per_engine: float = 1.0
-    batch_size: int = 64
-
+"""A work unit (one call) holds at most 1/16 of the window."""
 
 Engine = Rank1Reranker | Rank1Settings | RayEngine
 """What ``rerank_run`` judges on: a ready reranker, the settings of one to start, or Ray actors of those."""
@@ -75,17 +51,17 @@ class InProcessJudge:
     def __init__(self, reranker: Rank1Reranker, *, max_in_flight: int, owned: bool) -> None:
         self.reranker = reranker
         self.settings: RunSettings | None = RunSettings.of(reranker)
-        # A unit frees its place in the window only when its last pair is judged: small
-        # units keep the window (and so the engine or servers) full while stragglers finish.
-        self.unit_size = max(1, max_in_flight // UNITS_IN_WINDOW)
+        # A unit frees its place in the window only when its last pair is judged: small units keep the
+        # window (and so the engine or servers) full while stragglers finish. Adaptive takes whole queries.
+        whole = reranker.settings.reasoning_effort == "adaptive"
+        self.unit_size = 1 << 62 if whole else max(1, max_in_flight // UNITS_IN_WINDOW)
         self._max_in_flight = max_in_flight
         self._owned = owned
 
     def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
         assert self.settings is not None
-        return iterate(
-            judge_units(self.reranker, units, max_in_flight=self._max_in_flight, settings=self.settings.fingerprint)
-        )
+        fingerprint = self.settings.fingerprint
+        return judged_records(self.reranker, units, max_in_flight=self._max_in_flight, settings=fingerprint)
 
     def probe_settings(self) -> RunSettings:
         assert self.settings is not None
@@ -98,15 +74,16 @@ class InProcessJudge:
 
 def known_settings(engine: Engine) -> dict[str, Any]:
     """The :class:`RunSettings` fields the engine fixes without being started: all of a reranker's; of
-    settings, the model (as given), template, budget, and context size where given."""
+    settings, the model (as given), template, budget, effort, and context size where given."""
     if isinstance(engine, Rank1Reranker):
-        return RunSettings.of(engine).to_dict()
+        return asdict(RunSettings.of(engine))
     settings = engine.settings if isinstance(engine, RayEngine) else engine
     if not isinstance(settings, Rank1Settings):
         raise _not_an_engine(engine)
     known: dict[str, Any] = {
         "template": resolve_template(settings.template),
         "max_reasoning_tokens": settings.max_reasoning_tokens,
+        **effort_of(settings),
     }
     # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
     # context it is told to have.
@@ -124,9 +101,9 @@ def open_judge(engine: Engine, *, max_in_flight: int | None) -> Judge:
     if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
         raise InvalidInputError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
     if isinstance(engine, Rank1Reranker):
-        # The caller's reranker keeps its settings and backend; failures come back marked.
-        marking = Rank1Reranker(engine.backend, engine.settings, on_failure="mark_unjudged", cache=False)
-        return InProcessJudge(marking, max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT, owned=False)
+        # The caller's reranker keeps its settings and backend, without its cache.
+        copy = Rank1Reranker(engine.backend, engine.settings, cache=False)
+        return InProcessJudge(copy, max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT, owned=False)
     if isinstance(engine, Rank1Settings):
         # Servers: twice the requests in flight, so each server has its next requests waiting.
         window = DEFAULT_MAX_IN_FLIGHT if engine.embedded else 2 * engine.max_concurrency

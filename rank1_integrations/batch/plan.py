@@ -1,21 +1,25 @@
-"""Which pairs a run still has to judge, from its inputs and its checkpoint, as a stream of work units.
+"""Which pairs a run still has to judge, from its inputs and its checkpoint, as a stream of work units,
+and how a reranker judges them.
 
-The run is read query by query (three passes: survey, work, output), so only one
-query's documents and passages are in memory at a time.
+The run is read query by query (three passes: survey, work, output), so only the
+documents and passages of the queries in flight are in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rank1_integrations.batch.checkpoint import Checkpoint, PairState
+from rank1_integrations.batch.errors import CheckpointError
 from rank1_integrations.batch.inputs import Corpus, QueryRun, read_run
-from rank1_integrations.batch.records import text_digest
-from rank1_integrations.errors import CheckpointError, InvalidInputError
+from rank1_integrations.batch.records import PairRecord, text_digest
+from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.reranker import Rank1Reranker
+from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["Plan", "Survey", "WorkUnit"]
+__all__ = ["Plan", "Survey", "WorkUnit", "judged_records", "run_reranker"]
 
 _SHOWN = 10
 """Examples named in an error about missing or changed inputs."""
@@ -23,7 +27,7 @@ _SHOWN = 10
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """Pairs of one query to judge together (one ``ajudge`` call)."""
+    """Pairs of one query to judge together (one call)."""
 
     qid: str
     query: str
@@ -134,3 +138,29 @@ class Plan:
 def _refused(state: PairState, query: str, passage: str) -> bool:
     """Refused as invalid input, and these are still the texts refused: judging the pair again would fail again."""
     return state.invalid and state.digest == text_digest(query, passage)
+
+
+def run_reranker(settings: Rank1Settings) -> Rank1Reranker:
+    """A run's reranker: nothing is cached (the checkpoint is the run's memory)."""
+    return Rank1Reranker.from_settings(settings, cache_entries=0, cache_path=None)
+
+
+def judged_records(
+    reranker: Rank1Reranker, units: Iterable[WorkUnit], *, max_in_flight: int, settings: str
+) -> Iterator[list[PairRecord]]:
+    """Each unit's records as its last pair is judged, about ``max_in_flight`` pairs in flight; a failed
+    pair is a failed record, one rank1 refused as input an invalid one."""
+    open_units: dict[int, tuple[WorkUnit, list[PairRecord]]] = {}
+
+    def batches() -> Iterator[tuple[str, tuple[str, ...]]]:
+        for number, unit in enumerate(units):
+            open_units[number] = (unit, [])
+            yield unit.query, unit.passages
+
+    for number, judgment in reranker.judge_many_iter(batches(), max_in_flight=max_in_flight):
+        unit, done = open_units[number]
+        digest = text_digest(unit.query, unit.passages[judgment.index])
+        done.append(PairRecord.of(unit.qid, unit.docids[judgment.index], judgment, settings=settings, digest=digest))
+        if len(done) == len(unit.docids):
+            del open_units[number]
+            yield done

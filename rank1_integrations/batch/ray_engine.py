@@ -4,7 +4,7 @@ The pattern vLLM documents for offline batch inference at scale: a callable clas
 one reranker per actor (an embedded engine on its own GPU, or a client of a vLLM fleet),
 ``concurrency=N`` fixes the pool, and Ray streams batches to it. The class is async, so
 an actor runs several batches at once and its engine's batch stays full; each batch
-goes through the same driver as the in-process engines (:func:`judge_units`).
+goes through the reranker's own driver, as in-process (:func:`.plan.judged_records`).
 
 The pairs still to judge are put into Ray's object store in blocks (spilled to disk
 when it fills), so the driver holds one block at a time. Ray is imported here only.
@@ -12,26 +12,44 @@ when it fills), so the driver holds one block at a time. Ray is imported here on
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from rank1_integrations._optional import require
-from rank1_integrations.batch.drive import judge_units
-from rank1_integrations.batch.engines import RayEngine, run_reranker
-from rank1_integrations.batch.plan import WorkUnit
+from rank1_integrations.batch.plan import WorkUnit, judged_records, run_reranker
 from rank1_integrations.batch.records import PairRecord, RunSettings
 from rank1_integrations.errors import BackendError, InvalidInputError, Rank1Error
 from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["RayJudge", "RerankActor"]
+__all__ = ["RayEngine", "RayJudge", "RerankActor"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RANK1_ERROR_LINE = re.compile(r"^rank1_integrations\.errors\.(\w+): (.*)$", re.M)
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(PairRecord))
 _PURPOSE = "Batch reranking on Ray (--ray)"
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """Ray Data over the pairs with an actor pool of ``num_engines`` rerankers, each built from ``settings``.
+
+    Each actor has its own embedded engine (on ``gpus_per_engine`` GPUs; default one where
+    the cluster has GPUs) or is a client of the settings' vLLM servers. ``address`` is Ray's
+    (None: start or join a local instance; ``"auto"``: the running cluster). Actors take
+    ``batch_size`` pairs per call (whole queries under adaptive effort), several calls at once.
+    """
+
+    settings: Rank1Settings
+    num_engines: int = 1
+    address: str | None = None
+    gpus_per_engine: float | None = None
+    cpus_per_engine: float = 1.0
+    batch_size: int = 64
 
 
 class RerankActor:
@@ -46,9 +64,8 @@ class RerankActor:
     async def __call__(self, batch: Any) -> Any:
         pa = require("pyarrow", extras=("ray",), purpose=_PURPOSE)
         rows = batch.to_pylist()
-        units = list(_units(rows))
-        stream = judge_units(self._reranker, units, max_in_flight=len(rows), settings=self._fingerprint)
-        records = [record async for finished in stream for record in finished]
+        judged = judged_records(self._reranker, _units(rows), max_in_flight=len(rows), settings=self._fingerprint)
+        records = await asyncio.to_thread(lambda: [record for finished in judged for record in finished])
         return pa.Table.from_pylist(
             [{**dataclasses.asdict(r), "settings_json": self._settings} for r in records], schema=_output_schema(pa)
         )
@@ -115,6 +132,7 @@ def _output_schema(pa: Any) -> Any:
             ("settings", pa.string()),
             ("text_digest", pa.string()),
             ("invalid", pa.bool_()),
+            ("reasoned", pa.bool_()),
             ("settings_json", pa.string()),
         ]
     )
@@ -139,7 +157,9 @@ class RayJudge:
         self._pa = require("pyarrow", extras=("ray",), purpose=_PURPOSE)
         self.spec = spec
         self.settings: RunSettings | None = None
-        self.unit_size = spec.batch_size
+        # Adaptive effort needs a whole query in one call: blocks of whole queries, each one batch.
+        self._whole = spec.settings.reasoning_effort == "adaptive"
+        self.unit_size = 1 << 62 if self._whole else spec.batch_size
         self._started = not self._ray.is_initialized()
         if self._started:
             self._ray.init(address=spec.address, include_dashboard=False)
@@ -159,7 +179,7 @@ class RayJudge:
         dataset = self._data.from_arrow_refs(blocks).map_batches(
             RerankActor,
             fn_constructor_kwargs={"settings": self.spec.settings},
-            batch_size=self.spec.batch_size,
+            batch_size=None if self._whole else self.spec.batch_size,
             batch_format="pyarrow",
             compute=self._data.ActorPoolStrategy(size=self.spec.num_engines),
             num_cpus=self.spec.cpus_per_engine,
@@ -202,8 +222,10 @@ class RayJudge:
                 columns["docid"].append(docid)
                 columns["query"].append(unit.query)
                 columns["passage"].append(passage)
-                if len(columns["qid"]) >= self.spec.batch_size:
+                if len(columns["qid"]) >= self.spec.batch_size and not self._whole:
                     put()
+            if self._whole and len(columns["qid"]) >= self.spec.batch_size:
+                put()
         if columns["qid"]:
             put()
         return refs

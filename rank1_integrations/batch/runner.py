@@ -18,13 +18,14 @@ from pathlib import Path
 
 from rank1_integrations.batch.checkpoint import Checkpoint, side_files
 from rank1_integrations.batch.engines import Engine, Judge, known_settings, open_judge
+from rank1_integrations.batch.errors import IncompleteRunError, StorageError
 from rank1_integrations.batch.evaluate import DEFAULT_MEASURES, Evaluation
 from rank1_integrations.batch.inputs import IRDS_PREFIX, open_corpus, read_queries
 from rank1_integrations.batch.outputs import read_trec, reranked, write_trec
 from rank1_integrations.batch.plan import Plan
 from rank1_integrations.batch.progress import Progress, RunSummary
 from rank1_integrations.batch.records import PairRecord
-from rank1_integrations.errors import IncompleteRunError, InvalidInputError, StorageError
+from rank1_integrations.errors import InvalidInputError
 
 __all__ = ["RerankedRun", "rerank_run"]
 
