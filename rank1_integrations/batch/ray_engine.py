@@ -30,7 +30,6 @@ __all__ = ["RayEngine", "RayJudge", "RerankActor"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RANK1_ERROR_LINE = re.compile(r"^rank1_integrations\.errors\.(\w+): (.*)$", re.M)
-_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(PairRecord))
 _PURPOSE = "Batch reranking on Ray (--ray)"
 
 
@@ -118,24 +117,9 @@ def _units(rows: list[dict[str, Any]]) -> Iterator[WorkUnit]:
 
 
 def _output_schema(pa: Any) -> Any:
-    return pa.schema(
-        [
-            ("qid", pa.string()),
-            ("docid", pa.string()),
-            ("score", pa.float64()),
-            ("relevant", pa.bool_()),
-            ("forced", pa.bool_()),
-            ("reasoning_tokens", pa.int64()),
-            ("reasoning", pa.string()),
-            ("truncated", pa.bool_()),
-            ("error", pa.string()),
-            ("settings", pa.string()),
-            ("text_digest", pa.string()),
-            ("invalid", pa.bool_()),
-            ("reasoned", pa.bool_()),
-            ("settings_json", pa.string()),
-        ]
-    )
+    kinds = {"str": pa.string(), "float": pa.float64(), "bool": pa.bool_(), "int": pa.int64()}
+    fields = [(f.name, kinds[str(f.type).split(" ")[0]]) for f in dataclasses.fields(PairRecord)]
+    return pa.schema([*fields, ("settings_json", pa.string())])
 
 
 class RayJudge:
@@ -197,7 +181,9 @@ class RayJudge:
             rows = table.to_pylist()
             if rows and self.settings is None:
                 self.settings = RunSettings.from_dict(json.loads(rows[0]["settings_json"]))
-            yield [PairRecord(**{name: row[name] for name in _RECORD_FIELDS}) for row in rows]
+            yield [
+                PairRecord(**{name: value for name, value in row.items() if name != "settings_json"}) for row in rows
+            ]
 
     def probe_settings(self) -> RunSettings:
         """One reranker started as a Ray task with an actor's resources, asked for its settings."""
