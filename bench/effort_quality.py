@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measures", default="nDCG@10,RR@10", help="ir-measures names, comma-separated")
     args = finish_args(parser.parse_args(argv))
 
-    from rank1_integrations.batch.evaluate import Evaluation
+    from rank1_integrations.batch.outputs import Evaluation
     from rank1_integrations.batch.inputs import open_corpus, read_queries, read_run
 
     measures = [m.strip() for m in args.measures.split(",") if m.strip()]

@@ -1,9 +1,5 @@
-"""What a batch run writes for one (query, passage) pair, and the settings it was judged with.
-
-Pure: JSON in and out, no files. A record carries the fingerprint of the rank1 settings
-that judged it and a digest of the two texts, so a resumed run can prove that every
-judgment it keeps is one it would have made itself.
-"""
+"""A run's line for one (query, passage) pair, with the fingerprint of the settings that judged it and a
+digest of the texts: a resumed run keeps only judgments it would have made itself."""
 
 from __future__ import annotations
 
@@ -25,11 +21,8 @@ __all__ = ["PairRecord", "RunSettings", "effort_of", "text_digest"]
 
 @dataclass(frozen=True)
 class RunSettings:
-    """The settings a judgment depends on (besides the texts): a checkpoint holds one set only.
-
-    The effort's fields are left out where they are not used (under ``full`` all of them), so a
-    full-reasoning run keeps the fingerprint of runs from before efforts existed.
-    """
+    """The settings a judgment depends on (besides the texts): a checkpoint holds one set only. Unused effort
+    fields are left out of :meth:`to_dict`, so full reasoning keeps the fingerprints from before efforts."""
 
     model: str
     """The backend's model name (the embedded engine's model path or id; a server's served name)."""
@@ -115,11 +108,9 @@ class PairRecord:
     text_digest: str
     """:func:`text_digest` of the query and passage judged."""
     invalid: bool = False
-    """A failure that cannot succeed: rank1 refused these texts as input (empty, not valid Unicode, a
-    query too long for the context). Not attempted again while the texts stay the same. (Absent from
-    lines written before it existed.)"""
+    """rank1 refused these texts as input: not attempted again while they stay the same (absent from old lines)."""
     reasoned: bool = True
-    """Whether rank1 reasoned (False: a no-think score, or no judgment). (Absent from older lines.)"""
+    """Whether rank1 reasoned (False: a no-think score, or no judgment; absent from old lines)."""
 
     @property
     def judged(self) -> bool:
@@ -128,22 +119,11 @@ class PairRecord:
     @classmethod
     def of(cls, qid: str, docid: str, judgment: Judgment, *, settings: str, digest: str) -> PairRecord:
         """A judgment's record: an unjudged one is a failure, invalid where rank1 refused its texts as input."""
-        error = None if judgment.score is not None else judgment.error or "not judged"
-        return cls(
-            qid=qid,
-            docid=docid,
-            score=judgment.score,
-            relevant=judgment.relevant,
-            forced=judgment.forced,
-            reasoning_tokens=judgment.reasoning_tokens,
-            reasoning=judgment.reasoning,
-            truncated=judgment.truncated,
-            error=error,
-            settings=settings,
-            text_digest=digest,
-            invalid=(error or "").startswith(f"{InvalidInputError.__name__}:"),
-            reasoned=judgment.reasoned,
-        )
+        j = judgment
+        error = None if j.score is not None else j.error or "not judged"
+        invalid = (error or "").startswith(f"{InvalidInputError.__name__}:")
+        fields = (j.score, j.relevant, j.forced, j.reasoning_tokens, j.reasoning, j.truncated, error)
+        return cls(qid, docid, *fields, settings, digest, invalid, j.reasoned)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
