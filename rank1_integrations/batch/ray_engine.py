@@ -1,19 +1,14 @@
-"""The Ray Data engine: ``ray.data`` over the pairs, ``map_batches`` with an actor pool of rerankers.
-
-The pattern vLLM documents for offline batch inference at scale: a callable class holds
-one reranker per actor (an embedded engine on its own GPU, or a client of a vLLM fleet),
-``concurrency=N`` fixes the pool, and Ray streams batches to it. The class is async, so
-an actor runs several batches at once and its engine's batch stays full; each batch
-goes through the reranker's own driver, as in-process (:func:`.plan.judged_records`).
-
-The pairs still to judge are put into Ray's object store in blocks (spilled to disk
-when it fills), so the driver holds one block at a time. Ray is imported here only.
+"""The Ray Data engine, as vLLM documents offline batch inference at scale: ``ray.data`` over the pairs
+(put into the object store in blocks, so the driver holds one at a time), ``map_batches`` with a pool of
+async actors, each holding one reranker (an embedded engine on its GPU, or a client of vLLM servers) and
+running several batches at once through the reranker's own driver. Ray is imported here only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -35,13 +30,10 @@ _PURPOSE = "Batch reranking on Ray (--ray)"
 
 @dataclass(frozen=True)
 class RayEngine:
-    """Ray Data over the pairs with an actor pool of ``num_engines`` rerankers, each built from ``settings``.
-
-    Each actor has its own embedded engine (on ``gpus_per_engine`` GPUs; default one where
-    the cluster has GPUs) or is a client of the settings' vLLM servers. ``address`` is Ray's
-    (None: start or join a local instance; ``"auto"``: the running cluster). Actors take
-    ``batch_size`` pairs per call (whole queries under adaptive effort), several calls at once.
-    """
+    """An actor pool of ``num_engines`` rerankers built from ``settings`` (an embedded engine on
+    ``gpus_per_engine`` GPUs, default one where the cluster has GPUs; or a client of its servers).
+    ``address``: Ray's (None: start or join a local instance). Actors take ``batch_size`` pairs per
+    call (whole queries under adaptive effort), several calls at once."""
 
     settings: Rank1Settings
     num_engines: int = 1
@@ -103,17 +95,10 @@ def _settings_of(settings: Rank1Settings) -> dict[str, Any]:
 
 def _units(rows: list[dict[str, Any]]) -> Iterator[WorkUnit]:
     """Consecutive rows of one query become one unit."""
-    start = 0
-    for end in range(1, len(rows) + 1):
-        if end == len(rows) or rows[end]["qid"] != rows[start]["qid"]:
-            chunk = rows[start:end]
-            yield WorkUnit(
-                chunk[0]["qid"],
-                chunk[0]["query"],
-                tuple(r["docid"] for r in chunk),
-                tuple(r["passage"] for r in chunk),
-            )
-            start = end
+    for qid, group in itertools.groupby(rows, key=lambda row: row["qid"]):
+        chunk = list(group)
+        docids, passages = tuple(r["docid"] for r in chunk), tuple(r["passage"] for r in chunk)
+        yield WorkUnit(qid, chunk[0]["query"], docids, passages)
 
 
 def _output_schema(pa: Any) -> Any:
