@@ -178,7 +178,7 @@ def test_a_finished_run_started_again_writes_its_outputs_without_starting_an_eng
         (["--model", MODEL, "--reasoning-effort", "none"], "reasoning_effort: 'full' != 'none'"),
         (
             ["--server", NO_SERVER, "--reasoning-effort", "adaptive", "--adaptive-top-k", "2"],
-            "adaptive_top_k: None != 2",
+            "reasoning_effort: 'full' != 'adaptive'",
         ),
     ],
 )
