@@ -60,10 +60,8 @@ class Checkpoint:
         self.path = path
         # work_dir: scratch space of the run holding the lock (indexes); removed at close, or by the next run.
         self.settings_path, _, self._compacting, self._lock_path, self.work_dir = side_files(path)
-        self.fingerprint: str | None = None
-        """The settings fingerprint of its records (None while it has none)."""
-        self.records = 0
-        """Lines read back at start."""
+        self.fingerprint: str | None = None  # of its records' settings (None while it has none)
+        self.records = 0  # lines read back at start
         self._fsync_interval = fsync_interval
         self._clock = clock
         self._synced_at = clock()

@@ -240,10 +240,8 @@ def _judge_all(
         bar.close()
 
 
-DEFAULT_MAX_IN_FLIGHT = 1024
-"""Pairs in flight on an embedded engine: more than vLLM runs at once, so its batch stays full."""
-UNITS_IN_WINDOW = 16
-"""A work unit (one call) holds at most 1/16 of the window."""
+DEFAULT_MAX_IN_FLIGHT = 1024  # pairs in flight on an embedded engine: more than vLLM runs at once
+UNITS_IN_WINDOW = 16  # a work unit (one call) holds at most 1/16 of the window
 
 Engine = Rank1Reranker | Rank1Settings | RayEngine
 """What ``rerank_run`` judges on: a ready reranker, the settings of one to start, or Ray actors of those."""
