@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -59,25 +58,24 @@ def is_cacheable(judgment: Any) -> bool:
         return False
     score, tokens = judgment.score, judgment.reasoning_tokens
     return (
-        _is_number(score)
-        and score is not None
-        and math.isfinite(score)
-        and 0.0 <= score <= 1.0
-        and isinstance(judgment.relevant, bool)
-        and isinstance(judgment.reasoning, str)
-        and isinstance(judgment.forced, bool)
-        and isinstance(tokens, int)
-        and not isinstance(tokens, bool)
+        isinstance(score, int | float)
+        and not isinstance(score, bool)
+        and 0.0 <= score <= 1.0  # a NaN or an infinity fails this too
+        and type(tokens) is int
         and tokens >= 0
-        and isinstance(judgment.truncated, bool)
-        and isinstance(judgment.reasoning_effort, str)
-        and isinstance(judgment.reasoned, bool)
         and judgment.error is None
+        and all(isinstance(getattr(judgment, name), kind) for name, kind in _TYPES.items())
     )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+_TYPES = {
+    "relevant": bool,
+    "reasoning": str,
+    "forced": bool,
+    "truncated": bool,
+    "reasoning_effort": str,
+    "reasoned": bool,
+}
 
 
 @runtime_checkable

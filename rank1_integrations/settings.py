@@ -12,21 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AliasChoices,
-    BeforeValidator,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_serializer,
-    field_validator,
-)
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_serializer, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, NoDecode, SettingsConfigDict
 
 from rank1_integrations.backends.remote.config import redact_url
@@ -206,8 +197,11 @@ class Rank1Settings(BaseSettings):
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
                 raise InvalidInputError(f"config {str(config)!r} cannot be read: {error}") from None
             values = {key: value for key, value in values.items() if key not in ("serve", "run")}
-        with _file_values(values):
+        token = _FILE_VALUES.set(values)
+        try:
             return cls(**given)
+        finally:
+            _FILE_VALUES.reset(token)
 
     @property
     def embedded(self) -> bool:
@@ -248,43 +242,14 @@ class Rank1Settings(BaseSettings):
         return {name: getattr(self, name) for name in TRANSPORT_FIELDS}
 
 
-JUDGING_FIELDS = frozenset(
-    {
-        "template",
-        "max_reasoning_tokens",
-        "reasoning_effort",
-        "adaptive_margin",
-        "adaptive_center",
-        "adaptive_top_k",
-        "no_think_prefill",
-    }
+_JUDGING = (
+    "template max_reasoning_tokens reasoning_effort adaptive_margin adaptive_center adaptive_top_k no_think_prefill"
 )
+JUDGING_FIELDS = frozenset(_JUDGING.split())
 """Settings a single call may change (``judge(..., reasoning_effort="none")``)."""
-
-TRANSPORT_FIELDS = (
-    "max_concurrency",
-    "timeout",
-    "base_timeout",
-    "seconds_per_token",
-    "connect_timeout",
-    "metadata_timeout",
-    "max_retries",
-    "retry_budget",
-    "initial_backoff",
-    "max_backoff",
-    "prompts_per_request",
-    "max_response_bytes",
-    "tokenizer_cache_bytes",
-)
-
-
-@contextmanager
-def _file_values(values: Mapping[str, Any]) -> Iterator[None]:
-    token = _FILE_VALUES.set(values)
-    try:
-        yield
-    finally:
-        _FILE_VALUES.reset(token)
+_TRANSPORT = """max_concurrency timeout base_timeout seconds_per_token connect_timeout metadata_timeout max_retries
+    retry_budget initial_backoff max_backoff prompts_per_request max_response_bytes tokenizer_cache_bytes"""
+TRANSPORT_FIELDS = tuple(_TRANSPORT.split())
 
 
 def describe_validation_error(error: ValidationError) -> str:

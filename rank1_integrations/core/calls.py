@@ -8,6 +8,7 @@ fresh and cached judgments back in the caller's order, applying the failure poli
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,8 +18,6 @@ from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.core.prompting import PreparedPrompt, PromptBuilder
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError, Rank1Error
 from rank1_integrations.settings import Rank1Settings
-
-__all__ = ["CallPlan", "plan_call", "validated"]
 
 Position = tuple[int, int]
 """(which (query, passages) pair, index of the passage in it)."""
@@ -142,29 +141,20 @@ def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, S
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
         if not query.strip():
             raise InvalidInputError("query is empty")
-        if not _encodable(query):
+        if _SURROGATE.search(query):
             raise InvalidInputError("query is not valid Unicode text (it holds a lone surrogate)")
         if isinstance(passages, str | bytes) or not isinstance(passages, Sequence):
             raise InvalidInputError(f"passages must be a sequence of strings, got {type(passages).__name__}")
-        wrong_type = [i for i, p in enumerate(passages) if not isinstance(p, str)]
-        if wrong_type:
-            raise InvalidInputError(f"passages at indices {wrong_type[:20]} are not strings")
-        empty = [i for i, p in enumerate(passages) if not p.strip()]
-        if empty:
-            raise InvalidInputError(f"passages at indices {empty[:20]} are empty")
-        broken = [i for i, p in enumerate(passages) if not _encodable(p)]
-        if broken:
-            raise InvalidInputError(
-                f"passages at indices {broken[:20]} are not valid Unicode text (they hold lone surrogates)"
-            )
+        for problem, bad in (
+            ("are not strings", lambda p: not isinstance(p, str)),
+            ("are empty", lambda p: not p.strip()),
+            ("are not valid Unicode text (they hold lone surrogates)", _SURROGATE.search),
+        ):
+            found = [i for i, p in enumerate(passages) if bad(p)]
+            if found:
+                raise InvalidInputError(f"passages at indices {found[:20]} {problem}")
         checked.append((query, passages))
     return checked
 
 
-def _encodable(text: str) -> bool:
-    """Whether ``text`` is valid Unicode: a lone surrogate (e.g. from a bad decode) cannot be encoded."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate (e.g. from a bad decode) cannot be encoded

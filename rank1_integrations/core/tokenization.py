@@ -11,23 +11,11 @@ single tokens of the model's vocabulary.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
-
-__all__ = [
-    "Control",
-    "Data",
-    "HFPromptTokenizer",
-    "PromptPiece",
-    "PromptTokenizer",
-    "Trusted",
-    "encode_prompt",
-    "leading_special_ids",
-    "protected_pattern",
-    "split_protected",
-]
 
 
 @runtime_checkable
@@ -126,29 +114,17 @@ def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece], *, 
     return ids
 
 
-_PATTERN_CACHE: dict[tuple[str, ...], re.Pattern[str] | None] = {}
-
-
+@functools.cache
 def protected_pattern(strings: tuple[str, ...]) -> re.Pattern[str] | None:
-    if strings not in _PATTERN_CACHE:
-        # Longest first, so that "</think>" wins over a shorter token it contains.
-        alternatives = sorted({s for s in strings if s}, key=len, reverse=True)
-        _PATTERN_CACHE[strings] = re.compile("|".join(re.escape(s) for s in alternatives)) if alternatives else None
-    return _PATTERN_CACHE[strings]
+    """One pattern for all ``strings``, longest first, so that "</think>" wins over a shorter token it contains."""
+    alternatives = sorted({s for s in strings if s}, key=len, reverse=True)
+    return re.compile("(" + "|".join(re.escape(s) for s in alternatives) + ")") if alternatives else None
 
 
-def split_protected(text: str, pattern: re.Pattern[str] | None) -> Iterator[tuple[str, bool]]:
-    if pattern is None:
-        yield text, False
-        return
-    start = 0
-    for match in pattern.finditer(text):
-        if match.start() > start:
-            yield text[start : match.start()], False
-        yield match.group(), True
-        start = match.end()
-    if start < len(text):
-        yield text[start:], False
+def split_protected(text: str, pattern: re.Pattern[str] | None) -> list[tuple[str, bool]]:
+    """``text`` in runs, each saying whether it is a protected string."""
+    parts = pattern.split(text) if pattern is not None else [text]
+    return [(part, position % 2 == 1) for position, part in enumerate(parts) if part]
 
 
 def leading_special_ids(with_specials: Sequence[int], without: Sequence[int]) -> tuple[int, ...]:
