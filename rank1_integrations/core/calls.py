@@ -1,9 +1,5 @@
-"""One judging call, before and after the engine: validation, cache look-up, assembly.
-
-Pure logic: it builds the prompts and the :class:`JudgingRun` for what the cache does
-not know, says what the caller gets for each passage as it becomes final, and puts
-fresh and cached judgments back in the caller's order, applying the failure policy.
-"""
+"""One judging call, before and after the engine (pure): validation, cache look-up, the
+:class:`JudgingRun` for what the cache does not know, assembly in the caller's order."""
 
 from __future__ import annotations
 
@@ -31,17 +27,13 @@ class CallPlan:
 
     sizes: list[int]
     run: JudgingRun
-    fresh: list[Position]
-    """The passages the engine must judge (the cache does not know them); ``run`` numbers them in this order."""
-    texts: list[tuple[str, str]]
-    """(query, passage) of each fresh passage."""
+    fresh: list[Position]  # what the cache does not know, in ``run``'s numbering
+    texts: list[tuple[str, str]]  # (query, passage) of each fresh passage
     builder: PromptBuilder
     known: dict[Position, Judgment] = field(default_factory=dict)
-    key_for: KeyFor | None = None
-    """None: no cache."""
+    key_for: KeyFor | None = None  # None: no cache
     effort: str = "full"
-    prompts: dict[int, PreparedPrompt | Rank1Error] = field(default_factory=dict)
-    """The prompts built ahead (:meth:`build_all`); the rest are built by the driver."""
+    prompts: dict[int, PreparedPrompt | Rank1Error] = field(default_factory=dict)  # built ahead (build_all)
 
     def build(self, index: int) -> PreparedPrompt | Rank1Error:
         """Fresh passage ``index``'s prompt, or the backend error (e.g. its tokenizer server failed) that kept

@@ -10,6 +10,7 @@ back, which was data in the prompt). The generated token ids tell the two apart
 
 from __future__ import annotations
 
+import bisect
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -61,8 +62,7 @@ class ForcedPrompt:
 
     token_ids: tuple[int, ...]
     reasoning: str
-    """The reasoning in it: the generated text trimmed to its last sentence end, as the authors
-    do, and cut further only where it would not fit the context (see :meth:`PromptBuilder.build_forced`)."""
+    """The generated text trimmed as the authors do, cut further only where it would not fit the context."""
 
 
 class PromptBuilder:
@@ -134,12 +134,7 @@ class PromptBuilder:
         return ForcedPrompt(built[cut], reasoning[:cut])
 
     def build_no_think(self, prompt: PreparedPrompt, prefill: str) -> tuple[int, ...]:
-        """No-think's prompt (arXiv 2504.09858): the forced answer's, ``prompt + "\\n" + prefill + "\\n</think>"``,
-        with the prefill as the reasoning (data: it never becomes a control token); the answer is read next.
-
-        Under effort ``none`` the builder's ``max_prompt_tokens`` leaves :meth:`no_think_room`, not
-        the reasoning budget; adaptive's leaves the budget, which must hold the prefill.
-        """
+        """No-think's prompt (arXiv 2504.09858): the forced answer's, with the prefill (data) as the reasoning."""
         token_ids = self._forced_ids(prompt, (Data(prefill),))
         if self.context_size is not None and len(token_ids) >= self.context_size:
             raise InvalidInputError(
@@ -228,14 +223,8 @@ def _passage_prefix(tokenizer: PromptTokenizer, passage: str, token_ids: Sequenc
 
 def _longest(lengths: Sequence[int], fits: Callable[[int], bool]) -> int | None:
     """The largest of the ascending ``lengths`` that ``fits`` (binary search: fewer tokens for less text)."""
-    best, low, high = None, 0, len(lengths)
-    while low < high:
-        middle = (low + high) // 2
-        if fits(lengths[middle]):
-            best, low = lengths[middle], middle + 1
-        else:
-            high = middle
-    return best
+    count = bisect.bisect_left(lengths, True, key=lambda length: not fits(length))
+    return lengths[count - 1] if count else None
 
 
 # Texts before and after "<think>" on which a tokenizer must start a new token at "<think>",
