@@ -124,9 +124,7 @@ class PromptBuilder:
         # The longest prefix that fits and ends a sentence (the authors' trim of it is itself),
         # else the longest prefix that fits at all.
         ends = [i + 1 for i, char in enumerate(reasoning) if char in SENTENCE_ENDS]
-        cut = _longest(ends, fits)
-        if cut is None:
-            cut = _longest(range(len(reasoning)), fits)
+        cut = _longest(ends, fits) or _longest(range(len(reasoning)), fits)  # a sentence end is never at 0
         if cut is None:
             raise ModelOutputError(
                 f"the forced answer's markers alone do not fit in the context ({limit} tokens before the answer)"

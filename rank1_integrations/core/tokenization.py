@@ -1,12 +1,8 @@
 """Turning prompt pieces into token ids without letting data become control tokens.
 
-A prompt is a sequence of pieces: trusted text (rank1's instructions, a template),
-data (queries, passages, the model's own reasoning) and control markers
-(``<think>``, ``</think>``). Runs of text are encoded in one call, exactly as the
-authors' whole-string tokenization does; but any special-token string found
-inside *data* is encoded one character at a time, so it can never turn into a
-control token, and control markers become their token id only where they are
-single tokens of the model's vocabulary.
+A prompt is trusted text, data and control markers. Runs of text are encoded in one call, as the
+authors' whole-string tokenization does; a special-token string inside *data* is encoded one
+character at a time, so it can never turn into a control token.
 """
 
 from __future__ import annotations
