@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measures", default="nDCG@10,RR@10", help="ir-measures names, comma-separated")
     args = finish_args(parser.parse_args(argv))
 
-    from rank1_integrations.batch.evaluate import Evaluation
     from rank1_integrations.batch.inputs import open_corpus, read_queries, read_run
+    from rank1_integrations.batch.outputs import Evaluation
 
     measures = [m.strip() for m in args.measures.split(",") if m.strip()]
     evaluation = Evaluation(args.qrels, measures)  # fails on a typo before any engine starts

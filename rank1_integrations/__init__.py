@@ -9,9 +9,7 @@ from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.core.templates import DATASET_PROMPTS
 from rank1_integrations.errors import (
     BackendError,
-    CheckpointError,
     IncompatibleServerError,
-    IncompleteRunError,
     InvalidInputError,
     MalformedResponseError,
     MissingDependencyError,
@@ -22,7 +20,6 @@ from rank1_integrations.errors import (
     ServerConnectionError,
     ServerStatusError,
     ServerTimeoutError,
-    StorageError,
 )
 from rank1_integrations.reranker import DEFAULT_MAX_REASONING_TOKENS, Rank1Reranker
 
@@ -30,10 +27,8 @@ __all__ = [
     "DATASET_PROMPTS",
     "DEFAULT_MAX_REASONING_TOKENS",
     "BackendError",
-    "CheckpointError",
     "DiskCache",
     "IncompatibleServerError",
-    "IncompleteRunError",
     "InvalidInputError",
     "Judgment",
     "JudgmentCache",
@@ -48,7 +43,6 @@ __all__ = [
     "ServerConnectionError",
     "ServerStatusError",
     "ServerTimeoutError",
-    "StorageError",
 ]
 
 __version__ = "0.1.0"

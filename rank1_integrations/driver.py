@@ -16,7 +16,7 @@ import contextlib
 import functools
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +29,7 @@ from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.core.prompting import PreparedPrompt
 from rank1_integrations.errors import BackendError, Rank1Error
 
-__all__ = ["CallDriver", "adrive", "drive"]
+__all__ = ["CallDriver", "adrive", "drive", "drive_many"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,11 @@ class CallDriver:
         self._submissions: list[Future[Any]] = []
         self._pending = 0
         self._follow_ups: list[tuple[int, CompletionRequest]] = []
+
+    @property
+    def size(self) -> int:
+        """The passages of the call."""
+        return sum(self._plan.sizes)
 
     @property
     def done(self) -> bool:
@@ -185,16 +190,49 @@ class CallDriver:
 
 def drive(driver: CallDriver) -> Iterator[Handed]:
     """Run the call, waiting in this thread; yields each judgment as it becomes final."""
-    results: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+    return (handed for _, handed in drive_many([driver], max_in_flight=1))
+
+
+def drive_many(calls: Iterable[CallDriver], *, max_in_flight: int) -> Iterator[tuple[int, Handed]]:
+    """Run the calls with about ``max_in_flight`` passages in flight across them (a call holds its place
+    until its last judgment), waiting in this thread; yields (which call, judgment) as each becomes final."""
+    results: queue.SimpleQueue[tuple[int, _Item]] = queue.SimpleQueue()
+    source = enumerate(calls)
+    running: dict[int, CallDriver] = {}
+    in_flight = 0
     try:
-        yield from driver.start(results.put)
-        while not driver.done:
-            driver.handle(results.get())
-            while not results.empty():  # what else has arrived goes out with the same submission
-                driver.handle(results.get_nowait())
-            yield from driver.flush()
+        while True:
+            touched: set[int] = set()
+            while in_flight < max_in_flight and (started := next(source, None)) is not None:
+                number, driver = started
+                running[number] = driver
+                in_flight += driver.size
+                yield from ((number, handed) for handed in driver.start(functools.partial(_tagged, results, number)))
+                touched.add(number)
+            if not running:
+                return
+            if not touched:
+                touched.add(_handle(running, results.get()))
+            while not results.empty():  # what else has arrived goes out with the same submissions
+                touched.add(_handle(running, results.get_nowait()))
+            for number in touched & running.keys():
+                yield from ((number, handed) for handed in running[number].flush())
+                if running[number].done:
+                    in_flight -= running.pop(number).size
     finally:
-        driver.cancel()
+        for driver in running.values():
+            driver.cancel()
+
+
+def _tagged(results: queue.SimpleQueue[tuple[int, _Item]], number: int, item: _Item) -> None:
+    results.put((number, item))
+
+
+def _handle(running: dict[int, CallDriver], tagged: tuple[int, _Item]) -> int:
+    number, item = tagged
+    if number in running:  # else a late word of a finished call (a cancelled build)
+        running[number].handle(item)
+    return number
 
 
 async def adrive(driver: CallDriver) -> AsyncIterator[Handed]:

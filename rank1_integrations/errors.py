@@ -12,9 +12,7 @@ from rank1_integrations.core.judgment import Judgment
 
 __all__ = [
     "BackendError",
-    "CheckpointError",
     "IncompatibleServerError",
-    "IncompleteRunError",
     "InvalidInputError",
     "MalformedResponseError",
     "MissingDependencyError",
@@ -25,7 +23,6 @@ __all__ = [
     "ServerConnectionError",
     "ServerStatusError",
     "ServerTimeoutError",
-    "StorageError",
 ]
 
 
@@ -49,39 +46,6 @@ class MissingDependencyError(Rank1Error, ImportError):
 
 class InvalidInputError(Rank1Error, ValueError):
     """The caller passed something rank1 cannot judge (empty query, non-string passage, ...)."""
-
-
-class CheckpointError(InvalidInputError):
-    """A batch run's checkpoint (its judgments JSONL) cannot be resumed by this run.
-
-    It was written with other settings or other texts, another run is writing it, or a
-    line is not a judgment record (a torn last line aside: an unterminated line that begins
-    as a record). Nothing in it is changed.
-    """
-
-
-class IncompleteRunError(Rank1Error):
-    """A batch run ended with pairs that could not be judged; their errors are in the checkpoint.
-
-    Running the same command again retries those pairs, but for the ``invalid`` ones: rank1
-    refused their texts as input, and they are attempted again only once their texts change.
-    """
-
-    def __init__(self, message: str, *, failed: int, total: int, invalid: int = 0) -> None:
-        super().__init__(message)
-        self.failed = failed
-        self.total = total
-        self.invalid = invalid
-        """How many of the ``failed`` pairs are invalid input."""
-
-
-class StorageError(Rank1Error, OSError):
-    """A batch run hit an OS error: it could not write or read its files (a full disk, a file size limit,
-    permissions).
-
-    The run stopped there, its checkpoint closed: every judgment written before is kept, and
-    the same command resumes once the cause is fixed.
-    """
 
 
 class BackendError(Rank1Error):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +17,7 @@ from rank1_integrations.core.profiles import mismatches, profile_for, tokenizer_
 from rank1_integrations.core.prompting import PreparedPrompt, PromptBuilder
 from rank1_integrations.core.protocol import FALSE_LABEL, TRUE_LABEL
 from rank1_integrations.core.templates import resolve_template
-from rank1_integrations.driver import CallDriver, adrive, drive
+from rank1_integrations.driver import CallDriver, adrive, drive, drive_many
 from rank1_integrations.errors import BackendError, InvalidInputError, ModelOutputError
 from rank1_integrations.settings import Rank1Settings
 
@@ -148,7 +148,9 @@ class Rank1Reranker:
         ours = {name: value for name, value in changes.items() if name in Rank1Settings.model_fields}
         engine_args = {name: value for name, value in changes.items() if name not in ours}
         base = settings or Rank1Settings()
-        return cls.from_settings(base, model=model, servers=(), **ours, engine_args={**base.engine_args, **engine_args})
+        return cls.from_settings(
+            base, cache=cache, model=model, servers=(), **ours, engine_args={**base.engine_args, **engine_args}
+        )
 
     @classmethod
     def from_server(
@@ -242,6 +244,19 @@ class Rank1Reranker:
             pass
         return driver.finish()
 
+    def judge_many_iter(
+        self, batches: Iterable[tuple[str, Sequence[str]]], *, max_in_flight: int, **changes: Any
+    ) -> Iterator[tuple[int, Judgment]]:
+        """``(which pair, judgment)`` for many (query, passages) pairs, each as soon as it is final, with
+        about ``max_in_flight`` passages in flight (``batches`` is read as room frees up). For long runs:
+        a failed passage comes unjudged, never raised, and so does one rank1 cannot take as input (empty,
+        not valid Unicode, a query too long for the context), its error starting ``InvalidInputError:``.
+        """
+        settings = self.settings.judging(**changes)
+        calls = (self._driver(self._plan([batch], settings, lenient=True), "mark_unjudged") for batch in batches)
+        for number, (_, judgment) in drive_many(calls, max_in_flight=max_in_flight):
+            yield number, judgment
+
     def judge_iter(self, query: str, passages: Sequence[str], **changes: Any) -> Iterator[Judgment]:
         """Each passage's judgment as soon as it is final (cache hits first); ``Judgment.index`` says which.
 
@@ -273,8 +288,9 @@ class Rank1Reranker:
             driver.cancel()
         driver.finish()
 
-    def _driver(self, plan: CallPlan) -> CallDriver:
-        return CallDriver(plan, self.backend, on_failure=self.on_failure, cache=self._cache, builders=self._builders)
+    def _driver(self, plan: CallPlan, on_failure: FailurePolicy | None = None) -> CallDriver:
+        on_failure = on_failure or self.on_failure
+        return CallDriver(plan, self.backend, on_failure=on_failure, cache=self._cache, builders=self._builders)
 
     def _builder_for(self, settings: Rank1Settings) -> PromptBuilder:
         template = resolve_template(settings.template)
@@ -289,10 +305,15 @@ class Rank1Reranker:
             context_size=self.context_size,
         )
 
-    def _plan(self, batches: Sequence[tuple[str, Sequence[str]]], changes: dict[str, Any]) -> CallPlan:
+    def _plan(
+        self,
+        batches: Sequence[tuple[str, Sequence[str]]],
+        changes: dict[str, Any] | Rank1Settings,
+        lenient: bool = False,
+    ) -> CallPlan:
         if self._closed:
             raise BackendError(f"{self!r} is closed: make a new reranker")
-        settings = self.settings.judging(**changes)
+        settings = changes if isinstance(changes, Rank1Settings) else self.settings.judging(**changes)
         plan = plan_call(
             batches,
             self._builder_for(settings),
@@ -300,6 +321,7 @@ class Rank1Reranker:
             settings=settings,
             cache=self._cache,
             key_for=lambda query, passage, effort: self._key(settings, query, passage, effort),
+            lenient=lenient,
         )
         # A tokenizer that costs a round trip per text builds prompts on a pool, while the
         # first requests already run; any other builds them all here, ahead.

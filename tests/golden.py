@@ -17,7 +17,7 @@ within ``SCORE_TOLERANCE`` (engine, float32) and ``REFERENCE_TOLERANCE`` (float6
 
 Regenerate after a deliberate change (and say why in the commit)::
 
-    python -m tests.golden --update [random chaos smollm2]
+    python -m tests.golden --update [qwen2.5 llama3 mistral chaos smollm2]
 """
 
 from __future__ import annotations
@@ -55,8 +55,13 @@ PASSAGES = (
     "Return the length (the number of items) of an object.",
     "日本語のテキスト with café and an emoji 🙂.",
 )
+#: rank1's real tokenizers (random models of their real vocabulary size, tests/models/real_tokenizers.py):
+#: cut inside a character, and run to the EOS.
+_REAL_CASES = (Case("what does the len function return", PASSAGES, 12), Case("q", PASSAGES[:1], 30))
 CASES: dict[str, tuple[Case, ...]] = {
-    "random": (Case("what does the len function return", PASSAGES, 16),),
+    "qwen2.5": _REAL_CASES,
+    "llama3": _REAL_CASES,
+    "mistral": _REAL_CASES,
     "chaos": (Case("what does the len function return", PASSAGES, 10), Case("q", PASSAGES[:1], 60)),
     "smollm2": (Case("what does the len function return", PASSAGES, 12),),
 }
@@ -187,10 +192,10 @@ def main() -> None:
 
 def model_folder(name: str, cache: Path) -> Path:
     """Where the test suite builds (or converts) each golden model."""
-    if name == "random":
-        from tests.models.tiny_models import build_random_model
+    if name in ("qwen2.5", "llama3", "mistral"):
+        from tests.models.real_tokenizers import build_real_model
 
-        return build_random_model(cache / "random")
+        return build_real_model(cache / f"real-{name}", family=name)
     if name == "chaos":
         from tests.models.families import build_chaos_model
 

@@ -175,6 +175,11 @@ def test_a_finished_run_started_again_writes_its_outputs_without_starting_an_eng
         (["--model", MODEL, "--template", "SciFact"], "template: None != 'Claim: FILL_QUERY_HERE"),
         (["--model", MODEL, "--engine-arg", "max_model_len=2048"], "context_size: 1024 != 2048"),
         (["--server", NO_SERVER, "--model", "other", "--ray"], "model: 'rank1-test-model' != 'other'"),
+        (["--model", MODEL, "--reasoning-effort", "none"], "reasoning_effort: 'full' != 'none'"),
+        (
+            ["--server", NO_SERVER, "--reasoning-effort", "adaptive", "--adaptive-top-k", "2"],
+            "reasoning_effort: 'full' != 'adaptive'",
+        ),
     ],
 )
 def test_a_finished_run_refuses_other_settings_without_starting_an_engine(

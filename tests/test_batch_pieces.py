@@ -1,8 +1,7 @@
-"""The batch runner's parts without an engine: inputs, records, the checkpoint, the plan, the outputs, the driver."""
+"""The batch runner's parts without an engine: inputs, records, the checkpoint, the plan, the outputs."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from rank1_integrations import BackendError, CheckpointError, InvalidInputError, Judgment
+from rank1_integrations import BackendError, InvalidInputError, Judgment
 from rank1_integrations.batch import checkpoint as checkpoint_module
 from rank1_integrations.batch.checkpoint import Checkpoint, PairState
-from rank1_integrations.batch.drive import iterate, judge_units
+from rank1_integrations.batch.errors import CheckpointError
 from rank1_integrations.batch.inputs import JsonlCorpus, passage_text, read_queries, read_run
 from rank1_integrations.batch.outputs import read_trec, reranked, write_trec
 from rank1_integrations.batch.plan import Plan, WorkUnit
@@ -137,11 +136,17 @@ def test_records_round_trip_and_are_validated():
             PairRecord.from_json(broken)
 
 
+def failure(qid: str, docid: str, error: Exception, *, settings: str, digest: str) -> PairRecord:
+    """The record of a passage the reranker handed over unjudged with ``error``."""
+    unjudged = Judgment(0, None, None, "", error=f"{type(error).__name__}: {error}", reasoned=False)
+    return PairRecord.of(qid, docid, unjudged, settings=settings, digest=digest)
+
+
 def test_invalid_input_is_marked_on_its_record_and_old_lines_without_the_mark_still_read():
-    invalid = PairRecord.failure("q", "d", InvalidInputError("query is empty"), settings="s", digest="t")
+    invalid = failure("q", "d", InvalidInputError("query is empty"), settings="s", digest="t")
     assert (invalid.invalid, invalid.error) == (True, "InvalidInputError: query is empty")
     assert PairRecord.from_json(invalid.to_json()) == invalid
-    assert not PairRecord.failure("q", "d", BackendError("down"), settings="s", digest="t").invalid
+    assert not failure("q", "d", BackendError("down"), settings="s", digest="t").invalid
     old = {k: v for k, v in json.loads(record("q", "d", None).to_json()).items() if k != "invalid"}
     assert not PairRecord.from_json(json.dumps(old)).invalid  # a checkpoint written before the mark existed
     with pytest.raises(ValueError, match="an invalid record has an error"):
@@ -164,6 +169,12 @@ def test_settings_fingerprint_and_differences():
         "max_reasoning_tokens: 16 != 32",
     ]
     assert RunSettings.from_dict(other.to_dict()) == other
+    # Full reasoning keeps the fingerprints of checkpoints written before efforts existed.
+    assert (SETTINGS.fingerprint, other.fingerprint) == ("ed52f6a4cff36a2d", "aaaf13aaee7773b0")
+    no_think = RunSettings("model-a", None, 16, 1024, "none", "Okay.")
+    assert RunSettings.from_dict(no_think.to_dict()) == no_think
+    assert no_think.fingerprint != SETTINGS.fingerprint
+    assert SETTINGS.differences(no_think) == ["reasoning_effort: 'full' != 'none'", "no_think_prefill: None != 'Okay.'"]
     assert text_digest("q", "p") != text_digest("q ", "p") != text_digest("q", " p")
 
 
@@ -373,13 +384,9 @@ def test_pairs_refused_as_invalid_input_are_judged_again_only_when_their_texts_c
             checkpoint.check(SETTINGS)
             checkpoint.append(
                 [
-                    PairRecord.failure(
-                        "q1", "a", refusal, settings=SETTINGS.fingerprint, digest=text_digest("q", "text a")
-                    ),
-                    PairRecord.failure(
-                        "q1", "b", refusal, settings=SETTINGS.fingerprint, digest=text_digest("q", "old b")
-                    ),
-                    PairRecord.failure("q1", "c", BackendError("503"), settings=SETTINGS.fingerprint, digest="d" * 16),
+                    failure("q1", "a", refusal, settings=SETTINGS.fingerprint, digest=text_digest("q", "text a")),
+                    failure("q1", "b", refusal, settings=SETTINGS.fingerprint, digest=text_digest("q", "old b")),
+                    failure("q1", "c", BackendError("503"), settings=SETTINGS.fingerprint, digest="d" * 16),
                 ]
             )
             plan = Plan(run, queries={"q1": "q"}, corpus=index, checkpoint=checkpoint, depth=None)
@@ -447,42 +454,3 @@ def test_trec_is_written_with_falling_scores_and_read_back(tmp_path: Path):
     write_trec(path, [("q1", ["b", "a"]), ("q2", ["c"])])
     assert path.read_text() == "q1 Q0 b 1 2 rank1\nq1 Q0 a 2 1 rank1\nq2 Q0 c 1 1 rank1\n"
     assert list(read_trec(path)) == [("q1", ["b", "a"]), ("q2", ["c"])]
-
-
-# -- the driver (a stand-in reranker: what is tested is the window and the fallback) -------
-
-
-class _CountingReranker:
-    """Answers after a short sleep, refuses empty passages like the real one, and counts calls in flight."""
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self.most = 0
-        self.calls: list[tuple[str, ...]] = []
-
-    async def ajudge(self, query: str, passages: tuple[str, ...]) -> list[Judgment]:
-        if any(not p.strip() for p in passages):
-            raise InvalidInputError("passages at indices [0] are empty")
-        self.calls.append(passages)
-        self.in_flight += len(passages)
-        self.most = max(self.most, self.in_flight)
-        await asyncio.sleep(0.01)
-        self.in_flight -= len(passages)
-        return [Judgment(index=i, score=0.5, relevant=True, reasoning=p) for i, p in enumerate(passages)]
-
-
-def test_driver_keeps_the_window_and_isolates_bad_passages():
-    reranker = _CountingReranker()
-    units = [WorkUnit(f"q{i}", "query", ("a", "b"), ("text a", "text b")) for i in range(10)]
-    units.append(WorkUnit("bad", "query", ("a", "empty", "c"), ("text a", " ", "text c")))
-    batches = list(iterate(judge_units(reranker, units, max_in_flight=4, settings="s")))  # type: ignore[arg-type]
-    got = [r for batch in batches for r in batch]
-    assert sorted((r.qid, r.docid) for r in got) == sorted((u.qid, d) for u in units for d in u.docids)
-    assert reranker.most == 4
-    bad = {r.docid: r for r in got if r.qid == "bad"}
-    assert bad["empty"].error == "InvalidInputError: passages at indices [0] are empty"
-    assert bad["empty"].invalid
-    assert bad["empty"].text_digest == text_digest("query", " ")
-    assert bad["a"].judged
-    assert bad["c"].judged
-    assert all(r.reasoning == f"text {r.docid}" for r in got if r.judged)

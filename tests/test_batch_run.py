@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rank1_integrations import CheckpointError, IncompleteRunError, InvalidInputError, Rank1Reranker
-from rank1_integrations.batch import rerank_run
+from rank1_integrations import InvalidInputError, Rank1Reranker
+from rank1_integrations.batch import CheckpointError, IncompleteRunError, rerank_run
 from rank1_integrations.settings import Rank1Settings
 from tests.batch_support import (
     REMOTE_TOLERANCE,
@@ -153,6 +155,105 @@ def test_a_resumed_run_judges_only_what_is_missing_and_ends_as_an_uninterrupted_
         depth=DEPTH,
     )
     assert (result.summary.from_checkpoint, result.summary.judged_now) == (done, result.summary.pairs - done)
+    assert_same_outputs((tmp_path / "out.trec", judgments), reference)
+
+
+class CountingBackend:
+    """The real backend, counting the requests it has in flight."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.in_flight = self.most = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def submit(self, requests: Any, on_result: Any) -> Any:
+        def counted(position: int, result: Any) -> None:
+            with self._lock:
+                self.in_flight -= 1
+            on_result(position, result)
+
+        with self._lock:
+            self.in_flight += len(requests)
+            self.most = max(self.most, self.in_flight)
+        return self._backend.submit(requests, counted)
+
+
+def test_judge_many_iter_keeps_its_window_and_hands_invalid_passages_back_unjudged(random_reranker: Rank1Reranker):
+    backend = CountingBackend(random_reranker.backend)
+    reranker = Rank1Reranker(backend, random_reranker.settings, cache=False)  # type: ignore[arg-type]
+    batches = [(f"query {i}", (f"passage {i} a", f"passage {i} b")) for i in range(6)]
+    batches.insert(3, ("query bad", ("fine", " ", "x \ud800")))
+    batches.append(("  ", ("p",)))
+    got = list(reranker.judge_many_iter(batches, max_in_flight=4))
+    assert sorted((number, j.index) for number, j in got) == [
+        (b, i) for b, (_, ps) in enumerate(batches) for i in range(len(ps))
+    ]
+    assert (backend.most, backend.in_flight) == (4, 0)
+    found = {(number, j.index): j for number, j in got}
+    assert [found[(3, i)].error for i in (1, 2)] == [
+        "InvalidInputError: passages at indices [1] are empty",
+        "InvalidInputError: passages at indices [2] are not valid Unicode text (they hold lone surrogates)",
+    ]
+    assert found[(7, 0)].error == "InvalidInputError: query is empty"
+    want = random_reranker.judge("query bad", ["fine"])[0]
+    assert found[(3, 0)].score == pytest.approx(want.score, abs=TOLERANCE)
+    assert all(j.judged for key, j in found.items() if key not in ((3, 1), (3, 2), (7, 0)))
+
+
+def test_a_no_think_run_judges_every_pair_without_reasoning_and_refuses_a_resume_with_another_effort(
+    random_reranker: Rank1Reranker, tmp_path: Path
+):
+    no_think = Rank1Reranker(random_reranker.backend, random_reranker.settings, reasoning_effort="none")
+    _, judgments = rerun(tiny_set(), tmp_path, no_think)
+    lines = records(judgments)
+    assert len(lines) == sum(min(DEPTH, len(docs)) for docs in first_stage(tiny_set().run).values())
+    assert all(r["reasoning_tokens"] == 0 and r["reasoned"] is False and r["error"] is None for r in lines)
+    settings = json.loads(judgments.with_name("judgments.jsonl.settings.json").read_text())["settings"]
+    assert settings["reasoning_effort"] == "none"
+    before = judgments.read_bytes()
+    with pytest.raises(CheckpointError, match=r"checkpoint != this run: reasoning_effort: 'none' != 'full'"):
+        rerun(tiny_set(), tmp_path, random_reranker)
+    adaptive = Rank1Reranker(random_reranker.backend, random_reranker.settings, reasoning_effort="adaptive")
+    with pytest.raises(CheckpointError, match=r"reasoning_effort: 'none' != 'adaptive'"):
+        rerun(tiny_set(), tmp_path, adaptive)
+    assert judgments.read_bytes() == before
+
+
+def test_an_adaptive_run_judges_whole_queries_as_judge_does(random_reranker: Rank1Reranker, tmp_path: Path):
+    adaptive = Rank1Reranker(random_reranker.backend, random_reranker.settings, reasoning_effort="adaptive")
+    data = tiny_set()
+    corpus, queries = beir_texts(data)
+    _, judgments = rerun(data, tmp_path, adaptive, max_in_flight=2)  # units would be 1 pair, but for adaptive
+    got = {(r["qid"], r["docid"]): r for r in records(judgments)}
+    for qid, docs in first_stage(data.run).items():
+        top = docs[:DEPTH]
+        for docid, judgment in zip(top, adaptive.judge(queries[qid], [corpus[d] for d in top]), strict=True):
+            assert got[(qid, docid)]["reasoned"] == judgment.reasoned
+            assert got[(qid, docid)]["score"] == pytest.approx(judgment.score, abs=TOLERANCE)
+
+
+def test_a_checkpoint_written_before_efforts_existed_resumes(
+    random_reranker: Rank1Reranker, tmp_path: Path, reference: tuple[Path, Path]
+):
+    judgments = tmp_path / "judgments.jsonl"
+    old_lines = [{k: v for k, v in r.items() if k != "reasoned"} for r in records(reference[1])]
+    judgments.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in old_lines[: len(old_lines) // 2]))
+    settings = json.loads(reference[1].with_name("judgments.jsonl.settings.json").read_text())
+    assert set(settings["settings"]) == {"model", "template", "max_reasoning_tokens", "context_size"}
+    shutil.copy(reference[1].with_name("judgments.jsonl.settings.json"), tmp_path)
+    result = rerank_run(
+        tiny_set().run,
+        corpus=tiny_set().corpus,
+        queries=tiny_set().queries,
+        out=tmp_path / "out.trec",
+        reasoning=judgments,
+        engine=random_reranker,
+        depth=DEPTH,
+    )
+    assert result.summary.from_checkpoint == len(old_lines) // 2
     assert_same_outputs((tmp_path / "out.trec", judgments), reference)
 
 

@@ -18,6 +18,7 @@ from rank1_integrations.cache import MemoryCache
 from rank1_integrations.settings import DEFAULT_NO_THINK_PREFILL
 from tests import reference
 from tests.conftest import SCRIPTED_BUDGET
+from tests.models.real_tokenizers import REAL
 from tests.models.tiny_models import JOIN_PASSAGE, JOIN_QUERY, LEN_PASSAGE, LEN_QUERY, OPEN_PASSAGE, SORTED_PASSAGE
 from tests.recording import RecordingBackend
 from tests.vllm_server import VLLMServer, shared_server, stop_all
@@ -28,10 +29,14 @@ TOLERANCE = 1e-3
 PASSAGES = [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE, JOIN_PASSAGE, "日本語のテキスト with café and an emoji 🙂."]
 
 
-@pytest.fixture(scope="module", params=["scripted", "random", "chaos"])
+@pytest.fixture(scope="module", params=["scripted", "random", "chaos", *sorted(REAL)])
 def model(request: pytest.FixtureRequest) -> tuple[Path, Rank1Reranker]:
-    """(model folder, reranker): the scripted model (natural answers), the random one (forced answers) and
-    the chaos model (a BOS tokenizer; reasoning full of control tokens and cut characters)."""
+    """(model folder, reranker): the scripted model (natural answers), the random one (forced answers),
+    the chaos model (a BOS tokenizer; reasoning full of control tokens and cut characters) and rank1's
+    three real tokenizers (random models of their real vocabulary sizes; ``<think>`` is text)."""
+    if request.param in REAL:
+        backend = request.getfixturevalue("real_backend")(request.param)
+        return request.getfixturevalue("real_model_dir")(request.param), Rank1Reranker(backend, max_reasoning_tokens=12)
     if request.param == "chaos":
         reranker = Rank1Reranker(request.getfixturevalue("chaos_backend"), max_reasoning_tokens=15)
     else:
@@ -75,16 +80,13 @@ def check(model_dir: Path, recording: RecordingBackend, query: str, passages: li
         else:
             prompt = reference.tokenizer(model_dir)(reference.PROMPT.format(query=query, passage=passage))
             prompt_ids = list(prompt["input_ids"])
-            ((request, completion),) = [(r, c) for r, c in exchanges if list(r.prompt_token_ids) == prompt_ids]
+            ((_, completion),) = [(r, c) for r, c in exchanges if list(r.prompt_token_ids) == prompt_ids]
             assert judgment.reasoning_tokens == len(completion.token_ids) > 0
-            if judgment.forced:
-                (ids,) = [
-                    list(r.prompt_token_ids)
-                    for r, _ in exchanges
-                    if r.max_tokens == 1
-                    and r.prompt_token_ids[: len(prompt_ids)] == request.prompt_token_ids
-                    and list(r.prompt_token_ids) != expected
-                ]
+            if judgment.forced:  # the authors' forced prompt (where <think> is text, its tail re-encoded)
+                prompt_text = reference.PROMPT.format(query=query, passage=passage)
+                args = (completion.token_ids, completion.text, judgment.reasoning)
+                ids = reference.expected_forced_ids(model_dir, prompt_text, *args)
+                assert [list(r.prompt_token_ids) for r, _ in exchanges].count(ids) == 1
             else:
                 ids = prompt_ids + list(completion.token_ids[:-1])
         assert judgment.score == pytest.approx(reference.score_of_ids(model_dir, ids), abs=TOLERANCE)

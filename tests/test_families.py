@@ -1,8 +1,9 @@
 """rank1's model families: the tokenizer facts each relies on, prompts and truncation with and without BOS.
 
-Each family gets a tiny offline tokenizer with its settings (``testing/families.py``);
-expected ids are computed here with the tokenizer's own whole-string call, as the rank1
-authors' code tokenizes.
+Each family's real tokenizer, rebuilt offline (``tests/models/real_tokenizers.py``); the tiny
+imitations (``tests/models/families.py``) add what no released rank1 tokenizer has: ``<think>``
+as a token. Expected ids come from the tokenizer's own whole-string call, as the rank1 authors'
+code tokenizes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rank1_integrations.core.profiles import PROFILES, mismatches, profile_for, 
 from rank1_integrations.core.prompting import PromptBuilder
 from rank1_integrations.core.tokenization import HFPromptTokenizer
 from tests.models.families import FAMILIES
+from tests.models.real_tokenizers import REAL
 from tests.test_reranker_drivers import DeadEngine
 
 QUERY = "what does the len function return"
@@ -27,11 +29,11 @@ PASSAGES = [
 PROFILE = {profile.family: profile for profile in PROFILES}
 
 
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family(request, family_tokenizer_dir) -> tuple[str, object, HFPromptTokenizer]:
+@pytest.fixture(scope="module", params=sorted(REAL))
+def family(request, real_model_dir) -> tuple[str, object, HFPromptTokenizer]:
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(family_tokenizer_dir(request.param, False)))
+    hf = AutoTokenizer.from_pretrained(str(real_model_dir(request.param)))
     return request.param, hf, HFPromptTokenizer(hf)
 
 
@@ -39,8 +41,8 @@ def test_each_family_has_the_facts_of_its_profile(family) -> None:
     name, _, tokenizer = family
     facts = tokenizer_facts(tokenizer)
     assert None not in facts.label_ids  # " true" / " false" are single tokens
-    assert facts.think_ids == (None, None)  # <think> is text here (see the think-token variants below)
-    assert facts.leading == ((FAMILIES[name].bos,) if FAMILIES[name].bos else ())
+    assert facts.think_ids == (None, None)  # <think> is text in rank1 (see the think-token variants below)
+    assert facts.leading == ((REAL[name].bos,) if REAL[name].bos else ())
     assert mismatches(PROFILE[name], facts) == []
     others = [p for p in PROFILES if p.bos != PROFILE[name].bos]
     assert any("prompts start with" in m for p in others for m in mismatches(p, facts))
@@ -50,7 +52,7 @@ def test_each_family_has_the_facts_of_its_profile(family) -> None:
 def test_think_tokens_are_found_when_the_vocabulary_has_them(name: str, family_tokenizer_dir) -> None:
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(family_tokenizer_dir(name, True)))
+    hf = AutoTokenizer.from_pretrained(str(family_tokenizer_dir(name)))
     facts = tokenizer_facts(HFPromptTokenizer(hf))
     assert facts.think_ids == tuple(hf.convert_tokens_to_ids(t) for t in ("<think>", "</think>"))
     assert mismatches(PROFILE[name], facts) == []

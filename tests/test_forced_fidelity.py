@@ -1,9 +1,12 @@
 """Every score equals an independent float64 forward pass over exactly the token ids sent (real engines).
 
-Three models: the chaos model (random weights, a BOS tokenizer; its reasoning is full of
-control tokens, U+FFFD and characters cut by the budget), SmolLM2-135M-Instruct (a real
-small model, not rank1; ``<think>`` is text in its vocabulary) and the scripted model
-(natural answers). The expected forced ids and the scores come from ``tests/reference.py``.
+The models: rank1's three real tokenizers (Qwen2.5, Llama 3.1, Mistral tekken) in random models
+of their real vocabulary sizes that write cut characters and control tokens
+(``tests/models/real_tokenizers.py``); the chaos model (random weights, a BOS tokenizer with
+``<think>`` tokens; its reasoning is full of control tokens, U+FFFD and characters cut by the
+budget); SmolLM2-135M-Instruct (a real small model, not rank1; ``<think>`` is text in its
+vocabulary) and the scripted model (natural answers). The expected forced ids and the scores
+come from ``tests/reference.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from rank1_integrations.backends.base import Completion
 from rank1_integrations.core.tokenization import Data, Trusted, encode_prompt
 from tests import reference
 from tests.conftest import ENGINE_KWARGS, SCRIPTED_BUDGET
+from tests.models.real_tokenizers import REAL
 from tests.models.tiny_models import LEN_PASSAGE, LEN_QUERY, SORTED_PASSAGE
 from tests.recording import RecordingBackend
 
@@ -33,6 +37,8 @@ PASSAGES = [
 ]
 CHAOS_BUDGETS = (2, 3, 10, 15, 34, 60)
 """Cut after a lead byte, inside the quoted <think>, after </think>, after a sentence end, before the EOS, at it."""
+REAL_BUDGETS = (2, 9, 12, 30)
+"""The real-tokenizer models' REASONING: cut after a lead byte, at a sentence end, inside a character, at the EOS."""
 
 
 def judged(backend, budget: int, passages: Sequence[str] = PASSAGES, **settings) -> tuple[RecordingBackend, list]:
@@ -75,6 +81,34 @@ def check_against_reference(
         assert judgment.score == pytest.approx(reference.score_of_ids(model_dir, sent), abs=TOLERANCE)
         checked.append((judgment, completion, sent))
     return checked
+
+
+@pytest.fixture(scope="module")
+def real_runs(real_backend) -> dict[tuple[str, int], tuple[RecordingBackend, list[Judgment]]]:
+    return {(family, budget): judged(real_backend(family), budget) for family in REAL for budget in REAL_BUDGETS}
+
+
+@pytest.mark.parametrize("budget", REAL_BUDGETS)
+@pytest.mark.parametrize("family", sorted(REAL))
+def test_real_tokenizer_scores_equal_the_reference_over_the_ids_sent(
+    real_runs, real_model_dir, family: str, budget: int
+) -> None:
+    recording, judgments = real_runs[family, budget]
+    checked = check_against_reference(real_model_dir(family), PASSAGES, recording, judgments)
+    assert all(j.forced for j, _, _ in checked)  # </think> is text the model never writes
+
+
+@pytest.mark.parametrize("family", sorted(REAL))
+def test_the_real_tokenizer_models_write_what_a_forced_answer_must_survive(real_runs, real_backend, family) -> None:
+    tokenizer = real_backend(family).tokenizer
+    completions = {b: real_runs[family, b][0].results[0][0] for b in REAL_BUDGETS}
+    assert completions[2].text == " The"  # a lead byte cut off by the budget: no U+FFFD yet
+    assert tokenizer.decode(completions[2].token_ids).endswith("\ufffd")
+    assert completions[12].finish_reason == "length"
+    assert "\ufffd" in completions[30].text
+    generated_controls = {tokenizer.control_tokens.get(i) for i in completions[30].token_ids}
+    assert REAL[family].control in generated_controls
+    assert completions[30].finish_reason == "stop"  # the EOS
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +218,11 @@ def test_a_forced_prompt_at_a_near_maximum_prompt_fits(chaos_backend, chaos_mode
     check_against_reference(chaos_model_dir, [cut_passage, PASSAGES[0]], recording, judgments, context=context)
 
 
-def test_truncation_with_a_bos_tokenizer_on_the_embedded_engine(chaos_backend, chaos_model_dir) -> None:
-    hf = reference.tokenizer(chaos_model_dir)
-    reranker = Rank1Reranker(chaos_backend, max_reasoning_tokens=16, context_size=200, cache=False)
+@pytest.mark.parametrize("family", ["llama3", "mistral"])
+def test_truncation_with_a_bos_tokenizer_on_the_embedded_engine(real_backend, real_model_dir, family: str) -> None:
+    model_dir = real_model_dir(family)
+    hf = reference.tokenizer(model_dir)
+    reranker = Rank1Reranker(real_backend(family), max_reasoning_tokens=16, context_size=200, cache=False)
     passage = "日本語のテキスト、café crème 🙂 and more words. " * 40
     prompt = reranker.build_prompt(QUERY, passage)
     cut = prompt.text.partition("\nPassage: ")[2].removesuffix("\n<think>")

@@ -26,7 +26,8 @@ from tests.models.families import CHAOS_REASONING, chaos_token_ids
 QUERY = "what does the len function return"
 PASSAGE = "Return the length (the number of items) of an object."
 
-# (family, <think> a token of its own): every family, and <think> both ways.
+# (family, <think> a token of its own): every family's real tokenizer (<think> is text), and tiny
+# imitations with <think> tokens.
 TOKENIZERS = [("qwen2.5", True), ("qwen2.5", False), ("llama3", False), ("llama3", True), ("mistral", False)]
 
 
@@ -72,8 +73,9 @@ class Setup:
 
 
 @pytest.fixture(scope="module", params=TOKENIZERS, ids=[f"{f}{'-think' if t else ''}" for f, t in TOKENIZERS])
-def setup(request, family_tokenizer_dir) -> Setup:
-    return Setup(family_tokenizer_dir(*request.param))
+def setup(request, family_tokenizer_dir, real_model_dir) -> Setup:
+    family, think_tokens = request.param
+    return Setup(family_tokenizer_dir(family) if think_tokens else real_model_dir(family))
 
 
 def generations(setup: Setup) -> dict[str, list[int]]:

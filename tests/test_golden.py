@@ -14,15 +14,14 @@ from tests import golden
 pytestmark = [pytest.mark.engine, pytest.mark.embedded]  # its engines are requested by name
 
 
-FIXTURES = {
-    "random": ("random_reranker", "random_model_dir"),
-    "chaos": ("chaos_backend", "chaos_model_dir"),
-    "smollm2": ("smollm2_backend", "smollm2_dir"),
-}
+FIXTURES = {"chaos": ("chaos_backend", "chaos_model_dir"), "smollm2": ("smollm2_backend", "smollm2_dir")}
 
 
 @pytest.fixture(params=sorted(golden.CASES))
 def model(request) -> tuple[str, object, object]:
+    if request.param not in FIXTURES:  # rank1's real tokenizers
+        engine, folder = (request.getfixturevalue(name)(request.param) for name in ("real_backend", "real_model_dir"))
+        return request.param, engine, folder
     engine, folder = (request.getfixturevalue(name) for name in FIXTURES[request.param])
     return request.param, getattr(engine, "backend", engine), folder
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -30,7 +29,6 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, Te
 from rank1_integrations import InvalidInputError, Judgment, MissingDependencyError
 from rank1_integrations.adapters.llama_index import Rank1JudgmentEvent, Rank1Rerank, format_nodes
 from rank1_integrations.adapters.selection import RANK1_METADATA_KEYS
-from rank1_integrations.cache import cache_key
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.settings import Rank1Settings
 from tests.adapter_support import (
@@ -51,9 +49,6 @@ from tests.models.tiny_models import (
 )
 
 pytestmark = pytest.mark.engine
-
-EFFORT_IN_THE_CORE = "how" in inspect.signature(cache_key).parameters
-"""Whether the core judges with reasoning efforts other than "full" (the core task's branch)."""
 
 
 # -- helpers: a real (tiny) embedding, a recording backend, an event recorder -----------
@@ -401,7 +396,6 @@ async def test_query_engine(reranker, truth, index, events, use_async):
     )
 
 
-@pytest.mark.skipif(not EFFORT_IN_THE_CORE, reason="reasoning effort comes with the core task (branch effort)")
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_reasoning_effort_is_a_per_call_change_and_adaptive_reasons_at_the_cut(reranker, use_async):
     keys = [n.node.node_id for n in nodes()]

@@ -149,3 +149,21 @@ def test_from_settings_reaches_a_server_named_in_a_file(scripted_server, scripte
 def test_an_embedded_engine_needs_a_model() -> None:
     with pytest.raises(InvalidInputError, match="model"):
         Rank1Reranker.from_settings(Rank1Settings())
+
+
+def test_from_vllm_keeps_the_cache_choice_apart_from_engine_arguments(scripted_reranker, monkeypatch) -> None:
+    from rank1_integrations.backends.vllm_engine import VLLMEngineBackend
+
+    loaded: list[dict[str, object]] = []
+
+    def load(model: str, **engine_args: object) -> object:
+        loaded.append(engine_args)
+        return scripted_reranker.backend  # the session's engine: only the wiring is under test
+
+    monkeypatch.setattr(VLLMEngineBackend, "load", staticmethod(load))
+    without = Rank1Reranker.from_vllm("m", cache=False, max_reasoning_tokens=SCRIPTED_BUDGET, dtype="float32")
+    assert without.cache is None
+    assert "cache" not in loaded[-1]
+    assert loaded[-1]["dtype"] == "float32"
+    assert Rank1Reranker.from_vllm("m", max_reasoning_tokens=SCRIPTED_BUDGET).cache is not None
+    assert Rank1Reranker.from_vllm("m", cache_entries=0, max_reasoning_tokens=SCRIPTED_BUDGET).cache is None

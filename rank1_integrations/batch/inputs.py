@@ -1,11 +1,6 @@
-"""Reading a run's inputs as streams: a TREC run query by query, a corpus by document id.
-
-Nothing here holds all passages. A BEIR ``corpus.jsonl`` is scanned once into an index
-of byte offsets (SQLite, on disk) and each query's passages are read back when needed;
-``ir_datasets`` ids (``irds:beir/scifact``) use that package's own document store.
-The first-stage order of a query is its run lines by score, highest first, then by the
-rank column, then by position in the file.
-"""
+"""A run's inputs as streams: a TREC run query by query, a corpus by document id (a BEIR
+``corpus.jsonl`` through an on-disk index of byte offsets, ``irds:`` ids through ``ir_datasets``'
+document store), so nothing here holds all passages."""
 
 from __future__ import annotations
 
@@ -20,23 +15,10 @@ from typing import Any, Protocol
 from rank1_integrations._optional import require
 from rank1_integrations.errors import InvalidInputError
 
-__all__ = [
-    "IRDS_PREFIX",
-    "Corpus",
-    "IrdsCorpus",
-    "JsonlCorpus",
-    "QueryRun",
-    "open_corpus",
-    "passage_text",
-    "read_queries",
-    "read_run",
-]
+__all__ = ["IRDS_PREFIX", "Corpus", "QueryRun", "open_corpus", "passage_text", "read_queries", "read_run"]
 
 IRDS_PREFIX = "irds:"
-"""An input named ``irds:<dataset id>`` is read with ``ir_datasets``."""
-
-_SQL_CHUNK = 500
-"""Ids per ``IN (...)`` look-up, well under SQLite's limit on bound parameters."""
+_SQL_CHUNK = 500  # ids per IN (...) look-up, well under SQLite's limit on bound parameters
 
 
 @dataclass(frozen=True)
@@ -48,11 +30,8 @@ class QueryRun:
 
 
 def read_run(path: Path) -> Iterator[QueryRun]:
-    """The run's queries in file order, each with its documents in first-stage order.
-
-    A run lists each query's lines together (as retrieval tools write them); a query
-    that comes back after another is refused, with the command that groups the lines.
-    """
+    """The run's queries in file order, each with its documents by score (highest first), rank column, line.
+    A query whose lines are not together is refused, naming the command that groups them."""
     seen: set[str] = set()
     qid: str | None = None
     rows: list[tuple[float, int, int, str]] = []
@@ -118,15 +97,11 @@ def _text(value: Any) -> str:
 
 
 class Corpus(Protocol):
-    """Documents by id, read when asked for."""
+    """Documents by id, read when asked for: ``missing`` ids in the order given, ``texts`` of those found."""
 
-    def missing(self, docids: Sequence[str]) -> list[str]:
-        """The ids that are not in the corpus, in the order given."""
-        ...
+    def missing(self, docids: Sequence[str]) -> list[str]: ...
 
-    def texts(self, docids: Sequence[str]) -> dict[str, str]:
-        """The passage text of each id (ids that are not in the corpus are left out)."""
-        ...
+    def texts(self, docids: Sequence[str]) -> dict[str, str]: ...
 
     def close(self) -> None: ...
 
@@ -156,23 +131,13 @@ class JsonlCorpus:
         offset = 0
         for number, line in enumerate(self._file, start=1):
             if line.strip():
-                docid = self._docid(line, number)
+                docid = _line_id(self.path, number, line, "corpus")[0]
                 try:
                     self._db.execute(insert, (docid, offset))
                 except sqlite3.IntegrityError:
                     raise InvalidInputError(f"{self.path}:{number}: document id {docid!r} appears twice") from None
             offset += len(line)
         self._db.commit()
-
-    def _docid(self, line: bytes, number: int) -> str:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise InvalidInputError(f"{self.path}:{number}: not a JSON object") from None
-        docid = record.get("_id") if isinstance(record, dict) else None
-        if not isinstance(docid, str | int) or isinstance(docid, bool) or str(docid) == "":
-            raise InvalidInputError(f"{self.path}:{number}: a corpus line needs an '_id'")
-        return str(docid)
 
     def _offsets(self, docids: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -234,17 +199,22 @@ def read_queries(source: str | Path) -> dict[str, str]:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise InvalidInputError(f"{path}:{number}: not a JSON object") from None
-            qid = record.get("_id") if isinstance(record, dict) else None
-            if not isinstance(qid, str | int) or isinstance(qid, bool) or str(qid) == "":
-                raise InvalidInputError(f"{path}:{number}: a query line needs an '_id'")
-            if str(qid) in queries:
-                raise InvalidInputError(f"{path}: query id {str(qid)!r} appears more than once")
-            queries[str(qid)] = _text(record.get("text"))
+            qid, record = _line_id(path, number, line, "query")
+            if qid in queries:
+                raise InvalidInputError(f"{path}: query id {qid!r} appears more than once")
+            queries[qid] = _text(record.get("text"))
     return queries
+
+
+def _line_id(path: Path, number: int, line: str | bytes, what: str) -> tuple[str, dict[str, Any]]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        raise InvalidInputError(f"{path}:{number}: not a JSON object") from None
+    key = record.get("_id") if isinstance(record, dict) else None
+    if not isinstance(key, str | int) or isinstance(key, bool) or str(key) == "":
+        raise InvalidInputError(f"{path}:{number}: a {what} line needs an '_id'")
+    return str(key), record
 
 
 def _irds_dataset(dataset_id: str, part: str) -> Any:

@@ -1,29 +1,32 @@
-"""Which pairs a run still has to judge, from its inputs and its checkpoint, as a stream of work units.
+"""Which pairs a run still has to judge, from its inputs and its checkpoint, as a stream of work units,
+and how a reranker judges them.
 
-The run is read query by query (three passes: survey, work, output), so only one
-query's documents and passages are in memory at a time.
+The run is read query by query (three passes: survey, work, output), so only the
+documents and passages of the queries in flight are in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from rank1_integrations.batch.checkpoint import Checkpoint, PairState
+from rank1_integrations.batch.errors import CheckpointError
 from rank1_integrations.batch.inputs import Corpus, QueryRun, read_run
-from rank1_integrations.batch.records import text_digest
-from rank1_integrations.errors import CheckpointError, InvalidInputError
+from rank1_integrations.batch.records import PairRecord, text_digest
+from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.reranker import Rank1Reranker
+from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["Plan", "Survey", "WorkUnit"]
+__all__ = ["Plan", "Survey", "WorkUnit", "judged_records", "run_reranker"]
 
-_SHOWN = 10
-"""Examples named in an error about missing or changed inputs."""
+_SHOWN = 10  # examples named in an error about missing or changed inputs
 
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """Pairs of one query to judge together (one ``ajudge`` call)."""
+    """Pairs of one query to judge together (one call)."""
 
     qid: str
     query: str
@@ -38,7 +41,6 @@ class Survey:
     queries: int
     pairs: int
     judged: int
-    """Pairs the checkpoint holds a judgment for."""
     failed: int
     """Pairs whose last attempt failed (retried now)."""
     invalid: int
@@ -53,13 +55,7 @@ class Plan:
     """The run's pairs (each query's first ``depth`` documents) against what the checkpoint holds."""
 
     def __init__(
-        self,
-        run: Path,
-        *,
-        queries: Mapping[str, str],
-        corpus: Corpus,
-        checkpoint: Checkpoint,
-        depth: int | None,
+        self, run: Path, *, queries: Mapping[str, str], corpus: Corpus, checkpoint: Checkpoint, depth: int | None
     ) -> None:
         if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
             raise InvalidInputError(f"depth must be a positive int (or None for every document), got {depth!r}")
@@ -80,18 +76,14 @@ class Plan:
         no_query: list[str] = []
         no_doc: list[str] = []
         changed: list[str] = []
-        missing_queries = missing_docs = changed_pairs = 0
         for ranking, top in self.rankings():
             queries += 1
             pairs += len(top)
             query = self.queries.get(ranking.qid)
             if query is None:
-                missing_queries += 1
-                no_query += [ranking.qid][: _SHOWN - len(no_query)]
+                no_query.append(ranking.qid)
                 continue
-            absent = self.corpus.missing(top)
-            missing_docs += len(absent)
-            no_doc += [f"{ranking.qid}/{d}" for d in absent][: _SHOWN - len(no_doc)]
+            no_doc += [f"{ranking.qid}/{d}" for d in self.corpus.missing(top)]
             states = self.checkpoint.states(ranking.qid, top)
             done = [d for d, state in states.items() if state.judged]
             judged += len(done)
@@ -100,19 +92,21 @@ class Plan:
                 refused = sum(_refused(states[d], query, texts[d]) for d in states if d in texts)
                 invalid += refused
                 failed += len(states) - len(done) - refused
-                stale = [d for d in done if d in texts and text_digest(query, texts[d]) != states[d].digest]
-                changed_pairs += len(stale)
-                changed += [f"{ranking.qid}/{d}" for d in stale][: _SHOWN - len(changed)]
-        if missing_queries:
+                changed += [
+                    f"{ranking.qid}/{d}"
+                    for d in done
+                    if d in texts and text_digest(query, texts[d]) != states[d].digest
+                ]
+        if no_query:
             raise InvalidInputError(
-                f"{missing_queries} queries of the run are not in the queries file, e.g. {no_query}"
+                f"{len(no_query)} queries of the run are not in the queries file, e.g. {no_query[:_SHOWN]}"
             )
-        if missing_docs:
-            raise InvalidInputError(f"{missing_docs} documents of the run are not in the corpus, e.g. {no_doc}")
-        if changed_pairs:
+        if no_doc:
+            raise InvalidInputError(f"{len(no_doc)} documents of the run are not in the corpus, e.g. {no_doc[:_SHOWN]}")
+        if changed:
             raise CheckpointError(
-                f"{self.checkpoint.path} judged {changed_pairs} pairs on other texts than the corpus and queries "
-                f"give now (query/document: {changed}): pass a new judgments file to judge the new texts"
+                f"{self.checkpoint.path} judged {len(changed)} pairs on other texts than the corpus and queries "
+                f"give now (query/document: {changed[:_SHOWN]}): pass a new judgments file to judge the new texts"
             )
         return Survey(queries, pairs, judged, failed, invalid)
 
@@ -134,3 +128,29 @@ class Plan:
 def _refused(state: PairState, query: str, passage: str) -> bool:
     """Refused as invalid input, and these are still the texts refused: judging the pair again would fail again."""
     return state.invalid and state.digest == text_digest(query, passage)
+
+
+def run_reranker(settings: Rank1Settings) -> Rank1Reranker:
+    """A run's reranker: nothing is cached (the checkpoint is the run's memory)."""
+    return Rank1Reranker.from_settings(settings, cache_entries=0, cache_path=None)
+
+
+def judged_records(
+    reranker: Rank1Reranker, units: Iterable[WorkUnit], *, max_in_flight: int, settings: str
+) -> Iterator[list[PairRecord]]:
+    """Each unit's records as its last pair is judged, about ``max_in_flight`` pairs in flight; a failed
+    pair is a failed record, one rank1 refused as input an invalid one."""
+    open_units: dict[int, tuple[WorkUnit, list[PairRecord]]] = {}
+
+    def batches() -> Iterator[tuple[str, tuple[str, ...]]]:
+        for number, unit in enumerate(units):
+            open_units[number] = (unit, [])
+            yield unit.query, unit.passages
+
+    for number, judgment in reranker.judge_many_iter(batches(), max_in_flight=max_in_flight):
+        unit, done = open_units[number]
+        digest = text_digest(unit.query, unit.passages[judgment.index])
+        done.append(PairRecord.of(unit.qid, unit.docids[judgment.index], judgment, settings=settings, digest=digest))
+        if len(done) == len(unit.docids):
+            del open_units[number]
+            yield done

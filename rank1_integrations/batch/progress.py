@@ -19,14 +19,13 @@ class RunSummary:
 
     pairs: int
     from_checkpoint: int
-    """Pairs already judged when the run started (not judged again)."""
     judged_now: int = 0
     failed_now: int = 0
     reasoning_tokens_now: int = 0
     seconds: float = 0.0
-    """Judging time of this run: from the opened engine's first unit to its last judgment."""
+    """Judging time of this run."""
     first_judgment_after: float | None = None
-    """Seconds until the first judgments came back (Ray starts its actors and their engines in that time)."""
+    """Seconds until the first judgments came back (Ray starts its actors and engines meanwhile)."""
     judged: int = 0
     forced: int = 0
     failed: int = 0

@@ -1,37 +1,46 @@
-"""The Ray Data engine: ``ray.data`` over the pairs, ``map_batches`` with an actor pool of rerankers.
-
-The pattern vLLM documents for offline batch inference at scale: a callable class holds
-one reranker per actor (an embedded engine on its own GPU, or a client of a vLLM fleet),
-``concurrency=N`` fixes the pool, and Ray streams batches to it. The class is async, so
-an actor runs several batches at once and its engine's batch stays full; each batch
-goes through the same driver as the in-process engines (:func:`judge_units`).
-
-The pairs still to judge are put into Ray's object store in blocks (spilled to disk
-when it fills), so the driver holds one block at a time. Ray is imported here only.
+"""The Ray Data engine, as vLLM documents offline batch inference at scale: ``ray.data`` over the pairs
+(put into the object store in blocks, so the driver holds one at a time), ``map_batches`` with a pool of
+async actors, each holding one reranker (an embedded engine on its GPU, or a client of vLLM servers) and
+running several batches at once through the reranker's own driver. Ray is imported here only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from rank1_integrations._optional import require
-from rank1_integrations.batch.drive import judge_units
-from rank1_integrations.batch.engines import RayEngine, run_reranker
-from rank1_integrations.batch.plan import WorkUnit
+from rank1_integrations.batch.plan import WorkUnit, judged_records, run_reranker
 from rank1_integrations.batch.records import PairRecord, RunSettings
 from rank1_integrations.errors import BackendError, InvalidInputError, Rank1Error
 from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["RayJudge", "RerankActor"]
+__all__ = ["RayEngine", "RayJudge", "RerankActor"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RANK1_ERROR_LINE = re.compile(r"^rank1_integrations\.errors\.(\w+): (.*)$", re.M)
-_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(PairRecord))
 _PURPOSE = "Batch reranking on Ray (--ray)"
+
+
+@dataclass(frozen=True)
+class RayEngine:
+    """An actor pool of ``num_engines`` rerankers built from ``settings`` (an embedded engine on
+    ``gpus_per_engine`` GPUs, default one where the cluster has GPUs; or a client of its servers).
+    ``address``: Ray's (None: start or join a local instance). Actors take ``batch_size`` pairs per
+    call (whole queries under adaptive effort), several calls at once."""
+
+    settings: Rank1Settings
+    num_engines: int = 1
+    address: str | None = None
+    gpus_per_engine: float | None = None
+    cpus_per_engine: float = 1.0
+    batch_size: int = 64
 
 
 class RerankActor:
@@ -46,9 +55,8 @@ class RerankActor:
     async def __call__(self, batch: Any) -> Any:
         pa = require("pyarrow", extras=("ray",), purpose=_PURPOSE)
         rows = batch.to_pylist()
-        units = list(_units(rows))
-        stream = judge_units(self._reranker, units, max_in_flight=len(rows), settings=self._fingerprint)
-        records = [record async for finished in stream for record in finished]
+        judged = judged_records(self._reranker, _units(rows), max_in_flight=len(rows), settings=self._fingerprint)
+        records = await asyncio.to_thread(lambda: [record for finished in judged for record in finished])
         return pa.Table.from_pylist(
             [{**dataclasses.asdict(r), "settings_json": self._settings} for r in records], schema=_output_schema(pa)
         )
@@ -87,37 +95,16 @@ def _settings_of(settings: Rank1Settings) -> dict[str, Any]:
 
 def _units(rows: list[dict[str, Any]]) -> Iterator[WorkUnit]:
     """Consecutive rows of one query become one unit."""
-    start = 0
-    for end in range(1, len(rows) + 1):
-        if end == len(rows) or rows[end]["qid"] != rows[start]["qid"]:
-            chunk = rows[start:end]
-            yield WorkUnit(
-                chunk[0]["qid"],
-                chunk[0]["query"],
-                tuple(r["docid"] for r in chunk),
-                tuple(r["passage"] for r in chunk),
-            )
-            start = end
+    for qid, group in itertools.groupby(rows, key=lambda row: row["qid"]):
+        chunk = list(group)
+        docids, passages = tuple(r["docid"] for r in chunk), tuple(r["passage"] for r in chunk)
+        yield WorkUnit(qid, chunk[0]["query"], docids, passages)
 
 
 def _output_schema(pa: Any) -> Any:
-    return pa.schema(
-        [
-            ("qid", pa.string()),
-            ("docid", pa.string()),
-            ("score", pa.float64()),
-            ("relevant", pa.bool_()),
-            ("forced", pa.bool_()),
-            ("reasoning_tokens", pa.int64()),
-            ("reasoning", pa.string()),
-            ("truncated", pa.bool_()),
-            ("error", pa.string()),
-            ("settings", pa.string()),
-            ("text_digest", pa.string()),
-            ("invalid", pa.bool_()),
-            ("settings_json", pa.string()),
-        ]
-    )
+    kinds = {"str": pa.string(), "float": pa.float64(), "bool": pa.bool_(), "int": pa.int64()}
+    fields = [(f.name, kinds[str(f.type).split(" ")[0]]) for f in dataclasses.fields(PairRecord)]
+    return pa.schema([*fields, ("settings_json", pa.string())])
 
 
 class RayJudge:
@@ -139,7 +126,9 @@ class RayJudge:
         self._pa = require("pyarrow", extras=("ray",), purpose=_PURPOSE)
         self.spec = spec
         self.settings: RunSettings | None = None
-        self.unit_size = spec.batch_size
+        # Adaptive effort needs a whole query in one call: blocks of whole queries, each one batch.
+        self._whole = spec.settings.reasoning_effort == "adaptive"
+        self.unit_size = 1 << 62 if self._whole else spec.batch_size
         self._started = not self._ray.is_initialized()
         if self._started:
             self._ray.init(address=spec.address, include_dashboard=False)
@@ -159,7 +148,7 @@ class RayJudge:
         dataset = self._data.from_arrow_refs(blocks).map_batches(
             RerankActor,
             fn_constructor_kwargs={"settings": self.spec.settings},
-            batch_size=self.spec.batch_size,
+            batch_size=None if self._whole else self.spec.batch_size,
             batch_format="pyarrow",
             compute=self._data.ActorPoolStrategy(size=self.spec.num_engines),
             num_cpus=self.spec.cpus_per_engine,
@@ -177,7 +166,9 @@ class RayJudge:
             rows = table.to_pylist()
             if rows and self.settings is None:
                 self.settings = RunSettings.from_dict(json.loads(rows[0]["settings_json"]))
-            yield [PairRecord(**{name: row[name] for name in _RECORD_FIELDS}) for row in rows]
+            yield [
+                PairRecord(**{name: value for name, value in row.items() if name != "settings_json"}) for row in rows
+            ]
 
     def probe_settings(self) -> RunSettings:
         """One reranker started as a Ray task with an actor's resources, asked for its settings."""
@@ -202,8 +193,10 @@ class RayJudge:
                 columns["docid"].append(docid)
                 columns["query"].append(unit.query)
                 columns["passage"].append(passage)
-                if len(columns["qid"]) >= self.spec.batch_size:
+                if len(columns["qid"]) >= self.spec.batch_size and not self._whole:
                     put()
+            if self._whole and len(columns["qid"]) >= self.spec.batch_size:
+                put()
         if columns["qid"]:
             put()
         return refs

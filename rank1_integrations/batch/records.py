@@ -1,9 +1,5 @@
-"""What a batch run writes for one (query, passage) pair, and the settings it was judged with.
-
-Pure: JSON in and out, no files. A record carries the fingerprint of the rank1 settings
-that judged it and a digest of the two texts, so a resumed run can prove that every
-judgment it keeps is one it would have made itself.
-"""
+"""A run's line for one (query, passage) pair, with the fingerprint of the settings that judged it and a
+digest of the texts: a resumed run keeps only judgments it would have made itself."""
 
 from __future__ import annotations
 
@@ -18,41 +14,51 @@ from rank1_integrations.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from rank1_integrations.reranker import Rank1Reranker
+    from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["PairRecord", "RunSettings", "text_digest"]
+__all__ = ["PairRecord", "RunSettings", "effort_of", "text_digest"]
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """The settings a judgment depends on (besides the texts): a checkpoint holds one set only."""
+    """The settings a judgment depends on (besides the texts): a checkpoint holds one set only. Unused effort
+    fields are left out of :meth:`to_dict`, so full reasoning keeps the fingerprints from before efforts."""
 
     model: str
     """The backend's model name (the embedded engine's model path or id; a server's served name)."""
     template: str | None
     max_reasoning_tokens: int
     context_size: int
+    reasoning_effort: str = "full"
+    no_think_prefill: str | None = None
+    adaptive_margin: float | None = None
+    adaptive_center: float | None = None
+    adaptive_top_k: int | None = None
 
     @classmethod
     def of(cls, reranker: Rank1Reranker) -> RunSettings:
-        return cls(reranker.backend.model_name, reranker.template, reranker.max_reasoning_tokens, reranker.context_size)
+        model, context = reranker.backend.model_name, reranker.context_size
+        return cls(model, reranker.template, reranker.max_reasoning_tokens, context, **effort_of(reranker.settings))
 
     @classmethod
     def from_dict(cls, data: Any) -> RunSettings:
-        if not isinstance(data, dict):
-            raise ValueError("settings must be a JSON object")
-        model, template = data.get("model"), data.get("template")
-        budget, context = data.get("max_reasoning_tokens"), data.get("context_size")
+        try:
+            settings = cls(**data)
+        except TypeError:
+            raise ValueError("settings must be a JSON object of run settings") from None
         if not (
-            isinstance(model, str)
-            and (template is None or isinstance(template, str))
-            and isinstance(budget, int)
-            and isinstance(context, int)
+            isinstance(settings.model, str)
+            and isinstance(settings.template, str | None)
+            and _is_int(settings.max_reasoning_tokens)
+            and _is_int(settings.context_size)
+            and isinstance(settings.reasoning_effort, str)
         ):
             raise ValueError("settings lack model, template, max_reasoning_tokens or context_size")
-        return cls(model, template, budget, context)
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        fields = asdict(self)
+        return {name: value for name, value in fields.items() if name in _ALWAYS or value not in (None, "full")}
 
     @property
     def fingerprint(self) -> str:
@@ -61,12 +67,21 @@ class RunSettings:
 
     def differences(self, other: RunSettings) -> list[str]:
         """``name: ours != theirs`` for each setting that differs (templates shortened)."""
-        found = []
-        for name, ours in self.to_dict().items():
-            theirs = getattr(other, name)
-            if ours != theirs:
-                found.append(f"{name}: {_short(ours)} != {_short(theirs)}")
-        return found
+        ours, theirs = asdict(self), asdict(other)
+        return [f"{n}: {_short(ours[n])} != {_short(theirs[n])}" for n in ours if ours[n] != theirs[n]]
+
+
+_ALWAYS = ("model", "template", "max_reasoning_tokens", "context_size")
+
+
+def effort_of(settings: Rank1Settings) -> dict[str, Any]:
+    """Every effort field of a run: the prefill where no-think runs (``none``, ``adaptive``), adaptive's
+    knobs under ``adaptive``, else None."""
+    effort = settings.reasoning_effort
+    knobs = ("adaptive_margin", "adaptive_center", "adaptive_top_k")
+    found = {name: getattr(settings, name) if effort == "adaptive" else None for name in knobs}
+    prefill = settings.no_think_prefill if effort != "full" else None
+    return {"reasoning_effort": effort, "no_think_prefill": prefill, **found}
 
 
 def text_digest(query: str, passage: str) -> str:
@@ -93,9 +108,9 @@ class PairRecord:
     text_digest: str
     """:func:`text_digest` of the query and passage judged."""
     invalid: bool = False
-    """A failure that cannot succeed: rank1 refused these texts as input (empty, not valid Unicode, a
-    query too long for the context). Not attempted again while the texts stay the same. (Absent from
-    lines written before it existed.)"""
+    """rank1 refused these texts as input: not attempted again while they stay the same (absent from old lines)."""
+    reasoned: bool = True
+    """Whether rank1 reasoned (False: a no-think score, or no judgment; absent from old lines)."""
 
     @property
     def judged(self) -> bool:
@@ -103,36 +118,12 @@ class PairRecord:
 
     @classmethod
     def of(cls, qid: str, docid: str, judgment: Judgment, *, settings: str, digest: str) -> PairRecord:
-        return cls(
-            qid=qid,
-            docid=docid,
-            score=judgment.score,
-            relevant=judgment.relevant,
-            forced=judgment.forced,
-            reasoning_tokens=judgment.reasoning_tokens,
-            reasoning=judgment.reasoning,
-            truncated=judgment.truncated,
-            error=None if judgment.score is not None else judgment.error or "not judged",
-            settings=settings,
-            text_digest=digest,
-        )
-
-    @classmethod
-    def failure(cls, qid: str, docid: str, error: BaseException, *, settings: str, digest: str) -> PairRecord:
-        return cls(
-            qid=qid,
-            docid=docid,
-            score=None,
-            relevant=None,
-            forced=False,
-            reasoning_tokens=0,
-            reasoning="",
-            truncated=False,
-            error=f"{type(error).__name__}: {error}",
-            settings=settings,
-            text_digest=digest,
-            invalid=isinstance(error, InvalidInputError),
-        )
+        """A judgment's record: an unjudged one is a failure, invalid where rank1 refused its texts as input."""
+        j = judgment
+        error = None if j.score is not None else j.error or "not judged"
+        invalid = (error or "").startswith(f"{InvalidInputError.__name__}:")
+        fields = (j.score, j.relevant, j.forced, j.reasoning_tokens, j.reasoning, j.truncated, error)
+        return cls(qid, docid, *fields, settings, digest, invalid, j.reasoned)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -154,8 +145,8 @@ class PairRecord:
         texts = (self.qid, self.docid, self.reasoning, self.settings, self.text_digest)
         if not all(isinstance(t, str) for t in texts) or not self.qid or not self.docid:
             raise ValueError("qid, docid, reasoning, settings and text_digest must be strings")
-        if not all(isinstance(flag, bool) for flag in (self.forced, self.truncated, self.invalid)):
-            raise ValueError("forced, truncated and invalid must be booleans")
+        if not all(isinstance(flag, bool) for flag in (self.forced, self.truncated, self.invalid, self.reasoned)):
+            raise ValueError("forced, truncated, invalid and reasoned must be booleans")
         if self.invalid and self.error is None:
             raise ValueError("an invalid record has an error")
         if not _is_int(self.reasoning_tokens) or self.reasoning_tokens < 0:

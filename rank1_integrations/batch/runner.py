@@ -1,9 +1,9 @@
 """``rerank_run``: rerank a whole first-stage run with rank1, resumably, on any engine.
 
-One code path for every engine: the checkpoint is opened (and locked), the inputs are
-checked and counted, the engine judges what the checkpoint lacks while each record is
-appended as it completes, then the checkpoint is compacted and the reranked run written.
-With nothing left to judge, no engine is started.
+One path for every engine (a reranker, ``Rank1Settings`` of an embedded engine or vLLM servers,
+Ray actors of those): the checkpoint is opened (and locked), the inputs checked and counted, the
+engine judges what the checkpoint lacks while each record is appended as it completes, then the
+checkpoint is compacted and the reranked run written. With nothing left to judge, no engine starts.
 """
 
 from __future__ import annotations
@@ -13,25 +13,28 @@ import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from rank1_integrations.batch.checkpoint import Checkpoint, side_files
-from rank1_integrations.batch.engines import Engine, Judge, known_settings, open_judge
-from rank1_integrations.batch.evaluate import DEFAULT_MEASURES, Evaluation
+from rank1_integrations.batch.errors import IncompleteRunError, StorageError
 from rank1_integrations.batch.inputs import IRDS_PREFIX, open_corpus, read_queries
-from rank1_integrations.batch.outputs import read_trec, reranked, write_trec
-from rank1_integrations.batch.plan import Plan
+from rank1_integrations.batch.outputs import DEFAULT_MEASURES, Evaluation, read_trec, reranked, write_trec
+from rank1_integrations.batch.plan import Plan, WorkUnit, judged_records, run_reranker
 from rank1_integrations.batch.progress import Progress, RunSummary
-from rank1_integrations.batch.records import PairRecord
-from rank1_integrations.errors import IncompleteRunError, InvalidInputError, StorageError
+from rank1_integrations.batch.ray_engine import RayEngine, RayJudge
+from rank1_integrations.batch.records import PairRecord, RunSettings, effort_of
+from rank1_integrations.core.templates import resolve_template
+from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.reranker import Rank1Reranker
+from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["RerankedRun", "rerank_run"]
+__all__ = ["Engine", "RerankedRun", "rerank_run"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
-_SHOWN = 10
-"""Pairs named in an error about invalid input."""
+_SHOWN = 10  # pairs named in an error about invalid input
 
 
 @dataclass(frozen=True)
@@ -70,21 +73,12 @@ def rerank_run(
     fsync_interval: float = 5.0,
     say: Callable[[str], None] | None = None,
 ) -> RerankedRun:
-    """Rerank each query's first ``depth`` documents of ``run`` with rank1 and write the reranked run to ``out``.
+    """Rerank each query's first ``depth`` documents of ``run`` into ``out``; ``reasoning`` (one JSON line
+    per pair) is the checkpoint: the same call after any interruption judges only what it lacks
+    (docs/batch.md). ``corpus``, ``queries`` and ``qrels`` may be ``irds:<dataset id>``.
 
-    ``reasoning`` (JSONL, one line per pair: qid, docid, score, relevant, forced,
-    reasoning_tokens, reasoning, truncated, error) is also the checkpoint: started again
-    after any interruption, the same call judges only the pairs it lacks. ``corpus`` and
-    ``queries`` are BEIR JSONL files or ``irds:<dataset id>``; ``engine`` is a ``Rank1Reranker``,
-    the ``Rank1Settings`` of one, or a :class:`RayEngine`. ``max_in_flight`` bounds the pairs
-    judged at once in this process.
-
-    Raises :class:`~rank1_integrations.errors.IncompleteRunError` when pairs failed (their
-    errors are in ``reasoning``; the next run retries them, but for those refused as invalid
-    input, which wait for their texts to change) unless ``allow_failures``, which ranks them
-    below the judged ones; :class:`~rank1_integrations.errors.StorageError` when a file could
-    not be written (the same call resumes). ``qrels`` (a TREC qrels file or ``irds:<id>``)
-    adds ``measures`` of the first-stage and the reranked run.
+    Raises :class:`IncompleteRunError` when pairs failed (unless ``allow_failures``: ranked last),
+    :class:`StorageError` when a file could not be written.
     """
     note = say or logger.info
     run_path, out_path, judgments_path = Path(run), Path(out), Path(reasoning)
@@ -223,7 +217,12 @@ def _incomplete(summary: RunSummary, refused: list[str], judgments: Path) -> Inc
 
 
 def _judge_all(
-    plan: Plan, checkpoint: Checkpoint, judge: Judge, summary: RunSummary, total: int, progress: bool | None
+    plan: Plan,
+    checkpoint: Checkpoint,
+    judge: InProcessJudge | RayJudge,
+    summary: RunSummary,
+    total: int,
+    progress: bool | None,
 ) -> None:
     """Judge the remaining pairs, appending each batch of records to the checkpoint as it completes."""
     if judge.settings is not None:
@@ -239,3 +238,83 @@ def _judge_all(
             bar.update(records)
     finally:
         bar.close()
+
+
+DEFAULT_MAX_IN_FLIGHT = 1024  # pairs in flight on an embedded engine: more than vLLM runs at once
+UNITS_IN_WINDOW = 16  # a work unit (one call) holds at most 1/16 of the window
+
+Engine = Rank1Reranker | Rank1Settings | RayEngine
+"""What ``rerank_run`` judges on: a ready reranker, the settings of one to start, or Ray actors of those."""
+
+
+class InProcessJudge:
+    """A reranker in this process, driven with a window of ``max_in_flight`` pairs (like :class:`RayJudge`:
+    ``settings`` None until known, ``unit_size`` pairs per work unit at most)."""
+
+    def __init__(self, reranker: Rank1Reranker, *, max_in_flight: int, owned: bool) -> None:
+        self.reranker = reranker
+        self.settings: RunSettings | None = RunSettings.of(reranker)
+        # A unit frees its place in the window only when its last pair is judged: small units keep the
+        # window (and so the engine or servers) full while stragglers finish. Adaptive takes whole queries.
+        whole = reranker.settings.reasoning_effort == "adaptive"
+        self.unit_size = 1 << 62 if whole else max(1, max_in_flight // UNITS_IN_WINDOW)
+        self._max_in_flight = max_in_flight
+        self._owned = owned
+
+    def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
+        assert self.settings is not None
+        fingerprint = self.settings.fingerprint
+        return judged_records(self.reranker, units, max_in_flight=self._max_in_flight, settings=fingerprint)
+
+    def probe_settings(self) -> RunSettings:
+        assert self.settings is not None
+        return self.settings
+
+    def close(self) -> None:
+        if self._owned:
+            self.reranker.close()
+
+
+def known_settings(engine: Engine) -> dict[str, Any]:
+    """The :class:`RunSettings` fields the engine fixes without being started: all of a reranker's; of
+    settings, the model (as given), template, budget, effort, and context size where given."""
+    if isinstance(engine, Rank1Reranker):
+        return asdict(RunSettings.of(engine))
+    settings = engine.settings if isinstance(engine, RayEngine) else engine
+    if not isinstance(settings, Rank1Settings):
+        raise _not_an_engine(engine)
+    known: dict[str, Any] = {
+        "template": resolve_template(settings.template),
+        "max_reasoning_tokens": settings.max_reasoning_tokens,
+        **effort_of(settings),
+    }
+    # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
+    # context it is told to have.
+    context = settings.context_size
+    if context is None and settings.embedded:
+        context = settings.engine_args.get("max_model_len")
+    for name, value in (("model", settings.model), ("context_size", context)):
+        if value is not None:
+            known[name] = value
+    return known
+
+
+def open_judge(engine: Engine, *, max_in_flight: int | None) -> InProcessJudge | RayJudge:
+    """Start the engine (load the model, reach the servers or Ray)."""
+    if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
+        raise InvalidInputError(f"max_in_flight must be a positive int, got {max_in_flight!r}")
+    if isinstance(engine, Rank1Reranker):
+        # The caller's reranker keeps its settings and backend, without its cache.
+        copy = Rank1Reranker(engine.backend, engine.settings, cache=False)
+        return InProcessJudge(copy, max_in_flight=max_in_flight or DEFAULT_MAX_IN_FLIGHT, owned=False)
+    if isinstance(engine, Rank1Settings):
+        # Servers: twice the requests in flight, so each server has its next requests waiting.
+        window = DEFAULT_MAX_IN_FLIGHT if engine.embedded else 2 * engine.max_concurrency
+        return InProcessJudge(run_reranker(engine), max_in_flight=max_in_flight or window, owned=True)
+    if isinstance(engine, RayEngine):
+        return RayJudge(engine)
+    raise _not_an_engine(engine)
+
+
+def _not_an_engine(engine: object) -> InvalidInputError:
+    return InvalidInputError(f"engine must be a Rank1Reranker, Rank1Settings or RayEngine, got {type(engine).__name__}")

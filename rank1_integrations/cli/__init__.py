@@ -45,10 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.add_arguments(parser)  # serve's need the serve extra
         args, settings = parse(parser, rest, name if name != "rerank" else None)
         status: int = module.command(args, settings)
-    except (InvalidInputError, OSError) as error:
+    except InvalidInputError as error:
         print(f"rank1 {name}: error: {error}", file=sys.stderr)
         return 2
-    except Rank1Error as error:
+    except Rank1Error as error:  # StorageError too, an OSError: running again resumes
         print(f"rank1 {name}: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a file given that cannot be read
+        print(f"rank1 {name}: error: {error}", file=sys.stderr)
+        return 2
     return status

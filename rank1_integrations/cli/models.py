@@ -14,8 +14,7 @@ __all__ = ["DEFAULT_MODEL", "SMOLLM2", "default_model", "offline_model_dir", "on
 
 DEFAULT_MODEL = "jhu-clsp/rank1-0.5b"
 SMOLLM2 = "SmolLM2-135M-Instruct"
-OFFLINE_MARKER = "rank1_offline_model.json"
-"""Written last by scripts/offline_model.py: the folder is complete."""
+OFFLINE_MARKER = "rank1_offline_model.json"  # written last by scripts/offline_model.py: the folder is complete
 CPU_ENGINE = {"enforce_eager": True, "dtype": "float32"}
 CPU_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
 

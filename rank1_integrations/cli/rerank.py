@@ -17,6 +17,7 @@ from rank1_integrations.settings import Rank1Settings
 __all__ = ["DEFAULT_QUERY", "add_arguments", "command", "default_passages"]
 
 DEFAULT_QUERY = "How do I sort a list in Python without changing the original list?"
+FIELDS = ("index", "score", "relevant", "forced", "reasoning_tokens", "truncated", "reasoning", "error")
 SMALL_BUDGET = 48
 """On CPU or the offline stand-in: enough to see reasoning, small enough to finish soon."""
 
@@ -80,16 +81,13 @@ def command(args: argparse.Namespace, settings: Rank1Settings) -> int:
     ranked = sorted(judgments, key=lambda j: -1.0 if j.score is None else j.score, reverse=True)
     for rank, judgment in enumerate(ranked, start=1):
         if args.json:
-            record = {"rank": rank, **_record(judgment), "passage": passages[judgment.index], "model": settings.model}
-            print(json.dumps(record, ensure_ascii=False))
+            record = {"rank": rank, **{name: getattr(judgment, name) for name in FIELDS}}
+            print(
+                json.dumps({**record, "passage": passages[judgment.index], "model": settings.model}, ensure_ascii=False)
+            )
         else:
             _print(rank, judgment, passages[judgment.index])
     return 0 if all(j.judged for j in judgments) else 1
-
-
-def _record(j: Judgment) -> dict[str, object]:
-    names = ("index", "score", "relevant", "forced", "reasoning_tokens", "truncated", "reasoning", "error")
-    return {name: getattr(j, name) for name in names}
 
 
 def _print(rank: int, j: Judgment, passage: str) -> None:

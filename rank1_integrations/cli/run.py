@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rank1_integrations.batch.engines import Engine, RayEngine
-from rank1_integrations.batch.evaluate import DEFAULT_MEASURES
-from rank1_integrations.batch.runner import rerank_run
+from rank1_integrations.batch.errors import IncompleteRunError
+from rank1_integrations.batch.outputs import DEFAULT_MEASURES
+from rank1_integrations.batch.ray_engine import RayEngine
+from rank1_integrations.batch.runner import Engine, rerank_run
 from rank1_integrations.cli.models import prepare_engine
-from rank1_integrations.errors import IncompleteRunError, InvalidInputError
+from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["add_arguments", "command"]

@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     own.add_argument(
         "--max-body-bytes",
         type=_number(int, 1),
+        default=0,
         help="refused unread above (default: 6 x characters + 64 x documents + 1 MiB)",
     )
     own.add_argument(
@@ -93,19 +94,11 @@ def command(args: argparse.Namespace, settings: Rank1Settings) -> int:
         raise InvalidInputError("model: give the model to serve (--model), or vLLM servers (--server URL)")
     limits = Limits(args.max_documents, args.max_characters, args.max_body_bytes)
     reranker = Rank1Reranker.from_settings(prepare_engine(settings))
-    try:
-        names = args.model_name or [settings.model or reranker.backend.model_name]
-        app = create_app(
-            reranker,
-            served_model_names=names,
-            api_key=key or None,
-            limits=limits,
-            disconnect_grace=args.disconnect_grace,
-            owns_reranker=True,
-        )
-    except BaseException:
-        reranker.close()
-        raise
+    names = args.model_name or [settings.model or reranker.backend.model_name]
+    grace = args.disconnect_grace
+    app = create_app(
+        reranker, served_model_names=names, api_key=key, limits=limits, disconnect_grace=grace, owns_reranker=True
+    )
     logging.getLogger("rank1_integrations.serve").info("serving %r as %s", reranker, ", ".join(names))
     # uvicorn handles SIGTERM: running requests get the grace period, the app shuts down (closing the reranker).
     uvicorn.run(

@@ -1,10 +1,13 @@
-"""One judging call, before and after the engine (pure): validation, cache look-up, the
-:class:`JudgingRun` for what the cache does not know, assembly in the caller's order."""
+"""One judging call, before and after the engine: validation, cache look-up, assembly.
+
+Pure logic: it builds the prompts and the :class:`JudgingRun` for what the cache does
+not know, says what the caller gets for each passage as it becomes final, and puts
+fresh and cached judgments back in the caller's order, applying the failure policy.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -14,6 +17,8 @@ from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.core.prompting import PreparedPrompt, PromptBuilder
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError, Rank1Error
 from rank1_integrations.settings import Rank1Settings
+
+__all__ = ["CallPlan", "plan_call", "validated"]
 
 Position = tuple[int, int]
 """(which (query, passages) pair, index of the passage in it)."""
@@ -33,14 +38,21 @@ class CallPlan:
     known: dict[Position, Judgment] = field(default_factory=dict)
     key_for: KeyFor | None = None  # None: no cache
     effort: str = "full"
-    prompts: dict[int, PreparedPrompt | Rank1Error] = field(default_factory=dict)  # built ahead (build_all)
+    lenient: bool = False
+    """Invalid input (a query too long for the context) fails only its passages, not the call."""
+    prompts: dict[int, PreparedPrompt | Rank1Error] = field(default_factory=dict)
+    """The prompts built ahead (:meth:`build_all`); the rest are built by the driver."""
 
     def build(self, index: int) -> PreparedPrompt | Rank1Error:
         """Fresh passage ``index``'s prompt, or the backend error (e.g. its tokenizer server failed) that kept
-        it from one. Bad input (a query too long for the context) fails the whole call: it raises."""
+        it from one. Bad input (a query too long for the context) fails the whole call (raises) unless lenient."""
         try:
             return self.builder.build(*self.texts[index])
         except BackendError as err:
+            return err
+        except InvalidInputError as err:
+            if not self.lenient:
+                raise
             return err
 
     def build_all(self) -> CallPlan:
@@ -91,18 +103,21 @@ def plan_call(
     settings: Rank1Settings,
     cache: JudgmentCache | None,
     key_for: KeyFor,
+    lenient: bool = False,
 ) -> CallPlan:
     """The call's plan. An adaptive call reads no cache (its selection needs every no-think score of
-    a query); full and no-think calls read judgments of their own kind, adaptive's included."""
-    checked = validated(batches)
-    positions = [(b, i) for b, (_, passages) in enumerate(checked) for i in range(len(passages))]
-    text = {(b, i): (checked[b][0], checked[b][1][i]) for b, i in positions}
+    a query); full and no-think calls read judgments of their own kind, adaptive's included.
+    ``lenient``: a passage that is invalid input comes back unjudged instead of failing the call."""
+    invalid: dict[Position, InvalidInputError] = {}
+    checked = validated(batches, invalid if lenient else None)
     effort = settings.reasoning_effort
-    known: dict[Position, Judgment] = {}
+    known = {pos: _unjudged(pos[1], error, effort) for pos, error in invalid.items()}
+    positions = [(b, i) for b, (_, ps) in enumerate(checked) for i in range(len(ps)) if (b, i) not in known]
+    text = {(b, i): (checked[b][0], checked[b][1][i]) for b, i in positions}
     if cache is not None and positions and effort != "adaptive":
         keys = {pos: key_for(*text[pos], effort) for pos in positions}
         hits = cache.get_many(list(dict.fromkeys(keys.values())))
-        known = {
+        known |= {
             pos: dataclasses.replace(hits[key], index=pos[1], reasoning_effort=effort)
             for pos, key in keys.items()
             if key in hits
@@ -117,11 +132,14 @@ def plan_call(
     )
     texts = [text[pos] for pos in fresh]
     stored = key_for if cache is not None else None
-    return CallPlan([len(p) for _, p in checked], run, fresh, texts, builder, known, stored, effort)
+    return CallPlan([len(p) for _, p in checked], run, fresh, texts, builder, known, stored, effort, lenient)
 
 
-def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:
-    """The caller's (query, passages) pairs, or a typed error naming what is wrong."""
+def validated(
+    batches: Sequence[tuple[str, Sequence[str]]], invalid: dict[Position, InvalidInputError] | None = None
+) -> list[tuple[str, Sequence[str]]]:
+    """The caller's (query, passages) pairs, or a typed error naming what is wrong. Given ``invalid``, a
+    passage rank1 cannot take as input (empty, not valid Unicode; every one of a bad query) goes there instead."""
     if isinstance(batches, str | bytes) or not isinstance(batches, Sequence):
         raise InvalidInputError("judge_many takes a sequence of (query, passages) pairs")
     checked: list[tuple[str, Sequence[str]]] = []
@@ -131,22 +149,44 @@ def validated(batches: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, S
         query, passages = batch
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
-        if not query.strip():
-            raise InvalidInputError("query is empty")
-        if _SURROGATE.search(query):
-            raise InvalidInputError("query is not valid Unicode text (it holds a lone surrogate)")
+        bad_query = _query_problem(query)
+        if bad_query is not None and invalid is None:
+            raise InvalidInputError(bad_query)
         if isinstance(passages, str | bytes) or not isinstance(passages, Sequence):
             raise InvalidInputError(f"passages must be a sequence of strings, got {type(passages).__name__}")
-        for problem, bad in (
-            ("are not strings", lambda p: not isinstance(p, str)),
-            ("are empty", lambda p: not p.strip()),
-            ("are not valid Unicode text (they hold lone surrogates)", _SURROGATE.search),
-        ):
-            found = [i for i, p in enumerate(passages) if bad(p)]
-            if found:
-                raise InvalidInputError(f"passages at indices {found[:20]} {problem}")
+        problems = {i: problem for i, p in enumerate(passages) if (problem := _passage_problem(p))}
+        if invalid is not None:
+            for i in range(len(passages)) if bad_query else problems:
+                invalid[(number, i)] = InvalidInputError(bad_query or f"passages at indices [{i}] {problems[i]}")
+        else:
+            for kind in _PASSAGE_PROBLEMS:
+                if found := [i for i, problem in problems.items() if problem == kind]:
+                    raise InvalidInputError(f"passages at indices {found[:20]} {kind}")
         checked.append((query, passages))
     return checked
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate (e.g. from a bad decode) cannot be encoded
+_PASSAGE_PROBLEMS = ("are not strings", "are empty", "are not valid Unicode text (they hold lone surrogates)")
+
+
+def _query_problem(query: str) -> str | None:
+    if not query.strip():
+        return "query is empty"
+    return None if _encodable(query) else "query is not valid Unicode text (it holds a lone surrogate)"
+
+
+def _passage_problem(passage: object) -> str | None:
+    if not isinstance(passage, str):
+        return _PASSAGE_PROBLEMS[0]
+    if not passage.strip():
+        return _PASSAGE_PROBLEMS[1]
+    return None if _encodable(passage) else _PASSAGE_PROBLEMS[2]
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode: a lone surrogate (e.g. from a bad decode) cannot be encoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,12 +1,10 @@
 """The rerank endpoints' core, without HTTP: a query and documents in, ranked judgments out.
 
-Per request: check the limits and the text (before any of it joins shared work, where one
-bad passage would fail every request waiting on its batch); plan what to send (empty documents are never sent,
-identical ones once: :func:`~rank1_integrations.adapters.selection.plan_judging`); answer what the
-reranker's result cache knows; join or start the in-flight judgments of the rest
-(:class:`~.sharing.InFlight`, one ``Rank1Reranker.ajudge_stream`` call per new batch); rank every
-document best first and cut to ``top_n`` (:func:`~rank1_integrations.adapters.selection.select`
-with a threshold of 0: nothing is filtered, as the rerank APIs define it).
+The limits and the text are checked before any of it joins shared work, where one bad passage
+would fail every request waiting on its batch. Empty documents are never sent, identical ones
+once (``plan_judging``); what the result cache knows is answered from it, the rest joins or
+starts in-flight judgments (:class:`~.sharing.InFlight`). Ranking keeps every document
+(``select`` with a threshold of 0), as the rerank APIs define it.
 """
 
 from __future__ import annotations
@@ -36,24 +34,19 @@ class RequestTooLargeError(InvalidInputError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one rerank request may hold."""
+    """What one rerank request may hold (``rank1 serve`` checks the numbers)."""
 
     max_documents: int = 1000
     max_characters: int = 2_000_000
     """Characters of the query and all documents together."""
-    max_body_bytes: int | None = None
-    """Bytes of the request body, checked before it is parsed. None: room for ``max_characters`` characters
+    max_body_bytes: int = 0
+    """Bytes of the request body, checked before it is parsed. 0: room for ``max_characters`` characters
     each sent as a 6-byte JSON escape (``\\uXXXX``, what ASCII-only JSON encoders send), 64 bytes of JSON
     around each of ``max_documents`` documents, and 1 MiB for the rest of the body."""
 
     def __post_init__(self) -> None:
-        for name in ("max_documents", "max_characters", "max_body_bytes"):
-            value = getattr(self, name)
-            if value is None:  # the body limit, derived from the two checked before it
-                value = 6 * self.max_characters + 64 * self.max_documents + 2**20
-                object.__setattr__(self, name, value)  # frozen: set once, here
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
+        if not self.max_body_bytes:  # frozen: derived once, here
+            object.__setattr__(self, "max_body_bytes", 6 * self.max_characters + 64 * self.max_documents + 2**20)
 
 
 @dataclass(frozen=True)
@@ -68,13 +61,11 @@ class Ranking:
 class RerankService:
     """Ranks documents with one :class:`Rank1Reranker`, sharing work between concurrent requests."""
 
-    def __init__(
-        self, reranker: Rank1Reranker, *, limits: Limits, metrics: ServeMetrics, disconnect_grace: float = 0.0
-    ) -> None:
+    def __init__(self, reranker: Rank1Reranker, *, limits: Limits, disconnect_grace: float = 0.0) -> None:
         self.reranker = reranker
         self.limits = limits
-        self.metrics = metrics
         self.in_flight = InFlight(self._judge_batch, linger=disconnect_grace)
+        self.metrics = ServeMetrics(self.in_flight)
         # As the reranker reads its cache: a failing cache costs a miss, never a request.
         self._cache = GuardedCache(reranker.cache) if reranker.cache is not None else None
 
@@ -88,16 +79,23 @@ class RerankService:
     ) -> Ranking:
         """Every document judged (or the call fails), ranked best first, cut to ``top_n`` (None: all).
 
-        ``effort`` and ``budget`` (the request's ``reasoning_effort`` and ``max_reasoning_tokens``)
-        override the server's; a budget above the server's is refused.
+        ``effort`` and ``budget`` override the server's; a budget above the server's is refused.
         """
         self._check_limits(query, texts)
-        changes = self._changes(effort, budget, top_n)
+        server = self.reranker.settings
+        if budget is not None and budget > server.max_reasoning_tokens:
+            raise InvalidInputError(
+                f"max_reasoning_tokens: at most this server's {server.max_reasoning_tokens}, got {budget}"
+            )
+        adaptive = (effort or server.reasoning_effort) == "adaptive"
+        # The cache key takes these too: what makes two judgments the same also makes them shareable.
+        # Adaptive reasons on the candidates for the cut, and the rerank APIs' cut is top_n.
+        given = {"reasoning_effort": effort, "max_reasoning_tokens": budget, "adaptive_top_k": adaptive and top_n}
+        changes: dict[str, Any] = {name: value for name, value in given.items() if value}
         self.metrics.documents.inc(len(texts))
         plan = plan_judging(texts)
         validated([(query, plan.passages)])
-        if changes.get("reasoning_effort", self.reranker.settings.reasoning_effort) == "adaptive":
-            # Adaptive picks what to reason on from the whole list: its work is this request's own.
+        if adaptive:  # it picks what to reason on from the whole list: its work is this request's own
             judgments = await self.reranker.ajudge(query, plan.passages, **changes) if plan.passages else []
         else:
             by_key = {self.reranker.cache_key(query, passage, **changes): passage for passage in plan.passages}
@@ -109,17 +107,12 @@ class RerankService:
                 self.metrics.shared.inc(joined.shared)
                 known.update(joined.judgments)
             judgments = [known[key] for key in by_key]
-        failures = [
-            PassageFailure(index, BackendError(judgments[slot].error or "not judged"))
-            for index, slot in enumerate(plan.slots)
-            if slot is not None and not judgments[slot].judged
-        ]
+        slots = [(index, judgments[slot]) for index, slot in enumerate(plan.slots) if slot is not None]
+        failures = [PassageFailure(i, BackendError(j.error or "not judged")) for i, j in slots if not j.judged]
         if failures:  # a reranker with on_failure="mark_unjudged": the rerank APIs need every score
             raise PassagesFailedError(failures, total=len(texts))
         picks = select(SelectionPolicy(top_n=top_n, score_threshold=0.0), plan, judgments)
-        return Ranking(
-            picks, reasoning_tokens=sum(judgments[slot].reasoning_tokens for slot in plan.slots if slot is not None)
-        )
+        return Ranking(picks, reasoning_tokens=sum(j.reasoning_tokens for _, j in slots))
 
     def _check_limits(self, query: str, texts: Sequence[str]) -> None:
         if len(texts) > self.limits.max_documents:
@@ -133,21 +126,6 @@ class RerankService:
                 f"{self.limits.max_characters} per request"
             )
 
-    def _changes(self, effort: Effort | None, budget: int | None, top_n: int | None) -> dict[str, Any]:
-        # The reranker's own cache key takes these too: what makes two judgments the same also makes them shareable.
-        changes: dict[str, Any] = {}
-        if budget is not None:
-            if budget > self.reranker.max_reasoning_tokens:
-                raise InvalidInputError(
-                    f"max_reasoning_tokens: at most this server's {self.reranker.max_reasoning_tokens}, got {budget}"
-                )
-            changes["max_reasoning_tokens"] = budget
-        if effort is not None:
-            changes["reasoning_effort"] = effort
-        if (effort or self.reranker.settings.reasoning_effort) == "adaptive" and top_n is not None:
-            changes["adaptive_top_k"] = top_n  # the rerank APIs' cut is top_n: reason on the candidates for it
-        return changes
-
     async def _cached(self, keys: list[str]) -> dict[str, Judgment]:
         if self._cache is None or not keys:
             return {}
@@ -156,7 +134,6 @@ class RerankService:
     async def _judge_batch(
         self, query: str, passages: Sequence[str], changes: Mapping[str, Any]
     ) -> AsyncGenerator[Judgment, None]:
-        """Each passage's judgment as soon as it is final (then ``PassagesFailedError`` if some failed)."""
         started = time.perf_counter()
         judged: list[Judgment] = []
         try:

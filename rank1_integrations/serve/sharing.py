@@ -1,21 +1,14 @@
 """Identical judgments in flight are made once, for every request that wants them.
 
-Clients time out and retry long rank1 calls, and several users ask about the same
-passages: a passage already being judged for the same query and settings (the same
-key) joins that work instead of being reasoned again. The passages a request brings
-that nobody is judging yet start one new batch (one ``ajudge_stream`` call, so they enter
-the engine together).
+Clients time out and retry long rank1 calls, and several users ask about the same passages:
+a passage already being judged for the same query and settings (the same key) joins that
+work; the passages nobody is judging yet start one new batch (one ``ajudge_stream`` call, so
+they enter the engine together). A request returns as soon as *its* passages are judged.
 
-A batch hands over each passage's judgment as soon as it is final (the reranker's
-stream), and a request returns as soon as *its* passages are judged: one that joined
-another's batch never waits for that batch's slow passages.
-
-Batches are reference-counted by the requests waiting on them: a request stops waiting
-on a batch when its passages there are judged, or when it goes away (its client
-disconnected), and a batch is cancelled, which aborts its engine requests, only when no
-request waits on it any more, and none has come back within ``linger`` seconds: a client
-that timed out and retries at once joins the work its first attempt started instead of
-starting it over. Runs on one event loop; no locks.
+Batches are reference-counted by the requests waiting on them; a batch is cancelled (its
+engine requests aborted) only when nobody waits on it and nobody came back within ``linger``
+seconds: a client that timed out and retries joins the work its first attempt started.
+Runs on one event loop; no locks.
 """
 
 from __future__ import annotations
@@ -70,7 +63,7 @@ class InFlight:
     @property
     def waiting(self) -> int:
         """Requests waiting for judgments now (one per request and batch it waits on)."""
-        return sum(batch.waiters for batch in {id(b): b for b in self._batches.values()}.values())
+        return sum(batch.waiters for batch in set(self._batches.values()))
 
     async def join(self, query: str, passages: Mapping[str, str], changes: Mapping[str, Any] | None = None) -> Joined:
         """Judgments of ``passages`` (key -> text) for ``query``, each key judged once across callers.
@@ -114,7 +107,7 @@ class InFlight:
 
     def cancel_all(self) -> None:
         """Cancel every batch (the server is shutting down: no request can wait any more)."""
-        for batch in list({id(b): b for b in self._batches.values()}.values()):
+        for batch in set(self._batches.values()):
             self._cancel(batch)
 
     def _start(self, query: str, passages: Mapping[str, str], changes: Mapping[str, Any]) -> None:
@@ -157,13 +150,10 @@ class InFlight:
     def _release(self, batch: _Batch) -> None:
         batch.waiters -= 1
         if batch.waiters == 0 and batch.task is not None and not batch.task.done():
-            self._unwanted(batch)
-
-    def _unwanted(self, batch: _Batch) -> None:
-        if self.linger > 0:
-            batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
-        else:
-            self._cancel(batch)
+            if self.linger > 0:
+                batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
+            else:
+                self._cancel(batch)
 
     def _expire(self, batch: _Batch) -> None:
         batch.expiry = None

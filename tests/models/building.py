@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["MARKER_FILE", "staged_build", "train_byte_level_bpe"]
+__all__ = ["MARKER_FILE", "chained_model", "staged_build", "train_byte_level_bpe"]
 
 MARKER_FILE = "rank1_tiny_model.json"
 _LABELS = (" true", " false")
@@ -108,3 +109,32 @@ def train_byte_level_bpe(
             msg = f"label {label!r} is not a single token: {ids}"
             raise RuntimeError(msg)
     return hf
+
+
+def chained_model(
+    config: Any, chain: Sequence[int], labels: Sequence[int], *, seed: int, step: float, label_scale: float
+) -> Any:
+    """A random causal LM (untied) whose greedy decoding after ``chain[i]`` writes ``chain[i + 1]``.
+
+    Two random layers leave the last hidden state close to the current token's embedding,
+    so adding that embedding (scaled to about unit norm, times ``step`` nats) to the next
+    token's output row makes greedy decoding follow the chain with a wide margin (vLLM's
+    float32 kernels agree); the label rows are scaled so scores spread over (0, 1).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config).to(torch.float32)
+        with torch.no_grad():
+            embeddings, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+            # A constant, not each embedding's own norm: elementwise arithmetic only, so the
+            # weights are the same bits on any CPU (reductions are not).
+            scale = step / (config.initializer_range * config.hidden_size**0.5)
+            for current, following in itertools.pairwise(chain):
+                head[following] += scale * embeddings[current]
+            head[list(labels)] *= label_scale
+    ids = {f"{name}_token_id": getattr(config, f"{name}_token_id") for name in ("bos", "eos", "pad")}
+    model.generation_config = GenerationConfig(**ids)
+    return model.eval()

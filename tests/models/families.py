@@ -1,11 +1,9 @@
-"""Tiny offline tokenizers of rank1's model families, and a random model that writes control tokens.
+"""Tiny offline tokenizers of rank1's families with ``<think>`` tokens, and a random model that writes control tokens.
 
-rank1 ships on three bases (:mod:`rank1_integrations.core.profiles`): Qwen2.5, Llama 3.1 and
-Mistral-Small 2501, whose tokenizers are all byte-level BPE and differ where prompts can
-go wrong: the pre-tokenizer pattern, NFC, a BOS token added before every prompt
-(Llama 3 ``<|begin_of_text|>``, Mistral ``<s>``), the EOS and control tokens, and whether
-``<think>``/``</think>`` are tokens of their own. :func:`build_family_tokenizer` trains a
-small tokenizer with each family's settings (the same corpus as the tiny test models).
+rank1's real tokenizers (:mod:`tests.models.real_tokenizers`) have ``<think>``/``</think>`` as
+text; a fine-tuned rank1 may add them as tokens of their own. :func:`build_family_tokenizer`
+trains a small tokenizer with a family's settings (pattern, NFC, BOS, EOS, a few control
+tokens) and ``<think>``/``</think>`` as special tokens (the same corpus as the tiny test models).
 
 :func:`build_chaos_model` is a random-weight ``LlamaForCausalLM`` on the Llama 3 style
 tokenizer, nudged so that greedy decoding writes control tokens (``<think>``,
@@ -16,14 +14,13 @@ the text, characters cut at the budget): what a forced answer must survive.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.models.building import staged_build, train_byte_level_bpe
+from tests.models.building import chained_model, staged_build, train_byte_level_bpe
 from tests.models.tiny_models import (
     _QWEN2_SPLIT,
     END_THINK_TOKEN,
@@ -72,12 +69,6 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# mistral-common's tekken pattern (Mistral-Small 2501 and later).
-_TEKKEN_SPLIT = (
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
-    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
-    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 
 FAMILIES: dict[str, TokenizerFamily] = {
     "qwen2.5": TokenizerFamily(
@@ -92,7 +83,6 @@ FAMILIES: dict[str, TokenizerFamily] = {
         ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|reserved_special_token_0|>"),
         True,
     ),
-    "mistral": TokenizerFamily("mistral", _TEKKEN_SPLIT, False, "<s>", "</s>", ("<unk>", "[INST]", "[/INST]"), False),
 }
 
 #: The chaos model's architecture: the tiny Qwen2's sizes (head_dim 32 for vLLM's CPU attention).
@@ -121,12 +111,7 @@ def _byte_chars() -> dict[int, str]:
 _BYTE_CHARS = _byte_chars()
 
 
-def _special_tokens(family: TokenizerFamily, think_tokens: bool) -> list[str]:
-    tokens = [family.eos, *([family.bos] if family.bos else []), *family.specials]
-    return tokens + ([THINK_TOKEN, END_THINK_TOKEN] if think_tokens else [])
-
-
-def _train(family: TokenizerFamily, think_tokens: bool) -> PreTrainedTokenizerBase:
+def _train(family: TokenizerFamily) -> PreTrainedTokenizerBase:
     return train_byte_level_bpe(
         _corpus(),
         family.split_pattern,
@@ -134,7 +119,7 @@ def _train(family: TokenizerFamily, think_tokens: bool) -> PreTrainedTokenizerBa
         nfc=family.nfc,
         eos=family.eos,
         bos=family.bos,
-        specials=_special_tokens(family, think_tokens),
+        specials=[family.eos, *([family.bos] if family.bos else []), *family.specials, THINK_TOKEN, END_THINK_TOKEN],
         hf_settings={"clean_up_tokenization_spaces": family.clean_up_spaces},
     )
 
@@ -149,16 +134,15 @@ def _spec_hash(kind: str, spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
 
 
-def build_family_tokenizer(family: str, out_dir: Path, *, think_tokens: bool = False) -> Path:
-    """Train a tiny tokenizer with ``family``'s settings into ``out_dir`` (cached); ``<think>``
-    and ``</think>`` are special tokens of their own only with ``think_tokens``."""
+def build_family_tokenizer(family: str, out_dir: Path) -> Path:
+    """Train a tiny tokenizer with ``family``'s settings and ``<think>`` tokens into ``out_dir`` (cached)."""
     settings = FAMILIES[family]
 
     def make(stage: Path) -> dict[str, object]:
-        _train(settings, think_tokens).save_pretrained(str(stage))
-        return {"family": family, "think_tokens": think_tokens}
+        _train(settings).save_pretrained(str(stage))
+        return {"family": family}
 
-    spec = {"family": asdict(settings), "think_tokens": think_tokens}
+    spec = {"family": asdict(settings), "think_tokens": True}
     return staged_build(Path(out_dir), _spec_hash("tokenizer", spec), make)
 
 
@@ -167,7 +151,7 @@ def build_chaos_model(out_dir: Path, *, seed: int = 0) -> Path:
     greedily writes :data:`CHAOS_REASONING` after ``<think>`` (cached in ``out_dir``)."""
 
     def make(stage: Path) -> dict[str, object]:
-        tokenizer = _train(FAMILIES["llama3"], think_tokens=True)
+        tokenizer = _train(FAMILIES["llama3"])
         tokenizer.save_pretrained(str(stage))
         _chaos_weights(tokenizer, seed).save_pretrained(str(stage))
         return {"kind": "chaos", "seed": seed}
@@ -192,31 +176,11 @@ def chaos_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 
 def _chaos_weights(tokenizer: PreTrainedTokenizerBase, seed: int) -> Any:
-    """Random weights, plus: the hidden state of step i's token points at step i+1's output row.
-
-    Two random layers leave the last hidden state close to the current token's embedding,
-    so adding that embedding (scaled to about unit norm) to the next token's output row makes
-    greedy decoding follow the chain, with a wide margin (vLLM's float32 kernels agree).
-    """
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     family = FAMILIES["llama3"]
     bos, eos = tokenizer.convert_tokens_to_ids(family.bos), tokenizer.convert_tokens_to_ids(family.eos)
-    special_ids = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos}
-    config = LlamaConfig(vocab_size=len(tokenizer), **CHAOS_LLAMA, **special_ids)
+    config = LlamaConfig(vocab_size=len(tokenizer), **CHAOS_LLAMA, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     chain = [tokenizer.convert_tokens_to_ids(THINK_TOKEN), *chaos_token_ids(tokenizer)]
     labels = [tokenizer(label, add_special_tokens=False)["input_ids"][0] for label in (TRUE_LABEL, FALSE_LABEL)]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(torch.float32)
-        with torch.no_grad():
-            embeddings, head = model.model.embed_tokens.weight, model.lm_head.weight
-            # A constant, not each embedding's own norm: elementwise arithmetic only, so the
-            # weights are the same bits on any CPU (reductions are not).
-            scale = _CHAOS_STEP / (config.initializer_range * config.hidden_size**0.5)
-            for current, following in itertools.pairwise(chain):
-                head[following] += scale * embeddings[current]
-            head[labels] *= _CHAOS_LABEL_SCALE
-    model.generation_config = GenerationConfig(**special_ids)
-    return model.eval()
+    return chained_model(config, chain, labels, seed=seed, step=_CHAOS_STEP, label_scale=_CHAOS_LABEL_SCALE)
