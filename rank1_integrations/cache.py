@@ -1,12 +1,8 @@
 """Result caches: a chatbot that asks again about the same passage must not reason again.
 
-A judgment depends on the model, the relevance template, the query, the passage, the
-reasoning budget, the context size and the reasoning effort; the key covers all of them. Only judged
-passages are stored, never failures.
-
-A cache may only ever cost a miss: the reranker reads and writes through
-:class:`GuardedCache`, so a failing cache (a locked database, a full disk, a row of
-another shape) is logged once and judging goes on without it.
+Only judged passages are stored. A cache may only ever cost a miss: the reranker goes through
+:class:`GuardedCache`, so a failing cache (a locked database, a full disk, a row of another
+shape) is logged once and judging goes on without it.
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -43,10 +38,7 @@ def cache_key(
     context_size: int,
     how: Sequence[object] = ("full",),
 ) -> str:
-    """A stable digest of everything a judgment depends on.
-
-    ``how``: the effort and what it depends on (no-think: the prefill, and no budget).
-    """
+    """A stable digest of everything a judgment depends on (``how``: the effort and what it depends on)."""
     material = json.dumps(
         [_KEY_VERSION, model, template, query, passage, max_reasoning_tokens, context_size, *how], ensure_ascii=False
     )
@@ -59,25 +51,24 @@ def is_cacheable(judgment: Any) -> bool:
         return False
     score, tokens = judgment.score, judgment.reasoning_tokens
     return (
-        _is_number(score)
-        and score is not None
-        and math.isfinite(score)
-        and 0.0 <= score <= 1.0
-        and isinstance(judgment.relevant, bool)
-        and isinstance(judgment.reasoning, str)
-        and isinstance(judgment.forced, bool)
-        and isinstance(tokens, int)
-        and not isinstance(tokens, bool)
+        isinstance(score, int | float)
+        and not isinstance(score, bool)
+        and 0.0 <= score <= 1.0  # a NaN or an infinity fails this too
+        and type(tokens) is int
         and tokens >= 0
-        and isinstance(judgment.truncated, bool)
-        and isinstance(judgment.reasoning_effort, str)
-        and isinstance(judgment.reasoned, bool)
         and judgment.error is None
+        and all(isinstance(getattr(judgment, name), kind) for name, kind in _TYPES.items())
     )
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+_TYPES = {
+    "relevant": bool,
+    "reasoning": str,
+    "forced": bool,
+    "truncated": bool,
+    "reasoning_effort": str,
+    "reasoned": bool,
+}
 
 
 @runtime_checkable
@@ -90,11 +81,8 @@ class JudgmentCache(Protocol):
 
 
 class GuardedCache:
-    """Any :class:`JudgmentCache`, made harmless: its errors and bad entries become misses.
-
-    The first failure is logged as a warning, later ones at debug level, so a broken
-    cache neither fails calls nor floods the log.
-    """
+    """Any :class:`JudgmentCache`, made harmless: its errors and bad entries become misses (the first one
+    logged as a warning, later ones at debug level, so a broken cache neither fails calls nor floods the log)."""
 
     def __init__(self, cache: JudgmentCache) -> None:
         self.cache = cache
@@ -164,13 +152,8 @@ class MemoryCache:
 
 
 class DiskCache:
-    """A cache in one SQLite file, shared across processes and restarts.
-
-    The database runs in WAL mode, so several processes read and write it at once; a
-    writer waits at most ``busy_timeout`` seconds for another's lock (then that write is
-    skipped, never the call). It keeps the ``max_entries`` most recently written
-    judgments. Rows that are not well-formed judgments are ignored.
-    """
+    """A cache in one SQLite file (WAL mode), shared across processes and restarts, keeping the ``max_entries``
+    most recently written judgments. A writer waits at most ``busy_timeout`` seconds for another's lock."""
 
     def __init__(self, path: str | Path, *, max_entries: int = 1_000_000, busy_timeout: float = 2.0) -> None:
         if not isinstance(max_entries, int) or max_entries < 1:
@@ -206,18 +189,13 @@ class DiskCache:
         rows: Iterable[tuple[str, str]] = (
             (key, json.dumps(dataclasses.asdict(judgment))) for key, judgment in items.items()
         )
-        with self._lock:
+        with self._lock, self._db:  # one transaction: committed, or rolled back on any error
             self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR REPLACE INTO judgments (key, judgment) VALUES (?, ?)", rows)
-                # Row ids grow with every write (a replaced row gets a new one): keep the newest.
-                self._db.execute(
-                    "DELETE FROM judgments WHERE rowid <= (SELECT MAX(rowid) FROM judgments) - ?", (self.max_entries,)
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            self._db.executemany("INSERT OR REPLACE INTO judgments (key, judgment) VALUES (?, ?)", rows)
+            # Row ids grow with every write (a replaced row gets a new one): keep the newest.
+            self._db.execute(
+                "DELETE FROM judgments WHERE rowid <= (SELECT MAX(rowid) FROM judgments) - ?", (self.max_entries,)
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -1,32 +1,20 @@
 """``Rank1Settings``: how to reach rank1 and how to judge, one typed vocabulary for every surface.
 
-The library (``Rank1Reranker.from_settings``), both adapters (``settings=``), ``rank1 serve``,
-``rank1 run`` and ``rank1 rerank`` all build their reranker from this one object. Values come
-from, highest first: what the caller gives, ``RANK1_*`` environment variables, a TOML file
-(``Rank1Settings.load("rank1.toml")``; its top-level keys are settings, its ``[serve]`` and
-``[run]`` tables belong to those commands), then the defaults below. The command-line flags
-are derived from these fields (``--max-reasoning-tokens``, ``--server``, ...).
+Every surface builds its reranker from it; the command-line flags derive from its fields. Values come
+from, highest first: the caller, ``RANK1_*`` environment variables, a TOML file (its ``[serve]`` and
+``[run]`` tables belong to those commands), then the defaults below.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AliasChoices,
-    BeforeValidator,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_serializer,
-    field_validator,
-)
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_serializer, field_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, NoDecode, SettingsConfigDict
 
 from rank1_integrations.backends.remote.config import redact_url
@@ -40,9 +28,8 @@ else:  # pragma: no cover - Python 3.10
 __all__ = ["JUDGING_FIELDS", "TRANSPORT_FIELDS", "Effort", "Rank1Settings", "describe_validation_error"]
 
 Effort = Literal["full", "none", "adaptive"]
-"""How much rank1 reasons: ``full`` (rank1 as published), ``none`` (no-think: the reasoning is
-prefilled and closed, one prefill per passage), ``adaptive`` (no-think first, then full reasoning
-where the cheap score is uncertain or near the caller's cut)."""
+"""``full`` (rank1 as published), ``none`` (no-think: a prefilled, closed reasoning) or ``adaptive``
+(no-think first, then full reasoning where the cheap score is uncertain or near the caller's cut)."""
 
 DEFAULT_NO_THINK_PREFILL = "Okay, I think I have finished thinking."
 """NoThinking's prefill (arXiv 2504.09858), written where rank1's reasoning would be."""
@@ -64,11 +51,8 @@ _FILE_VALUES: ContextVar[Mapping[str, Any] | None] = ContextVar("rank1_settings_
 
 
 class Rank1Settings(BaseSettings):
-    """How to reach rank1 (an embedded engine or vLLM servers) and how to judge; frozen, validated.
-
-    Invalid or unknown settings raise :class:`~rank1_integrations.errors.InvalidInputError`
-    naming each setting and what is wrong with it (never the value: it may be a secret).
-    """
+    """How to reach rank1 (an embedded engine or vLLM servers) and how to judge; frozen. Invalid or unknown
+    settings raise :class:`InvalidInputError` naming each setting (never its value: it may be a secret)."""
 
     model_config = SettingsConfigDict(
         env_prefix="RANK1_",
@@ -95,15 +79,13 @@ class Rank1Settings(BaseSettings):
         description="The servers' API key (env RANK1_API_KEY, then VLLM_API_KEY; never a flag).",
     )
     api_key_env: str | None = Field(
-        None, description="Read the servers' API key from this environment variable (before RANK1_API_KEY)."
+        None, description="The environment variable holding the servers' API key (before RANK1_API_KEY)."
     )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="vLLM engine arguments for the embedded engine (KEY=VALUE, VALUE as JSON or text).",
     )
-    tokenizer: str | None = Field(
-        None, description="Servers: a local tokenizer folder instead of the servers' /tokenize."
-    )
+    tokenizer: str | None = Field(None, description="Servers: a local tokenizer folder instead of /tokenize.")
     verify: bool | str = Field(True, description="Servers: TLS verification (false, or a CA bundle path).")
 
     # -- transport to servers (docs/remote.md, "Failure policy") ----------------------------
@@ -130,13 +112,12 @@ class Rank1Settings(BaseSettings):
 
     # -- how to judge --------------------------------------------------------------------------
     template: str | None = Field(
-        None, description="Relevance template: a dataset name (e.g. TRECCOVID) or a custom text with {query}/{passage}."
+        None,
+        description="Relevance template: a dataset name (e.g. TRECCOVID) or a text with FILL_QUERY_HERE for the query.",
     )
     max_reasoning_tokens: Positive = Field(8192, description="Reasoning budget per passage, in tokens.")
     reasoning_effort: Effort = Field("full", description="full (rank1 as published), none (no-think) or adaptive.")
-    adaptive_margin: Fraction = Field(
-        0.2, description="Adaptive: reason where the no-think score is within this of the cut."
-    )
+    adaptive_margin: Fraction = Field(0.2, description="Adaptive: reason where no-think's score is this near the cut.")
     adaptive_center: Fraction = Field(0.5, description="Adaptive: the score cut (the caller's threshold, else 0.5).")
     adaptive_top_k: NonNegative | None = Field(
         None, description="Adaptive: also reason on the top k no-think candidates of each query."
@@ -144,9 +125,7 @@ class Rank1Settings(BaseSettings):
     no_think_prefill: str = Field(
         DEFAULT_NO_THINK_PREFILL, min_length=1, description="No-think: the text written in place of reasoning."
     )
-    context_size: Positive | None = Field(
-        None, description="Context tokens per prompt (default: the engine's max_model_len)."
-    )
+    context_size: Positive | None = Field(None, description="Context tokens per prompt (default: max_model_len).")
     on_failure: Literal["raise", "mark_unjudged"] = Field(
         "raise", description="A passage that cannot be judged: raise, or come back unjudged."
     )
@@ -206,8 +185,11 @@ class Rank1Settings(BaseSettings):
             except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
                 raise InvalidInputError(f"config {str(config)!r} cannot be read: {error}") from None
             values = {key: value for key, value in values.items() if key not in ("serve", "run")}
-        with _file_values(values):
+        token = _FILE_VALUES.set(values)
+        try:
             return cls(**given)
+        finally:
+            _FILE_VALUES.reset(token)
 
     @property
     def embedded(self) -> bool:
@@ -248,43 +230,14 @@ class Rank1Settings(BaseSettings):
         return {name: getattr(self, name) for name in TRANSPORT_FIELDS}
 
 
-JUDGING_FIELDS = frozenset(
-    {
-        "template",
-        "max_reasoning_tokens",
-        "reasoning_effort",
-        "adaptive_margin",
-        "adaptive_center",
-        "adaptive_top_k",
-        "no_think_prefill",
-    }
+_JUDGING = (
+    "template max_reasoning_tokens reasoning_effort adaptive_margin adaptive_center adaptive_top_k no_think_prefill"
 )
+JUDGING_FIELDS = frozenset(_JUDGING.split())
 """Settings a single call may change (``judge(..., reasoning_effort="none")``)."""
-
-TRANSPORT_FIELDS = (
-    "max_concurrency",
-    "timeout",
-    "base_timeout",
-    "seconds_per_token",
-    "connect_timeout",
-    "metadata_timeout",
-    "max_retries",
-    "retry_budget",
-    "initial_backoff",
-    "max_backoff",
-    "prompts_per_request",
-    "max_response_bytes",
-    "tokenizer_cache_bytes",
-)
-
-
-@contextmanager
-def _file_values(values: Mapping[str, Any]) -> Iterator[None]:
-    token = _FILE_VALUES.set(values)
-    try:
-        yield
-    finally:
-        _FILE_VALUES.reset(token)
+_TRANSPORT = """max_concurrency timeout base_timeout seconds_per_token connect_timeout metadata_timeout max_retries
+    retry_budget initial_backoff max_backoff prompts_per_request max_response_bytes tokenizer_cache_bytes"""
+TRANSPORT_FIELDS = tuple(_TRANSPORT.split())
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from rank1_integrations.backends.base import Completion
-from rank1_integrations.core.forced import control_spans
 from rank1_integrations.core.judging import JudgingRun
 from rank1_integrations.core.judgment import Judgment
-from rank1_integrations.core.prompting import PromptBuilder, _think_text_ids
+from rank1_integrations.core.prompting import PromptBuilder, _think_text_ids, control_spans
 from rank1_integrations.core.tokenization import HFPromptTokenizer
 from rank1_integrations.errors import ModelOutputError
 from tests import reference

@@ -32,14 +32,11 @@ class CallPlan:
 
     sizes: list[int]
     run: JudgingRun
-    fresh: list[Position]
-    """The passages the engine must judge (the cache does not know them); ``run`` numbers them in this order."""
-    texts: list[tuple[str, str]]
-    """(query, passage) of each fresh passage."""
+    fresh: list[Position]  # what the cache does not know, in ``run``'s numbering
+    texts: list[tuple[str, str]]  # (query, passage) of each fresh passage
     builder: PromptBuilder
     known: dict[Position, Judgment] = field(default_factory=dict)
-    key_for: KeyFor | None = None
-    """None: no cache."""
+    key_for: KeyFor | None = None  # None: no cache
     effort: str = "full"
     lenient: bool = False
     """Invalid input (a query too long for the context) fails only its passages, not the call."""

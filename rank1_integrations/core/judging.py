@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
@@ -22,28 +21,18 @@ from rank1_integrations.core.protocol import STOP_STRINGS, label_probability
 from rank1_integrations.errors import BackendError, ModelOutputError, Rank1Error
 from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["FailurePolicy", "JudgingRun"]
-
 FailurePolicy = Literal["raise", "mark_unjudged"]
 _FULL = Rank1Settings.model_construct()  # the defaults, not the environment's: full reasoning
-
-
-@dataclass(frozen=True)
-class _ForcedAnswer:
-    index: int
-    reasoning: str
-    reasoning_tokens: int
 
 
 class JudgingRun:
     """Where each passage of a call stands: awaiting its reasoning, its forced answer, judged, or failed.
 
-    Passages advance independently: a passage whose reasoning is done gets its forced-answer
-    request (or its judgment) at once, without waiting for the others, so a driver can
-    stream judgments as they become final. No-think (``none``, and adaptive's first step)
-    reads p(true) after a prefilled, closed reasoning: one token, no decoding. Adaptive
-    then reasons on a query's passages whose no-think score is within ``adaptive_margin``
-    of ``adaptive_center``, and on its ``adaptive_top_k`` best; the others are final then.
+    Passages advance independently, so a driver can stream judgments as they become final.
+    No-think (``none``, and adaptive's first step) reads p(true) after a prefilled, closed
+    reasoning: one token, no decoding. Adaptive then reasons on a query's passages whose
+    no-think score is within ``adaptive_margin`` of ``adaptive_center``, and on its
+    ``adaptive_top_k`` best; the others are final then.
     """
 
     def __init__(
@@ -55,8 +44,7 @@ class JudgingRun:
         max_reasoning_tokens: int,
         effort: Rank1Settings | None = None,
     ) -> None:
-        """``effort``: the settings saying how much to reason (``reasoning_effort`` and its knobs); None: full."""
-        # (batch, index in batch) of each passage: what callers of judge_many see.
+        """``positions``: (batch, index in batch) of each passage; ``effort``: how much to reason (None: full)."""
         self._positions = tuple(positions)
         self._builder = builder
         self._labels = label_token_ids
@@ -64,7 +52,7 @@ class JudgingRun:
         self._effort = effort or _FULL
         self._prompts: dict[int, PreparedPrompt] = {}
         self._outcomes: dict[int, Judgment | Rank1Error] = {}
-        self._forced: dict[int, _ForcedAnswer] = {}
+        self._forced: dict[int, tuple[str, int]] = {}  # awaiting the forced answer: (reasoning, tokens)
         self._probing: set[int] = set()  # passages whose pending request is a no-think one
         self._scores: dict[int, float] = {}  # adaptive: no-think scores awaiting their query's selection
         self._unprobed = [0] * (max((b for b, _ in self._positions), default=-1) + 1)
@@ -79,36 +67,49 @@ class JudgingRun:
 
     def begin(self, index: int, prompt: PreparedPrompt | Rank1Error) -> CompletionRequest | None:
         """Passage ``index``'s prompt, or the error that kept it from being built; its first request."""
-        if isinstance(prompt, Rank1Error):
-            self._settle(index, prompt)
-            self._probed(index)
-            return None
-        self._prompts[index] = prompt
-        if self.level == "full":
-            return self._reasoning_request(index)
-        try:
-            token_ids = self._builder.build_no_think(prompt, self._effort.no_think_prefill)
-        except BackendError as err:  # e.g. the server's tokenizer failed: this passage only
-            self._settle(index, err)
-            self._probed(index)
-            return None
-        self._probing.add(index)
-        return CompletionRequest(token_ids, max_tokens=1, stop=(), label_token_ids=self._labels)
+        if not isinstance(prompt, Rank1Error):
+            self._prompts[index] = prompt
+            if self.level == "full":
+                return self._reasoning_request(index)
+            try:
+                token_ids = self._builder.build_no_think(prompt, self._effort.no_think_prefill)
+            except BackendError as err:  # e.g. the server's tokenizer failed: this passage only
+                prompt = err
+            else:
+                self._probing.add(index)
+                return CompletionRequest(token_ids, 1, (), self._labels)
+        self._settle(index, prompt)
+        self._probed(index)
+        return None
 
     def take(self, index: int, result: CompletionResult) -> CompletionRequest | None:
         """The result of passage ``index``'s last request; its forced-answer request when one is needed."""
         if index in self._outcomes or index not in self._prompts:
             raise BackendError(f"a result came for passage {index}, which awaits none")
         forced = self._forced.pop(index, None)
-        if index in self._probing:
-            self._probing.discard(index)
-            self._take_no_think(index, result)
-        elif isinstance(result, Rank1Error):
+        probing = index in self._probing
+        self._probing.discard(index)
+        if isinstance(result, Rank1Error):
             self._settle(index, result)
+        elif probing:
+            score = _label_score(result, "for no-think")
+            if self.level == "adaptive" and isinstance(score, float):
+                self._scores[index] = score
+            else:
+                self._settle(index, self._judged(index, score, reasoned=False))
         elif forced is not None:
-            self._take_forced_answer(forced, result)
+            score = _label_score(result, "for the forced answer")
+            self._settle(index, self._judged(index, score, forced[0], forced=True, tokens=forced[1]))
         else:
-            return self._take_reasoning(index, result)
+            label = result.token_ids[-1] if result.token_ids else None
+            if not (result.finish_reason == "stop" and isinstance(result.stop_reason, str) and label in self._labels):
+                return self._forced_request(index, result)
+            score = _label_score(result, "at the answer position")
+            tokens = len(result.token_ids)
+            relevant = label == self._labels[0]
+            self._settle(index, self._judged(index, score, result.text.strip(), relevant=relevant, tokens=tokens))
+        if probing:
+            self._probed(index)
         return None
 
     def drain(self) -> tuple[list[tuple[int, CompletionRequest]], list[int]]:
@@ -132,16 +133,6 @@ class JudgingRun:
     def _reasoning_request(self, index: int) -> CompletionRequest:
         return CompletionRequest(self._prompts[index].token_ids, self._budget, STOP_STRINGS, self._labels)
 
-    def _take_no_think(self, index: int, result: CompletionResult) -> None:
-        score = result if isinstance(result, Rank1Error) else _label_score(result.final_label_logprobs, "for no-think")
-        if isinstance(score, Rank1Error):
-            self._settle(index, score)
-        elif self.level == "none":
-            self._settle(index, self._unreasoned(index, score))
-        else:
-            self._scores[index] = score
-        self._probed(index)
-
     def _probed(self, index: int) -> None:
         """Adaptive: once a query's no-think scores are all in, reason where it can change the outcome."""
         if self.level != "adaptive":
@@ -158,44 +149,33 @@ class JudgingRun:
             if i in chosen:
                 self._due.append((i, self._reasoning_request(i)))
             else:
-                self._settle(i, self._unreasoned(i, score))
+                self._settle(i, self._judged(i, score, reasoned=False))
 
-    def _unreasoned(self, index: int, score: float) -> Judgment:
+    def _judged(
+        self,
+        index: int,
+        score: float | Rank1Error,
+        reasoning: str = "",
+        *,
+        relevant: bool | None = None,
+        forced: bool = False,
+        tokens: int = 0,
+        reasoned: bool = True,
+    ) -> Judgment | Rank1Error:
+        """The judgment of passage ``index`` (relevant: the generated label, else the likelier one)."""
+        if isinstance(score, Rank1Error):
+            return score
         return Judgment(
             index=self._positions[index][1],
             score=score,
-            relevant=score > 0.5,
-            reasoning="",
+            relevant=score > 0.5 if relevant is None else relevant,
+            reasoning=reasoning,
+            forced=forced,
+            reasoning_tokens=tokens,
             truncated=self._prompts[index].truncated,
             reasoning_effort=self.level,
-            reasoned=False,
+            reasoned=reasoned,
         )
-
-    def _take_reasoning(self, index: int, completion: Completion) -> CompletionRequest | None:
-        label = completion.token_ids[-1] if completion.token_ids else None
-        answered = (
-            completion.finish_reason == "stop" and isinstance(completion.stop_reason, str) and label in self._labels
-        )
-        if not answered:
-            return self._forced_request(index, completion)
-        score = _label_score(completion.final_label_logprobs, "at the answer position")
-        if isinstance(score, ModelOutputError):
-            self._settle(index, score)
-            return None
-        self._settle(
-            index,
-            Judgment(
-                index=self._positions[index][1],
-                score=score,
-                relevant=label == self._labels[0],
-                reasoning=completion.text.strip(),
-                forced=False,
-                reasoning_tokens=len(completion.token_ids),
-                truncated=self._prompts[index].truncated,
-                reasoning_effort=self.level,
-            ),
-        )
-        return None
 
     def _forced_request(self, index: int, completion: Completion) -> CompletionRequest | None:
         try:
@@ -203,42 +183,20 @@ class JudgingRun:
         except Rank1Error as err:  # e.g. the server's tokenizer failed, or no room: this passage only
             self._settle(index, err)
             return None
-        self._forced[index] = _ForcedAnswer(index, forced.reasoning, len(completion.token_ids))
-        return CompletionRequest(forced.token_ids, max_tokens=1, stop=(), label_token_ids=self._labels)
-
-    def _take_forced_answer(self, forced: _ForcedAnswer, result: Completion) -> None:
-        score = _label_score(result.final_label_logprobs, "for the forced answer")
-        if isinstance(score, ModelOutputError):
-            self._settle(forced.index, score)
-            return
-        self._settle(
-            forced.index,
-            Judgment(
-                index=self._positions[forced.index][1],
-                score=score,
-                relevant=score > 0.5,
-                reasoning=forced.reasoning,
-                forced=True,
-                reasoning_tokens=forced.reasoning_tokens,
-                truncated=self._prompts[forced.index].truncated,
-                reasoning_effort=self.level,
-            ),
-        )
+        self._forced[index] = (forced.reasoning, len(completion.token_ids))
+        return CompletionRequest(forced.token_ids, 1, (), self._labels)
 
 
-def _label_score(logprobs: tuple[float, float] | None, where: str) -> float | ModelOutputError:
+def _label_score(completion: Completion, where: str) -> float | ModelOutputError:
     """p(true) from the two label log-probabilities, or why they cannot be one.
 
     A log-probability is finite and at most 0: NaN, an infinity or a positive value is a
     broken answer (it would become a NaN or saturated score, be cached and upset rankings).
     """
+    logprobs = completion.final_label_logprobs
     if logprobs is None:
         return ModelOutputError(f"the backend returned no label log-probabilities {where}")
-    if not all(_is_number(value) and math.isfinite(value) and value <= 0.0 for value in logprobs):
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and -math.inf < v <= 0.0 for v in logprobs):
         shown = ", ".join(repr(value) for value in logprobs)
         return ModelOutputError(f"the backend returned invalid label log-probabilities {where}: ({shown})")
     return label_probability(*logprobs)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

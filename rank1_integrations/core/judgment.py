@@ -43,7 +43,6 @@ class Judgment:
 
     @property
     def rationale(self) -> str:
-        """rank1's conclusion quoted from ``reasoning``: one or two sentences, at most 300
-        characters, never cut inside a word; ``""`` without reasoning. For other bounds use
-        :func:`rank1_integrations.core.rationale.rationale` on ``reasoning``."""
+        """rank1's conclusion quoted from ``reasoning`` (:func:`~rank1_integrations.core.rationale.rationale`):
+        one or two sentences, at most 300 characters, never cut inside a word; ``""`` without reasoning."""
         return _rationale(self.reasoning)

@@ -1,18 +1,6 @@
-"""The rank1 model families, and the tokenizer facts the protocol relies on in each.
-
-rank1 ships on three bases; its AWQ variants are the same models quantized, with the
-base's tokenizer. What differs between the families, and what this package does about it:
-
-- ``" true"`` / ``" false"`` must be single tokens (the score is read from two token ids):
-  checked when a reranker starts (:class:`~rank1_integrations.errors.ModelOutputError`).
-- ``<think>`` / ``</think>`` may be tokens of their own or plain text: prompts use the
-  token where there is one, else the text, exactly as whole-string tokenization would.
-- A BOS token (Llama 3 ``<|begin_of_text|>``, Mistral ``<s>``) goes before every prompt, as
-  when the authors hand vLLM a text prompt, and never into a (cut) passage.
-- The EOS ends unfinished reasoning like the budget does: the answer is then forced.
-
-:func:`tokenizer_facts` reads these facts off a live tokenizer; :func:`mismatches` says
-where they differ from a family's profile (a reranker on a known rank1 model logs them).
+"""The rank1 model families (three bases; AWQ variants share the base's tokenizer) and the tokenizer
+facts the protocol relies on: single-token labels, a BOS before every prompt (never in a cut passage),
+an EOS that forces the answer like the budget does. A reranker on a known model logs :func:`mismatches`.
 """
 
 from __future__ import annotations
@@ -23,19 +11,15 @@ from pathlib import PurePath
 from rank1_integrations.core.protocol import FALSE_LABEL, THINK_CLOSE, THINK_OPEN, TRUE_LABEL
 from rank1_integrations.core.tokenization import PromptTokenizer
 
-__all__ = ["PROFILES", "ModelProfile", "TokenizerFacts", "mismatches", "profile_for", "tokenizer_facts"]
-
 
 @dataclass(frozen=True)
 class ModelProfile:
-    """One rank1 family: its base model, its released models and its tokenizer's BOS and EOS."""
+    """One rank1 family: its base model, its released Hugging Face ids and its tokenizer's BOS (or None) and EOS."""
 
     family: str
     base_model: str
     models: tuple[str, ...]
-    """Hugging Face ids, AWQ variants included."""
     bos: str | None
-    """The token the tokenizer puts before every prompt, or None."""
     eos: str
 
 
@@ -78,14 +62,10 @@ def profile_for(model: str) -> ModelProfile | None:
 class TokenizerFacts:
     """What a tokenizer does with the protocol's strings."""
 
-    label_ids: tuple[int | None, int | None]
-    """Ids of ``" true"`` and ``" false"`` where each is a single token."""
-    think_ids: tuple[int | None, int | None]
-    """Ids of ``<think>`` and ``</think>`` where each is a token of its own (else they are text)."""
-    leading: tuple[str, ...]
-    """Text of the ids put before every prompt (a BOS token)."""
-    controls: frozenset[str]
-    """The vocabulary's added and special tokens."""
+    label_ids: tuple[int | None, int | None]  # " true", " false" where each is a single token
+    think_ids: tuple[int | None, int | None]  # <think>, </think> where each is a token of its own
+    leading: tuple[str, ...]  # the text of what goes before every prompt (a BOS)
+    controls: frozenset[str]  # the vocabulary's added and special tokens
 
 
 def tokenizer_facts(tokenizer: PromptTokenizer) -> TokenizerFacts:

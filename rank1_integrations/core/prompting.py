@@ -1,12 +1,21 @@
-"""rank1 prompts as token ids: template, truncation of the passage, the forced-answer prompt."""
+"""rank1 prompts as token ids: template, truncation of the passage, the forced-answer prompt.
+
+The authors build the forced prompt as text, ``prompt + "\\n" + reasoning + "\\n</think>"``,
+and re-tokenize it with special-token strings parsed. A control token the model generated
+(``<think>``, ``</think>``, EOS) thus stays a control token, as it should; but so would a
+special-token string the model wrote as ordinary characters (a passage's ``<think>`` quoted
+back, which was data in the prompt). The generated token ids tell the two apart
+(:func:`control_spans`); everything else is tokenized as the authors' code does.
+"""
 
 from __future__ import annotations
 
+import bisect
+import logging
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from rank1_integrations.core.forced import control_spans, reasoning_pieces
 from rank1_integrations.core.protocol import (
     PROMPT_HEAD,
     PROMPT_MIDDLE,
@@ -24,10 +33,11 @@ from rank1_integrations.core.tokenization import (
     PromptTokenizer,
     Trusted,
     encode_prompt,
+    protected_pattern,
 )
 from rank1_integrations.errors import InvalidInputError, ModelOutputError
 
-__all__ = ["ForcedPrompt", "PreparedPrompt", "PromptBuilder"]
+logger = logging.getLogger("rank1_integrations")
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,7 @@ class ForcedPrompt:
 
     token_ids: tuple[int, ...]
     reasoning: str
-    """The reasoning in it: the generated text trimmed to its last sentence end, as the authors
-    do, and cut further only where it would not fit the context (see :meth:`PromptBuilder.build_forced`)."""
+    """The generated text trimmed as the authors do, cut further only where it would not fit the context."""
 
 
 class PromptBuilder:
@@ -89,18 +98,11 @@ class PromptBuilder:
     def build_forced(self, prompt: PreparedPrompt, generated_ids: Sequence[int], generated_text: str) -> ForcedPrompt:
         """The authors' forced prompt from what the model generated (ids, and the engine's text of them).
 
-        The reasoning is the engine's text trimmed as the authors do (the engine's text never
-        ends in half a character, a plain decode of the ids would). Control tokens the model
-        generated stay control tokens, special-token strings it wrote as characters stay
-        characters (:mod:`.forced`); all else is the authors' tokenization.
-
-        Bound: the result and its answer token fit ``context_size``; wherever the authors'
-        prompt does, it is theirs. Re-tokenized text can outgrow the tokens that
-        generated it (a lone byte of a cut character decodes to U+FFFD, three bytes), so the
-        authors' prompt may not fit even when the reasoning request did; then the longest
-        prefix of the reasoning that fits is kept: one that ends a sentence where one fits,
-        else any. The empty reasoning costs only the markers; if even that did not fit, this
-        raises :class:`ModelOutputError` instead of returning a prompt the engine would refuse.
+        The reasoning is the engine's text (never half a character, unlike a plain decode of the
+        ids) trimmed as the authors do. Bound: the result and its answer token fit ``context_size``.
+        Re-tokenized text can outgrow the tokens that generated it (a lone byte of a cut character
+        decodes to U+FFFD, three bytes); then the longest prefix of the reasoning that fits is kept,
+        ending a sentence where one fits. If not even the markers fit: :class:`ModelOutputError`.
         """
         reasoning = reasoning_for_forced_answer(generated_text)
         start = len(generated_text) - len(generated_text.lstrip())
@@ -122,9 +124,7 @@ class PromptBuilder:
         # The longest prefix that fits and ends a sentence (the authors' trim of it is itself),
         # else the longest prefix that fits at all.
         ends = [i + 1 for i, char in enumerate(reasoning) if char in SENTENCE_ENDS]
-        cut = _longest(ends, fits)
-        if cut is None:
-            cut = _longest(range(len(reasoning)), fits)
+        cut = _longest(ends, fits) or _longest(range(len(reasoning)), fits)  # a sentence end is never at 0
         if cut is None:
             raise ModelOutputError(
                 f"the forced answer's markers alone do not fit in the context ({limit} tokens before the answer)"
@@ -132,12 +132,7 @@ class PromptBuilder:
         return ForcedPrompt(built[cut], reasoning[:cut])
 
     def build_no_think(self, prompt: PreparedPrompt, prefill: str) -> tuple[int, ...]:
-        """No-think's prompt (arXiv 2504.09858): the forced answer's, ``prompt + "\\n" + prefill + "\\n</think>"``,
-        with the prefill as the reasoning (data: it never becomes a control token); the answer is read next.
-
-        Under effort ``none`` the builder's ``max_prompt_tokens`` leaves :meth:`no_think_room`, not
-        the reasoning budget; adaptive's leaves the budget, which must hold the prefill.
-        """
+        """No-think's prompt (arXiv 2504.09858): the forced answer's, with the prefill (data) as the reasoning."""
         token_ids = self._forced_ids(prompt, (Data(prefill),))
         if self.context_size is not None and len(token_ids) >= self.context_size:
             raise InvalidInputError(
@@ -226,14 +221,8 @@ def _passage_prefix(tokenizer: PromptTokenizer, passage: str, token_ids: Sequenc
 
 def _longest(lengths: Sequence[int], fits: Callable[[int], bool]) -> int | None:
     """The largest of the ascending ``lengths`` that ``fits`` (binary search: fewer tokens for less text)."""
-    best, low, high = None, 0, len(lengths)
-    while low < high:
-        middle = (low + high) // 2
-        if fits(lengths[middle]):
-            best, low = lengths[middle], middle + 1
-        else:
-            high = middle
-    return best
+    count = bisect.bisect_left(lengths, True, key=lambda length: not fits(length))
+    return lengths[count - 1] if count else None
 
 
 # Texts before and after "<think>" on which a tokenizer must start a new token at "<think>",
@@ -256,11 +245,9 @@ _THINK_TEXT_IDS: weakref.WeakKeyDictionary[PromptTokenizer, tuple[int, ...] | No
 def _think_text_ids(tokenizer: PromptTokenizer) -> tuple[int, ...] | None:
     """The ids of "<think>" as text, where the tokenizer starts a token there whatever follows; else None.
 
-    On every probe, a text ending in "<think>" must encode to ids that end with "<think>"'s
-    own, and with anything after it, to those same ids up to "<think>" followed by the
-    encoding of "<think>" + the rest. Byte-level BPE tokenizers with a regex pre-tokenizer
-    (Qwen2.5, Llama 3, Mistral's tekken, SmolLM2) never merge across "\\n" followed by "<";
-    the probes confirm it once per tokenizer, and one that fails gets whole-segment re-encoding.
+    Byte-level BPE tokenizers with a regex pre-tokenizer (Qwen2.5, Llama 3, Mistral's tekken,
+    SmolLM2) never merge across "\\n" followed by "<"; the probes confirm it once per tokenizer,
+    and one that fails gets whole-segment re-encoding.
     """
     if tokenizer in _THINK_TEXT_IDS:
         return _THINK_TEXT_IDS[tokenizer]
@@ -279,3 +266,61 @@ def _think_text_ids(tokenizer: PromptTokenizer) -> tuple[int, ...] | None:
     splits_everywhere = all(splits(before) for before in _TAIL_PROBES)
     _THINK_TEXT_IDS[tokenizer] = think_ids if splits_everywhere else None
     return _THINK_TEXT_IDS[tokenizer]
+
+
+Span = tuple[int, int]
+
+
+def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: str) -> list[Span]:
+    """Where ``text`` (the engine's text of ``token_ids``) holds tokens the model generated as control tokens.
+
+    Special-token strings in the text are matched in order to the generated ids: each run of
+    ordinary tokens is decoded only to count the special-token strings it spelled as characters
+    (a count that clean-up of spaces or a cut character at a run's edge cannot change). When the
+    two disagree (a tokenizer whose text is not the engine's), no span: the reasoning is all data.
+    """
+    pattern = protected_pattern(tuple(tokenizer.protected_strings))
+    found = list(pattern.finditer(text)) if pattern is not None else []
+    if pattern is None or not found:
+        return []
+    controls = tokenizer.control_tokens
+    spans: list[Span] = []
+    position = run_start = 0
+    for index, token_id in enumerate(token_ids):
+        marker = controls.get(token_id)
+        if marker is None:
+            continue
+        if index > run_start:
+            position += len(pattern.findall(tokenizer.decode(token_ids[run_start:index])))
+        run_start = index + 1
+        if position >= len(found):
+            break  # the rest was generated past the text (an EOS, a stop string)
+        match = found[position]
+        if match.group() != marker:
+            logger.warning(
+                "the generated token ids do not account for the special-token strings in the engine's text; "
+                "the forced answer's reasoning is encoded as plain text"
+            )
+            return []
+        spans.append(match.span())
+        position += 1
+    return spans
+
+
+def reasoning_pieces(text: str, spans: Sequence[Span], start: int, end: int) -> list[PromptPiece]:
+    """``text[start:end]`` as pieces: the control ``spans`` inside it as control tokens, the rest as data.
+
+    A span cut by ``start``/``end`` stays data: only whole control tokens are kept.
+    """
+    pieces: list[PromptPiece] = []
+    cursor = start
+    for span_start, span_end in spans:
+        if span_start < cursor or span_end > end:
+            continue
+        if span_start > cursor:
+            pieces.append(Data(text[cursor:span_start]))
+        pieces.append(Control(text[span_start:span_end]))
+        cursor = span_end
+    if cursor < end:
+        pieces.append(Data(text[cursor:end]))
+    return pieces

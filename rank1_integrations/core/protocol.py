@@ -8,23 +8,6 @@ from __future__ import annotations
 
 import math
 
-__all__ = [
-    "FALSE_LABEL",
-    "INSTRUCTION",
-    "PROMPT_HEAD",
-    "PROMPT_MIDDLE",
-    "PROMPT_TAIL",
-    "QUERY_MARKER",
-    "SENTENCE_ENDS",
-    "STOP_STRINGS",
-    "THINK_CLOSE",
-    "THINK_OPEN",
-    "TRUE_LABEL",
-    "label_probability",
-    "prompt_body",
-    "reasoning_for_forced_answer",
-]
-
 INSTRUCTION = "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'."
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -33,11 +16,10 @@ FALSE_LABEL = " false"
 STOP_STRINGS = (f"{THINK_CLOSE}{TRUE_LABEL}", f"{THINK_CLOSE}{FALSE_LABEL}")
 QUERY_MARKER = "FILL_QUERY_HERE"
 
-# The prompt body around its two data slots: HEAD query MIDDLE passage TAIL, then <think>.
+# HEAD query MIDDLE passage TAIL, then <think>.
 PROMPT_HEAD = f"{INSTRUCTION}\nQuery: "
 PROMPT_MIDDLE = "\nPassage: "
 PROMPT_TAIL = "\n"
-
 SENTENCE_ENDS = (".", "!", "?")
 
 
@@ -47,12 +29,7 @@ def prompt_body(query: str, passage: str) -> str:
 
 
 def reasoning_for_forced_answer(generated_text: str) -> str:
-    """Cut unfinished reasoning back to its last sentence end, as the authors do.
-
-    Text with no sentence end is kept whole (only surrounding white space goes).
-    The forced prompt is then ``prompt + "\\n" + reasoning + "\\n</think>"`` and the
-    answer is read at the next position.
-    """
+    """Cut unfinished reasoning back to its last sentence end, as the authors do (none: kept whole, stripped)."""
     text = generated_text.strip()
     last_end = max(text.rfind(mark) for mark in SENTENCE_ENDS)
     return text[: last_end + 1] if last_end != -1 else text

@@ -1,15 +1,7 @@
 """A short, quotable rationale cut from rank1's own reasoning: pure text, no extra model call.
 
-rank1 reasons first and states its conclusion last ("So the passage explains X. Therefore it
-is relevant."). A chatbot citing a source, or an agent weighing one, needs that conclusion,
-not thousands of tokens of thinking. :func:`rationale` takes the **last sentence that
-states a conclusion** (a sentence opening with "so", "therefore", "thus", "overall", ...,
-or saying the passage is (not) relevant, answers the query, or what the answer is; the
-last sentence when none does), preceded by the sentences just before it while the
-excerpt stays within ``max_chars`` and ``max_sentences``. Whitespace is collapsed. A
-conclusion longer than ``max_chars`` is cut at a word boundary and ends in an ellipsis;
-only a run of more than ``max_chars`` characters without any space is cut inside it
-(there is no word boundary to cut at). Empty reasoning gives ``""``.
+rank1 states its conclusion last ("So the passage explains X. Therefore it is relevant."); a
+chatbot citing a source needs that, not thousands of tokens of thinking.
 """
 
 from __future__ import annotations
@@ -43,8 +35,12 @@ def rationale(
     max_chars: int = DEFAULT_RATIONALE_CHARS,
     max_sentences: int = DEFAULT_RATIONALE_SENTENCES,
 ) -> str:
-    """rank1's conclusion, quoted from ``reasoning``: at most ``max_chars`` characters and
-    ``max_sentences`` sentences, never cut inside a word (see the module docstring)."""
+    """The last sentence stating a conclusion ("so", "therefore", ..., "is (not) relevant"; else the last one),
+    with the sentences before it while within ``max_chars`` and ``max_sentences``; whitespace collapsed.
+
+    A longer conclusion is cut at a word boundary and ends in an ellipsis (inside a word only where a run
+    of ``max_chars`` has no space). Empty reasoning gives ``""``.
+    """
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 2:
         raise ValueError(f"max_chars must be an int >= 2, got {max_chars!r}")
     if isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1:

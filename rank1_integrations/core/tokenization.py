@@ -1,33 +1,17 @@
 """Turning prompt pieces into token ids without letting data become control tokens.
 
-A prompt is a sequence of pieces: trusted text (rank1's instructions, a template),
-data (queries, passages, the model's own reasoning) and control markers
-(``<think>``, ``</think>``). Runs of text are encoded in one call, exactly as the
-authors' whole-string tokenization does; but any special-token string found
-inside *data* is encoded one character at a time, so it can never turn into a
-control token, and control markers become their token id only where they are
-single tokens of the model's vocabulary.
+A prompt is trusted text, data and control markers. Runs of text are encoded in one call, as the
+authors' whole-string tokenization does; a special-token string inside *data* is encoded one
+character at a time, so it can never turn into a control token.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
-
-__all__ = [
-    "Control",
-    "Data",
-    "HFPromptTokenizer",
-    "PromptPiece",
-    "PromptTokenizer",
-    "Trusted",
-    "encode_prompt",
-    "leading_special_ids",
-    "protected_pattern",
-    "split_protected",
-]
 
 
 @runtime_checkable
@@ -35,31 +19,19 @@ class PromptTokenizer(Protocol):
     """What prompt building needs from a tokenizer; backends provide one."""
 
     @property
-    def leading_ids(self) -> Sequence[int]:
-        """Ids the tokenizer puts before a prompt (a BOS token), possibly none."""
-        ...
+    def leading_ids(self) -> Sequence[int]: ...  # put before a prompt (a BOS token), possibly none
 
     @property
-    def protected_strings(self) -> Sequence[str]:
-        """Strings that would encode to special/added tokens; never allowed in from data."""
-        ...
+    def protected_strings(self) -> Sequence[str]: ...  # encode to special/added tokens: never from data
 
     @property
-    def control_tokens(self) -> Mapping[int, str]:
-        """The vocabulary's added and special tokens, id -> text: what a model generates as control tokens."""
-        ...
+    def control_tokens(self) -> Mapping[int, str]: ...  # the added and special tokens, id -> text
 
-    def encode_plain(self, text: str) -> list[int]:
-        """Encode text with no special tokens added and no special-token strings parsed."""
-        ...
+    def encode_plain(self, text: str) -> list[int]: ...  # no special tokens added, no special strings parsed
 
-    def single_token_id(self, text: str) -> int | None:
-        """The id when ``text`` is exactly one token of the vocabulary, else None."""
-        ...
+    def single_token_id(self, text: str) -> int | None: ...  # when ``text`` is exactly one token
 
-    def decode(self, token_ids: Sequence[int]) -> str:
-        """Text of the ids, special tokens included (a cut-off UTF-8 sequence comes out as U+FFFD)."""
-        ...
+    def decode(self, token_ids: Sequence[int]) -> str: ...  # special tokens included; a cut UTF-8 sequence: U+FFFD
 
 
 @dataclass(frozen=True)
@@ -78,10 +50,7 @@ class Data:
 
 @dataclass(frozen=True)
 class Control:
-    """A control token: a protocol marker such as ``<think>``, or one the model generated.
-
-    It becomes its single token where the vocabulary has one, else its text.
-    """
+    """A protocol marker (``<think>``) or a control token the model generated: its token where there is one."""
 
     marker: str
 
@@ -126,29 +95,17 @@ def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece], *, 
     return ids
 
 
-_PATTERN_CACHE: dict[tuple[str, ...], re.Pattern[str] | None] = {}
-
-
+@functools.cache
 def protected_pattern(strings: tuple[str, ...]) -> re.Pattern[str] | None:
-    if strings not in _PATTERN_CACHE:
-        # Longest first, so that "</think>" wins over a shorter token it contains.
-        alternatives = sorted({s for s in strings if s}, key=len, reverse=True)
-        _PATTERN_CACHE[strings] = re.compile("|".join(re.escape(s) for s in alternatives)) if alternatives else None
-    return _PATTERN_CACHE[strings]
+    """One pattern for all ``strings``, longest first, so that "</think>" wins over a shorter token it contains."""
+    alternatives = sorted({s for s in strings if s}, key=len, reverse=True)
+    return re.compile("(" + "|".join(re.escape(s) for s in alternatives) + ")") if alternatives else None
 
 
-def split_protected(text: str, pattern: re.Pattern[str] | None) -> Iterator[tuple[str, bool]]:
-    if pattern is None:
-        yield text, False
-        return
-    start = 0
-    for match in pattern.finditer(text):
-        if match.start() > start:
-            yield text[start : match.start()], False
-        yield match.group(), True
-        start = match.end()
-    if start < len(text):
-        yield text[start:], False
+def split_protected(text: str, pattern: re.Pattern[str] | None) -> list[tuple[str, bool]]:
+    """``text`` in runs, each saying whether it is a protected string."""
+    parts = pattern.split(text) if pattern is not None else [text]
+    return [(part, position % 2 == 1) for position, part in enumerate(parts) if part]
 
 
 def leading_special_ids(with_specials: Sequence[int], without: Sequence[int]) -> tuple[int, ...]:
@@ -170,27 +127,14 @@ class HFPromptTokenizer:
     def __init__(self, hf_tokenizer: Any, *, extra_protected: Sequence[str] = ()) -> None:
         self._tokenizer = hf_tokenizer
         self._fast = _private_fast_encoder(hf_tokenizer)
-        added: dict[str, int] = dict(hf_tokenizer.get_added_vocab())
-        self._added = added
-        self._controls = {token_id: text for text, token_id in added.items()}
+        self._added: dict[str, int] = dict(hf_tokenizer.get_added_vocab())
+        self.control_tokens: Mapping[int, str] = {token_id: text for text, token_id in self._added.items()}
         specials = [s for s in getattr(hf_tokenizer, "all_special_tokens", []) if isinstance(s, str)]
-        self._protected = tuple(sorted({*added, *specials, *extra_protected}))
-        self._leading = leading_special_ids(
+        self.protected_strings: Sequence[str] = tuple(sorted({*self._added, *specials, *extra_protected}))
+        self.leading_ids: Sequence[int] = leading_special_ids(
             hf_tokenizer("a", add_special_tokens=True)["input_ids"],
             hf_tokenizer("a", add_special_tokens=False)["input_ids"],
         )
-
-    @property
-    def leading_ids(self) -> Sequence[int]:
-        return self._leading
-
-    @property
-    def protected_strings(self) -> Sequence[str]:
-        return self._protected
-
-    @property
-    def control_tokens(self) -> Mapping[int, str]:
-        return self._controls
 
     def encode_plain(self, text: str) -> list[int]:
         if not text:
@@ -224,12 +168,10 @@ _ENCODER_PROBES = (
 
 
 def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
-    """A private copy of a fast tokenizer's Rust backend that never parses special tokens.
+    """A private copy of a fast tokenizer's Rust backend that never parses special tokens, or None.
 
-    Calling the Rust backend directly skips transformers' per-call Python layer (most of
-    the cost of a short text), and a private copy means ``split_special_tokens`` is never
-    toggled on the tokenizer the engine shares with other threads. Used only when it
-    gives the same ids as the tokenizer's own call on probe strings; else None.
+    It skips transformers' per-call Python layer (most of the cost of a short text) and never toggles
+    the engine's shared tokenizer; used only where it agrees with the tokenizer's own call on probes.
     """
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
