@@ -14,7 +14,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, ValidationError, field_serializer, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, InitSettingsSource, NoDecode, SettingsConfigDict
 
 from rank1_integrations.backends.remote.config import redact_url
@@ -73,7 +81,6 @@ class Rank1Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         None,
-        validation_alias=AliasChoices("RANK1_API_KEY", "VLLM_API_KEY"),
         exclude=True,
         repr=False,
         description="The servers' API key (env RANK1_API_KEY, then VLLM_API_KEY; never a flag).",
@@ -144,6 +151,15 @@ class Rank1Settings(BaseSettings):
         cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, **_: Any
     ) -> tuple[Any, ...]:
         return init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=dict(_FILE_VALUES.get() or {}))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vllm_api_key(cls, data: Any) -> Any:
+        # RANK1_API_KEY is the field's own variable; vLLM's is the fallback. Copies (replace) carry
+        # api_key explicitly, so they never read the environment again.
+        if isinstance(data, dict) and "api_key" not in data and os.environ.get("VLLM_API_KEY"):
+            return {**data, "api_key": os.environ["VLLM_API_KEY"]}
+        return data
 
     @field_validator("servers", mode="before")
     @classmethod
