@@ -231,7 +231,7 @@ class Rank1Reranker:
 
     def judge_many(self, batches: Sequence[tuple[str, Sequence[str]]], **changes: Any) -> list[list[Judgment]]:
         """Judge several (query, passages) pairs in one engine batch."""
-        driver = self._driver(self._plan(batches, changes))
+        driver = self._driver(self._plan(batches, self.settings.judging(**changes)))
         for _ in drive(driver):
             pass
         return driver.finish()
@@ -239,7 +239,7 @@ class Rank1Reranker:
     async def ajudge_many(self, batches: Sequence[tuple[str, Sequence[str]]], **changes: Any) -> list[list[Judgment]]:
         """Async :meth:`judge_many`."""
         # Prompt building tokenizes (over HTTP on the remote backend): keep it off the event loop.
-        driver = self._driver(await asyncio.to_thread(self._plan, batches, changes))
+        driver = self._driver(await asyncio.to_thread(self._plan, batches, self.settings.judging(**changes)))
         async for _ in adrive(driver):
             pass
         return driver.finish()
@@ -264,7 +264,7 @@ class Rank1Reranker:
         as an unjudged judgment under ``on_failure="mark_unjudged"``; under ``"raise"``
         the others come first, then ``PassagesFailedError`` (which carries them too).
         """
-        driver = self._driver(self._plan([(query, passages)], changes))
+        driver = self._driver(self._plan([(query, passages)], self.settings.judging(**changes)))
         try:
             for _, judgment in drive(driver):
                 yield judgment
@@ -280,7 +280,8 @@ class Rank1Reranker:
         Breaking out of the loop, or cancelling the task, aborts the rest (use
         ``contextlib.aclosing`` to abort at once rather than when the iterator is collected).
         """
-        driver = self._driver(await asyncio.to_thread(self._plan, [(query, passages)], changes))
+        settings = self.settings.judging(**changes)
+        driver = self._driver(await asyncio.to_thread(self._plan, [(query, passages)], settings))
         try:
             async for _, judgment in adrive(driver):
                 yield judgment
@@ -308,12 +309,11 @@ class Rank1Reranker:
     def _plan(
         self,
         batches: Sequence[tuple[str, Sequence[str]]],
-        changes: dict[str, Any] | Rank1Settings,
+        settings: Rank1Settings,
         lenient: bool = False,
     ) -> CallPlan:
         if self._closed:
             raise BackendError(f"{self!r} is closed: make a new reranker")
-        settings = changes if isinstance(changes, Rank1Settings) else self.settings.judging(**changes)
         plan = plan_call(
             batches,
             self._builder_for(settings),
