@@ -201,14 +201,30 @@ def test_a_server_killed_mid_batch_is_routed_around(server, reference, mode) -> 
     assert_each_matches_its_passage(got, batches, reference)
 
 
+def assert_judged_or_lost_to_the_kill(judgments, batch, reference, mode) -> None:
+    """Passages finished before the kill are judged (each its own), the rest lost to it.
+
+    Sync judges in order: passage 0 (one request) passes, the kill takes 1 and 2. Async
+    sends whichever prompt is ready first, and the open() passage needs a second (forced)
+    request, so only "at most one judged, the rest lost" holds there."""
+    ((query, passages),) = batch
+    judged = [j for j in judgments if j is not None and j.judged]
+    for judgment in judged:
+        assert_matches(judgment, judgment.index, reference[(query, passages[judgment.index])])
+    assert len(judged) <= 1
+    if mode == "sync":
+        assert [j.index for j in judged] == [0]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_the_only_server_killed_mid_batch(proxy, server, reference, mode) -> None:
     batch = [(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE])]
     reranker = remote_on(proxy.base_url, server.model, max_concurrency=1, max_retries=1)
     proxy.add(Fault("kill", skip=1))
-    with pytest.raises(PassagesFailedError, match="indices 1, 2") as caught:
+    with pytest.raises(PassagesFailedError) as caught:
         run(reranker, mode, batch)
     assert all(isinstance(f.error, ServerConnectionError) for f in caught.value.failures)
+    assert_judged_or_lost_to_the_kill(caught.value.batches[0], batch, reference, mode)
     # It comes back: the router tries it again and everything is judged.
     proxy.revive()
     proxy.clear()
@@ -220,8 +236,8 @@ def test_the_only_server_killed_mid_batch(proxy, server, reference, mode) -> Non
         reranker.backend, max_reasoning_tokens=SCRIPTED_BUDGET, on_failure="mark_unjudged", cache=False
     )
     (got,) = run(lenient, mode, batch)
-    assert [j.judged for j in got] == [True, False, False]
-    assert all("ServerConnectionError" in (j.error or "") for j in got[1:])
+    assert_judged_or_lost_to_the_kill(got, batch, reference, mode)
+    assert all("ServerConnectionError" in (j.error or "") for j in got if not j.judged)
 
 
 @pytest.mark.parametrize("mode", MODES)
