@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     reranker = load_reranker(args, cache=False)
     query = make_queries(1, seed=args.seed)[0]
     passages = make_passages(args.passages, args.passage_words, seed=args.seed)
-    builder = reranker._builder_for(reranker.template)  # the builder judge uses
+    builder = reranker._builder_for(reranker.settings)  # the builder judge uses
     prompts = [builder.build(query, passage) for passage in passages]
 
     def new_run() -> tuple[JudgingRun, list[CompletionRequest]]:

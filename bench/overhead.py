@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     prompts = [reranker.build_prompt(query, passage) for passage in passages]
     reasoning_params = rank1_sampling_params(args.budget, STOP_STRINGS, labels)
     forced_params = rank1_sampling_params(1, (), labels)
-    builder = reranker._builder_for(reranker.template)  # the builder judge uses
+    builder = reranker._builder_for(reranker.settings)  # the builder judge uses
 
     # The bare side learns once, untimed, which passages need a forced answer and with what prompt.
     first = llm.generate(

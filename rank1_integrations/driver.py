@@ -1,12 +1,9 @@
-"""Drives one judging call on a backend, handing over each judgment as soon as it is final.
+"""Drives judging calls on a backend, handing over each judgment as soon as it is final.
 
-:class:`CallDriver` holds every decision of a call in flight: which requests to send,
-what each result means (through the pure :class:`~rank1_integrations.core.judging.JudgingRun`),
-what the caller gets, what goes to the cache. The backend reports each request's result
-from its own thread (and prompt builders each prompt they build) into a queue; the only
-difference between the synchronous loop (:func:`drive`) and the asynchronous one
-(:func:`adrive`) is how they wait on that queue. Leaving either loop early cancels
-whatever the call still has running in the backend.
+:class:`CallDriver` holds every decision of a call in flight (through the pure ``JudgingRun``);
+the backend's threads and the prompt builders report into a queue, and the sync (:func:`drive`)
+and async (:func:`adrive`) loops differ only in how they wait on it. Leaving a loop early cancels
+what the call still has running.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ boundary with ``raise ... from err``; nothing here carries secrets.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rank1_integrations.core.judgment import Judgment
 
@@ -49,18 +50,18 @@ class InvalidInputError(Rank1Error, ValueError):
 
 
 class BackendError(Rank1Error):
-    """The engine or server failed to produce completions (load failure, transport, timeout)."""
+    """The engine or server failed to produce completions (load failure, transport, timeout).
 
-
-class ServerConnectionError(BackendError):
-    """A server could not be reached, or dropped the connection before answering.
-
-    ``server`` is the server's URL with any credentials removed.
+    ``server`` is the failing server's URL with any credentials removed (None: not a server's fault).
     """
 
     def __init__(self, message: str, *, server: str | None = None) -> None:
         super().__init__(message)
         self.server = server
+
+
+class ServerConnectionError(BackendError):
+    """A server could not be reached, or dropped the connection before answering."""
 
 
 class ServerTimeoutError(ServerConnectionError):
@@ -73,9 +74,8 @@ class ServerStatusError(BackendError):
     def __init__(
         self, message: str, *, status: int, server: str | None = None, retry_after: float | None = None
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, server=server)
         self.status = status
-        self.server = server
         self.retry_after = retry_after
 
 
@@ -84,10 +84,6 @@ class IncompatibleServerError(BackendError):
 
     Such a server is disabled for the rest of the process (``router.health()`` says why).
     """
-
-    def __init__(self, message: str, *, server: str | None = None) -> None:
-        super().__init__(message)
-        self.server = server
 
 
 class MalformedResponseError(IncompatibleServerError):
@@ -102,19 +98,13 @@ class ModelOutputError(Rank1Error):
     """The backend answered, but not with what the rank1 protocol needs (e.g. no label log-probabilities)."""
 
 
+@dataclass(frozen=True)
 class PassageFailure:
-    """Why one passage could not be judged; kept small and free of secrets."""
+    """Why one passage could not be judged; ``batch`` is which (query, passages) pair of the call."""
 
-    __slots__ = ("batch", "error", "index")
-
-    def __init__(self, index: int, error: Rank1Error, *, batch: int = 0) -> None:
-        self.index = index
-        self.error = error
-        self.batch = batch
-        """Which (query, passages) pair of a ``judge_many`` call; 0 for ``judge``."""
-
-    def __repr__(self) -> str:
-        return f"PassageFailure(batch={self.batch}, index={self.index}, error={self.error!r})"
+    index: int
+    error: Rank1Error
+    batch: int = 0
 
 
 class PassagesFailedError(BackendError):

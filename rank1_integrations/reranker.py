@@ -32,18 +32,11 @@ DEFAULT_MAX_REASONING_TOKENS = 8192
 class Rank1Reranker:
     """Judges passages with a rank1 model: a score, a verdict and the reasoning for each.
 
-    One call sends all its reasoning requests to the engine at once, whatever the number
-    of passages or queries; a passage whose answer must be forced gets its forced-answer
-    request as soon as its reasoning is done. :meth:`judge_iter` and :meth:`ajudge_stream`
-    hand over each judgment as soon as it is final.
-
-    How to judge comes from ``settings`` (:class:`~rank1_integrations.settings.Rank1Settings`;
-    default: ``RANK1_*`` environment variables, then the defaults) with ``changes`` on top
-    (``template=``, ``max_reasoning_tokens=``, ``reasoning_effort=``, ``context_size=``,
-    ``on_failure=``, ...). Every judging method takes the per-call settings
-    (:data:`~rank1_integrations.settings.JUDGING_FIELDS`) as keywords too.
-    ``cache``: True (an in-memory cache of ``settings.cache_entries``, or a disk cache at
-    ``settings.cache_path``), False, or a :class:`~rank1_integrations.cache.JudgmentCache`.
+    One call sends all its reasoning requests to the engine at once; a passage whose answer must be
+    forced gets that request as soon as its reasoning is done. ``settings`` (default: ``RANK1_*``
+    environment variables, then defaults) with ``changes`` on top say how to judge; every judging
+    method takes the per-call settings (:data:`~rank1_integrations.settings.JUDGING_FIELDS`) too.
+    ``cache``: True (memory, or disk at ``settings.cache_path``), False, or a ``JudgmentCache``.
     """
 
     def __init__(
@@ -97,15 +90,12 @@ class Rank1Reranker:
     def from_settings(
         cls, settings: Rank1Settings | None = None, *, cache: JudgmentCache | bool = True, **changes: Any
     ) -> Rank1Reranker:
-        """A reranker on what ``settings`` names: vLLM servers (``servers``) or an embedded engine (``model``).
-
-        ``settings`` default: ``Rank1Settings()`` (``RANK1_*`` environment variables, then defaults);
-        ``changes`` are settings on top (``Rank1Reranker.from_settings(model="...", servers=[...])``).
-        """
+        """A reranker on what ``settings`` (with ``changes`` on top) names: vLLM ``servers``, else an
+        embedded engine on ``model``."""
         settings = (settings or Rank1Settings()).replace(**changes)
-        if settings.servers:
-            from rank1_integrations.backends.remote.backend import RemoteBackend
+        from rank1_integrations.backends.remote.backend import RemoteBackend
 
+        if settings.servers:
             backend: Backend = RemoteBackend(
                 list(settings.servers),
                 settings.model,
@@ -126,9 +116,8 @@ class Rank1Reranker:
         try:
             return cls(backend, settings, cache=cache)
         except BaseException:
-            close = getattr(backend, "close", None)
-            if callable(close) and settings.servers:
-                close()
+            if isinstance(backend, RemoteBackend):  # an embedded engine lives as long as the process
+                backend.close()
             raise
 
     @classmethod
@@ -178,12 +167,9 @@ class Rank1Reranker:
         )
 
     def close(self) -> None:
-        """Release the backend: remote connections close; an embedded backend finishes the
-        calls it is running and takes no more, but its engine stays up.
-
-        vLLM keeps process-wide state per engine: tearing one embedded engine down can
-        break others in the same process, so an embedded engine lives as long as the process.
-        """
+        """Release the backend: remote connections close; an embedded backend finishes its calls and
+        takes no more, but its engine stays up (vLLM's process-wide state: tearing one engine down
+        can break others in the same process)."""
         self._closed = True
         if self._builders is not None:
             self._builders.shutdown(wait=False, cancel_futures=True)
@@ -258,11 +244,10 @@ class Rank1Reranker:
             yield number, judgment
 
     def judge_iter(self, query: str, passages: Sequence[str], **changes: Any) -> Iterator[Judgment]:
-        """Each passage's judgment as soon as it is final (cache hits first); ``Judgment.index`` says which.
+        """Each passage's judgment as soon as it is final (cache hits first; ``Judgment.index`` says which).
 
-        Leaving the loop early aborts the rest. A passage the backend failed on comes
-        as an unjudged judgment under ``on_failure="mark_unjudged"``; under ``"raise"``
-        the others come first, then ``PassagesFailedError`` (which carries them too).
+        Leaving the loop early aborts the rest. Under ``on_failure="raise"`` the judged ones come
+        first, then ``PassagesFailedError`` (which carries them too).
         """
         driver = self._driver(self._plan([(query, passages)], self.settings.judging(**changes)))
         try:
@@ -275,11 +260,8 @@ class Rank1Reranker:
     async def ajudge_stream(
         self, query: str, passages: Sequence[str], **changes: Any
     ) -> AsyncGenerator[Judgment, None]:
-        """Async :meth:`judge_iter`: ``async for judgment in reranker.ajudge_stream(query, passages)``.
-
-        Breaking out of the loop, or cancelling the task, aborts the rest (use
-        ``contextlib.aclosing`` to abort at once rather than when the iterator is collected).
-        """
+        """Async :meth:`judge_iter`. Breaking out or cancelling aborts the rest (``contextlib.aclosing``
+        aborts at once rather than when the iterator is collected)."""
         settings = self.settings.judging(**changes)
         driver = self._driver(await asyncio.to_thread(self._plan, [(query, passages)], settings))
         try:
