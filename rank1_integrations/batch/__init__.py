@@ -9,9 +9,8 @@ See ``docs/batch.md``. Importing this package imports neither vLLM nor Ray.
 
 from rank1_integrations.batch.errors import CheckpointError, IncompleteRunError, StorageError
 from rank1_integrations.batch.outputs import DEFAULT_MEASURES
-from rank1_integrations.batch.progress import RunSummary
 from rank1_integrations.batch.ray_engine import RayEngine
-from rank1_integrations.batch.runner import Engine, RerankedRun, rerank_run
+from rank1_integrations.batch.runner import Engine, RerankedRun, RunSummary, rerank_run
 
 __all__ = [
     "DEFAULT_MEASURES",

@@ -1,12 +1,6 @@
-"""The judgments JSONL as the run's checkpoint: read back at start, appended as judgments complete.
-
-Each append is one unbuffered write of whole lines (a SIGKILL loses nothing written), ``fsync``-ed
-every ``fsync_interval`` seconds and at the end. A torn last line (an unterminated line that begins as
-a record: a write cut short) is dropped on the next start; any other line that is not a record, or
-records of other settings, stop the run before anything is written. A lock file beside it (never
-replaced, removed at the end) keeps a second run out. Each pair's latest state lives in an on-disk
-SQLite index; a judged record is final, a failed one gives way to the next attempt. :meth:`compact`
-rewrites the file in the run's order, one line per pair, atomically.
+"""The judgments JSONL as the run's checkpoint. Appends are unbuffered writes of whole lines (a SIGKILL loses
+nothing written); a torn last line (a write cut short) is dropped on the next start, any other line that is not
+a record refuses the file. A lock file beside it keeps a second run out; an SQLite index holds each pair's state.
 """
 
 from __future__ import annotations
@@ -20,14 +14,14 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from rank1_integrations.batch.errors import CheckpointError
 from rank1_integrations.batch.records import PairRecord, RunSettings
 
-__all__ = ["Checkpoint", "PairState", "side_files"]
+__all__ = ["Checkpoint", "PairState", "side_files", "write_atomically"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
@@ -127,10 +121,8 @@ class Checkpoint:
         """Refuse ``settings`` unless its records were judged with them; an empty checkpoint takes them."""
         fingerprint = settings.fingerprint
         if self.fingerprint is None or (fingerprint == self.fingerprint and not self.settings_path.exists()):
-            _write_atomically(
-                self.settings_path,
-                json.dumps({"fingerprint": fingerprint, "settings": settings.to_dict()}, indent=2).encode(),
-            )
+            with write_atomically(self.settings_path) as out:
+                out.write(json.dumps({"fingerprint": fingerprint, "settings": settings.to_dict()}, indent=2).encode())
             self.fingerprint = fingerprint
             return
         if fingerprint == self.fingerprint:
@@ -210,12 +202,11 @@ class Checkpoint:
         return self._reader.readline()
 
     def compact(self, order: Iterable[tuple[str, Sequence[str]]]) -> None:
-        """Rewrite the file, one line per pair: the run's pairs in ``order``, then any others as they were;
-        written beside it, synced and renamed over it, so a kill leaves either file whole."""
+        """Rewrite the file atomically, one line per pair: the run's pairs in ``order``, then any others as before."""
         assert self._db is not None
         self._sync()
         db = self._db
-        with self._compacting.open("wb") as out:
+        with write_atomically(self.path, self._compacting) as out:
             written = 0
 
             def copy(qid: str, docid: str, offset: int) -> None:
@@ -243,16 +234,9 @@ class Checkpoint:
                 for qid, docid, offset in rows:
                     copy(qid, docid, offset)
                     last = offset
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(self._compacting, self.path)
-        _sync_directory(self.path.parent)
         # Write and read the new file from now on (the lock file stays locked), and point the index at its lines.
-        old_writer, old_reader = self._writer, self._reader
+        self._close_files()
         self._writer, self._reader = self.path.open("ab", buffering=0), self.path.open("rb")
-        for handle in (old_writer, old_reader):
-            if handle is not None:
-                handle.close()
         db.execute("UPDATE pairs SET offset = new_offset, new_offset = NULL, emitted = 0")
         self._end = written
         self._commit()
@@ -261,9 +245,7 @@ class Checkpoint:
         """Release everything, whatever failed before (a sync that fails now loses nothing the next run needs)."""
         with contextlib.suppress(OSError, ValueError):
             self._sync()
-        for handle in (self._reader, self._writer):
-            if handle is not None:
-                handle.close()  # unbuffered: nothing left to write
+        self._close_files()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -288,6 +270,11 @@ class Checkpoint:
             "invalid = excluded.invalid WHERE pairs.judged = 0",
             (r.qid, r.docid, r.judged, r.score, r.forced, r.text_digest, offset, r.invalid),
         )
+
+    def _close_files(self) -> None:
+        for handle in (self._reader, self._writer):
+            if handle is not None:
+                handle.close()  # unbuffered: nothing left to write
 
     def _commit(self) -> None:
         assert self._db is not None
@@ -338,10 +325,13 @@ def _unlock(fd: int, lock_path: Path) -> None:
     os.close(fd)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
+@contextlib.contextmanager
+def write_atomically(path: Path, temporary: Path | None = None) -> Iterator[IO[bytes]]:
+    """Write ``temporary`` (default ``path`` + ``.tmp``), sync it and rename it over ``path``: a kill leaves either
+    file whole."""
+    temporary = temporary or path.with_name(path.name + ".tmp")
     with temporary.open("wb") as out:
-        out.write(data)
+        yield out
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, path)

@@ -21,7 +21,7 @@ from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["Plan", "Survey", "WorkUnit", "judged_records", "run_reranker"]
 
-_SHOWN = 10  # examples named in an error about missing or changed inputs
+SHOWN = 10  # examples named in an error about missing or changed inputs
 
 
 @dataclass(frozen=True)
@@ -99,14 +99,14 @@ class Plan:
                 ]
         if no_query:
             raise InvalidInputError(
-                f"{len(no_query)} queries of the run are not in the queries file, e.g. {no_query[:_SHOWN]}"
+                f"{len(no_query)} queries of the run are not in the queries file, e.g. {no_query[:SHOWN]}"
             )
         if no_doc:
-            raise InvalidInputError(f"{len(no_doc)} documents of the run are not in the corpus, e.g. {no_doc[:_SHOWN]}")
+            raise InvalidInputError(f"{len(no_doc)} documents of the run are not in the corpus, e.g. {no_doc[:SHOWN]}")
         if changed:
             raise CheckpointError(
                 f"{self.checkpoint.path} judged {len(changed)} pairs on other texts than the corpus and queries "
-                f"give now (query/document: {changed[:_SHOWN]}): pass a new judgments file to judge the new texts"
+                f"give now (query/document: {changed[:SHOWN]}): pass a new judgments file to judge the new texts"
             )
         return Survey(queries, pairs, judged, failed, invalid)
 

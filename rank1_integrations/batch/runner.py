@@ -1,9 +1,5 @@
-"""``rerank_run``: rerank a whole first-stage run with rank1, resumably, on any engine.
-
-One path for every engine (a reranker, ``Rank1Settings`` of an embedded engine or vLLM servers,
-Ray actors of those): the checkpoint is opened (and locked), the inputs checked and counted, the
-engine judges what the checkpoint lacks while each record is appended as it completes, then the
-checkpoint is compacted and the reranked run written. With nothing left to judge, no engine starts.
+"""``rerank_run``: one path for every engine. Open (lock) the checkpoint, check and count the inputs, judge what
+the checkpoint lacks (each record appended as it completes), compact it, write the run; nothing to judge: no engine.
 """
 
 from __future__ import annotations
@@ -12,6 +8,8 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,8 +19,7 @@ from rank1_integrations.batch.checkpoint import Checkpoint, side_files
 from rank1_integrations.batch.errors import IncompleteRunError, StorageError
 from rank1_integrations.batch.inputs import IRDS_PREFIX, open_corpus, read_queries
 from rank1_integrations.batch.outputs import DEFAULT_MEASURES, Evaluation, read_trec, reranked, write_trec
-from rank1_integrations.batch.plan import Plan, WorkUnit, judged_records, run_reranker
-from rank1_integrations.batch.progress import Progress, RunSummary
+from rank1_integrations.batch.plan import SHOWN, Plan, WorkUnit, judged_records, run_reranker
 from rank1_integrations.batch.ray_engine import RayEngine, RayJudge
 from rank1_integrations.batch.records import PairRecord, RunSettings, effort_of
 from rank1_integrations.core.templates import resolve_template
@@ -30,11 +27,43 @@ from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["Engine", "RerankedRun", "rerank_run"]
+__all__ = ["Engine", "RerankedRun", "RunSummary", "rerank_run"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
-_SHOWN = 10  # pairs named in an error about invalid input
+
+@dataclass
+class RunSummary:
+    """A run in numbers. ``judged``/``forced``/``failed``/``invalid`` count every pair of the run at its end."""
+
+    pairs: int
+    from_checkpoint: int
+    judged_now: int = 0
+    failed_now: int = 0
+    reasoning_tokens_now: int = 0
+    seconds: float = 0.0
+    """Judging time of this run."""
+    first_judgment_after: float | None = None
+    """Seconds until the first judgments came back (Ray starts its actors and engines meanwhile)."""
+    judged: int = 0
+    forced: int = 0
+    failed: int = 0
+    """Pairs without a judgment (``invalid`` of them refused as invalid input, the rest retried by the next run)."""
+    invalid: int = 0
+
+    def _per_second(self, count: int) -> float:
+        return count / self.seconds if self.seconds > 0 else 0.0
+
+    def text(self) -> str:
+        share = self.forced / self.judged if self.judged else 0.0
+        rate, tokens = self._per_second(self.judged_now), self._per_second(self.reasoning_tokens_now)
+        return (
+            f"pairs: {self.pairs} ({self.judged} judged, {self.failed} failed, {self.invalid} of them invalid input); "
+            f"forced answers: {self.forced} ({share:.1%} of judged)\n"
+            f"this run: judged {self.judged_now}, failed {self.failed_now}, "
+            f"{self.from_checkpoint} from the checkpoint; "
+            f"wall time {self.seconds:.1f} s ({rate:.2f} pairs/s, {tokens:.1f} reasoning tokens/s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -120,7 +149,7 @@ def rerank_run(
                     summary.judged += state.judged
                     summary.forced += state.judged and state.forced
                     summary.invalid += state.invalid
-                    if state.invalid and len(refused) < _SHOWN:
+                    if state.invalid and len(refused) < SHOWN:
                         error = PairRecord.from_json(checkpoint.read(state.offset)).error
                         refused.append(f"{ranking.qid}/{docid} ({error})")
             summary.failed = summary.pairs - summary.judged
@@ -224,20 +253,39 @@ def _judge_all(
     total: int,
     progress: bool | None,
 ) -> None:
-    """Judge the remaining pairs, appending each batch of records to the checkpoint as it completes."""
+    """Judge the remaining pairs, appending each batch of records to the checkpoint as it completes; a tqdm bar on
+    stderr (pairs/s, reasoning tokens/s, ETA) unless ``progress`` is False (None: on a terminal only)."""
     if judge.settings is not None:
         checkpoint.check(judge.settings)  # before any work: a mismatch costs nothing
     checked = judge.settings is not None
-    bar = Progress(summary, total, enabled=progress)
+    bar: Any = None
+    if progress is not False:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+        disable = None if progress is None else False  # None: shown on a terminal only
+        bar = tqdm(total=total, desc="rank1", unit="pair", dynamic_ncols=True, file=sys.stderr, disable=disable)
+    started = time.monotonic()
     try:
         for records in judge.judge(plan.units(judge.unit_size)):
             if not checked and judge.settings is not None:
                 checkpoint.check(judge.settings)  # Ray: the actors know their settings
                 checked = True
             checkpoint.append(records)
-            bar.update(records)
+            judged = sum(record.judged for record in records)
+            summary.judged_now += judged
+            summary.failed_now += len(records) - judged
+            summary.reasoning_tokens_now += sum(record.reasoning_tokens for record in records)
+            summary.seconds = time.monotonic() - started
+            if summary.first_judgment_after is None:
+                summary.first_judgment_after = summary.seconds
+            if bar is not None:
+                tokens = summary._per_second(summary.reasoning_tokens_now)
+                bar.set_postfix_str(f"{tokens:.0f} reasoning tok/s, {summary.failed_now} failed", refresh=False)
+                bar.update(len(records))
     finally:
-        bar.close()
+        summary.seconds = time.monotonic() - started
+        if bar is not None:
+            bar.close()
 
 
 DEFAULT_MAX_IN_FLIGHT = 1024  # pairs in flight on an embedded engine: more than vLLM runs at once
