@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from rank1_integrations.batch.errors import CheckpointError
+from rank1_integrations.batch.inputs import select_in
 from rank1_integrations.batch.records import PairRecord, RunSettings
 
 __all__ = ["Checkpoint", "PairState", "side_files", "write_atomically"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
-_SQL_CHUNK = 500
 _RECORD_START = b'{"qid": "'  # how every record line begins (PairRecord.to_json)
 _SIDE_SUFFIXES = (".settings.json", ".settings.json.tmp", ".compacting", ".lock", ".work")
 
@@ -161,17 +161,11 @@ class Checkpoint:
     def states(self, qid: str, docids: Sequence[str]) -> dict[str, PairState]:
         """The latest state of each of the query's pairs that has a record."""
         assert self._db is not None
-        found: dict[str, PairState] = {}
-        for start in range(0, len(docids), _SQL_CHUNK):
-            chunk = list(docids[start : start + _SQL_CHUNK])
-            rows = self._db.execute(
-                "SELECT docid, judged, score, forced, digest, offset, invalid FROM pairs "
-                f"WHERE qid = ? AND docid IN ({','.join('?' * len(chunk))})",
-                [qid, *chunk],
-            )
-            for docid, judged, score, forced, digest, offset, invalid in rows:
-                found[docid] = PairState(bool(judged), score, bool(forced), digest, offset, bool(invalid))
-        return found
+        sql = "SELECT docid, judged, score, forced, digest, offset, invalid FROM pairs WHERE qid = ? AND docid IN ({})"
+        return {
+            docid: PairState(bool(judged), score, bool(forced), digest, offset, bool(invalid))
+            for docid, judged, score, forced, digest, offset, invalid in select_in(self._db, sql, docids, qid)
+        }
 
     def append(self, records: Sequence[PairRecord]) -> None:
         """Write the records as whole lines, straight to the kernel; an ``OSError`` (a full disk) may leave
@@ -291,13 +285,11 @@ def _torn(line: bytes) -> bool:
     if not (line.startswith(_RECORD_START) or _RECORD_START.startswith(line)):
         return False
     try:
-        json.loads(line)
-    except ValueError:
-        return True  # cut short
-    try:
         PairRecord.from_json(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return True  # cut short
     except ValueError:
-        return False
+        return False  # whole JSON, but not a record
     return True
 
 
@@ -335,13 +327,8 @@ def write_atomically(path: Path, temporary: Path | None = None) -> Iterator[IO[b
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, path)
-    _sync_directory(path.parent)
-
-
-def _sync_directory(path: Path) -> None:
-    """Make a rename durable (where the platform allows opening a directory)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
+    with contextlib.suppress(OSError):  # make the rename durable, where the platform can open a directory
+        fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

@@ -1,6 +1,5 @@
-"""A run's inputs as streams: a TREC run query by query, a corpus by document id (a BEIR
-``corpus.jsonl`` through an on-disk index of byte offsets, ``irds:`` ids through ``ir_datasets``'
-document store), so nothing here holds all passages."""
+"""A run's inputs as streams: a TREC run query by query, a corpus by document id (a BEIR ``corpus.jsonl`` through
+an on-disk index of byte offsets, ``irds:`` ids through ``ir_datasets``' document store)."""
 
 from __future__ import annotations
 
@@ -15,10 +14,10 @@ from typing import Any, Protocol
 from rank1_integrations._optional import require
 from rank1_integrations.errors import InvalidInputError
 
-__all__ = ["IRDS_PREFIX", "Corpus", "QueryRun", "open_corpus", "passage_text", "read_queries", "read_run"]
+__all__ = ["IRDS_PREFIX", "Corpus", "QueryRun", "open_corpus", "passage_text", "read_queries", "read_run", "select_in"]
 
 IRDS_PREFIX = "irds:"
-_SQL_CHUNK = 500  # ids per IN (...) look-up, well under SQLite's limit on bound parameters
+_SQL_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ def read_run(path: Path) -> Iterator[QueryRun]:
     seen: set[str] = set()
     qid: str | None = None
     rows: list[tuple[float, int, int, str]] = []
-    with _open_text(path) as lines:
+    with _open(path) as lines:
         for number, line in enumerate(lines, start=1):
             parts = line.split()
             if not parts:
@@ -80,9 +79,9 @@ def _number(path: Path, line: int, text: str, kind: type[int] | type[float]) -> 
     return value
 
 
-def _open_text(path: Path) -> Any:
+def _open(path: Path, mode: str = "r") -> Any:
     try:
-        return path.open(encoding="utf-8")
+        return path.open(mode, encoding=None if "b" in mode else "utf-8")
     except OSError as err:
         raise InvalidInputError(f"cannot read {path}: {err.strerror or err}") from None
 
@@ -111,10 +110,7 @@ class JsonlCorpus:
 
     def __init__(self, path: Path, index_path: Path) -> None:
         self.path = path
-        try:
-            self._file = path.open("rb")
-        except OSError as err:
-            raise InvalidInputError(f"cannot read {path}: {err.strerror or err}") from None
+        self._file = _open(path, "rb")
         self._db = sqlite3.connect(index_path)
         try:
             self._db.executescript(
@@ -140,12 +136,7 @@ class JsonlCorpus:
         self._db.commit()
 
     def _offsets(self, docids: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for start in range(0, len(docids), _SQL_CHUNK):
-            chunk = list(docids[start : start + _SQL_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            found.update(self._db.execute(f"SELECT docid, offset FROM docs WHERE docid IN ({marks})", chunk))
-        return found
+        return dict(select_in(self._db, "SELECT docid, offset FROM docs WHERE docid IN ({})", docids))
 
     def missing(self, docids: Sequence[str]) -> list[str]:
         found = self._offsets(docids)
@@ -195,7 +186,7 @@ def read_queries(source: str | Path) -> dict[str, str]:
         return {str(query.query_id): _irds_text(query) for query in dataset.queries_iter()}
     path = Path(source)
     queries: dict[str, str] = {}
-    with _open_text(path) as lines:
+    with _open(path) as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -204,6 +195,14 @@ def read_queries(source: str | Path) -> dict[str, str]:
                 raise InvalidInputError(f"{path}: query id {qid!r} appears more than once")
             queries[qid] = _text(record.get("text"))
     return queries
+
+
+def select_in(db: sqlite3.Connection, sql: str, ids: Sequence[str], *args: Any) -> Iterator[Any]:
+    """The rows of ``sql`` (its ``{}`` the IN list of ``ids``, after ``args``), in chunks of ids well under
+    SQLite's limit on bound parameters."""
+    for start in range(0, len(ids), _SQL_CHUNK):
+        chunk = list(ids[start : start + _SQL_CHUNK])
+        yield from db.execute(sql.format(",".join("?" * len(chunk))), [*args, *chunk])
 
 
 def _line_id(path: Path, number: int, line: str | bytes, what: str) -> tuple[str, dict[str, Any]]:

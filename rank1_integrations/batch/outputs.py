@@ -9,7 +9,7 @@ from typing import Any
 
 from rank1_integrations._optional import require
 from rank1_integrations.batch.checkpoint import PairState, write_atomically
-from rank1_integrations.batch.inputs import IRDS_PREFIX
+from rank1_integrations.batch.inputs import IRDS_PREFIX, read_run
 from rank1_integrations.errors import InvalidInputError
 
 __all__ = ["DEFAULT_MEASURES", "Evaluation", "read_trec", "reranked", "write_trec"]
@@ -38,20 +38,7 @@ def write_trec(path: Path, rankings: Iterable[tuple[str, Sequence[str]]], tag: s
 
 def read_trec(path: Path) -> Iterator[tuple[str, list[str]]]:
     """A run written by :func:`write_trec`, query by query, in its order."""
-    qid: str | None = None
-    docids: list[str] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            parts = line.split()
-            if len(parts) != 6:
-                raise InvalidInputError(f"{path}:{number}: not a TREC run line")
-            if parts[0] != qid:
-                if qid is not None:
-                    yield qid, docids
-                qid, docids = parts[0], []
-            docids.append(parts[2])
-    if qid is not None:
-        yield qid, docids
+    return ((ranking.qid, list(ranking.docids)) for ranking in read_run(path))
 
 
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@10", "R@100")

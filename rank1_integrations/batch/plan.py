@@ -1,9 +1,5 @@
-"""Which pairs a run still has to judge, from its inputs and its checkpoint, as a stream of work units,
-and how a reranker judges them.
-
-The run is read query by query (three passes: survey, work, output), so only the
-documents and passages of the queries in flight are in memory.
-"""
+"""Which pairs a run still has to judge, as a stream of work units, and how a reranker judges them. The run is
+read query by query (three passes: survey, work, output): only the queries in flight are in memory."""
 
 from __future__ import annotations
 

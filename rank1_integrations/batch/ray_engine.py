@@ -1,8 +1,5 @@
-"""The Ray Data engine, as vLLM documents offline batch inference at scale: ``ray.data`` over the pairs
-(put into the object store in blocks, so the driver holds one at a time), ``map_batches`` with a pool of
-async actors, each holding one reranker (an embedded engine on its GPU, or a client of vLLM servers) and
-running several batches at once through the reranker's own driver. Ray is imported here only.
-"""
+"""The Ray Data engine, as vLLM documents offline batch inference at scale: ``map_batches`` over the pairs with a
+pool of async actors, each holding one reranker and running several batches at once. Ray is imported here only."""
 
 from __future__ import annotations
 
@@ -180,24 +177,20 @@ class RayJudge:
     def _blocks(self, units: Iterator[WorkUnit]) -> list[Any]:
         """The pairs as object-store blocks of ``batch_size`` rows (only one block is in this process at a time)."""
         refs: list[Any] = []
-        columns: dict[str, list[str]] = {"qid": [], "docid": [], "query": [], "passage": []}
+        rows: list[dict[str, str]] = []
 
         def put() -> None:
-            refs.append(self._ray.put(self._pa.table(columns)))
-            for values in columns.values():
-                values.clear()
+            refs.append(self._ray.put(self._pa.Table.from_pylist(rows)))
+            rows.clear()
 
         for unit in units:
             for docid, passage in zip(unit.docids, unit.passages, strict=True):
-                columns["qid"].append(unit.qid)
-                columns["docid"].append(docid)
-                columns["query"].append(unit.query)
-                columns["passage"].append(passage)
-                if len(columns["qid"]) >= self.spec.batch_size and not self._whole:
+                rows.append({"qid": unit.qid, "docid": docid, "query": unit.query, "passage": passage})
+                if len(rows) >= self.spec.batch_size and not self._whole:
                     put()
-            if self._whole and len(columns["qid"]) >= self.spec.batch_size:
+            if self._whole and len(rows) >= self.spec.batch_size:
                 put()
-        if columns["qid"]:
+        if rows:
             put()
         return refs
 

@@ -139,7 +139,7 @@ def rerank_run(
                     if survey.remaining:
                         _judge_all(plan, checkpoint, judge, summary, survey.remaining, progress)
                     else:
-                        checkpoint.check(judge.settings or judge.probe_settings())
+                        checkpoint.check(judge.probe_settings())
                 finally:
                     judge.close()
             checkpoint.compact((ranking.qid, top) for ranking, top in plan.rankings())
@@ -296,12 +296,11 @@ Engine = Rank1Reranker | Rank1Settings | RayEngine
 
 
 class InProcessJudge:
-    """A reranker in this process, driven with a window of ``max_in_flight`` pairs (like :class:`RayJudge`:
-    ``settings`` None until known, ``unit_size`` pairs per work unit at most)."""
+    """A reranker in this process, driven with a window of ``max_in_flight`` pairs (as :class:`RayJudge` is used)."""
 
     def __init__(self, reranker: Rank1Reranker, *, max_in_flight: int, owned: bool) -> None:
         self.reranker = reranker
-        self.settings: RunSettings | None = RunSettings.of(reranker)
+        self.settings = RunSettings.of(reranker)
         # A unit frees its place in the window only when its last pair is judged: small units keep the
         # window (and so the engine or servers) full while stragglers finish. Adaptive takes whole queries.
         whole = reranker.settings.reasoning_effort == "adaptive"
@@ -310,12 +309,10 @@ class InProcessJudge:
         self._owned = owned
 
     def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
-        assert self.settings is not None
         fingerprint = self.settings.fingerprint
         return judged_records(self.reranker, units, max_in_flight=self._max_in_flight, settings=fingerprint)
 
     def probe_settings(self) -> RunSettings:
-        assert self.settings is not None
         return self.settings
 
     def close(self) -> None:
