@@ -14,7 +14,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -50,27 +50,24 @@ class PairState(NamedTuple):
 class Checkpoint:
     """One run's judgments file, locked for this process while it is open."""
 
-    def __init__(self, path: Path, *, fsync_interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, path: Path, *, fsync_interval: float = 5.0) -> None:
         self.path = path
         # work_dir: scratch space of the run holding the lock (indexes); removed at close, or by the next run.
-        self.settings_path, _, self._compacting, self._lock_path, self.work_dir = side_files(path)
+        self.settings_path, _, self._compacting, lock_path, self.work_dir = side_files(path)
         self.fingerprint: str | None = None  # of its records' settings (None while it has none)
         self.records = 0  # lines read back at start
         self._fsync_interval = fsync_interval
-        self._clock = clock
-        self._synced_at = clock()
-        self._lock: int | None = None
-        self._writer: IO[bytes] | None = None
-        self._reader: IO[bytes] | None = None
-        self._db: sqlite3.Connection | None = None
+        self._synced_at = time.monotonic()
+        self._held = contextlib.ExitStack()  # released in reverse: the lock last
         try:
-            self._lock = _lock(self._lock_path, path)
+            self._held.callback(_unlock, _lock(lock_path, path), lock_path)
             # Unbuffered: a failed write leaves nothing pending that closing would try to write again.
-            self._writer = path.open("ab", buffering=0)
+            self._writer = self._held.enter_context(path.open("ab", buffering=0))
             shutil.rmtree(self.work_dir, ignore_errors=True)  # left by a killed run; the lock makes it ours
             self.work_dir.mkdir()
-            self._reader = path.open("rb")
-            self._db = sqlite3.connect(self.work_dir / "state.sqlite")
+            self._held.callback(shutil.rmtree, self.work_dir, ignore_errors=True)
+            self._reader = self._held.enter_context(path.open("rb"))
+            self._db = self._held.enter_context(contextlib.closing(sqlite3.connect(self.work_dir / "state.sqlite")))
             self._db.executescript(
                 "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                 "CREATE TABLE pairs (qid TEXT, docid TEXT, judged INTEGER, score REAL, forced INTEGER, digest TEXT,"
@@ -81,13 +78,11 @@ class Checkpoint:
             with contextlib.suppress(FileNotFoundError):
                 self._compacting.unlink()  # left by a run killed while compacting; the file itself is whole
         except BaseException:
-            self.close()
+            self._held.close()
             raise
 
     def _load(self) -> int:
         """Index every record, drop a torn last line, refuse any other line; returns where the next line goes."""
-        assert self._reader is not None
-        assert self._writer is not None
         offset = 0
         for number, line in enumerate(self._reader, start=1):
             try:
@@ -114,7 +109,7 @@ class Checkpoint:
             self._remember(record, offset)
             self.records += 1
             offset += len(line)
-        self._commit()
+        self._db.commit()
         return offset
 
     def check(self, settings: RunSettings) -> None:
@@ -160,7 +155,6 @@ class Checkpoint:
 
     def states(self, qid: str, docids: Sequence[str]) -> dict[str, PairState]:
         """The latest state of each of the query's pairs that has a record."""
-        assert self._db is not None
         sql = "SELECT docid, judged, score, forced, digest, offset, invalid FROM pairs WHERE qid = ? AND docid IN ({})"
         return {
             docid: PairState(bool(judged), score, bool(forced), digest, offset, bool(invalid))
@@ -170,7 +164,6 @@ class Checkpoint:
     def append(self, records: Sequence[PairRecord]) -> None:
         """Write the records as whole lines, straight to the kernel; an ``OSError`` (a full disk) may leave
         a torn last line, which the next run drops: the run must stop there."""
-        assert self._writer is not None
         wrong = next((r for r in records if r.settings != self.fingerprint), None)
         if wrong is not None:
             raise CheckpointError(
@@ -180,24 +173,22 @@ class Checkpoint:
         data = memoryview(b"".join(lines))
         while data:  # a write may be cut short (the disk filling up): the rest follows, or fails
             data = data[self._writer.write(data) :]
-        if self._clock() - self._synced_at >= self._fsync_interval:
+        if time.monotonic() - self._synced_at >= self._fsync_interval:
             self._sync()
         offset = self._end
         for record, line in zip(records, lines, strict=True):
             self._remember(record, offset)
             offset += len(line)
         self._end = offset
-        self._commit()
+        self._db.commit()
 
     def read(self, offset: int) -> bytes:
         """The line at ``offset`` (with its newline)."""
-        assert self._reader is not None
         self._reader.seek(offset)
         return self._reader.readline()
 
     def compact(self, order: Iterable[tuple[str, Sequence[str]]]) -> None:
         """Rewrite the file atomically, one line per pair: the run's pairs in ``order``, then any others as before."""
-        assert self._db is not None
         self._sync()
         db = self._db
         with write_atomically(self.path, self._compacting) as out:
@@ -229,24 +220,19 @@ class Checkpoint:
                     copy(qid, docid, offset)
                     last = offset
         # Write and read the new file from now on (the lock file stays locked), and point the index at its lines.
-        self._close_files()
-        self._writer, self._reader = self.path.open("ab", buffering=0), self.path.open("rb")
+        self._writer.close()
+        self._reader.close()
+        self._writer = self._held.enter_context(self.path.open("ab", buffering=0))
+        self._reader = self._held.enter_context(self.path.open("rb"))
         db.execute("UPDATE pairs SET offset = new_offset, new_offset = NULL, emitted = 0")
         self._end = written
-        self._commit()
+        db.commit()
 
     def close(self) -> None:
         """Release everything, whatever failed before (a sync that fails now loses nothing the next run needs)."""
         with contextlib.suppress(OSError, ValueError):
             self._sync()
-        self._close_files()
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock is not None:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-            _unlock(self._lock, self._lock_path)
-            self._lock = None
+        self._held.close()  # unbuffered files: nothing left to write
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -255,7 +241,6 @@ class Checkpoint:
         self.close()
 
     def _remember(self, r: PairRecord, offset: int) -> None:
-        assert self._db is not None
         # A judged record is final; a failed one gives way to the next attempt.
         self._db.execute(
             "INSERT INTO pairs (qid, docid, judged, score, forced, digest, offset, invalid) "
@@ -265,19 +250,10 @@ class Checkpoint:
             (r.qid, r.docid, r.judged, r.score, r.forced, r.text_digest, offset, r.invalid),
         )
 
-    def _close_files(self) -> None:
-        for handle in (self._reader, self._writer):
-            if handle is not None:
-                handle.close()  # unbuffered: nothing left to write
-
-    def _commit(self) -> None:
-        assert self._db is not None
-        self._db.commit()
-
     def _sync(self) -> None:
-        if self._writer is not None and not self._writer.closed:
+        if not self._writer.closed:
             os.fsync(self._writer.fileno())
-        self._synced_at = self._clock()
+        self._synced_at = time.monotonic()
 
 
 def _torn(line: bytes) -> bool:
