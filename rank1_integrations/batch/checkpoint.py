@@ -1,7 +1,6 @@
 """The judgments JSONL as the run's checkpoint. Appends are unbuffered writes of whole lines (a SIGKILL loses
 nothing written); a torn last line (a write cut short) is dropped on the next start, any other line that is not
-a record refuses the file. A lock file beside it keeps a second run out; an SQLite index holds each pair's state.
-"""
+a record refuses the file. A lock file beside it keeps a second run out; an SQLite index holds each pair's state."""
 
 from __future__ import annotations
 
@@ -295,8 +294,7 @@ def _unlock(fd: int, lock_path: Path) -> None:
 
 @contextlib.contextmanager
 def write_atomically(path: Path, temporary: Path | None = None) -> Iterator[IO[bytes]]:
-    """Write ``temporary`` (default ``path`` + ``.tmp``), sync it and rename it over ``path``: a kill leaves either
-    file whole."""
+    """Write ``temporary`` (default: ``path`` + ``.tmp``), sync, rename over ``path``: a kill leaves either whole."""
     temporary = temporary or path.with_name(path.name + ".tmp")
     with temporary.open("wb") as out:
         yield out

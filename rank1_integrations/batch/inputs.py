@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from rank1_integrations._optional import require
 from rank1_integrations.errors import InvalidInputError
@@ -95,16 +95,6 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-class Corpus(Protocol):
-    """Documents by id, read when asked for: ``missing`` ids in the order given, ``texts`` of those found."""
-
-    def missing(self, docids: Sequence[str]) -> list[str]: ...
-
-    def texts(self, docids: Sequence[str]) -> dict[str, str]: ...
-
-    def close(self) -> None: ...
-
-
 class JsonlCorpus:
     """A BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``): scanned once into an on-disk index of offsets."""
 
@@ -172,6 +162,10 @@ class IrdsCorpus:
         return None
 
 
+Corpus = JsonlCorpus | IrdsCorpus
+"""Documents by id, read when asked for: ``missing`` ids in the order given, ``texts`` of those found."""
+
+
 def open_corpus(source: str | Path, index_path: Path) -> Corpus:
     """``irds:<id>`` through ``ir_datasets``, else a BEIR ``corpus.jsonl`` path."""
     if isinstance(source, str) and source.startswith(IRDS_PREFIX):
@@ -198,8 +192,7 @@ def read_queries(source: str | Path) -> dict[str, str]:
 
 
 def select_in(db: sqlite3.Connection, sql: str, ids: Sequence[str], *args: Any) -> Iterator[Any]:
-    """The rows of ``sql`` (its ``{}`` the IN list of ``ids``, after ``args``), in chunks of ids well under
-    SQLite's limit on bound parameters."""
+    """Rows of ``sql`` (``{}``: the IN list of ``ids``, bound after ``args``), in chunks under SQLite's limits."""
     for start in range(0, len(ids), _SQL_CHUNK):
         chunk = list(ids[start : start + _SQL_CHUNK])
         yield from db.execute(sql.format(",".join("?" * len(chunk))), [*args, *chunk])

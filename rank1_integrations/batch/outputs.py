@@ -45,10 +45,8 @@ DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@10", "R@100")
 
 
 class Evaluation:
-    """Measures of runs against qrels; built before a run starts, so a typo fails at once, not hours later.
-
-    ``qrels`` is a TREC qrels file or ``irds:<dataset id>`` (its qrels through ``ir_datasets``).
-    """
+    """Measures of runs against qrels (a file or ``irds:<dataset id>``); built before a run starts, so a typo fails at
+    once, not hours later."""
 
     def __init__(self, qrels: str | Path, measures: Sequence[str]) -> None:
         self._ir = require("ir_measures", extras=("eval",), purpose="Evaluating against qrels (--eval)")

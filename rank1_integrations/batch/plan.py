@@ -47,19 +47,20 @@ class Survey:
         return self.pairs - self.judged - self.invalid
 
 
+@dataclass(frozen=True)
 class Plan:
     """The run's pairs (each query's first ``depth`` documents) against what the checkpoint holds."""
 
-    def __init__(
-        self, run: Path, *, queries: Mapping[str, str], corpus: Corpus, checkpoint: Checkpoint, depth: int | None
-    ) -> None:
+    run: Path
+    queries: Mapping[str, str]
+    corpus: Corpus
+    checkpoint: Checkpoint
+    depth: int | None
+
+    def __post_init__(self) -> None:
+        depth = self.depth
         if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
             raise InvalidInputError(f"depth must be a positive int (or None for every document), got {depth!r}")
-        self.run = run
-        self.queries = queries
-        self.corpus = corpus
-        self.checkpoint = checkpoint
-        self.depth = depth
 
     def rankings(self) -> Iterator[tuple[QueryRun, tuple[str, ...]]]:
         """Each query of the run with the documents it reranks (its first ``depth``)."""

@@ -27,10 +27,9 @@ _PURPOSE = "Batch reranking on Ray (--ray)"
 
 @dataclass(frozen=True)
 class RayEngine:
-    """An actor pool of ``num_engines`` rerankers built from ``settings`` (an embedded engine on
-    ``gpus_per_engine`` GPUs, default one where the cluster has GPUs; or a client of its servers).
-    ``address``: Ray's (None: start or join a local instance). Actors take ``batch_size`` pairs per
-    call (whole queries under adaptive effort), several calls at once."""
+    """An actor pool of ``num_engines`` rerankers built from ``settings`` (an embedded engine on ``gpus_per_engine``
+    GPUs, default one where the cluster has GPUs; or a client of its servers) at Ray's ``address`` (None: local).
+    Actors take ``batch_size`` pairs per call (whole queries under adaptive effort), several calls at once."""
 
     settings: Rank1Settings
     num_engines: int = 1
@@ -83,11 +82,8 @@ def _backend_error(err: Exception) -> BackendError:
 
 
 def _settings_of(settings: Rank1Settings) -> dict[str, Any]:
-    reranker = run_reranker(settings)
-    try:
+    with run_reranker(settings) as reranker:
         return RunSettings.of(reranker).to_dict()
-    finally:
-        reranker.close()
 
 
 def _units(rows: list[dict[str, Any]]) -> Iterator[WorkUnit]:

@@ -75,8 +75,7 @@ _ALWAYS = ("model", "template", "max_reasoning_tokens", "context_size")
 
 
 def effort_of(settings: Rank1Settings) -> dict[str, Any]:
-    """Every effort field of a run: the prefill where no-think runs (``none``, ``adaptive``), adaptive's
-    knobs under ``adaptive``, else None."""
+    """Every effort field of a run: the prefill where no-think runs, adaptive's knobs under ``adaptive``, else None."""
     effort = settings.reasoning_effort
     knobs = ("adaptive_margin", "adaptive_center", "adaptive_top_k")
     found = {name: getattr(settings, name) if effort == "adaptive" else None for name in knobs}

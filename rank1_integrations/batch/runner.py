@@ -1,6 +1,5 @@
-"""``rerank_run``: one path for every engine. Open (lock) the checkpoint, check and count the inputs, judge what
-the checkpoint lacks (each record appended as it completes), compact it, write the run; nothing to judge: no engine.
-"""
+"""``rerank_run``, one path for every engine: lock the checkpoint, check the inputs, judge what the checkpoint lacks
+(each record appended as it completes), compact it, write the run. With nothing to judge, no engine starts."""
 
 from __future__ import annotations
 
@@ -102,13 +101,9 @@ def rerank_run(
     fsync_interval: float = 5.0,
     say: Callable[[str], None] | None = None,
 ) -> RerankedRun:
-    """Rerank each query's first ``depth`` documents of ``run`` into ``out``; ``reasoning`` (one JSON line
-    per pair) is the checkpoint: the same call after any interruption judges only what it lacks
-    (docs/batch.md). ``corpus``, ``queries`` and ``qrels`` may be ``irds:<dataset id>``.
-
-    Raises :class:`IncompleteRunError` when pairs failed (unless ``allow_failures``: ranked last),
-    :class:`StorageError` when a file could not be written.
-    """
+    """Rerank each query's first ``depth`` documents of ``run`` into ``out``; ``reasoning`` (one JSON line per pair)
+    is the checkpoint: the same call after any interruption judges only what it lacks (docs/batch.md). Raises
+    :class:`IncompleteRunError` when pairs failed (unless ``allow_failures``: ranked last), :class:`StorageError`."""
     note = say or logger.info
     run_path, out_path, judgments_path = Path(run), Path(out), Path(reasoning)
     if not run_path.is_file():
