@@ -114,23 +114,21 @@ class Checkpoint:
     def check(self, settings: RunSettings) -> None:
         """Refuse ``settings`` unless its records were judged with them; an empty checkpoint takes them."""
         fingerprint = settings.fingerprint
-        if self.fingerprint is None or (fingerprint == self.fingerprint and not self.settings_path.exists()):
+        if self.fingerprint not in (None, fingerprint):
+            theirs = self._written_settings()
+            detail = (
+                "; ".join(theirs.differences(settings))
+                if theirs is not None and theirs.fingerprint == self.fingerprint
+                else f"settings fingerprint {self.fingerprint} != {fingerprint}"
+            )
+            raise CheckpointError(
+                f"{self.path} holds judgments made with other settings (checkpoint != this run: {detail}); "
+                "resume with the settings it was written with, or pass a new judgments file"
+            )
+        if self.fingerprint is None or not self.settings_path.exists():
             with write_atomically(self.settings_path) as out:
                 out.write(json.dumps({"fingerprint": fingerprint, "settings": settings.to_dict()}, indent=2).encode())
             self.fingerprint = fingerprint
-            return
-        if fingerprint == self.fingerprint:
-            return
-        theirs = self._written_settings()
-        detail = (
-            "; ".join(theirs.differences(settings))
-            if theirs is not None and theirs.fingerprint == self.fingerprint
-            else f"settings fingerprint {self.fingerprint} != {fingerprint}"
-        )
-        raise CheckpointError(
-            f"{self.path} holds judgments made with other settings (checkpoint != this run: {detail}); "
-            "resume with the settings it was written with, or pass a new judgments file"
-        )
 
     def check_known(self, known: Mapping[str, Any]) -> bool:
         """:meth:`check` on the ``known`` settings alone (no engine needed): the rest are taken from the
@@ -208,13 +206,8 @@ class Checkpoint:
                     if docid in states:
                         copy(qid, docid, states[docid].offset)
             last = -1
-            while True:  # pairs outside this run (e.g. from a deeper earlier run), in file order
-                rows = db.execute(
-                    "SELECT qid, docid, offset FROM pairs WHERE emitted = 0 AND offset > ? ORDER BY offset LIMIT 1000",
-                    (last,),
-                ).fetchall()
-                if not rows:
-                    break
+            others = "SELECT qid, docid, offset FROM pairs WHERE emitted = 0 AND offset > ? ORDER BY offset LIMIT 1000"
+            while rows := db.execute(others, (last,)).fetchall():  # pairs outside this run, in file order
                 for qid, docid, offset in rows:
                     copy(qid, docid, offset)
                     last = offset

@@ -148,20 +148,17 @@ class RayJudge:
             num_gpus=self._gpus(),
         )
         del blocks  # the dataset holds them until they are judged
-        tables = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
-        while True:
-            try:
-                table = next(tables, None)
-            except Exception as err:  # Ray wraps what failed in the actors (or Ray itself failed)
-                raise _backend_error(err) from err
-            if table is None:
-                return
-            rows = table.to_pylist()
-            if rows and self.settings is None:
-                self.settings = RunSettings.from_dict(json.loads(rows[0]["settings_json"]))
-            yield [
-                PairRecord(**{name: value for name, value in row.items() if name != "settings_json"}) for row in rows
-            ]
+        try:
+            for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                rows = table.to_pylist()
+                if rows and self.settings is None:
+                    self.settings = RunSettings.from_dict(json.loads(rows[0]["settings_json"]))
+                yield [
+                    PairRecord(**{name: value for name, value in row.items() if name != "settings_json"})
+                    for row in rows
+                ]
+        except Exception as err:  # Ray wraps what failed in the actors (or Ray itself failed)
+            raise _backend_error(err) from err
 
     def probe_settings(self) -> RunSettings:
         """One reranker started as a Ray task with an actor's resources, asked for its settings."""
