@@ -116,8 +116,7 @@ def rerank_run(
         if checkpoint.records:
             note(f"Resuming: {judgments_path} holds {checkpoint.records} records")
         texts = read_queries(queries)
-        documents = open_corpus(corpus, checkpoint.work_dir / "corpus.sqlite")
-        try:
+        with contextlib.closing(open_corpus(corpus, checkpoint.work_dir / "corpus.sqlite")) as documents:
             plan = Plan(run_path, queries=texts, corpus=documents, checkpoint=checkpoint, depth=depth)
             survey = plan.survey()
             note(
@@ -129,14 +128,11 @@ def rerank_run(
             # Other settings are refused before any engine starts, where the checkpoint's settings file can tell.
             told = checkpoint.check_known(known_settings(engine))
             if survey.remaining or not told:
-                judge = open_judge(engine, max_in_flight=max_in_flight)
-                try:
+                with contextlib.closing(open_judge(engine, max_in_flight=max_in_flight)) as judge:
                     if survey.remaining:
                         _judge_all(plan, checkpoint, judge, summary, survey.remaining, progress)
                     else:
                         checkpoint.check(judge.probe_settings())
-                finally:
-                    judge.close()
             checkpoint.compact((ranking.qid, top) for ranking, top in plan.rankings())
             refused: list[str] = []
             for ranking, top in plan.rankings():
@@ -158,8 +154,6 @@ def rerank_run(
                     for ranking, top in plan.rankings()
                 ),
             )
-        finally:
-            documents.close()
     note(f"Wrote {out_path} and {judgments_path}")
     metrics = evaluation({"first stage": run_path, "rank1": out_path}) if evaluation is not None else None
     return RerankedRun(out_path, judgments_path, summary, metrics)
