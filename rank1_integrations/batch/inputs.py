@@ -3,6 +3,7 @@ an on-disk index of byte offsets, ``irds:`` ids through ``ir_datasets``' documen
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sqlite3
@@ -32,41 +33,30 @@ def read_run(path: Path) -> Iterator[QueryRun]:
     """The run's queries in file order, each with its documents by score (highest first), rank column, line.
     A query whose lines are not together is refused, naming the command that groups them."""
     seen: set[str] = set()
-    qid: str | None = None
-    rows: list[tuple[float, int, int, str]] = []
     with _open(path) as lines:
-        for number, line in enumerate(lines, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
+        rows = (_run_row(path, number, line.split()) for number, line in enumerate(lines, start=1) if line.strip())
+        for qid, group in itertools.groupby(rows, key=lambda row: row[0]):
+            ranked = list(group)
+            if qid in seen:
                 raise InvalidInputError(
-                    f"{path}:{number}: a TREC run line has 6 columns (qid Q0 docid rank score tag), got {len(parts)}"
+                    f"{path}:{ranked[0][3]}: query {qid!r} comes back after other queries; group each query's "
+                    f"lines together first, e.g. sort -s -k1,1 {path} > sorted.run"
                 )
-            if parts[0] != qid:
-                if qid is not None:
-                    yield _ranked(path, qid, rows)
-                    seen.add(qid)
-                if parts[0] in seen:
-                    raise InvalidInputError(
-                        f"{path}:{number}: query {parts[0]!r} comes back after other queries; group each query's "
-                        f"lines together first, e.g. sort -s -k1,1 {path} > sorted.run"
-                    )
-                qid, rows = parts[0], []
-            rows.append(
-                (-_number(path, number, parts[4], float), _number(path, number, parts[3], int), number, parts[2])
-            )
-    if qid is not None:
-        yield _ranked(path, qid, rows)
+            seen.add(qid)
+            docids = tuple(row[4] for row in sorted(ranked))
+            if len(set(docids)) != len(docids):
+                twice = sorted({d for d in docids if docids.count(d) > 1})
+                raise InvalidInputError(f"{path}: query {qid!r} lists documents more than once: {twice[:10]}")
+            yield QueryRun(qid, docids)
 
 
-def _ranked(path: Path, qid: str, rows: list[tuple[float, int, int, str]]) -> QueryRun:
-    rows.sort()
-    docids = tuple(row[3] for row in rows)
-    if len(set(docids)) != len(docids):
-        twice = sorted({d for d in docids if docids.count(d) > 1})
-        raise InvalidInputError(f"{path}: query {qid!r} lists documents more than once: {twice[:10]}")
-    return QueryRun(qid, docids)
+def _run_row(path: Path, number: int, parts: list[str]) -> tuple[str, float, int, int, str]:
+    """A run line's sort key (query, -score, rank, line) and document."""
+    if len(parts) != 6:
+        raise InvalidInputError(
+            f"{path}:{number}: a TREC run line has 6 columns (qid Q0 docid rank score tag), got {len(parts)}"
+        )
+    return parts[0], -_number(path, number, parts[4], float), _number(path, number, parts[3], int), number, parts[2]
 
 
 def _number(path: Path, line: int, text: str, kind: type[int] | type[float]) -> Any:
