@@ -3,7 +3,8 @@ rest) and its metrics against qrels, with ir-measures as the cookbook computes t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +57,19 @@ class Evaluation:
             raise InvalidInputError(f"not an ir-measures measure in {list(measures)}: {err}") from None
         if not self._measures:
             raise InvalidInputError("no measures to evaluate")
-        self._qrels = qrels
+        self._qrels: Callable[[], Any]
         if isinstance(qrels, str) and qrels.startswith(IRDS_PREFIX):
-            self._dataset = require("ir_datasets", extras=("eval",), purpose="Reading ir_datasets qrels").load(
-                qrels[len(IRDS_PREFIX) :]
-            )
-        elif not Path(qrels).is_file():
+            irds = require("ir_datasets", extras=("eval",), purpose="Reading ir_datasets qrels")
+            self._qrels = irds.load(qrels[len(IRDS_PREFIX) :]).qrels_iter
+        elif Path(qrels).is_file():
+            self._qrels = functools.partial(self._ir.read_trec_qrels, str(qrels))
+        else:
             raise InvalidInputError(f"qrels file {qrels} does not exist")
 
     def __call__(self, runs: Mapping[str, Path]) -> dict[str, dict[str, float]]:
         """Each run's aggregate measures: ``{run name: {measure: value}}``."""
         results: dict[str, dict[str, float]] = {}
         for name, run in runs.items():
-            values = self._ir.calc_aggregate(self._measures, self._read_qrels(), self._ir.read_trec_run(str(run)))
+            values = self._ir.calc_aggregate(self._measures, self._qrels(), self._ir.read_trec_run(str(run)))
             results[name] = {str(m): float(values[m]) for m in self._measures}
         return results
-
-    def _read_qrels(self) -> Any:
-        if isinstance(self._qrels, str) and self._qrels.startswith(IRDS_PREFIX):
-            return self._dataset.qrels_iter()
-        return self._ir.read_trec_qrels(str(self._qrels))

@@ -130,9 +130,7 @@ class RayJudge:
     def _gpus(self) -> float:
         if self.spec.gpus_per_engine is not None:
             return float(self.spec.gpus_per_engine)
-        if not self.spec.settings.embedded:
-            return 0.0
-        return 1.0 if self._ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        return float(self.spec.settings.embedded and self._ray.cluster_resources().get("GPU", 0) > 0)
 
     def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
         blocks = self._blocks(units)
