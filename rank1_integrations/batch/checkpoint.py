@@ -1,13 +1,6 @@
-"""The judgments JSONL as the run's checkpoint: read back at start, appended as judgments complete.
-
-Each append is one unbuffered write of whole lines (a SIGKILL loses nothing written), ``fsync``-ed
-every ``fsync_interval`` seconds and at the end. A torn last line (an unterminated line that begins as
-a record: a write cut short) is dropped on the next start; any other line that is not a record, or
-records of other settings, stop the run before anything is written. A lock file beside it (never
-replaced, removed at the end) keeps a second run out. Each pair's latest state lives in an on-disk
-SQLite index; a judged record is final, a failed one gives way to the next attempt. :meth:`compact`
-rewrites the file in the run's order, one line per pair, atomically.
-"""
+"""The judgments JSONL as the run's checkpoint. Appends are unbuffered writes of whole lines (a SIGKILL loses
+nothing written); a torn last line (a write cut short) is dropped on the next start, any other line that is not
+a record refuses the file. A lock file beside it keeps a second run out; an SQLite index holds each pair's state."""
 
 from __future__ import annotations
 
@@ -20,18 +13,18 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from rank1_integrations.batch.errors import CheckpointError
+from rank1_integrations.batch.inputs import select_in
 from rank1_integrations.batch.records import PairRecord, RunSettings
 
-__all__ = ["Checkpoint", "PairState", "side_files"]
+__all__ = ["Checkpoint", "PairState", "side_files", "write_atomically"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
-_SQL_CHUNK = 500
 _RECORD_START = b'{"qid": "'  # how every record line begins (PairRecord.to_json)
 _SIDE_SUFFIXES = (".settings.json", ".settings.json.tmp", ".compacting", ".lock", ".work")
 
@@ -56,27 +49,24 @@ class PairState(NamedTuple):
 class Checkpoint:
     """One run's judgments file, locked for this process while it is open."""
 
-    def __init__(self, path: Path, *, fsync_interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, path: Path, *, fsync_interval: float = 5.0) -> None:
         self.path = path
         # work_dir: scratch space of the run holding the lock (indexes); removed at close, or by the next run.
-        self.settings_path, _, self._compacting, self._lock_path, self.work_dir = side_files(path)
+        self.settings_path, _, self._compacting, lock_path, self.work_dir = side_files(path)
         self.fingerprint: str | None = None  # of its records' settings (None while it has none)
         self.records = 0  # lines read back at start
         self._fsync_interval = fsync_interval
-        self._clock = clock
-        self._synced_at = clock()
-        self._lock: int | None = None
-        self._writer: IO[bytes] | None = None
-        self._reader: IO[bytes] | None = None
-        self._db: sqlite3.Connection | None = None
+        self._synced_at = time.monotonic()
+        self._held = contextlib.ExitStack()  # released in reverse: the lock last
         try:
-            self._lock = _lock(self._lock_path, path)
+            self._held.callback(_unlock, _lock(lock_path, path), lock_path)
             # Unbuffered: a failed write leaves nothing pending that closing would try to write again.
-            self._writer = path.open("ab", buffering=0)
+            self._writer = self._held.enter_context(path.open("ab", buffering=0))
             shutil.rmtree(self.work_dir, ignore_errors=True)  # left by a killed run; the lock makes it ours
             self.work_dir.mkdir()
-            self._reader = path.open("rb")
-            self._db = sqlite3.connect(self.work_dir / "state.sqlite")
+            self._held.callback(shutil.rmtree, self.work_dir, ignore_errors=True)
+            self._reader = self._held.enter_context(path.open("rb"))
+            self._db = self._held.enter_context(contextlib.closing(sqlite3.connect(self.work_dir / "state.sqlite")))
             self._db.executescript(
                 "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                 "CREATE TABLE pairs (qid TEXT, docid TEXT, judged INTEGER, score REAL, forced INTEGER, digest TEXT,"
@@ -87,13 +77,11 @@ class Checkpoint:
             with contextlib.suppress(FileNotFoundError):
                 self._compacting.unlink()  # left by a run killed while compacting; the file itself is whole
         except BaseException:
-            self.close()
+            self._held.close()
             raise
 
     def _load(self) -> int:
         """Index every record, drop a torn last line, refuse any other line; returns where the next line goes."""
-        assert self._reader is not None
-        assert self._writer is not None
         offset = 0
         for number, line in enumerate(self._reader, start=1):
             try:
@@ -120,31 +108,27 @@ class Checkpoint:
             self._remember(record, offset)
             self.records += 1
             offset += len(line)
-        self._commit()
+        self._db.commit()
         return offset
 
     def check(self, settings: RunSettings) -> None:
         """Refuse ``settings`` unless its records were judged with them; an empty checkpoint takes them."""
         fingerprint = settings.fingerprint
-        if self.fingerprint is None or (fingerprint == self.fingerprint and not self.settings_path.exists()):
-            _write_atomically(
-                self.settings_path,
-                json.dumps({"fingerprint": fingerprint, "settings": settings.to_dict()}, indent=2).encode(),
+        if self.fingerprint not in (None, fingerprint):
+            theirs = self._written_settings()
+            detail = (
+                "; ".join(theirs.differences(settings))
+                if theirs is not None and theirs.fingerprint == self.fingerprint
+                else f"settings fingerprint {self.fingerprint} != {fingerprint}"
             )
+            raise CheckpointError(
+                f"{self.path} holds judgments made with other settings (checkpoint != this run: {detail}); "
+                "resume with the settings it was written with, or pass a new judgments file"
+            )
+        if self.fingerprint is None or not self.settings_path.exists():
+            with write_atomically(self.settings_path) as out:
+                out.write(json.dumps({"fingerprint": fingerprint, "settings": settings.to_dict()}, indent=2).encode())
             self.fingerprint = fingerprint
-            return
-        if fingerprint == self.fingerprint:
-            return
-        theirs = self._written_settings()
-        detail = (
-            "; ".join(theirs.differences(settings))
-            if theirs is not None and theirs.fingerprint == self.fingerprint
-            else f"settings fingerprint {self.fingerprint} != {fingerprint}"
-        )
-        raise CheckpointError(
-            f"{self.path} holds judgments made with other settings (checkpoint != this run: {detail}); "
-            "resume with the settings it was written with, or pass a new judgments file"
-        )
 
     def check_known(self, known: Mapping[str, Any]) -> bool:
         """:meth:`check` on the ``known`` settings alone (no engine needed): the rest are taken from the
@@ -168,23 +152,15 @@ class Checkpoint:
 
     def states(self, qid: str, docids: Sequence[str]) -> dict[str, PairState]:
         """The latest state of each of the query's pairs that has a record."""
-        assert self._db is not None
-        found: dict[str, PairState] = {}
-        for start in range(0, len(docids), _SQL_CHUNK):
-            chunk = list(docids[start : start + _SQL_CHUNK])
-            rows = self._db.execute(
-                "SELECT docid, judged, score, forced, digest, offset, invalid FROM pairs "
-                f"WHERE qid = ? AND docid IN ({','.join('?' * len(chunk))})",
-                [qid, *chunk],
-            )
-            for docid, judged, score, forced, digest, offset, invalid in rows:
-                found[docid] = PairState(bool(judged), score, bool(forced), digest, offset, bool(invalid))
-        return found
+        sql = "SELECT docid, judged, score, forced, digest, offset, invalid FROM pairs WHERE qid = ? AND docid IN ({})"
+        return {
+            docid: PairState(bool(judged), score, bool(forced), digest, offset, bool(invalid))
+            for docid, judged, score, forced, digest, offset, invalid in select_in(self._db, sql, docids, qid)
+        }
 
     def append(self, records: Sequence[PairRecord]) -> None:
         """Write the records as whole lines, straight to the kernel; an ``OSError`` (a full disk) may leave
         a torn last line, which the next run drops: the run must stop there."""
-        assert self._writer is not None
         wrong = next((r for r in records if r.settings != self.fingerprint), None)
         if wrong is not None:
             raise CheckpointError(
@@ -194,28 +170,25 @@ class Checkpoint:
         data = memoryview(b"".join(lines))
         while data:  # a write may be cut short (the disk filling up): the rest follows, or fails
             data = data[self._writer.write(data) :]
-        if self._clock() - self._synced_at >= self._fsync_interval:
+        if time.monotonic() - self._synced_at >= self._fsync_interval:
             self._sync()
         offset = self._end
         for record, line in zip(records, lines, strict=True):
             self._remember(record, offset)
             offset += len(line)
         self._end = offset
-        self._commit()
+        self._db.commit()
 
     def read(self, offset: int) -> bytes:
         """The line at ``offset`` (with its newline)."""
-        assert self._reader is not None
         self._reader.seek(offset)
         return self._reader.readline()
 
     def compact(self, order: Iterable[tuple[str, Sequence[str]]]) -> None:
-        """Rewrite the file, one line per pair: the run's pairs in ``order``, then any others as they were;
-        written beside it, synced and renamed over it, so a kill leaves either file whole."""
-        assert self._db is not None
+        """Rewrite the file atomically, one line per pair: the run's pairs in ``order``, then any others as before."""
         self._sync()
         db = self._db
-        with self._compacting.open("wb") as out:
+        with write_atomically(self.path, self._compacting) as out:
             written = 0
 
             def copy(qid: str, docid: str, offset: int) -> None:
@@ -233,44 +206,25 @@ class Checkpoint:
                     if docid in states:
                         copy(qid, docid, states[docid].offset)
             last = -1
-            while True:  # pairs outside this run (e.g. from a deeper earlier run), in file order
-                rows = db.execute(
-                    "SELECT qid, docid, offset FROM pairs WHERE emitted = 0 AND offset > ? ORDER BY offset LIMIT 1000",
-                    (last,),
-                ).fetchall()
-                if not rows:
-                    break
+            others = "SELECT qid, docid, offset FROM pairs WHERE emitted = 0 AND offset > ? ORDER BY offset LIMIT 1000"
+            while rows := db.execute(others, (last,)).fetchall():  # pairs outside this run, in file order
                 for qid, docid, offset in rows:
                     copy(qid, docid, offset)
                     last = offset
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(self._compacting, self.path)
-        _sync_directory(self.path.parent)
         # Write and read the new file from now on (the lock file stays locked), and point the index at its lines.
-        old_writer, old_reader = self._writer, self._reader
-        self._writer, self._reader = self.path.open("ab", buffering=0), self.path.open("rb")
-        for handle in (old_writer, old_reader):
-            if handle is not None:
-                handle.close()
+        self._writer.close()
+        self._reader.close()
+        self._writer = self._held.enter_context(self.path.open("ab", buffering=0))
+        self._reader = self._held.enter_context(self.path.open("rb"))
         db.execute("UPDATE pairs SET offset = new_offset, new_offset = NULL, emitted = 0")
         self._end = written
-        self._commit()
+        db.commit()
 
     def close(self) -> None:
         """Release everything, whatever failed before (a sync that fails now loses nothing the next run needs)."""
         with contextlib.suppress(OSError, ValueError):
             self._sync()
-        for handle in (self._reader, self._writer):
-            if handle is not None:
-                handle.close()  # unbuffered: nothing left to write
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._lock is not None:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-            _unlock(self._lock, self._lock_path)
-            self._lock = None
+        self._held.close()  # unbuffered files: nothing left to write
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -279,7 +233,6 @@ class Checkpoint:
         self.close()
 
     def _remember(self, r: PairRecord, offset: int) -> None:
-        assert self._db is not None
         # A judged record is final; a failed one gives way to the next attempt.
         self._db.execute(
             "INSERT INTO pairs (qid, docid, judged, score, forced, digest, offset, invalid) "
@@ -289,14 +242,10 @@ class Checkpoint:
             (r.qid, r.docid, r.judged, r.score, r.forced, r.text_digest, offset, r.invalid),
         )
 
-    def _commit(self) -> None:
-        assert self._db is not None
-        self._db.commit()
-
     def _sync(self) -> None:
-        if self._writer is not None and not self._writer.closed:
+        if not self._writer.closed:
             os.fsync(self._writer.fileno())
-        self._synced_at = self._clock()
+        self._synced_at = time.monotonic()
 
 
 def _torn(line: bytes) -> bool:
@@ -304,13 +253,11 @@ def _torn(line: bytes) -> bool:
     if not (line.startswith(_RECORD_START) or _RECORD_START.startswith(line)):
         return False
     try:
-        json.loads(line)
-    except ValueError:
-        return True  # cut short
-    try:
         PairRecord.from_json(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return True  # cut short
     except ValueError:
-        return False
+        return False  # whole JSON, but not a record
     return True
 
 
@@ -338,20 +285,17 @@ def _unlock(fd: int, lock_path: Path) -> None:
     os.close(fd)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(path.name + ".tmp")
+@contextlib.contextmanager
+def write_atomically(path: Path, temporary: Path | None = None) -> Iterator[IO[bytes]]:
+    """Write ``temporary`` (default: ``path`` + ``.tmp``), sync, rename over ``path``: a kill leaves either whole."""
+    temporary = temporary or path.with_name(path.name + ".tmp")
     with temporary.open("wb") as out:
-        out.write(data)
+        yield out
         out.flush()
         os.fsync(out.fileno())
     os.replace(temporary, path)
-    _sync_directory(path.parent)
-
-
-def _sync_directory(path: Path) -> None:
-    """Make a rename durable (where the platform allows opening a directory)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
+    with contextlib.suppress(OSError):  # make the rename durable, where the platform can open a directory
+        fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:

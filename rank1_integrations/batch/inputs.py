@@ -1,24 +1,24 @@
-"""A run's inputs as streams: a TREC run query by query, a corpus by document id (a BEIR
-``corpus.jsonl`` through an on-disk index of byte offsets, ``irds:`` ids through ``ir_datasets``'
-document store), so nothing here holds all passages."""
+"""A run's inputs as streams: a TREC run query by query, a corpus by document id (a BEIR ``corpus.jsonl`` through
+an on-disk index of byte offsets, ``irds:`` ids through ``ir_datasets``' document store)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from rank1_integrations._optional import require
 from rank1_integrations.errors import InvalidInputError
 
-__all__ = ["IRDS_PREFIX", "Corpus", "QueryRun", "open_corpus", "passage_text", "read_queries", "read_run"]
+__all__ = ["IRDS_PREFIX", "Corpus", "QueryRun", "open_corpus", "passage_text", "read_queries", "read_run", "select_in"]
 
 IRDS_PREFIX = "irds:"
-_SQL_CHUNK = 500  # ids per IN (...) look-up, well under SQLite's limit on bound parameters
+_SQL_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -33,41 +33,30 @@ def read_run(path: Path) -> Iterator[QueryRun]:
     """The run's queries in file order, each with its documents by score (highest first), rank column, line.
     A query whose lines are not together is refused, naming the command that groups them."""
     seen: set[str] = set()
-    qid: str | None = None
-    rows: list[tuple[float, int, int, str]] = []
-    with _open_text(path) as lines:
-        for number, line in enumerate(lines, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
+    with _open(path) as lines:
+        rows = (_run_row(path, number, line.split()) for number, line in enumerate(lines, start=1) if line.strip())
+        for qid, group in itertools.groupby(rows, key=lambda row: row[0]):
+            ranked = list(group)
+            if qid in seen:
                 raise InvalidInputError(
-                    f"{path}:{number}: a TREC run line has 6 columns (qid Q0 docid rank score tag), got {len(parts)}"
+                    f"{path}:{ranked[0][3]}: query {qid!r} comes back after other queries; group each query's "
+                    f"lines together first, e.g. sort -s -k1,1 {path} > sorted.run"
                 )
-            if parts[0] != qid:
-                if qid is not None:
-                    yield _ranked(path, qid, rows)
-                    seen.add(qid)
-                if parts[0] in seen:
-                    raise InvalidInputError(
-                        f"{path}:{number}: query {parts[0]!r} comes back after other queries; group each query's "
-                        f"lines together first, e.g. sort -s -k1,1 {path} > sorted.run"
-                    )
-                qid, rows = parts[0], []
-            rows.append(
-                (-_number(path, number, parts[4], float), _number(path, number, parts[3], int), number, parts[2])
-            )
-    if qid is not None:
-        yield _ranked(path, qid, rows)
+            seen.add(qid)
+            docids = tuple(row[4] for row in sorted(ranked))
+            if len(set(docids)) != len(docids):
+                twice = sorted({d for d in docids if docids.count(d) > 1})
+                raise InvalidInputError(f"{path}: query {qid!r} lists documents more than once: {twice[:10]}")
+            yield QueryRun(qid, docids)
 
 
-def _ranked(path: Path, qid: str, rows: list[tuple[float, int, int, str]]) -> QueryRun:
-    rows.sort()
-    docids = tuple(row[3] for row in rows)
-    if len(set(docids)) != len(docids):
-        twice = sorted({d for d in docids if docids.count(d) > 1})
-        raise InvalidInputError(f"{path}: query {qid!r} lists documents more than once: {twice[:10]}")
-    return QueryRun(qid, docids)
+def _run_row(path: Path, number: int, parts: list[str]) -> tuple[str, float, int, int, str]:
+    """A run line's sort key (query, -score, rank, line) and document."""
+    if len(parts) != 6:
+        raise InvalidInputError(
+            f"{path}:{number}: a TREC run line has 6 columns (qid Q0 docid rank score tag), got {len(parts)}"
+        )
+    return parts[0], -_number(path, number, parts[4], float), _number(path, number, parts[3], int), number, parts[2]
 
 
 def _number(path: Path, line: int, text: str, kind: type[int] | type[float]) -> Any:
@@ -80,9 +69,9 @@ def _number(path: Path, line: int, text: str, kind: type[int] | type[float]) -> 
     return value
 
 
-def _open_text(path: Path) -> Any:
+def _open(path: Path, mode: str = "r") -> Any:
     try:
-        return path.open(encoding="utf-8")
+        return path.open(mode, encoding=None if "b" in mode else "utf-8")
     except OSError as err:
         raise InvalidInputError(f"cannot read {path}: {err.strerror or err}") from None
 
@@ -96,25 +85,12 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-class Corpus(Protocol):
-    """Documents by id, read when asked for: ``missing`` ids in the order given, ``texts`` of those found."""
-
-    def missing(self, docids: Sequence[str]) -> list[str]: ...
-
-    def texts(self, docids: Sequence[str]) -> dict[str, str]: ...
-
-    def close(self) -> None: ...
-
-
 class JsonlCorpus:
     """A BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``): scanned once into an on-disk index of offsets."""
 
     def __init__(self, path: Path, index_path: Path) -> None:
         self.path = path
-        try:
-            self._file = path.open("rb")
-        except OSError as err:
-            raise InvalidInputError(f"cannot read {path}: {err.strerror or err}") from None
+        self._file = _open(path, "rb")
         self._db = sqlite3.connect(index_path)
         try:
             self._db.executescript(
@@ -140,12 +116,7 @@ class JsonlCorpus:
         self._db.commit()
 
     def _offsets(self, docids: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for start in range(0, len(docids), _SQL_CHUNK):
-            chunk = list(docids[start : start + _SQL_CHUNK])
-            marks = ",".join("?" * len(chunk))
-            found.update(self._db.execute(f"SELECT docid, offset FROM docs WHERE docid IN ({marks})", chunk))
-        return found
+        return dict(select_in(self._db, "SELECT docid, offset FROM docs WHERE docid IN ({})", docids))
 
     def missing(self, docids: Sequence[str]) -> list[str]:
         found = self._offsets(docids)
@@ -181,6 +152,10 @@ class IrdsCorpus:
         return None
 
 
+Corpus = JsonlCorpus | IrdsCorpus
+"""Documents by id, read when asked for: ``missing`` ids in the order given, ``texts`` of those found."""
+
+
 def open_corpus(source: str | Path, index_path: Path) -> Corpus:
     """``irds:<id>`` through ``ir_datasets``, else a BEIR ``corpus.jsonl`` path."""
     if isinstance(source, str) and source.startswith(IRDS_PREFIX):
@@ -195,7 +170,7 @@ def read_queries(source: str | Path) -> dict[str, str]:
         return {str(query.query_id): _irds_text(query) for query in dataset.queries_iter()}
     path = Path(source)
     queries: dict[str, str] = {}
-    with _open_text(path) as lines:
+    with _open(path) as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -204,6 +179,13 @@ def read_queries(source: str | Path) -> dict[str, str]:
                 raise InvalidInputError(f"{path}: query id {qid!r} appears more than once")
             queries[qid] = _text(record.get("text"))
     return queries
+
+
+def select_in(db: sqlite3.Connection, sql: str, ids: Sequence[str], *args: Any) -> Iterator[Any]:
+    """Rows of ``sql`` (``{}``: the IN list of ``ids``, bound after ``args``), in chunks under SQLite's limits."""
+    for start in range(0, len(ids), _SQL_CHUNK):
+        chunk = list(ids[start : start + _SQL_CHUNK])
+        yield from db.execute(sql.format(",".join("?" * len(chunk))), [*args, *chunk])
 
 
 def _line_id(path: Path, number: int, line: str | bytes, what: str) -> tuple[str, dict[str, Any]]:

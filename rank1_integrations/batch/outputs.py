@@ -3,79 +3,51 @@ rest) and its metrics against qrels, with ir-measures as the cookbook computes t
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rank1_integrations._optional import require
-from rank1_integrations.batch.checkpoint import PairState
-from rank1_integrations.batch.inputs import IRDS_PREFIX
+from rank1_integrations.batch.checkpoint import PairState, write_atomically
+from rank1_integrations.batch.inputs import IRDS_PREFIX, read_run
 from rank1_integrations.errors import InvalidInputError
 
 __all__ = ["DEFAULT_MEASURES", "Evaluation", "read_trec", "reranked", "write_trec"]
 
 
 def reranked(docids: Sequence[str], top: Sequence[str], states: Mapping[str, PairState]) -> list[str]:
-    """One query's new order.
-
-    The judged documents of ``top`` by rank1 score, highest first, ties in first-stage
-    order; then any of ``top`` left unjudged, in first-stage order; then the documents
-    below the depth, as the first stage ranked them.
-    """
+    """One query's new order: ``top``'s judged documents by rank1 score (ties in first-stage order), then its
+    unjudged ones, then those below the depth, both as the first stage ranked them."""
     first_stage = {docid: rank for rank, docid in enumerate(top)}
     judged = [d for d in top if d in states and states[d].judged]
     unjudged = [d for d in top if d not in states or not states[d].judged]
-    judged.sort(key=lambda d: (-_score(states[d]), first_stage[d]))
+    judged.sort(key=lambda d: (-(states[d].score or 0.0), first_stage[d]))
     return judged + unjudged + list(docids[len(top) :])
-
-
-def _score(state: PairState) -> float:
-    assert state.score is not None
-    return state.score
 
 
 def write_trec(path: Path, rankings: Iterable[tuple[str, Sequence[str]]], tag: str = "rank1") -> None:
     """Write a TREC run atomically. Scores fall strictly with rank, so every tool reads the same order
     (trec_eval sorts by score and would break ties its own way); rank1's scores are in the judgments file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as out:
+    with write_atomically(path) as out:
         for qid, docids in rankings:
             count = len(docids)
             out.writelines(
-                f"{qid} Q0 {docid} {rank} {count - rank + 1} {tag}\n" for rank, docid in enumerate(docids, 1)
+                f"{qid} Q0 {docid} {rank} {count - rank + 1} {tag}\n".encode() for rank, docid in enumerate(docids, 1)
             )
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
 
 
 def read_trec(path: Path) -> Iterator[tuple[str, list[str]]]:
     """A run written by :func:`write_trec`, query by query, in its order."""
-    qid: str | None = None
-    docids: list[str] = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            parts = line.split()
-            if len(parts) != 6:
-                raise InvalidInputError(f"{path}:{number}: not a TREC run line")
-            if parts[0] != qid:
-                if qid is not None:
-                    yield qid, docids
-                qid, docids = parts[0], []
-            docids.append(parts[2])
-    if qid is not None:
-        yield qid, docids
+    return ((ranking.qid, list(ranking.docids)) for ranking in read_run(path))
 
 
 DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@10", "R@100")
 
 
 class Evaluation:
-    """Measures of runs against qrels; built before a run starts, so a typo fails at once, not hours later.
-
-    ``qrels`` is a TREC qrels file or ``irds:<dataset id>`` (its qrels through ``ir_datasets``).
-    """
+    """Measures of runs against qrels (a file or ``irds:<dataset id>``); built before a run starts, so a typo fails at
+    once, not hours later."""
 
     def __init__(self, qrels: str | Path, measures: Sequence[str]) -> None:
         self._ir = require("ir_measures", extras=("eval",), purpose="Evaluating against qrels (--eval)")
@@ -85,23 +57,19 @@ class Evaluation:
             raise InvalidInputError(f"not an ir-measures measure in {list(measures)}: {err}") from None
         if not self._measures:
             raise InvalidInputError("no measures to evaluate")
-        self._qrels = qrels
+        self._qrels: Callable[[], Any]
         if isinstance(qrels, str) and qrels.startswith(IRDS_PREFIX):
-            self._dataset = require("ir_datasets", extras=("eval",), purpose="Reading ir_datasets qrels").load(
-                qrels[len(IRDS_PREFIX) :]
-            )
-        elif not Path(qrels).is_file():
+            irds = require("ir_datasets", extras=("eval",), purpose="Reading ir_datasets qrels")
+            self._qrels = irds.load(qrels[len(IRDS_PREFIX) :]).qrels_iter
+        elif Path(qrels).is_file():
+            self._qrels = functools.partial(self._ir.read_trec_qrels, str(qrels))
+        else:
             raise InvalidInputError(f"qrels file {qrels} does not exist")
 
     def __call__(self, runs: Mapping[str, Path]) -> dict[str, dict[str, float]]:
         """Each run's aggregate measures: ``{run name: {measure: value}}``."""
         results: dict[str, dict[str, float]] = {}
         for name, run in runs.items():
-            values = self._ir.calc_aggregate(self._measures, self._read_qrels(), self._ir.read_trec_run(str(run)))
+            values = self._ir.calc_aggregate(self._measures, self._qrels(), self._ir.read_trec_run(str(run)))
             results[name] = {str(m): float(values[m]) for m in self._measures}
         return results
-
-    def _read_qrels(self) -> Any:
-        if isinstance(self._qrels, str) and self._qrels.startswith(IRDS_PREFIX):
-            return self._dataset.qrels_iter()
-        return self._ir.read_trec_qrels(str(self._qrels))

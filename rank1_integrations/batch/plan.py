@@ -1,9 +1,5 @@
-"""Which pairs a run still has to judge, from its inputs and its checkpoint, as a stream of work units,
-and how a reranker judges them.
-
-The run is read query by query (three passes: survey, work, output), so only the
-documents and passages of the queries in flight are in memory.
-"""
+"""Which pairs a run still has to judge, as a stream of work units, and how a reranker judges them. The run is
+read query by query (three passes: survey, work, output): only the queries in flight are in memory."""
 
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["Plan", "Survey", "WorkUnit", "judged_records", "run_reranker"]
 
-_SHOWN = 10  # examples named in an error about missing or changed inputs
+SHOWN = 10  # examples named in an error about missing or changed inputs
 
 
 @dataclass(frozen=True)
@@ -51,19 +47,20 @@ class Survey:
         return self.pairs - self.judged - self.invalid
 
 
+@dataclass(frozen=True)
 class Plan:
     """The run's pairs (each query's first ``depth`` documents) against what the checkpoint holds."""
 
-    def __init__(
-        self, run: Path, *, queries: Mapping[str, str], corpus: Corpus, checkpoint: Checkpoint, depth: int | None
-    ) -> None:
+    run: Path
+    queries: Mapping[str, str]
+    corpus: Corpus
+    checkpoint: Checkpoint
+    depth: int | None
+
+    def __post_init__(self) -> None:
+        depth = self.depth
         if depth is not None and (not isinstance(depth, int) or isinstance(depth, bool) or depth < 1):
             raise InvalidInputError(f"depth must be a positive int (or None for every document), got {depth!r}")
-        self.run = run
-        self.queries = queries
-        self.corpus = corpus
-        self.checkpoint = checkpoint
-        self.depth = depth
 
     def rankings(self) -> Iterator[tuple[QueryRun, tuple[str, ...]]]:
         """Each query of the run with the documents it reranks (its first ``depth``)."""
@@ -99,14 +96,14 @@ class Plan:
                 ]
         if no_query:
             raise InvalidInputError(
-                f"{len(no_query)} queries of the run are not in the queries file, e.g. {no_query[:_SHOWN]}"
+                f"{len(no_query)} queries of the run are not in the queries file, e.g. {no_query[:SHOWN]}"
             )
         if no_doc:
-            raise InvalidInputError(f"{len(no_doc)} documents of the run are not in the corpus, e.g. {no_doc[:_SHOWN]}")
+            raise InvalidInputError(f"{len(no_doc)} documents of the run are not in the corpus, e.g. {no_doc[:SHOWN]}")
         if changed:
             raise CheckpointError(
                 f"{self.checkpoint.path} judged {len(changed)} pairs on other texts than the corpus and queries "
-                f"give now (query/document: {changed[:_SHOWN]}): pass a new judgments file to judge the new texts"
+                f"give now (query/document: {changed[:SHOWN]}): pass a new judgments file to judge the new texts"
             )
         return Survey(queries, pairs, judged, failed, invalid)
 

@@ -1,8 +1,5 @@
-"""The Ray Data engine, as vLLM documents offline batch inference at scale: ``ray.data`` over the pairs
-(put into the object store in blocks, so the driver holds one at a time), ``map_batches`` with a pool of
-async actors, each holding one reranker (an embedded engine on its GPU, or a client of vLLM servers) and
-running several batches at once through the reranker's own driver. Ray is imported here only.
-"""
+"""The Ray Data engine, as vLLM documents offline batch inference at scale: ``map_batches`` over the pairs with a
+pool of async actors, each holding one reranker and running several batches at once. Ray is imported here only."""
 
 from __future__ import annotations
 
@@ -30,10 +27,9 @@ _PURPOSE = "Batch reranking on Ray (--ray)"
 
 @dataclass(frozen=True)
 class RayEngine:
-    """An actor pool of ``num_engines`` rerankers built from ``settings`` (an embedded engine on
-    ``gpus_per_engine`` GPUs, default one where the cluster has GPUs; or a client of its servers).
-    ``address``: Ray's (None: start or join a local instance). Actors take ``batch_size`` pairs per
-    call (whole queries under adaptive effort), several calls at once."""
+    """An actor pool of ``num_engines`` rerankers built from ``settings`` (an embedded engine on ``gpus_per_engine``
+    GPUs, default one where the cluster has GPUs; or a client of its servers) at Ray's ``address`` (None: local).
+    Actors take ``batch_size`` pairs per call (whole queries under adaptive effort), several calls at once."""
 
     settings: Rank1Settings
     num_engines: int = 1
@@ -86,11 +82,8 @@ def _backend_error(err: Exception) -> BackendError:
 
 
 def _settings_of(settings: Rank1Settings) -> dict[str, Any]:
-    reranker = run_reranker(settings)
-    try:
+    with run_reranker(settings) as reranker:
         return RunSettings.of(reranker).to_dict()
-    finally:
-        reranker.close()
 
 
 def _units(rows: list[dict[str, Any]]) -> Iterator[WorkUnit]:
@@ -137,9 +130,7 @@ class RayJudge:
     def _gpus(self) -> float:
         if self.spec.gpus_per_engine is not None:
             return float(self.spec.gpus_per_engine)
-        if not self.spec.settings.embedded:
-            return 0.0
-        return 1.0 if self._ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        return float(self.spec.settings.embedded and self._ray.cluster_resources().get("GPU", 0) > 0)
 
     def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
         blocks = self._blocks(units)
@@ -155,20 +146,17 @@ class RayJudge:
             num_gpus=self._gpus(),
         )
         del blocks  # the dataset holds them until they are judged
-        tables = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
-        while True:
-            try:
-                table = next(tables, None)
-            except Exception as err:  # Ray wraps what failed in the actors (or Ray itself failed)
-                raise _backend_error(err) from err
-            if table is None:
-                return
-            rows = table.to_pylist()
-            if rows and self.settings is None:
-                self.settings = RunSettings.from_dict(json.loads(rows[0]["settings_json"]))
-            yield [
-                PairRecord(**{name: value for name, value in row.items() if name != "settings_json"}) for row in rows
-            ]
+        try:
+            for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                rows = table.to_pylist()
+                if rows and self.settings is None:
+                    self.settings = RunSettings.from_dict(json.loads(rows[0]["settings_json"]))
+                yield [
+                    PairRecord(**{name: value for name, value in row.items() if name != "settings_json"})
+                    for row in rows
+                ]
+        except Exception as err:  # Ray wraps what failed in the actors (or Ray itself failed)
+            raise _backend_error(err) from err
 
     def probe_settings(self) -> RunSettings:
         """One reranker started as a Ray task with an actor's resources, asked for its settings."""
@@ -180,24 +168,20 @@ class RayJudge:
     def _blocks(self, units: Iterator[WorkUnit]) -> list[Any]:
         """The pairs as object-store blocks of ``batch_size`` rows (only one block is in this process at a time)."""
         refs: list[Any] = []
-        columns: dict[str, list[str]] = {"qid": [], "docid": [], "query": [], "passage": []}
+        rows: list[dict[str, str]] = []
 
         def put() -> None:
-            refs.append(self._ray.put(self._pa.table(columns)))
-            for values in columns.values():
-                values.clear()
+            refs.append(self._ray.put(self._pa.Table.from_pylist(rows)))
+            rows.clear()
 
         for unit in units:
             for docid, passage in zip(unit.docids, unit.passages, strict=True):
-                columns["qid"].append(unit.qid)
-                columns["docid"].append(docid)
-                columns["query"].append(unit.query)
-                columns["passage"].append(passage)
-                if len(columns["qid"]) >= self.spec.batch_size and not self._whole:
+                rows.append({"qid": unit.qid, "docid": docid, "query": unit.query, "passage": passage})
+                if len(rows) >= self.spec.batch_size and not self._whole:
                     put()
-            if self._whole and len(columns["qid"]) >= self.spec.batch_size:
+            if self._whole and len(rows) >= self.spec.batch_size:
                 put()
-        if columns["qid"]:
+        if rows:
             put()
         return refs
 

@@ -75,8 +75,7 @@ _ALWAYS = ("model", "template", "max_reasoning_tokens", "context_size")
 
 
 def effort_of(settings: Rank1Settings) -> dict[str, Any]:
-    """Every effort field of a run: the prefill where no-think runs (``none``, ``adaptive``), adaptive's
-    knobs under ``adaptive``, else None."""
+    """Every effort field of a run: the prefill where no-think runs, adaptive's knobs under ``adaptive``, else None."""
     effort = settings.reasoning_effort
     knobs = ("adaptive_margin", "adaptive_center", "adaptive_top_k")
     found = {name: getattr(settings, name) if effort == "adaptive" else None for name in knobs}
@@ -135,33 +134,30 @@ class PairRecord:
         if not isinstance(data, dict):
             raise ValueError("a record must be a JSON object")
         try:
-            record = cls(**data)
+            r = cls(**data)
         except TypeError as err:
             raise ValueError(f"not a judgment record: {err}") from None
-        record._check()
-        return record
-
-    def _check(self) -> None:
-        texts = (self.qid, self.docid, self.reasoning, self.settings, self.text_digest)
-        if not all(isinstance(t, str) for t in texts) or not self.qid or not self.docid:
+        texts = (r.qid, r.docid, r.reasoning, r.settings, r.text_digest)
+        if not all(isinstance(t, str) for t in texts) or not r.qid or not r.docid:
             raise ValueError("qid, docid, reasoning, settings and text_digest must be strings")
-        if not all(isinstance(flag, bool) for flag in (self.forced, self.truncated, self.invalid, self.reasoned)):
+        if not all(isinstance(flag, bool) for flag in (r.forced, r.truncated, r.invalid, r.reasoned)):
             raise ValueError("forced, truncated, invalid and reasoned must be booleans")
-        if self.invalid and self.error is None:
+        if r.invalid and r.error is None:
             raise ValueError("an invalid record has an error")
-        if not _is_int(self.reasoning_tokens) or self.reasoning_tokens < 0:
+        if not _is_int(r.reasoning_tokens) or r.reasoning_tokens < 0:
             raise ValueError("reasoning_tokens must be a non-negative int")
-        if self.error is not None:
-            if not isinstance(self.error, str) or self.score is not None or self.relevant is not None:
+        if r.error is not None:
+            if not isinstance(r.error, str) or r.score is not None or r.relevant is not None:
                 raise ValueError("a failed record has an error string and neither score nor verdict")
         elif not (
-            isinstance(self.score, int | float)
-            and not isinstance(self.score, bool)
-            and math.isfinite(self.score)
-            and 0.0 <= self.score <= 1.0
-            and isinstance(self.relevant, bool)
+            isinstance(r.score, int | float)
+            and not isinstance(r.score, bool)
+            and math.isfinite(r.score)
+            and 0.0 <= r.score <= 1.0
+            and isinstance(r.relevant, bool)
         ):
             raise ValueError("a judged record has a score in [0, 1] and a boolean verdict")
+        return r
 
 
 def _is_int(value: object) -> bool:

@@ -1,10 +1,5 @@
-"""``rerank_run``: rerank a whole first-stage run with rank1, resumably, on any engine.
-
-One path for every engine (a reranker, ``Rank1Settings`` of an embedded engine or vLLM servers,
-Ray actors of those): the checkpoint is opened (and locked), the inputs checked and counted, the
-engine judges what the checkpoint lacks while each record is appended as it completes, then the
-checkpoint is compacted and the reranked run written. With nothing left to judge, no engine starts.
-"""
+"""``rerank_run``, one path for every engine: lock the checkpoint, check the inputs, judge what the checkpoint lacks
+(each record appended as it completes), compact it, write the run. With nothing to judge, no engine starts."""
 
 from __future__ import annotations
 
@@ -12,6 +7,8 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,8 +18,7 @@ from rank1_integrations.batch.checkpoint import Checkpoint, side_files
 from rank1_integrations.batch.errors import IncompleteRunError, StorageError
 from rank1_integrations.batch.inputs import IRDS_PREFIX, open_corpus, read_queries
 from rank1_integrations.batch.outputs import DEFAULT_MEASURES, Evaluation, read_trec, reranked, write_trec
-from rank1_integrations.batch.plan import Plan, WorkUnit, judged_records, run_reranker
-from rank1_integrations.batch.progress import Progress, RunSummary
+from rank1_integrations.batch.plan import SHOWN, Plan, WorkUnit, judged_records, run_reranker
 from rank1_integrations.batch.ray_engine import RayEngine, RayJudge
 from rank1_integrations.batch.records import PairRecord, RunSettings, effort_of
 from rank1_integrations.core.templates import resolve_template
@@ -30,11 +26,43 @@ from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["Engine", "RerankedRun", "rerank_run"]
+__all__ = ["Engine", "RerankedRun", "RunSummary", "rerank_run"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
-_SHOWN = 10  # pairs named in an error about invalid input
+
+@dataclass
+class RunSummary:
+    """A run in numbers. ``judged``/``forced``/``failed``/``invalid`` count every pair of the run at its end."""
+
+    pairs: int
+    from_checkpoint: int
+    judged_now: int = 0
+    failed_now: int = 0
+    reasoning_tokens_now: int = 0
+    seconds: float = 0.0
+    """Judging time of this run."""
+    first_judgment_after: float | None = None
+    """Seconds until the first judgments came back (Ray starts its actors and engines meanwhile)."""
+    judged: int = 0
+    forced: int = 0
+    failed: int = 0
+    """Pairs without a judgment (``invalid`` of them refused as invalid input, the rest retried by the next run)."""
+    invalid: int = 0
+
+    def _per_second(self, count: int) -> float:
+        return count / self.seconds if self.seconds > 0 else 0.0
+
+    def text(self) -> str:
+        share = self.forced / self.judged if self.judged else 0.0
+        rate, tokens = self._per_second(self.judged_now), self._per_second(self.reasoning_tokens_now)
+        return (
+            f"pairs: {self.pairs} ({self.judged} judged, {self.failed} failed, {self.invalid} of them invalid input); "
+            f"forced answers: {self.forced} ({share:.1%} of judged)\n"
+            f"this run: judged {self.judged_now}, failed {self.failed_now}, "
+            f"{self.from_checkpoint} from the checkpoint; "
+            f"wall time {self.seconds:.1f} s ({rate:.2f} pairs/s, {tokens:.1f} reasoning tokens/s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -73,13 +101,9 @@ def rerank_run(
     fsync_interval: float = 5.0,
     say: Callable[[str], None] | None = None,
 ) -> RerankedRun:
-    """Rerank each query's first ``depth`` documents of ``run`` into ``out``; ``reasoning`` (one JSON line
-    per pair) is the checkpoint: the same call after any interruption judges only what it lacks
-    (docs/batch.md). ``corpus``, ``queries`` and ``qrels`` may be ``irds:<dataset id>``.
-
-    Raises :class:`IncompleteRunError` when pairs failed (unless ``allow_failures``: ranked last),
-    :class:`StorageError` when a file could not be written.
-    """
+    """Rerank each query's first ``depth`` documents of ``run`` into ``out``; ``reasoning`` (one JSON line per pair)
+    is the checkpoint: the same call after any interruption judges only what it lacks (docs/batch.md). Raises
+    :class:`IncompleteRunError` when pairs failed (unless ``allow_failures``: ranked last), :class:`StorageError`."""
     note = say or logger.info
     run_path, out_path, judgments_path = Path(run), Path(out), Path(reasoning)
     if not run_path.is_file():
@@ -92,8 +116,7 @@ def rerank_run(
         if checkpoint.records:
             note(f"Resuming: {judgments_path} holds {checkpoint.records} records")
         texts = read_queries(queries)
-        documents = open_corpus(corpus, checkpoint.work_dir / "corpus.sqlite")
-        try:
+        with contextlib.closing(open_corpus(corpus, checkpoint.work_dir / "corpus.sqlite")) as documents:
             plan = Plan(run_path, queries=texts, corpus=documents, checkpoint=checkpoint, depth=depth)
             survey = plan.survey()
             note(
@@ -105,14 +128,11 @@ def rerank_run(
             # Other settings are refused before any engine starts, where the checkpoint's settings file can tell.
             told = checkpoint.check_known(known_settings(engine))
             if survey.remaining or not told:
-                judge = open_judge(engine, max_in_flight=max_in_flight)
-                try:
+                with contextlib.closing(open_judge(engine, max_in_flight=max_in_flight)) as judge:
                     if survey.remaining:
                         _judge_all(plan, checkpoint, judge, summary, survey.remaining, progress)
                     else:
-                        checkpoint.check(judge.settings or judge.probe_settings())
-                finally:
-                    judge.close()
+                        checkpoint.check(judge.probe_settings())
             checkpoint.compact((ranking.qid, top) for ranking, top in plan.rankings())
             refused: list[str] = []
             for ranking, top in plan.rankings():
@@ -120,7 +140,7 @@ def rerank_run(
                     summary.judged += state.judged
                     summary.forced += state.judged and state.forced
                     summary.invalid += state.invalid
-                    if state.invalid and len(refused) < _SHOWN:
+                    if state.invalid and len(refused) < SHOWN:
                         error = PairRecord.from_json(checkpoint.read(state.offset)).error
                         refused.append(f"{ranking.qid}/{docid} ({error})")
             summary.failed = summary.pairs - summary.judged
@@ -134,8 +154,6 @@ def rerank_run(
                     for ranking, top in plan.rankings()
                 ),
             )
-        finally:
-            documents.close()
     note(f"Wrote {out_path} and {judgments_path}")
     metrics = evaluation({"first stage": run_path, "rank1": out_path}) if evaluation is not None else None
     return RerankedRun(out_path, judgments_path, summary, metrics)
@@ -224,20 +242,39 @@ def _judge_all(
     total: int,
     progress: bool | None,
 ) -> None:
-    """Judge the remaining pairs, appending each batch of records to the checkpoint as it completes."""
+    """Judge the remaining pairs, appending each batch of records to the checkpoint as it completes; a tqdm bar on
+    stderr (pairs/s, reasoning tokens/s, ETA) unless ``progress`` is False (None: on a terminal only)."""
     if judge.settings is not None:
         checkpoint.check(judge.settings)  # before any work: a mismatch costs nothing
     checked = judge.settings is not None
-    bar = Progress(summary, total, enabled=progress)
+    bar: Any = None
+    if progress is not False:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+
+        disable = None if progress is None else False  # None: shown on a terminal only
+        bar = tqdm(total=total, desc="rank1", unit="pair", dynamic_ncols=True, file=sys.stderr, disable=disable)
+    started = time.monotonic()
     try:
         for records in judge.judge(plan.units(judge.unit_size)):
             if not checked and judge.settings is not None:
                 checkpoint.check(judge.settings)  # Ray: the actors know their settings
                 checked = True
             checkpoint.append(records)
-            bar.update(records)
+            judged = sum(record.judged for record in records)
+            summary.judged_now += judged
+            summary.failed_now += len(records) - judged
+            summary.reasoning_tokens_now += sum(record.reasoning_tokens for record in records)
+            summary.seconds = time.monotonic() - started
+            if summary.first_judgment_after is None:
+                summary.first_judgment_after = summary.seconds
+            if bar is not None:
+                tokens = summary._per_second(summary.reasoning_tokens_now)
+                bar.set_postfix_str(f"{tokens:.0f} reasoning tok/s, {summary.failed_now} failed", refresh=False)
+                bar.update(len(records))
     finally:
-        bar.close()
+        summary.seconds = time.monotonic() - started
+        if bar is not None:
+            bar.close()
 
 
 DEFAULT_MAX_IN_FLIGHT = 1024  # pairs in flight on an embedded engine: more than vLLM runs at once
@@ -248,12 +285,11 @@ Engine = Rank1Reranker | Rank1Settings | RayEngine
 
 
 class InProcessJudge:
-    """A reranker in this process, driven with a window of ``max_in_flight`` pairs (like :class:`RayJudge`:
-    ``settings`` None until known, ``unit_size`` pairs per work unit at most)."""
+    """A reranker in this process, driven with a window of ``max_in_flight`` pairs (as :class:`RayJudge` is used)."""
 
     def __init__(self, reranker: Rank1Reranker, *, max_in_flight: int, owned: bool) -> None:
         self.reranker = reranker
-        self.settings: RunSettings | None = RunSettings.of(reranker)
+        self.settings = RunSettings.of(reranker)
         # A unit frees its place in the window only when its last pair is judged: small units keep the
         # window (and so the engine or servers) full while stragglers finish. Adaptive takes whole queries.
         whole = reranker.settings.reasoning_effort == "adaptive"
@@ -262,12 +298,10 @@ class InProcessJudge:
         self._owned = owned
 
     def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
-        assert self.settings is not None
         fingerprint = self.settings.fingerprint
         return judged_records(self.reranker, units, max_in_flight=self._max_in_flight, settings=fingerprint)
 
     def probe_settings(self) -> RunSettings:
-        assert self.settings is not None
         return self.settings
 
     def close(self) -> None:
