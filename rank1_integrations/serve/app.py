@@ -1,10 +1,5 @@
-"""The rank1-serve ASGI app (FastAPI): the rerank APIs in front of one ``Rank1Reranker``.
-
-The app only translates: HTTP bodies to the :class:`~.service.RerankService`'s arguments, its
-rankings to the API's response shape, and errors to the API's 4xx/5xx JSON (never a stack
-trace). A client that disconnects cancels its request, which releases its share of the
-in-flight judgments (aborted when nobody else waits for them, after a grace in which a retry
-can join them).
+"""The rank1-serve ASGI app: HTTP bodies to the :class:`~.service.RerankService`, its rankings to the API's
+shape, errors to the API's 4xx/5xx JSON (never a stack trace). A client that disconnects cancels its request.
 """
 
 from __future__ import annotations
@@ -77,8 +72,8 @@ def create_app(
 ) -> FastAPI:
     """An app serving ``reranker`` under ``served_model_names`` (default: the backend's model name).
 
-    With ``api_key`` every endpoint but ``/health`` and ``/metrics`` needs ``Authorization: Bearer
-    <api_key>``. With ``owns_reranker`` the app closes the reranker when it shuts down.
+    With ``api_key`` every endpoint but ``/health`` and ``/metrics`` needs ``Authorization: Bearer <api_key>``;
+    with ``owns_reranker`` the app closes the reranker when it shuts down.
     """
     names = list(served_model_names or [reranker.backend.model_name])
     # HTTP strips the whitespace around a header value: no client can send a key that has some
@@ -100,12 +95,10 @@ def create_app(
     app.add_middleware(
         _Edge, metrics=service.metrics, key=key.encode() or None, max_bytes=service.limits.max_body_bytes
     )
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Rank1Error, _rank1_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    for error in (RequestValidationError, HTTPException, Rank1Error, Exception):
+        app.add_exception_handler(error, _error_response)
 
-    async def ranked(body: JinaRerankRequest | CohereRerankRequest, request: Request) -> Ranking | None:
+    async def ranked(body: CohereRerankRequest, request: Request) -> Ranking | None:
         """The service's ranking, or None when the client disconnected first (the work is then cancelled)."""
         if body.model is not None and body.model not in names:
             raise ModelNotFoundError(f"the model {body.model!r} is not served here; served: {', '.join(names)}")
@@ -172,9 +165,6 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Ranki
     return task.result() if task.done() else None
 
 
-# -- errors: the API's JSON shape, safe messages -------------------------------------------
-
-
 def error_response(
     path: str, status: int, kind: str, message: str, param: str | None = None, headers: Any = None
 ) -> JSONResponse:
@@ -184,26 +174,6 @@ def error_response(
     else:
         body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def _invalid_request(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    path, errors = request.url.path, list(exc.errors())
-    if any(error.get("type") == "json_invalid" for error in errors):
-        return error_response(path, 400, "invalid_request", "the request body is not valid JSON")
-    if isinstance(exc.body, bytes):  # FastAPI parses JSON only when the client says it is JSON
-        text = "send the body as JSON (Content-Type: application/json)"
-        return error_response(path, 415, "unsupported_media_type", text)
-    wheres = [".".join(str(part) for part in error.get("loc", ()) if part != "body") for error in errors]
-    whats = [str(error.get("msg", "invalid")).removeprefix("Value error, ") for error in errors]
-    problems = [f"{where}: {what}" if where else what for where, what in list(zip(wheres, whats, strict=True))[:5]]
-    return error_response(path, 422, "invalid_request", "; ".join(problems), wheres[0] if wheres else None)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(request.url.path, exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
 
 _RANK1_STATUS: tuple[tuple[type[Rank1Error], int, str], ...] = (
@@ -217,8 +187,25 @@ _RANK1_STATUS: tuple[tuple[type[Rank1Error], int, str], ...] = (
 )
 
 
-async def _rank1_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Rank1Error)
+async def _error_response(request: Request, exc: Exception) -> Response:
+    path = request.url.path
+    if isinstance(exc, RequestValidationError):
+        errors = list(exc.errors())
+        if any(error.get("type") == "json_invalid" for error in errors):
+            return error_response(path, 400, "invalid_request", "the request body is not valid JSON")
+        if isinstance(exc.body, bytes):  # FastAPI parses JSON only when the client says it is JSON
+            text = "send the body as JSON (Content-Type: application/json)"
+            return error_response(path, 415, "unsupported_media_type", text)
+        wheres = [".".join(str(part) for part in error.get("loc", ()) if part != "body") for error in errors]
+        whats = [str(error.get("msg", "invalid")).removeprefix("Value error, ") for error in errors]
+        problems = [f"{where}: {what}" if where else what for where, what in list(zip(wheres, whats, strict=True))[:5]]
+        return error_response(path, 422, "invalid_request", "; ".join(problems), wheres[0] if wheres else None)
+    if isinstance(exc, HTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(path, exc.status_code, kind, str(exc.detail), headers=exc.headers)
+    if not isinstance(exc, Rank1Error):
+        logger.error("unexpected error answering %s", path, exc_info=exc)
+        return error_response(path, 500, "internal_error", "internal server error")
     # Failed passages: by what made them fail (every upstream unreachable is a 503, worth a retry).
     causes = [f.error for f in exc.failures] if isinstance(exc, PassagesFailedError) and exc.failures else [exc]
     status, kind = next(
@@ -226,25 +213,18 @@ async def _rank1_error(request: Request, exc: Exception) -> Response:
         (500, "internal_error"),
     )
     if status < 500:  # our own validation: the message names what is wrong with the request, nothing more
-        return error_response(request.url.path, status, kind, str(exc))
+        return error_response(path, status, kind, str(exc))
     # Backend failures may name upstream servers: the client learns the kind, the log the details.
     logger.warning("rerank failed (%s): %s", type(exc).__name__, exc)
-    message = f"rank1 could not judge the documents: {type(exc).__name__}"
-    return error_response(request.url.path, status, kind, message)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error answering %s", request.url.path, exc_info=exc)
-    return error_response(request.url.path, 500, "internal_error", "internal server error")
+    return error_response(path, status, kind, f"rank1 could not judge the documents: {type(exc).__name__}")
 
 
 class _Edge:
-    """Metrics, the API key (checked before the body is read) and the body limit (before it is parsed).
+    """Metrics, the API key (before the body is read) and the body limit (before it is parsed).
 
-    Pure ASGI, so that a client's disconnect still reaches the handler. A request cancelled before
-    its answer started is answered 503 with ``Retry-After``, in the API's JSON, instead of the
-    ASGI server's plain-text 500: only the server cancels a request (a client that goes away is
-    told through receive), when it stops past its grace period, and a retry can succeed elsewhere.
+    Pure ASGI, so that a client's disconnect still reaches the handler. Only the server cancels a request
+    (past its shutdown grace; a client that leaves is told through receive): one cancelled before its answer
+    started gets the API's JSON 503 with ``Retry-After`` (a retry can succeed elsewhere), not a plain 500.
     """
 
     def __init__(self, app: ASGIApp, *, metrics: ServeMetrics, key: bytes | None, max_bytes: int) -> None:

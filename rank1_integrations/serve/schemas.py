@@ -1,9 +1,6 @@
-"""Request and response bodies of the rerank APIs rank1-serve speaks.
+"""The rerank APIs' bodies: ``/v1/rerank`` and ``/rerank`` in the Jina / vLLM shape, ``/v2/rerank`` in Cohere's v2.
 
-``/v1/rerank`` and ``/rerank``: the Jina / vLLM shape. ``/v2/rerank``: Cohere's v2 shape.
-Fields a client sends that rank1 has no use for (Cohere's ``max_tokens_per_doc``, ...) are
-ignored. Every result carries rank1's own fields besides the index and score, which clients
-that do not know them ignore.
+Fields rank1 has no use for (Cohere's ``max_tokens_per_doc``, ...) are ignored; results add rank1's own fields.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ def _document_text(value: object) -> object:
     return value
 
 
-class _RerankRequest(BaseModel):
+class CohereRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = None
@@ -50,13 +47,9 @@ class _RerankRequest(BaseModel):
         return query
 
 
-class JinaRerankRequest(_RerankRequest):
+class JinaRerankRequest(CohereRerankRequest):
     return_documents: StrictBool = True
     """Echo each document's text in its result (Jina's default)."""
-
-
-class CohereRerankRequest(_RerankRequest):
-    pass
 
 
 class Result(BaseModel):

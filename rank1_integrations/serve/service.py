@@ -1,10 +1,5 @@
-"""The rerank endpoints' core, without HTTP: a query and documents in, ranked judgments out.
-
-The limits and the text are checked before any of it joins shared work, where one bad passage
-would fail every request waiting on its batch. Empty documents are never sent, identical ones
-once (``plan_judging``); what the result cache knows is answered from it, the rest joins or
-starts in-flight judgments (:class:`~.sharing.InFlight`). Ranking keeps every document
-(``select`` with a threshold of 0), as the rerank APIs define it.
+"""The rerank endpoints' core without HTTP: limits and text are checked before anything joins shared work,
+where one bad passage would fail every request waiting on its batch.
 """
 
 from __future__ import annotations
@@ -40,9 +35,8 @@ class Limits:
     max_characters: int = 2_000_000
     """Characters of the query and all documents together."""
     max_body_bytes: int = 0
-    """Bytes of the request body, checked before it is parsed. 0: room for ``max_characters`` characters
-    each sent as a 6-byte JSON escape (``\\uXXXX``, what ASCII-only JSON encoders send), 64 bytes of JSON
-    around each of ``max_documents`` documents, and 1 MiB for the rest of the body."""
+    """Bytes of the request body, checked before it is parsed. 0: every character as a 6-byte JSON escape
+    (``\\uXXXX``, as ASCII-only encoders send), 64 bytes around each document and 1 MiB for the rest."""
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:  # frozen: derived once, here
@@ -77,11 +71,19 @@ class RerankService:
         effort: Effort | None = None,
         budget: int | None = None,
     ) -> Ranking:
-        """Every document judged (or the call fails), ranked best first, cut to ``top_n`` (None: all).
+        """Every document judged (or the call fails), best first, cut to ``top_n`` (None: all).
 
         ``effort`` and ``budget`` override the server's; a budget above the server's is refused.
         """
-        self._check_limits(query, texts)
+        if len(texts) > self.limits.max_documents:
+            raise RequestTooLargeError(
+                f"{len(texts)} documents: this server takes at most {self.limits.max_documents} per request"
+            )
+        if (characters := len(query) + sum(map(len, texts))) > self.limits.max_characters:
+            raise RequestTooLargeError(
+                f"{characters} characters in the query and documents: this server takes at most "
+                f"{self.limits.max_characters} per request"
+            )
         server = self.reranker.settings
         if budget is not None and budget > server.max_reasoning_tokens:
             raise InvalidInputError(
@@ -99,7 +101,9 @@ class RerankService:
             judgments = await self.reranker.ajudge(query, plan.passages, **changes) if plan.passages else []
         else:
             by_key = {self.reranker.cache_key(query, passage, **changes): passage for passage in plan.passages}
-            known = await self._cached(list(by_key))
+            known: dict[str, Judgment] = {}
+            if self._cache is not None and by_key:  # a DiskCache reads SQLite: off the event loop
+                known = await asyncio.to_thread(self._cache.get_many, list(by_key))
             missing = {key: passage for key, passage in by_key.items() if key not in known}
             self.metrics.cache_hits.inc(len(known))
             if missing:
@@ -113,23 +117,6 @@ class RerankService:
             raise PassagesFailedError(failures, total=len(texts))
         picks = select(SelectionPolicy(top_n=top_n, score_threshold=0.0), plan, judgments)
         return Ranking(picks, reasoning_tokens=sum(j.reasoning_tokens for _, j in slots))
-
-    def _check_limits(self, query: str, texts: Sequence[str]) -> None:
-        if len(texts) > self.limits.max_documents:
-            raise RequestTooLargeError(
-                f"{len(texts)} documents: this server takes at most {self.limits.max_documents} per request"
-            )
-        characters = len(query) + sum(len(text) for text in texts)
-        if characters > self.limits.max_characters:
-            raise RequestTooLargeError(
-                f"{characters} characters in the query and documents: this server takes at most "
-                f"{self.limits.max_characters} per request"
-            )
-
-    async def _cached(self, keys: list[str]) -> dict[str, Judgment]:
-        if self._cache is None or not keys:
-            return {}
-        return await asyncio.to_thread(self._cache.get_many, keys)  # a DiskCache reads SQLite: off the event loop
 
     async def _judge_batch(
         self, query: str, passages: Sequence[str], changes: Mapping[str, Any]

@@ -1,14 +1,7 @@
-"""Identical judgments in flight are made once, for every request that wants them.
+"""Identical judgments in flight (same key: query, passage, settings) are made once, for every request wanting them.
 
-Clients time out and retry long rank1 calls, and several users ask about the same passages:
-a passage already being judged for the same query and settings (the same key) joins that
-work; the passages nobody is judging yet start one new batch (one ``ajudge_stream`` call, so
-they enter the engine together). A request returns as soon as *its* passages are judged.
-
-Batches are reference-counted by the requests waiting on them; a batch is cancelled (its
-engine requests aborted) only when nobody waits on it and nobody came back within ``linger``
-seconds: a client that timed out and retries joins the work its first attempt started.
-Runs on one event loop; no locks.
+Clients time out and retry long rank1 calls: a batch (one ``ajudge_stream`` call) is cancelled, its engine
+requests aborted, only when nobody waits on it and nobody came back within ``linger`` seconds. One event loop; no locks.
 """
 
 from __future__ import annotations
@@ -33,7 +26,7 @@ soon as it is final. Raising fails the passages not handed over yet."""
 @dataclass(eq=False)
 class _Batch:
     results: dict[str, asyncio.Future[_Outcome]]
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] = field(init=False)
     waiters: int = 0
     expiry: asyncio.TimerHandle | None = None
     """Set while nobody waits: when the batch is cancelled unless a request joins it first."""
@@ -66,9 +59,7 @@ class InFlight:
         return sum(batch.waiters for batch in set(self._batches.values()))
 
     async def join(self, query: str, passages: Mapping[str, str], changes: Mapping[str, Any] | None = None) -> Joined:
-        """Judgments of ``passages`` (key -> text) for ``query``, each key judged once across callers.
-
-        ``changes`` are the request's per-call settings; the keys must tell them apart.
+        """Judgments of ``passages`` (key -> text) for ``query`` with per-call ``changes`` (the keys tell them apart).
 
         Raises what judging raised; cancelling the caller cancels only batches nobody else awaits.
         """
@@ -149,21 +140,19 @@ class InFlight:
 
     def _release(self, batch: _Batch) -> None:
         batch.waiters -= 1
-        if batch.waiters == 0 and batch.task is not None and not batch.task.done():
-            if self.linger > 0:
-                batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
-            else:
-                self._cancel(batch)
+        if self.linger > 0 and batch.waiters == 0 and not batch.task.done():
+            batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
+        else:
+            self._expire(batch)
 
     def _expire(self, batch: _Batch) -> None:
         batch.expiry = None
-        if batch.waiters == 0 and batch.task is not None and not batch.task.done():
+        if batch.waiters == 0 and not batch.task.done():
             self._cancel(batch)
 
     def _cancel(self, batch: _Batch) -> None:
         # Forget first: a request arriving from now on starts fresh work instead of joining this.
         self._forget(batch)
-        assert batch.task is not None
         batch.task.cancel()
 
     def _forget(self, batch: _Batch) -> None:
