@@ -45,13 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         module.add_arguments(parser)  # serve's need the serve extra
         args, settings = parse(parser, rest, name if name != "rerank" else None)
         status: int = module.command(args, settings)
-    except InvalidInputError as error:
-        print(f"rank1 {name}: error: {error}", file=sys.stderr)
-        return 2
-    except Rank1Error as error:  # StorageError too, an OSError: running again resumes
-        print(f"rank1 {name}: error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # a file given that cannot be read
-        print(f"rank1 {name}: error: {error}", file=sys.stderr)
-        return 2
+    except (Rank1Error, OSError) as error:  # bad input or a file that cannot be read: 2
+        failed = isinstance(error, Rank1Error) and not isinstance(error, InvalidInputError)  # StorageError: resumable
+        print(f"rank1 {name}: error: {type(error).__name__ + ': ' if failed else ''}{error}", file=sys.stderr)
+        return 1 if failed else 2
     return status

@@ -80,13 +80,12 @@ def command(args: argparse.Namespace, settings: Rank1Settings) -> int:
         judgments = reranker.judge(args.query, passages)
     ranked = sorted(judgments, key=lambda j: -1.0 if j.score is None else j.score, reverse=True)
     for rank, judgment in enumerate(ranked, start=1):
+        passage = passages[judgment.index]
         if args.json:
             record = {"rank": rank, **{name: getattr(judgment, name) for name in FIELDS}}
-            print(
-                json.dumps({**record, "passage": passages[judgment.index], "model": settings.model}, ensure_ascii=False)
-            )
+            print(json.dumps({**record, "passage": passage, "model": settings.model}, ensure_ascii=False))
         else:
-            _print(rank, judgment, passages[judgment.index])
+            _print(rank, judgment, passage)
     return 0 if all(j.judged for j in judgments) else 1
 
 

@@ -32,7 +32,6 @@ from rank1_integrations.errors import (
     ServerTimeoutError,
 )
 from rank1_integrations.reranker import Rank1Reranker
-from rank1_integrations.serve.metrics import ServeMetrics
 from rank1_integrations.serve.schemas import (
     CohereRerankRequest,
     CohereRerankResponse,
@@ -40,7 +39,7 @@ from rank1_integrations.serve.schemas import (
     JinaRerankResponse,
     Result,
 )
-from rank1_integrations.serve.service import Limits, Ranking, RequestTooLargeError, RerankService
+from rank1_integrations.serve.service import Limits, Ranking, RequestTooLargeError, RerankService, ServeMetrics
 
 __all__ = ["DEFAULT_DISCONNECT_GRACE", "ModelNotFoundError", "create_app"]
 
@@ -80,7 +79,8 @@ def create_app(
     # (a key read from a secret file often ends in a newline), and unstripped it locks all out.
     key = (api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key or "").strip()
     service = RerankService(reranker, limits=limits or Limits(), disconnect_grace=disconnect_grace)
-    created = int(time.time())
+    card = {"object": "model", "created": int(time.time()), "owned_by": "rank1-integrations"}
+    cards = [card | {"id": name, "max_model_len": reranker.context_size} for name in names]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -115,11 +115,7 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"object": "model", "created": created, "owned_by": "rank1-integrations"}
-        return {
-            "object": "list",
-            "data": [card | {"id": name, "max_model_len": reranker.context_size} for name in names],
-        }
+        return {"object": "list", "data": cards}
 
     @app.post("/v1/rerank")
     @app.post("/rerank")
@@ -264,11 +260,9 @@ class _Edge:
             scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
             # Constant-time: the comparison takes as long whatever the token shares with the key.
             if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)):
-                text = "a valid API key is required"
-                await error_response(path, 401, "unauthorized", text, headers={"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send
-                )
-                return
+                refusal = error_response(path, 401, "unauthorized", "a valid API key is required")
+                refusal.headers["WWW-Authenticate"] = "Bearer"
+                return await refusal(scope, receive, send)
         declared = headers.get(b"content-length", b"")
         over = declared.isdigit() and int(declared) > self.max_bytes  # the server refuses a malformed one
         received: list[Message] = []
@@ -281,8 +275,7 @@ class _Edge:
                 break
         if over:
             text = f"the request body is larger than this server's limit of {self.max_bytes} bytes"
-            await error_response(path, 413, "request_too_large", text)(scope, receive, send)
-            return
+            return await error_response(path, 413, "request_too_large", text)(scope, receive, send)
         replay = iter(received)
 
         async def replayed() -> Message:
