@@ -21,16 +21,7 @@ from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rank1_integrations import __version__
-from rank1_integrations.errors import (
-    BackendError,
-    InvalidInputError,
-    ModelOutputError,
-    PassagesFailedError,
-    Rank1Error,
-    ServerConnectionError,
-    ServerTimeoutError,
-)
+from rank1_integrations import __version__, errors
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.serve.schemas import (
     CohereRerankRequest,
@@ -56,7 +47,7 @@ DEFAULT_DISCONNECT_GRACE = 2.0
 """Seconds a judgment keeps running after the last client waiting for it disconnected."""
 
 
-class ModelNotFoundError(InvalidInputError):
+class ModelNotFoundError(errors.InvalidInputError):
     """The request names a model this server does not serve (HTTP 404)."""
 
 
@@ -95,7 +86,7 @@ def create_app(
     app.add_middleware(
         _Edge, metrics=service.metrics, key=key.encode() or None, max_bytes=service.limits.max_body_bytes
     )
-    for error in (RequestValidationError, HTTPException, Rank1Error, Exception):
+    for error in (RequestValidationError, HTTPException, errors.Rank1Error, Exception):
         app.add_exception_handler(error, _error_response)
 
     async def ranked(body: CohereRerankRequest, request: Request) -> Ranking | None:
@@ -172,38 +163,38 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-_RANK1_STATUS: tuple[tuple[type[Rank1Error], int, str], ...] = (
+_RANK1_STATUS: tuple[tuple[type[errors.Rank1Error], int, str], ...] = (
     (RequestTooLargeError, 413, "request_too_large"),
     (ModelNotFoundError, 404, "model_not_found"),
-    (InvalidInputError, 400, "invalid_request"),
-    (ServerTimeoutError, 504, "upstream_timeout"),
-    (ServerConnectionError, 503, "upstream_unavailable"),
-    (BackendError, 502, "backend_error"),
-    (ModelOutputError, 502, "model_output_error"),
+    (errors.InvalidInputError, 400, "invalid_request"),
+    (errors.ServerTimeoutError, 504, "upstream_timeout"),
+    (errors.ServerConnectionError, 503, "upstream_unavailable"),
+    (errors.BackendError, 502, "backend_error"),
+    (errors.ModelOutputError, 502, "model_output_error"),
 )
 
 
 async def _error_response(request: Request, exc: Exception) -> Response:
     path = request.url.path
     if isinstance(exc, RequestValidationError):
-        errors = list(exc.errors())
-        if any(error.get("type") == "json_invalid" for error in errors):
+        found = list(exc.errors())
+        if any(error.get("type") == "json_invalid" for error in found):
             return error_response(path, 400, "invalid_request", "the request body is not valid JSON")
         if isinstance(exc.body, bytes):  # FastAPI parses JSON only when the client says it is JSON
             text = "send the body as JSON (Content-Type: application/json)"
             return error_response(path, 415, "unsupported_media_type", text)
-        wheres = [".".join(str(part) for part in error.get("loc", ()) if part != "body") for error in errors]
-        whats = [str(error.get("msg", "invalid")).removeprefix("Value error, ") for error in errors]
+        wheres = [".".join(str(part) for part in error.get("loc", ()) if part != "body") for error in found]
+        whats = [str(error.get("msg", "invalid")).removeprefix("Value error, ") for error in found]
         problems = [f"{where}: {what}" if where else what for where, what in list(zip(wheres, whats, strict=True))[:5]]
         return error_response(path, 422, "invalid_request", "; ".join(problems), wheres[0] if wheres else None)
     if isinstance(exc, HTTPException):
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(path, exc.status_code, kind, str(exc.detail), headers=exc.headers)
-    if not isinstance(exc, Rank1Error):
+    if not isinstance(exc, errors.Rank1Error):
         logger.error("unexpected error answering %s", path, exc_info=exc)
         return error_response(path, 500, "internal_error", "internal server error")
     # Failed passages: by what made them fail (every upstream unreachable is a 503, worth a retry).
-    causes = [f.error for f in exc.failures] if isinstance(exc, PassagesFailedError) and exc.failures else [exc]
+    causes = [f.error for f in exc.failures] if isinstance(exc, errors.PassagesFailedError) and exc.failures else [exc]
     status, kind = next(
         ((status, kind) for cls, status, kind in _RANK1_STATUS if all(isinstance(c, cls) for c in causes)),
         (500, "internal_error"),

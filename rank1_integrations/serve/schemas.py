@@ -56,7 +56,6 @@ class Result(BaseModel):
     """One ranked document: the API's ``index`` and ``relevance_score``, then rank1's own fields."""
 
     index: int
-    """Position of the document in the request."""
     relevance_score: float = Field(validation_alias="score")
     relevant: bool
     reasoning: str

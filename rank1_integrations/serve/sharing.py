@@ -19,8 +19,7 @@ __all__ = ["InFlight", "Joined"]
 
 _Outcome = Judgment | Exception
 Judge = Callable[[str, Sequence[str], Mapping[str, Any]], AsyncGenerator[Judgment, None]]
-"""Judges passages for a query with per-call settings: yields each passage's judgment (``Judgment.index``: which one) as
-soon as it is final. Raising fails the passages not handed over yet."""
+"""Yields each passage's judgment (``Judgment.index``: which one) once final; raising fails those not handed over."""
 
 
 @dataclass(eq=False)
@@ -115,8 +114,7 @@ class InFlight:
             async with contextlib.aclosing(self.judge(query, texts, changes)) as judgments:
                 async for judgment in judgments:
                     self._hand_over(batch, keys[judgment.index], judgment)
-            lost = [key for key in keys if not batch.results[key].done()]
-            if lost:
+            if lost := [key for key in keys if not batch.results[key].done()]:
                 raise Rank1Error(f"rank1 returned {len(keys) - len(lost)} judgments for {len(keys)} passages")
         except Exception as err:  # the waiters of what is left get the error; the HTTP layer decides what it says
             for key in keys:
