@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 from rank1_integrations.batch.errors import IncompleteRunError
 from rank1_integrations.batch.outputs import DEFAULT_MEASURES
@@ -18,6 +19,8 @@ from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["add_arguments", "command"]
+
+_note = partial(print, file=sys.stderr, flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +69,3 @@ def command(args: argparse.Namespace, settings: Rank1Settings) -> int:
         for name in before:
             print(f"{name:<10} {before[name]:>12.4f} {after[name]:>8.4f} {after[name] - before[name]:>+8.4f}")
     return 0
-
-
-def _note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -36,12 +36,10 @@ __all__ = ["DEFAULT_DISCONNECT_GRACE", "ModelNotFoundError", "create_app"]
 
 logger = logging.getLogger("rank1_integrations.serve")
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})
-"""Answered without an API key (load balancers and Prometheus scrapers)."""
+OPEN_PATHS = frozenset({"/health", "/metrics"})  # no API key: load balancers and Prometheus scrapers
 _ENDPOINTS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/metrics"})
 _CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; never reaches the client
-_RETRY_AFTER = "5"
-"""Seconds a client is told to wait before retrying a request the server cancelled as it stopped."""
+_RETRY_AFTER = "5"  # seconds a client waits to retry a request the server cancelled as it stopped
 
 DEFAULT_DISCONNECT_GRACE = 2.0
 """Seconds a judgment keeps running after the last client waiting for it disconnected."""

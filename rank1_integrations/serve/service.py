@@ -78,10 +78,9 @@ class ServeMetrics:
         self.forced = counter("rank1_serve_forced_answers", "Judgments whose answer was forced (out of budget)")
         self.judge_latency = histogram("rank1_serve_judge_duration_seconds", "Time rank1 took for a batch of passages")
         gauge("rank1_serve_passages_in_flight", "Passages being judged now").set_function(lambda: len(in_flight))
-        waits = gauge(
+        gauge(
             "rank1_serve_judgment_waits", "Requests waiting for in-flight judgments (one per request and batch)"
-        )
-        waits.set_function(lambda: in_flight.waiting)
+        ).set_function(lambda: in_flight.waiting)
 
     def judged_one(self, judgment: Judgment) -> None:
         self.judged.inc()

@@ -131,10 +131,9 @@ class InFlight:
         # However the batch ended (cancelled included), nobody may wait on it forever.
         if batch.expiry is not None:
             batch.expiry.cancel()
-        self._forget(batch)
+        self._cancel(batch)  # forgets it (cancelling a finished task does nothing)
         for future in batch.results.values():
-            if not future.done():
-                future.cancel()
+            future.cancel()  # nothing, once done
 
     def _release(self, batch: _Batch) -> None:
         batch.waiters -= 1
@@ -150,10 +149,7 @@ class InFlight:
 
     def _cancel(self, batch: _Batch) -> None:
         # Forget first: a request arriving from now on starts fresh work instead of joining this.
-        self._forget(batch)
-        batch.task.cancel()
-
-    def _forget(self, batch: _Batch) -> None:
         for key in batch.results:
             if self._batches.get(key) is batch:
                 del self._batches[key]
+        batch.task.cancel()
