@@ -13,23 +13,18 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rank1_integrations import __version__, errors
 from rank1_integrations.reranker import Rank1Reranker
-from rank1_integrations.serve.schemas import (
-    CohereRerankRequest,
-    CohereRerankResponse,
-    JinaRerankRequest,
-    JinaRerankResponse,
-    Result,
-)
+from rank1_integrations.serve.schemas import CohereRerankRequest, JinaRerankRequest, Result
 from rank1_integrations.serve.service import Limits, Ranking, RequestTooLargeError, RerankService, ServeMetrics
 
 __all__ = ["DEFAULT_DISCONNECT_GRACE", "ModelNotFoundError", "create_app"]
@@ -113,8 +108,8 @@ def create_app(
             return Response(status_code=_CLIENT_CLOSED)
         echo = body.return_documents
         results = [Result.of(pick, body.documents[pick.index] if echo else None) for pick in ranking.picks]
-        usage = {"total_tokens": ranking.reasoning_tokens}
-        return _json(JinaRerankResponse(id=_request_id(), model=body.model or names[0], usage=usage, results=results))
+        usage = {"total_tokens": ranking.reasoning_tokens}  # behind the judgments returned (prompt tokens not counted)
+        return _json({"id": _request_id(), "model": body.model or names[0], "usage": usage, "results": results})
 
     @app.post("/v2/rerank")
     async def rerank_cohere(body: CohereRerankRequest, request: Request) -> Response:
@@ -122,7 +117,7 @@ def create_app(
             return Response(status_code=_CLIENT_CLOSED)
         meta = {"api_version": {"version": "2"}, "billed_units": {"output_tokens": ranking.reasoning_tokens}}
         results = [Result.of(pick) for pick in ranking.picks]
-        return _json(CohereRerankResponse(id=_request_id(), results=results, meta=meta))
+        return _json({"id": _request_id(), "results": results, "meta": meta})
 
     return app
 
@@ -131,8 +126,8 @@ def _request_id() -> str:
     return f"rerank-{uuid.uuid4().hex}"
 
 
-def _json(model: BaseModel) -> Response:
-    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
+def _json(body: dict[str, Any]) -> Response:
+    return Response(pydantic_core.to_json(body, exclude_none=True), media_type="application/json")
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Ranking]) -> Ranking | None:

@@ -1,4 +1,4 @@
-"""The rerank APIs' bodies: ``/v1/rerank`` and ``/rerank`` in the Jina / vLLM shape, ``/v2/rerank`` in Cohere's v2.
+"""The rerank APIs' requests (``/v1/rerank``, ``/rerank``: Jina / vLLM; ``/v2/rerank``: Cohere v2) and results.
 
 Fields rank1 has no use for (Cohere's ``max_tokens_per_doc``, ...) are ignored; results add rank1's own fields.
 """
@@ -6,14 +6,14 @@ Fields rank1 has no use for (Cohere's ``max_tokens_per_doc``, ...) are ignored; 
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from rank1_integrations.adapters.selection import Pick
 from rank1_integrations.settings import Effort
 
-__all__ = ["CohereRerankRequest", "CohereRerankResponse", "JinaRerankRequest", "JinaRerankResponse", "Result"]
+__all__ = ["CohereRerankRequest", "JinaRerankRequest", "Result"]
 
 
 def _document_text(value: object) -> object:
@@ -70,17 +70,3 @@ class Result(BaseModel):
     def of(cls, pick: Pick, document: str | None = None) -> Result:
         echo = {"text": document} if document is not None else None
         return cls.model_validate(dataclasses.asdict(pick.judgment) | {"index": pick.index, "document": echo})
-
-
-class JinaRerankResponse(BaseModel):
-    id: str
-    model: str
-    usage: dict[str, int]
-    """``total_tokens``: reasoning tokens behind the judgments returned (prompt tokens are not counted)."""
-    results: list[Result]
-
-
-class CohereRerankResponse(BaseModel):
-    id: str
-    results: list[Result]
-    meta: dict[str, Any]
