@@ -13,12 +13,11 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
-import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,6 +34,7 @@ OPEN_PATHS = frozenset({"/health", "/metrics"})  # no API key: load balancers an
 _ENDPOINTS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/metrics"})
 _CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; never reaches the client
 _RETRY_AFTER = "5"  # seconds a client waits to retry a request the server cancelled as it stopped
+_BODY = TypeAdapter(dict[str, Any])  # serializes the results inside as their models do
 
 DEFAULT_DISCONNECT_GRACE = 2.0
 """Seconds a judgment keeps running after the last client waiting for it disconnected."""
@@ -127,7 +127,7 @@ def _request_id() -> str:
 
 
 def _json(body: dict[str, Any]) -> Response:
-    return Response(pydantic_core.to_json(body, exclude_none=True), media_type="application/json")
+    return Response(_BODY.dump_json(body, exclude_none=True), media_type="application/json")
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Ranking]) -> Ranking | None:
