@@ -18,8 +18,7 @@ __all__ = ["DEFAULT_QUERY", "add_arguments", "command", "default_passages"]
 
 DEFAULT_QUERY = "How do I sort a list in Python without changing the original list?"
 FIELDS = ("index", "score", "relevant", "forced", "reasoning_tokens", "truncated", "reasoning", "error")
-SMALL_BUDGET = 48
-"""On CPU or the offline stand-in: enough to see reasoning, small enough to finish soon."""
+SMALL_BUDGET = 48  # on CPU or the offline stand-in: enough to see reasoning, small enough to finish soon
 
 
 def default_passages() -> list[str]:
