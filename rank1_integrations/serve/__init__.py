@@ -1,9 +1,5 @@
-"""rank1 behind the rerank APIs every client already speaks: ``rank1-serve``.
-
-``POST /v1/rerank`` and ``/rerank`` (Jina / vLLM shape), ``POST /v2/rerank`` (Cohere v2),
-``GET /health``, ``GET /v1/models`` and Prometheus ``GET /metrics``, in front of one
-``Rank1Reranker`` (an embedded engine, or vLLM servers through the remote backend).
-Needs the ``serve`` extra (FastAPI, uvicorn, prometheus-client). See ``docs/serving.md``.
+"""``rank1-serve``: ``POST /v1/rerank``, ``/rerank`` (Jina / vLLM) and ``/v2/rerank`` (Cohere v2), ``GET /health``,
+``/v1/models`` and Prometheus ``/metrics`` in front of one ``Rank1Reranker``; the ``serve`` extra, ``docs/serving.md``.
 """
 
 from rank1_integrations._optional import require

@@ -1,10 +1,5 @@
-"""The rank1-serve ASGI app (FastAPI): the rerank APIs in front of one ``Rank1Reranker``.
-
-The app only translates: HTTP bodies to the :class:`~.service.RerankService`'s arguments, its
-rankings to the API's response shape, and errors to the API's 4xx/5xx JSON (never a stack
-trace). A client that disconnects cancels its request, which releases its share of the
-in-flight judgments (aborted when nobody else waits for them, after a grace in which a retry
-can join them).
+"""The rank1-serve ASGI app: HTTP bodies to the :class:`~.service.RerankService`, its rankings to the API's
+shape, errors to the API's 4xx/5xx JSON (never a stack trace). A client that disconnects cancels its request.
 """
 
 from __future__ import annotations
@@ -22,47 +17,30 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr, TypeAdapter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rank1_integrations import __version__
-from rank1_integrations.errors import (
-    BackendError,
-    InvalidInputError,
-    ModelOutputError,
-    PassagesFailedError,
-    Rank1Error,
-    ServerConnectionError,
-    ServerTimeoutError,
-)
+from rank1_integrations import __version__, errors
 from rank1_integrations.reranker import Rank1Reranker
-from rank1_integrations.serve.metrics import ServeMetrics
-from rank1_integrations.serve.schemas import (
-    CohereRerankRequest,
-    CohereRerankResponse,
-    JinaRerankRequest,
-    JinaRerankResponse,
-    Result,
-)
-from rank1_integrations.serve.service import Limits, Ranking, RequestTooLargeError, RerankService
+from rank1_integrations.serve.schemas import CohereRerankRequest, JinaRerankRequest, Result
+from rank1_integrations.serve.service import Limits, Ranking, RequestTooLargeError, RerankService, ServeMetrics
 
 __all__ = ["DEFAULT_DISCONNECT_GRACE", "ModelNotFoundError", "create_app"]
 
 logger = logging.getLogger("rank1_integrations.serve")
 
-OPEN_PATHS = frozenset({"/health", "/metrics"})
-"""Answered without an API key (load balancers and Prometheus scrapers)."""
+OPEN_PATHS = frozenset({"/health", "/metrics"})  # no API key: load balancers and Prometheus scrapers
 _ENDPOINTS = frozenset({"/v1/rerank", "/v2/rerank", "/rerank", "/v1/models", "/health", "/metrics"})
 _CLIENT_CLOSED = 499  # nginx's status for a request whose client went away; never reaches the client
-_RETRY_AFTER = "5"
-"""Seconds a client is told to wait before retrying a request the server cancelled as it stopped."""
+_RETRY_AFTER = "5"  # seconds a client waits to retry a request the server cancelled as it stopped
+_BODY = TypeAdapter(dict[str, Any])  # serializes the results inside as their models do
 
 DEFAULT_DISCONNECT_GRACE = 2.0
 """Seconds a judgment keeps running after the last client waiting for it disconnected."""
 
 
-class ModelNotFoundError(InvalidInputError):
+class ModelNotFoundError(errors.InvalidInputError):
     """The request names a model this server does not serve (HTTP 404)."""
 
 
@@ -77,15 +55,16 @@ def create_app(
 ) -> FastAPI:
     """An app serving ``reranker`` under ``served_model_names`` (default: the backend's model name).
 
-    With ``api_key`` every endpoint but ``/health`` and ``/metrics`` needs ``Authorization: Bearer
-    <api_key>``. With ``owns_reranker`` the app closes the reranker when it shuts down.
+    With ``api_key`` every endpoint but ``/health`` and ``/metrics`` needs ``Authorization: Bearer <api_key>``;
+    with ``owns_reranker`` the app closes the reranker when it shuts down.
     """
     names = list(served_model_names or [reranker.backend.model_name])
     # HTTP strips the whitespace around a header value: no client can send a key that has some
     # (a key read from a secret file often ends in a newline), and unstripped it locks all out.
     key = (api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key or "").strip()
     service = RerankService(reranker, limits=limits or Limits(), disconnect_grace=disconnect_grace)
-    created = int(time.time())
+    card = {"object": "model", "created": int(time.time()), "owned_by": "rank1-integrations"}
+    cards = [card | {"id": name, "max_model_len": reranker.context_size} for name in names]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -100,12 +79,10 @@ def create_app(
     app.add_middleware(
         _Edge, metrics=service.metrics, key=key.encode() or None, max_bytes=service.limits.max_body_bytes
     )
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Rank1Error, _rank1_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    for error in (RequestValidationError, HTTPException, errors.Rank1Error, Exception):
+        app.add_exception_handler(error, _error_response)
 
-    async def ranked(body: JinaRerankRequest | CohereRerankRequest, request: Request) -> Ranking | None:
+    async def ranked(body: CohereRerankRequest, request: Request) -> Ranking | None:
         """The service's ranking, or None when the client disconnected first (the work is then cancelled)."""
         if body.model is not None and body.model not in names:
             raise ModelNotFoundError(f"the model {body.model!r} is not served here; served: {', '.join(names)}")
@@ -122,11 +99,7 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        card = {"object": "model", "created": created, "owned_by": "rank1-integrations"}
-        return {
-            "object": "list",
-            "data": [card | {"id": name, "max_model_len": reranker.context_size} for name in names],
-        }
+        return {"object": "list", "data": cards}
 
     @app.post("/v1/rerank")
     @app.post("/rerank")
@@ -135,8 +108,8 @@ def create_app(
             return Response(status_code=_CLIENT_CLOSED)
         echo = body.return_documents
         results = [Result.of(pick, body.documents[pick.index] if echo else None) for pick in ranking.picks]
-        usage = {"total_tokens": ranking.reasoning_tokens}
-        return _json(JinaRerankResponse(id=_request_id(), model=body.model or names[0], usage=usage, results=results))
+        usage = {"total_tokens": ranking.reasoning_tokens}  # behind the judgments returned (prompt tokens not counted)
+        return _json({"id": _request_id(), "model": body.model or names[0], "usage": usage, "results": results})
 
     @app.post("/v2/rerank")
     async def rerank_cohere(body: CohereRerankRequest, request: Request) -> Response:
@@ -144,7 +117,7 @@ def create_app(
             return Response(status_code=_CLIENT_CLOSED)
         meta = {"api_version": {"version": "2"}, "billed_units": {"output_tokens": ranking.reasoning_tokens}}
         results = [Result.of(pick) for pick in ranking.picks]
-        return _json(CohereRerankResponse(id=_request_id(), results=results, meta=meta))
+        return _json({"id": _request_id(), "results": results, "meta": meta})
 
     return app
 
@@ -153,8 +126,8 @@ def _request_id() -> str:
     return f"rerank-{uuid.uuid4().hex}"
 
 
-def _json(model: BaseModel) -> Response:
-    return Response(model.model_dump_json(exclude_none=True), media_type="application/json")
+def _json(body: dict[str, Any]) -> Response:
+    return Response(_BODY.dump_json(body, exclude_none=True), media_type="application/json")
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Ranking]) -> Ranking | None:
@@ -172,9 +145,6 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, Ranki
     return task.result() if task.done() else None
 
 
-# -- errors: the API's JSON shape, safe messages -------------------------------------------
-
-
 def error_response(
     path: str, status: int, kind: str, message: str, param: str | None = None, headers: Any = None
 ) -> JSONResponse:
@@ -186,65 +156,55 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _invalid_request(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    path, errors = request.url.path, list(exc.errors())
-    if any(error.get("type") == "json_invalid" for error in errors):
-        return error_response(path, 400, "invalid_request", "the request body is not valid JSON")
-    if isinstance(exc.body, bytes):  # FastAPI parses JSON only when the client says it is JSON
-        text = "send the body as JSON (Content-Type: application/json)"
-        return error_response(path, 415, "unsupported_media_type", text)
-    wheres = [".".join(str(part) for part in error.get("loc", ()) if part != "body") for error in errors]
-    whats = [str(error.get("msg", "invalid")).removeprefix("Value error, ") for error in errors]
-    problems = [f"{where}: {what}" if where else what for where, what in list(zip(wheres, whats, strict=True))[:5]]
-    return error_response(path, 422, "invalid_request", "; ".join(problems), wheres[0] if wheres else None)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(request.url.path, exc.status_code, kind, str(exc.detail), headers=exc.headers)
-
-
-_RANK1_STATUS: tuple[tuple[type[Rank1Error], int, str], ...] = (
+_RANK1_STATUS: tuple[tuple[type[errors.Rank1Error], int, str], ...] = (
     (RequestTooLargeError, 413, "request_too_large"),
     (ModelNotFoundError, 404, "model_not_found"),
-    (InvalidInputError, 400, "invalid_request"),
-    (ServerTimeoutError, 504, "upstream_timeout"),
-    (ServerConnectionError, 503, "upstream_unavailable"),
-    (BackendError, 502, "backend_error"),
-    (ModelOutputError, 502, "model_output_error"),
+    (errors.InvalidInputError, 400, "invalid_request"),
+    (errors.ServerTimeoutError, 504, "upstream_timeout"),
+    (errors.ServerConnectionError, 503, "upstream_unavailable"),
+    (errors.BackendError, 502, "backend_error"),
+    (errors.ModelOutputError, 502, "model_output_error"),
 )
 
 
-async def _rank1_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Rank1Error)
+async def _error_response(request: Request, exc: Exception) -> Response:
+    path = request.url.path
+    if isinstance(exc, RequestValidationError):
+        found = list(exc.errors())
+        if any(error.get("type") == "json_invalid" for error in found):
+            return error_response(path, 400, "invalid_request", "the request body is not valid JSON")
+        if isinstance(exc.body, bytes):  # FastAPI parses JSON only when the client says it is JSON
+            text = "send the body as JSON (Content-Type: application/json)"
+            return error_response(path, 415, "unsupported_media_type", text)
+        wheres = [".".join(str(part) for part in error.get("loc", ()) if part != "body") for error in found]
+        whats = [str(error.get("msg", "invalid")).removeprefix("Value error, ") for error in found]
+        problems = [f"{where}: {what}" if where else what for where, what in list(zip(wheres, whats, strict=True))[:5]]
+        return error_response(path, 422, "invalid_request", "; ".join(problems), wheres[0] if wheres else None)
+    if isinstance(exc, HTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(path, exc.status_code, kind, str(exc.detail), headers=exc.headers)
+    if not isinstance(exc, errors.Rank1Error):
+        logger.error("unexpected error answering %s", path, exc_info=exc)
+        return error_response(path, 500, "internal_error", "internal server error")
     # Failed passages: by what made them fail (every upstream unreachable is a 503, worth a retry).
-    causes = [f.error for f in exc.failures] if isinstance(exc, PassagesFailedError) and exc.failures else [exc]
+    causes = [f.error for f in exc.failures] if isinstance(exc, errors.PassagesFailedError) and exc.failures else [exc]
     status, kind = next(
         ((status, kind) for cls, status, kind in _RANK1_STATUS if all(isinstance(c, cls) for c in causes)),
         (500, "internal_error"),
     )
     if status < 500:  # our own validation: the message names what is wrong with the request, nothing more
-        return error_response(request.url.path, status, kind, str(exc))
+        return error_response(path, status, kind, str(exc))
     # Backend failures may name upstream servers: the client learns the kind, the log the details.
     logger.warning("rerank failed (%s): %s", type(exc).__name__, exc)
-    message = f"rank1 could not judge the documents: {type(exc).__name__}"
-    return error_response(request.url.path, status, kind, message)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error answering %s", request.url.path, exc_info=exc)
-    return error_response(request.url.path, 500, "internal_error", "internal server error")
+    return error_response(path, status, kind, f"rank1 could not judge the documents: {type(exc).__name__}")
 
 
 class _Edge:
-    """Metrics, the API key (checked before the body is read) and the body limit (before it is parsed).
+    """Metrics, the API key (before the body is read) and the body limit (before it is parsed).
 
-    Pure ASGI, so that a client's disconnect still reaches the handler. A request cancelled before
-    its answer started is answered 503 with ``Retry-After``, in the API's JSON, instead of the
-    ASGI server's plain-text 500: only the server cancels a request (a client that goes away is
-    told through receive), when it stops past its grace period, and a retry can succeed elsewhere.
+    Pure ASGI, so that a client's disconnect still reaches the handler. Only the server cancels a request
+    (past its shutdown grace; a client that leaves is told through receive): one cancelled before its answer
+    started gets the API's JSON 503 with ``Retry-After`` (a retry can succeed elsewhere), not a plain 500.
     """
 
     def __init__(self, app: ASGIApp, *, metrics: ServeMetrics, key: bytes | None, max_bytes: int) -> None:
@@ -284,11 +244,9 @@ class _Edge:
             scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
             # Constant-time: the comparison takes as long whatever the token shares with the key.
             if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)):
-                text = "a valid API key is required"
-                await error_response(path, 401, "unauthorized", text, headers={"WWW-Authenticate": "Bearer"})(
-                    scope, receive, send
-                )
-                return
+                refusal = error_response(path, 401, "unauthorized", "a valid API key is required")
+                refusal.headers["WWW-Authenticate"] = "Bearer"
+                return await refusal(scope, receive, send)
         declared = headers.get(b"content-length", b"")
         over = declared.isdigit() and int(declared) > self.max_bytes  # the server refuses a malformed one
         received: list[Message] = []
@@ -301,8 +259,7 @@ class _Edge:
                 break
         if over:
             text = f"the request body is larger than this server's limit of {self.max_bytes} bytes"
-            await error_response(path, 413, "request_too_large", text)(scope, receive, send)
-            return
+            return await error_response(path, 413, "request_too_large", text)(scope, receive, send)
         replay = iter(received)
 
         async def replayed() -> Message:

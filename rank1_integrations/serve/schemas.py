@@ -1,22 +1,19 @@
-"""Request and response bodies of the rerank APIs rank1-serve speaks.
+"""The rerank APIs' requests (``/v1/rerank``, ``/rerank``: Jina / vLLM; ``/v2/rerank``: Cohere v2) and results.
 
-``/v1/rerank`` and ``/rerank``: the Jina / vLLM shape. ``/v2/rerank``: Cohere's v2 shape.
-Fields a client sends that rank1 has no use for (Cohere's ``max_tokens_per_doc``, ...) are
-ignored. Every result carries rank1's own fields besides the index and score, which clients
-that do not know them ignore.
+Fields rank1 has no use for (Cohere's ``max_tokens_per_doc``, ...) are ignored; results add rank1's own fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from rank1_integrations.adapters.selection import Pick
 from rank1_integrations.settings import Effort
 
-__all__ = ["CohereRerankRequest", "CohereRerankResponse", "JinaRerankRequest", "JinaRerankResponse", "Result"]
+__all__ = ["CohereRerankRequest", "JinaRerankRequest", "Result"]
 
 
 def _document_text(value: object) -> object:
@@ -28,7 +25,7 @@ def _document_text(value: object) -> object:
     return value
 
 
-class _RerankRequest(BaseModel):
+class CohereRerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: StrictStr | None = None
@@ -50,20 +47,15 @@ class _RerankRequest(BaseModel):
         return query
 
 
-class JinaRerankRequest(_RerankRequest):
+class JinaRerankRequest(CohereRerankRequest):
     return_documents: StrictBool = True
     """Echo each document's text in its result (Jina's default)."""
-
-
-class CohereRerankRequest(_RerankRequest):
-    pass
 
 
 class Result(BaseModel):
     """One ranked document: the API's ``index`` and ``relevance_score``, then rank1's own fields."""
 
     index: int
-    """Position of the document in the request."""
     relevance_score: float = Field(validation_alias="score")
     relevant: bool
     reasoning: str
@@ -78,17 +70,3 @@ class Result(BaseModel):
     def of(cls, pick: Pick, document: str | None = None) -> Result:
         echo = {"text": document} if document is not None else None
         return cls.model_validate(dataclasses.asdict(pick.judgment) | {"index": pick.index, "document": echo})
-
-
-class JinaRerankResponse(BaseModel):
-    id: str
-    model: str
-    usage: dict[str, int]
-    """``total_tokens``: reasoning tokens behind the judgments returned (prompt tokens are not counted)."""
-    results: list[Result]
-
-
-class CohereRerankResponse(BaseModel):
-    id: str
-    results: list[Result]
-    meta: dict[str, Any]

@@ -1,19 +1,16 @@
-"""The rerank endpoints' core, without HTTP: a query and documents in, ranked judgments out.
-
-The limits and the text are checked before any of it joins shared work, where one bad passage
-would fail every request waiting on its batch. Empty documents are never sent, identical ones
-once (``plan_judging``); what the result cache knows is answered from it, the rest joins or
-starts in-flight judgments (:class:`~.sharing.InFlight`). Ranking keeps every document
-(``select`` with a threshold of 0), as the rerank APIs define it.
+"""The rerank endpoints' core without HTTP: limits and text are checked before anything joins shared work,
+where one bad passage would fail every request waiting on its batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rank1_integrations.adapters.selection import Pick, SelectionPolicy, plan_judging, select
 from rank1_integrations.cache import GuardedCache
@@ -21,11 +18,13 @@ from rank1_integrations.core.calls import validated
 from rank1_integrations.core.judgment import Judgment
 from rank1_integrations.errors import BackendError, InvalidInputError, PassageFailure, PassagesFailedError
 from rank1_integrations.reranker import Rank1Reranker
-from rank1_integrations.serve.metrics import ServeMetrics
 from rank1_integrations.serve.sharing import InFlight
 from rank1_integrations.settings import Effort
 
-__all__ = ["Limits", "Ranking", "RequestTooLargeError", "RerankService"]
+__all__ = ["Limits", "Ranking", "RequestTooLargeError", "RerankService", "ServeMetrics"]
+
+# rank1 reasons before it answers: calls take from milliseconds (cache) to minutes (long budgets).
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 class RequestTooLargeError(InvalidInputError):
@@ -40,9 +39,8 @@ class Limits:
     max_characters: int = 2_000_000
     """Characters of the query and all documents together."""
     max_body_bytes: int = 0
-    """Bytes of the request body, checked before it is parsed. 0: room for ``max_characters`` characters
-    each sent as a 6-byte JSON escape (``\\uXXXX``, what ASCII-only JSON encoders send), 64 bytes of JSON
-    around each of ``max_documents`` documents, and 1 MiB for the rest of the body."""
+    """Bytes of the request body, checked before it is parsed. 0: every character as a 6-byte JSON escape
+    (``\\uXXXX``, as ASCII-only encoders send), 64 bytes around each document and 1 MiB for the rest."""
 
     def __post_init__(self) -> None:
         if not self.max_body_bytes:  # frozen: derived once, here
@@ -56,6 +54,38 @@ class Ranking:
     picks: list[Pick]
     reasoning_tokens: int
     """Reasoning tokens behind every document's judgment (cached and shared ones included)."""
+
+
+class ServeMetrics:
+    """Prometheus metrics of one rank1-serve app, in a registry of its own (``GET /metrics``)."""
+
+    def __init__(self, in_flight: InFlight) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        counter, gauge = partial(Counter, registry=self.registry), partial(Gauge, registry=self.registry)
+        histogram = partial(Histogram, buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.requests = counter(
+            "rank1_serve_requests", "HTTP requests answered, by endpoint and status", ["endpoint", "status"]
+        )
+        self.latency = histogram(
+            "rank1_serve_request_duration_seconds", "Time to answer a request, by endpoint", ["endpoint"]
+        )
+        self.in_progress = gauge("rank1_serve_requests_in_progress", "Requests being answered now")
+        self.documents = counter("rank1_serve_documents", "Documents received in rerank requests")
+        self.judged = counter("rank1_serve_passages_judged", "Passages rank1 judged for this server (engine work)")
+        self.cache_hits = counter("rank1_serve_cache_hits", "Passages answered from the result cache")
+        self.shared = counter("rank1_serve_shared_judgments", "Passages that joined a judgment already in flight")
+        self.reasoning_tokens = counter("rank1_serve_reasoning_tokens", "Reasoning tokens rank1 generated")
+        self.forced = counter("rank1_serve_forced_answers", "Judgments whose answer was forced (out of budget)")
+        self.judge_latency = histogram("rank1_serve_judge_duration_seconds", "Time rank1 took for a batch of passages")
+        gauge("rank1_serve_passages_in_flight", "Passages being judged now").set_function(lambda: len(in_flight))
+        gauge(
+            "rank1_serve_judgment_waits", "Requests waiting for in-flight judgments (one per request and batch)"
+        ).set_function(lambda: in_flight.waiting)
+
+    def judged_one(self, judgment: Judgment) -> None:
+        self.judged.inc()
+        self.reasoning_tokens.inc(judgment.reasoning_tokens)
+        self.forced.inc(judgment.forced)
 
 
 class RerankService:
@@ -77,11 +107,19 @@ class RerankService:
         effort: Effort | None = None,
         budget: int | None = None,
     ) -> Ranking:
-        """Every document judged (or the call fails), ranked best first, cut to ``top_n`` (None: all).
+        """Every document judged (or the call fails), best first, cut to ``top_n`` (None: all).
 
         ``effort`` and ``budget`` override the server's; a budget above the server's is refused.
         """
-        self._check_limits(query, texts)
+        if len(texts) > self.limits.max_documents:
+            raise RequestTooLargeError(
+                f"{len(texts)} documents: this server takes at most {self.limits.max_documents} per request"
+            )
+        if (characters := len(query) + sum(map(len, texts))) > self.limits.max_characters:
+            raise RequestTooLargeError(
+                f"{characters} characters in the query and documents: this server takes at most "
+                f"{self.limits.max_characters} per request"
+            )
         server = self.reranker.settings
         if budget is not None and budget > server.max_reasoning_tokens:
             raise InvalidInputError(
@@ -99,7 +137,9 @@ class RerankService:
             judgments = await self.reranker.ajudge(query, plan.passages, **changes) if plan.passages else []
         else:
             by_key = {self.reranker.cache_key(query, passage, **changes): passage for passage in plan.passages}
-            known = await self._cached(list(by_key))
+            known: dict[str, Judgment] = {}
+            if self._cache is not None and by_key:  # a DiskCache reads SQLite: off the event loop
+                known = await asyncio.to_thread(self._cache.get_many, list(by_key))
             missing = {key: passage for key, passage in by_key.items() if key not in known}
             self.metrics.cache_hits.inc(len(known))
             if missing:
@@ -114,31 +154,10 @@ class RerankService:
         picks = select(SelectionPolicy(top_n=top_n, score_threshold=0.0), plan, judgments)
         return Ranking(picks, reasoning_tokens=sum(j.reasoning_tokens for _, j in slots))
 
-    def _check_limits(self, query: str, texts: Sequence[str]) -> None:
-        if len(texts) > self.limits.max_documents:
-            raise RequestTooLargeError(
-                f"{len(texts)} documents: this server takes at most {self.limits.max_documents} per request"
-            )
-        characters = len(query) + sum(len(text) for text in texts)
-        if characters > self.limits.max_characters:
-            raise RequestTooLargeError(
-                f"{characters} characters in the query and documents: this server takes at most "
-                f"{self.limits.max_characters} per request"
-            )
-
-    async def _cached(self, keys: list[str]) -> dict[str, Judgment]:
-        if self._cache is None or not keys:
-            return {}
-        return await asyncio.to_thread(self._cache.get_many, keys)  # a DiskCache reads SQLite: off the event loop
-
     async def _judge_batch(
         self, query: str, passages: Sequence[str], changes: Mapping[str, Any]
     ) -> AsyncGenerator[Judgment, None]:
-        started = time.perf_counter()
-        judged: list[Judgment] = []
-        try:
+        with self.metrics.judge_latency.time():
             async for judgment in self.reranker.ajudge_stream(query, passages, **changes):
-                judged.append(judgment)
+                self.metrics.judged_one(judgment)
                 yield judgment
-        finally:
-            self.metrics.judged_batch(judged, time.perf_counter() - started)

@@ -1,14 +1,7 @@
-"""Identical judgments in flight are made once, for every request that wants them.
+"""Identical judgments in flight (same key: query, passage, settings) are made once, for every request wanting them.
 
-Clients time out and retry long rank1 calls, and several users ask about the same passages:
-a passage already being judged for the same query and settings (the same key) joins that
-work; the passages nobody is judging yet start one new batch (one ``ajudge_stream`` call, so
-they enter the engine together). A request returns as soon as *its* passages are judged.
-
-Batches are reference-counted by the requests waiting on them; a batch is cancelled (its
-engine requests aborted) only when nobody waits on it and nobody came back within ``linger``
-seconds: a client that timed out and retries joins the work its first attempt started.
-Runs on one event loop; no locks.
+Clients time out and retry long rank1 calls: a batch (one ``ajudge_stream`` call) is cancelled, its engine
+requests aborted, only when nobody waits on it and nobody came back within ``linger`` seconds. One event loop; no locks.
 """
 
 from __future__ import annotations
@@ -26,14 +19,13 @@ __all__ = ["InFlight", "Joined"]
 
 _Outcome = Judgment | Exception
 Judge = Callable[[str, Sequence[str], Mapping[str, Any]], AsyncGenerator[Judgment, None]]
-"""Judges passages for a query with per-call settings: yields each passage's judgment (``Judgment.index``: which one) as
-soon as it is final. Raising fails the passages not handed over yet."""
+"""Yields each passage's judgment (``Judgment.index``: which one) once final; raising fails those not handed over."""
 
 
 @dataclass(eq=False)
 class _Batch:
     results: dict[str, asyncio.Future[_Outcome]]
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] = field(init=False)
     waiters: int = 0
     expiry: asyncio.TimerHandle | None = None
     """Set while nobody waits: when the batch is cancelled unless a request joins it first."""
@@ -66,9 +58,7 @@ class InFlight:
         return sum(batch.waiters for batch in set(self._batches.values()))
 
     async def join(self, query: str, passages: Mapping[str, str], changes: Mapping[str, Any] | None = None) -> Joined:
-        """Judgments of ``passages`` (key -> text) for ``query``, each key judged once across callers.
-
-        ``changes`` are the request's per-call settings; the keys must tell them apart.
+        """Judgments of ``passages`` (key -> text) for ``query`` with per-call ``changes`` (the keys tell them apart).
 
         Raises what judging raised; cancelling the caller cancels only batches nobody else awaits.
         """
@@ -124,8 +114,7 @@ class InFlight:
             async with contextlib.aclosing(self.judge(query, texts, changes)) as judgments:
                 async for judgment in judgments:
                     self._hand_over(batch, keys[judgment.index], judgment)
-            lost = [key for key in keys if not batch.results[key].done()]
-            if lost:
+            if lost := [key for key in keys if not batch.results[key].done()]:
                 raise Rank1Error(f"rank1 returned {len(keys) - len(lost)} judgments for {len(keys)} passages")
         except Exception as err:  # the waiters of what is left get the error; the HTTP layer decides what it says
             for key in keys:
@@ -142,31 +131,25 @@ class InFlight:
         # However the batch ended (cancelled included), nobody may wait on it forever.
         if batch.expiry is not None:
             batch.expiry.cancel()
-        self._forget(batch)
+        self._cancel(batch)  # forgets it (cancelling a finished task does nothing)
         for future in batch.results.values():
-            if not future.done():
-                future.cancel()
+            future.cancel()  # nothing, once done
 
     def _release(self, batch: _Batch) -> None:
         batch.waiters -= 1
-        if batch.waiters == 0 and batch.task is not None and not batch.task.done():
-            if self.linger > 0:
-                batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
-            else:
-                self._cancel(batch)
+        if self.linger > 0 and batch.waiters == 0 and not batch.task.done():
+            batch.expiry = asyncio.get_running_loop().call_later(self.linger, self._expire, batch)
+        else:
+            self._expire(batch)
 
     def _expire(self, batch: _Batch) -> None:
         batch.expiry = None
-        if batch.waiters == 0 and batch.task is not None and not batch.task.done():
+        if batch.waiters == 0 and not batch.task.done():
             self._cancel(batch)
 
     def _cancel(self, batch: _Batch) -> None:
         # Forget first: a request arriving from now on starts fresh work instead of joining this.
-        self._forget(batch)
-        assert batch.task is not None
-        batch.task.cancel()
-
-    def _forget(self, batch: _Batch) -> None:
         for key in batch.results:
             if self._batches.get(key) is batch:
                 del self._batches[key]
+        batch.task.cancel()
