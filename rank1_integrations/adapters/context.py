@@ -44,11 +44,8 @@ class ContextSource:
 
     @classmethod
     def from_metadata(cls, text: str, source: str, metadata: Mapping[str, Any]) -> ContextSource:
-        """Read the rank1 keys an adapter wrote; a chunk without them shows as not judged.
-
-        Without a ``rank1_rationale`` key (metadata written by other code) the rationale is
-        quoted from ``rank1_reasoning`` the same way :attr:`Judgment.rationale` is.
-        """
+        """Read the rank1 keys an adapter wrote; a chunk without them shows as not judged. Without a
+        ``rank1_rationale`` (other code's metadata) it is quoted from ``rank1_reasoning`` as in a Judgment."""
         score = metadata.get("relevance_score")
         reasoning = str(metadata.get("rank1_reasoning") or "")
         given = metadata.get("rank1_rationale")
@@ -82,12 +79,9 @@ def format_context(
     separator: str = "\n\n",
     no_reasoning: str = "(none given)",
 ) -> str:
-    """Render kept chunks as numbered sources, each with rank1's reason, for an LLM prompt.
+    """Render kept chunks as numbered sources, each with rank1's reason, for an LLM prompt: its rationale
+    (:attr:`Judgment.rationale`), or with ``reasoning="full"`` all of it (thousands of tokens per source)."""
 
-    ``reasoning="rationale"`` (the default) shows rank1's conclusion, one or two sentences
-    quoted from its reasoning (:attr:`Judgment.rationale`); ``"full"`` shows all of it,
-    which can be thousands of tokens per source.
-    """
     if reasoning not in ("rationale", "full"):
         raise InvalidInputError(f"reasoning must be 'rationale' or 'full', got {reasoning!r}")
     blocks = []

@@ -1,10 +1,7 @@
 """LangChain document compressor: rank1 judges retrieved documents and keeps the relevant ones.
 
-``Rank1Rerank`` works wherever a ``BaseDocumentCompressor`` does (``ContextualCompressionRetriever``,
-``DocumentCompressorPipeline``) and returns copies (``id`` and metadata kept), best first, with
-the ``rank1_*`` metadata. Each document is announced as soon as rank1 has judged it: a custom
-event ``"rank1_judgment"`` (``astream_events`` or a handler's ``on_custom_event``), so a chat UI
-can show sources before the slowest one is judged. Needs only ``langchain-core``.
+Returns copies (``id`` and metadata kept), best first, with the ``rank1_*`` metadata; each document is
+announced as soon as it is judged (custom event ``"rank1_judgment"``). Needs only ``langchain-core``.
 """
 
 from __future__ import annotations
@@ -39,9 +36,8 @@ JUDGMENT_EVENT = "rank1_judgment"
 class Rank1Rerank(Rank1AdapterFields, BaseDocumentCompressor):
     """Rerank and filter documents with rank1; every kept document carries rank1's reasoning.
 
-    ``reranker=`` (shared, e.g. with a LlamaIndex postprocessor) or ``settings=`` (a
-    :class:`~rank1_integrations.settings.Rank1Settings`; neither: from ``RANK1_*`` variables).
-    Filtering, in order: ``score_threshold`` (or rank1's verdict), ``top_n``, ``min_keep``.
+    ``reranker=`` or ``settings=`` (neither: from ``RANK1_*`` variables). Filtering, in order:
+    ``score_threshold`` (or rank1's verdict), ``top_n``, ``min_keep``.
     """
 
     def compress_documents(

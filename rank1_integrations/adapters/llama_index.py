@@ -1,10 +1,7 @@
 """LlamaIndex node postprocessor: rank1 judges retrieved nodes and keeps the relevant ones.
 
-``Rank1Rerank`` works wherever a ``BaseNodePostprocessor`` does, sync and async, and returns
-new ``NodeWithScore`` objects (deep copies, ``node_id`` kept) scored by rank1, best first, with
-the ``rank1_*`` metadata, which never reaches the embedding text; the LLM text shows rank1's
-rationale (``reasoning_in_llm_text``). Each node is announced as soon as rank1 has judged it
-(:class:`Rank1JudgmentEvent` on the dispatcher). Needs only ``llama-index-core``.
+Returns deep copies (``node_id`` kept) scored by rank1, best first, with the ``rank1_*`` metadata (never in
+the embedding text); each node is announced as soon as it is judged (:class:`Rank1JudgmentEvent`).
 """
 
 from __future__ import annotations
@@ -64,11 +61,9 @@ class Rank1JudgmentEvent(BaseEvent):
 class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
     """Rerank and filter nodes with rank1; every kept node carries rank1's reasoning.
 
-    A ``reranker`` (the first argument; shared, e.g. with a LangChain compressor) or ``settings=``
-    (a :class:`~rank1_integrations.settings.Rank1Settings`; neither: from ``RANK1_*`` variables).
-    Filtering, in order: ``score_threshold`` (or rank1's verdict), ``top_n``, ``min_keep``.
-    ``to_dict`` / ``from_dict`` round-trip the settings (never the API key); a live reranker
-    must be passed again: ``Rank1Rerank.from_dict(data, reranker=reranker)``.
+    A ``reranker`` (the first argument) or ``settings=`` (neither: from ``RANK1_*`` variables). Filtering,
+    in order: ``score_threshold`` (or rank1's verdict), ``top_n``, ``min_keep``. ``to_dict`` / ``from_dict``
+    round-trip the settings (never the API key); a live reranker must be passed again to ``from_dict``.
     """
 
     metadata_mode: MetadataMode = Field(
@@ -113,8 +108,8 @@ class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=kept))
         return kept
 
-    # LlamaIndex's DispatcherSpanMixin puts a span only around the abstract _postprocess_nodes;
-    # without this one the async events would have no span (span_id None) to belong to.
+    # LlamaIndex's span wraps only the abstract _postprocess_nodes: without this one, async events have none.
+
     @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None

@@ -1,13 +1,10 @@
-"""One judging call, before and after the engine: validation, cache look-up, assembly.
-
-Pure logic: it builds the prompts and the :class:`JudgingRun` for what the cache does
-not know, says what the caller gets for each passage as it becomes final, and puts
-fresh and cached judgments back in the caller's order, applying the failure policy.
-"""
+"""One judging call, before and after the engine (pure logic): validation, cache look-up, the
+:class:`JudgingRun` for what the cache does not know, and the answers in the caller's order."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -169,10 +166,14 @@ def validated(
 _PASSAGE_PROBLEMS = ("are not strings", "are empty", "are not valid Unicode text (they hold lone surrogates)")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate (e.g. from a bad decode) is no valid Unicode text: it cannot be encoded."""
+
+
 def _query_problem(query: str) -> str | None:
     if not query.strip():
         return "query is empty"
-    return None if _encodable(query) else "query is not valid Unicode text (it holds a lone surrogate)"
+    return "query is not valid Unicode text (it holds a lone surrogate)" if _SURROGATE.search(query) else None
 
 
 def _passage_problem(passage: object) -> str | None:
@@ -180,13 +181,4 @@ def _passage_problem(passage: object) -> str | None:
         return _PASSAGE_PROBLEMS[0]
     if not passage.strip():
         return _PASSAGE_PROBLEMS[1]
-    return None if _encodable(passage) else _PASSAGE_PROBLEMS[2]
-
-
-def _encodable(text: str) -> bool:
-    """Whether ``text`` is valid Unicode: a lone surrogate (e.g. from a bad decode) cannot be encoded."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return _PASSAGE_PROBLEMS[2] if _SURROGATE.search(passage) else None

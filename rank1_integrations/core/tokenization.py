@@ -59,11 +59,8 @@ PromptPiece = Trusted | Data | Control
 
 
 def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece], *, leading: bool = True) -> list[int]:
-    """Token ids of the prompt the pieces spell, with data defused (see the module doc).
-
-    ``leading=False`` leaves out the tokenizer's leading ids (a BOS): for a continuation
-    of a prompt that ended on a control token, which no merge can cross.
-    """
+    """Token ids of the prompt the pieces spell, with data defused; ``leading=False``: without the BOS
+    (a continuation of a prompt that ended on a control token, which no merge can cross)."""
     ids = list(tokenizer.leading_ids) if leading else []
     pending: list[str] = []
 
@@ -109,11 +106,8 @@ def split_protected(text: str, pattern: re.Pattern[str] | None) -> list[tuple[st
 
 
 def leading_special_ids(with_specials: Sequence[int], without: Sequence[int]) -> tuple[int, ...]:
-    """What a tokenizer puts in front of text (a BOS token), from one text encoded both ways.
-
-    It is part of every prompt, as when the authors hand vLLM a text prompt; anything
-    appended after the text (an EOS) is not.
-    """
+    """What a tokenizer puts in front of text (a BOS, part of every prompt as in the authors' text prompts),
+    from one text encoded both ways; anything it appends (an EOS) is not."""
     with_specials, without = list(with_specials), list(without)
     for position in range(len(with_specials) - len(without) + 1):
         if with_specials[position : position + len(without)] == without:
@@ -152,14 +146,12 @@ class HFPromptTokenizer:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         if self._fast is not None:
-            # The Rust decoder alone, as vLLM's detokenizer runs it: no clean-up of spaces
-            # (transformers' clean_up_tokenization_spaces, on in Llama 3's tokenizer).
+            # The Rust decoder alone, as vLLM's detokenizer runs it: no clean-up of spaces (on in Llama 3's).
             return str(self._fast.decode(list(token_ids), skip_special_tokens=False))
         return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=False))
 
 
-# Strings on which the private fast encoder must agree with the tokenizer's own call
-# before it is trusted: spaces, newlines, non-ASCII, an added token kept literal.
+# Where the private fast encoder must agree with the tokenizer's own call before it is trusted.
 _ENCODER_PROBES = (
     "Determine if the following passage is relevant.\nQuery: café?\nPassage:  two  spaces\n\n",
     " leading space, trailing newline\n",
@@ -168,11 +160,9 @@ _ENCODER_PROBES = (
 
 
 def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
-    """A private copy of a fast tokenizer's Rust backend that never parses special tokens, or None.
+    """A private copy of a fast tokenizer's Rust backend that never parses special tokens, or None: it skips
+    transformers' per-call Python layer and never toggles the engine's shared tokenizer."""
 
-    It skips transformers' per-call Python layer (most of the cost of a short text) and never toggles
-    the engine's shared tokenizer; used only where it agrees with the tokenizer's own call on probes.
-    """
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None
