@@ -15,10 +15,10 @@ ReasoningShown = Literal["rationale", "full"]
 """What a context block shows of rank1's reasoning: the short rationale, or all of it."""
 
 DEFAULT_SOURCE_TEMPLATE = "[{number}] {source} ({assessment})\n{text}\nrank1's reasoning: {reasoning}"
-"""One source in a context block. Fields: ``number`` (1-based), ``source``, ``assessment``
-(verdict and score in words), ``score`` (formatted, or "n/a"), ``text``, ``reasoning`` (the
-rationale or the full reasoning, as ``format_context(reasoning=...)`` says), ``rationale``
-and ``full_reasoning``."""
+"""One source in a context block. Fields: ``number`` (1-based), ``source``, ``assessment`` (verdict and score
+in words), ``score`` (formatted, or "n/a"), ``text``, ``reasoning`` (the rationale or the full reasoning, as
+``format_context(reasoning=...)`` says), ``rationale`` and ``full_reasoning``."""
+
 
 ANSWER_WITH_SOURCES_PROMPT = (
     "Answer the question using only the numbered sources below. Cite the sources you use as "

@@ -102,9 +102,9 @@ def plan_call(
     key_for: KeyFor,
     lenient: bool = False,
 ) -> CallPlan:
-    """The call's plan. An adaptive call reads no cache (its selection needs every no-think score of
-    a query); full and no-think calls read judgments of their own kind, adaptive's included.
-    ``lenient``: a passage that is invalid input comes back unjudged instead of failing the call."""
+    """The call's plan. Adaptive reads no cache (its selection needs every no-think score of a query); full and
+    no-think read judgments of their own kind. ``lenient``: invalid input comes back unjudged, not raised."""
+
     invalid: dict[Position, InvalidInputError] = {}
     checked = validated(batches, invalid if lenient else None)
     effort = settings.reasoning_effort

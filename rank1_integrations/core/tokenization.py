@@ -1,8 +1,5 @@
-"""Turning prompt pieces into token ids without letting data become control tokens.
-
-A prompt is trusted text, data and control markers. Runs of text are encoded in one call, as the
-authors' whole-string tokenization does; a special-token string inside *data* is encoded one
-character at a time, so it can never turn into a control token.
+"""Prompt pieces (trusted text, data, control markers) to token ids: runs of text in one call, as the authors'
+whole-string tokenization does; a special-token string in *data* one character at a time, never a control token.
 """
 
 from __future__ import annotations
