@@ -1,8 +1,6 @@
-"""LangChain document compressor: rank1 judges retrieved documents and keeps the relevant ones.
-
-Returns copies (``id`` and metadata kept), best first, with the ``rank1_*`` metadata; each document is
-announced as soon as it is judged (custom event ``"rank1_judgment"``). Needs only ``langchain-core``.
-"""
+"""LangChain document compressor: rank1 judges retrieved documents and keeps the relevant ones, as copies
+(``id`` and metadata kept), best first, with the ``rank1_*`` metadata; each document is announced as soon
+as it is judged (custom event ``"rank1_judgment"``). Needs only ``langchain-core``."""
 
 from __future__ import annotations
 
@@ -34,11 +32,8 @@ JUDGMENT_EVENT = "rank1_judgment"
 
 
 class Rank1Rerank(Rank1AdapterFields, BaseDocumentCompressor):
-    """Rerank and filter documents with rank1; every kept document carries rank1's reasoning.
-
-    ``reranker=`` or ``settings=`` (neither: from ``RANK1_*`` variables). Filtering, in order:
-    ``score_threshold`` (or rank1's verdict), ``top_n``, ``min_keep``.
-    """
+    """Rerank and filter documents with rank1; every kept document carries rank1's reasoning. ``reranker=``
+    or ``settings=`` (neither: from ``RANK1_*`` variables); filtering: ``score_threshold``, ``top_n``, ``min_keep``."""
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -103,9 +98,7 @@ def format_documents(
 
 
 def _copy(original: Document, pick: Pick) -> Document:
-    metadata = copy.deepcopy(original.metadata)
-    metadata.update(rank1_metadata(pick))
-    return original.model_copy(update={"metadata": metadata})
+    return original.model_copy(update={"metadata": {**copy.deepcopy(original.metadata), **rank1_metadata(pick)}})
 
 
 def _event(documents: Sequence[Document], pick: Pick) -> dict[str, Any]:

@@ -1,8 +1,6 @@
-"""LlamaIndex node postprocessor: rank1 judges retrieved nodes and keeps the relevant ones.
-
-Returns deep copies (``node_id`` kept) scored by rank1, best first, with the ``rank1_*`` metadata (never in
-the embedding text); each node is announced as soon as it is judged (:class:`Rank1JudgmentEvent`).
-"""
+"""LlamaIndex node postprocessor: rank1 judges retrieved nodes and keeps the relevant ones, as deep copies
+(``node_id`` kept) scored by rank1, best first, with the ``rank1_*`` metadata (never in the embedding text);
+each node is announced as soon as it is judged (:class:`Rank1JudgmentEvent`)."""
 
 from __future__ import annotations
 
@@ -59,12 +57,9 @@ class Rank1JudgmentEvent(BaseEvent):
 
 
 class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
-    """Rerank and filter nodes with rank1; every kept node carries rank1's reasoning.
-
-    A ``reranker`` (the first argument) or ``settings=`` (neither: from ``RANK1_*`` variables). Filtering,
-    in order: ``score_threshold`` (or rank1's verdict), ``top_n``, ``min_keep``. ``to_dict`` / ``from_dict``
-    round-trip the settings (never the API key); a live reranker must be passed again to ``from_dict``.
-    """
+    """Rerank and filter nodes with rank1; every kept node carries rank1's reasoning. A ``reranker`` (the first
+    argument) or ``settings=`` (neither: from ``RANK1_*`` variables); filtering: ``score_threshold``, ``top_n``,
+    ``min_keep``. ``to_dict`` round-trips the settings (never the API key), not a live reranker (pass it again)."""
 
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata goes into the text rank1 judges (node.get_content)."

@@ -1,10 +1,8 @@
 """Which judged documents to keep (framework-free): both adapters and ``rank1 serve`` decide here.
-
 :func:`plan_judging` sends each distinct non-empty text once; the caller judges ``plan.passages`` (the
 only I/O) into :class:`JudgmentsSoFar`; :func:`select` ranks by score (ties keep input order), keeps those
 passing ``score_threshold`` (None: rank1's verdict), cuts to ``top_n``, then fills up to ``min_keep``
-with the best rejected, then unjudged, documents.
-"""
+with the best rejected, then unjudged, documents."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The pure decision core of one judging call: prompts -> requests -> completions -> judgments.
-
-:class:`JudgingRun` never waits on I/O: a driver (sync or async) feeds each result back and gets the
-passage's next request. The forced answer and adaptive's selection are decided here and only here.
-"""
+"""The pure decision core of one judging call, which never waits on I/O: a driver feeds each result back and
+gets the passage's next request. The forced answer and adaptive's selection are decided here and only here."""
 
 from __future__ import annotations
 
@@ -24,11 +21,9 @@ _FULL = Rank1Settings.model_construct()  # the defaults, not the environment's: 
 
 class JudgingRun:
     """Where each passage of a call stands (passages advance independently, so judgments can stream).
-
     No-think (``none``, adaptive's first step) reads p(true) after a prefilled, closed reasoning: one token.
     Adaptive then reasons on a query's passages scored within ``adaptive_margin`` of ``adaptive_center``,
-    and on its ``adaptive_top_k`` best.
-    """
+    and on its ``adaptive_top_k`` best."""
 
     def __init__(
         self,

@@ -1,9 +1,6 @@
-"""rank1 prompts as token ids: template, truncation of the passage, the forced-answer prompt.
-
-The authors re-tokenize the forced prompt ``prompt + "\\n" + reasoning + "\\n</think>"`` with special-token
-strings parsed; here only the control tokens the model generated stay control tokens (:func:`control_spans`),
-never a special-token string it wrote as characters (a passage's ``<think>`` quoted back, data in the prompt).
-"""
+"""rank1 prompts as token ids: template, passage truncation, the forced answer's ``prompt + "\\n" + reasoning +
+"\\n</think>"``, in which only the control tokens the model generated stay control tokens (:func:`control_spans`),
+never a special-token string it wrote as characters (a passage's ``<think>`` quoted back, data in the prompt)."""
 
 from __future__ import annotations
 
@@ -94,11 +91,8 @@ class PromptBuilder:
 
     def build_forced(self, prompt: PreparedPrompt, generated_ids: Sequence[int], generated_text: str) -> ForcedPrompt:
         """The authors' forced prompt from the generated ids and the engine's text of them (trimmed as they do).
-
-        Re-tokenized text can outgrow the tokens that generated it (a cut character decodes to U+FFFD):
-        then the longest prefix of the reasoning that fits ``context_size`` with the answer token is kept,
-        ending a sentence where one fits. If not even the markers fit: :class:`ModelOutputError`.
-        """
+        Re-tokenized text can outgrow its tokens (a cut character decodes to U+FFFD): then the longest prefix that
+        fits ``context_size`` with the answer, ending a sentence where one fits (none: :class:`ModelOutputError`)."""
         reasoning = reasoning_for_forced_answer(generated_text)
         start = len(generated_text) - len(generated_text.lstrip())
         spans = control_spans(self._tokenizer, generated_ids, generated_text)
@@ -230,10 +224,8 @@ _THINK_TEXT_IDS: weakref.WeakKeyDictionary[PromptTokenizer, tuple[int, ...] | No
 
 
 def _think_text_ids(tokenizer: PromptTokenizer) -> tuple[int, ...] | None:
-    """The ids of "<think>" as text, where the tokenizer starts a token there whatever follows; else None.
-
-    Byte-level BPE tokenizers (Qwen2.5, Llama 3, tekken) never merge across "\\n<"; the probes check it once.
-    """
+    """The ids of "<think>" as text where the tokenizer starts a token there whatever follows (as byte-level BPE
+    tokenizers never merge across "\\n<"; the probes check it once per tokenizer); else None."""
     if tokenizer in _THINK_TEXT_IDS:
         return _THINK_TEXT_IDS[tokenizer]
     think_ids = tuple(tokenizer.encode_plain(THINK_OPEN))
@@ -257,11 +249,10 @@ Span = tuple[int, int]
 
 
 def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: str) -> list[Span]:
-    """Where ``text`` (the engine's text of ``token_ids``) holds tokens the model generated as control tokens.
+    """Where ``text`` (the engine's text of ``token_ids``) holds tokens the model generated as control tokens:
+    its special-token strings matched in order to the generated control ids (each run of ordinary ids decoded
+    only to count the strings it spelled). If they disagree: none, all data."""
 
-    Special-token strings in the text are matched in order to the generated control ids (each run of
-    ordinary ids is decoded only to count the strings it spelled). If they disagree: none, all data.
-    """
     pattern = protected_pattern(tuple(tokenizer.protected_strings))
     found = list(pattern.finditer(text)) if pattern is not None else []
     if pattern is None or not found:
