@@ -9,21 +9,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from rank1_integrations._optional import require
+from rank1_integrations.adapters.context import DEFAULT_SOURCE_TEMPLATE, ContextSource, ReasoningShown, format_context
+from rank1_integrations.adapters.fields import Rank1AdapterFields
+from rank1_integrations.adapters.selection import Pick, rank1_metadata
+from rank1_integrations.errors import InvalidInputError
 
 require("langchain_core", extras=("langchain",), purpose="rank1_integrations.adapters.langchain")
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-
-from rank1_integrations.adapters.context import (  # noqa: E402
-    DEFAULT_SOURCE_TEMPLATE,
-    ContextSource,
-    ReasoningShown,
-    format_context,
-)
-from rank1_integrations.adapters.fields import Rank1AdapterFields  # noqa: E402
-from rank1_integrations.adapters.selection import Pick, rank1_metadata  # noqa: E402
-from rank1_integrations.errors import InvalidInputError  # noqa: E402
 
 __all__ = ["JUDGMENT_EVENT", "Rank1Rerank", "format_documents"]
 

@@ -9,6 +9,11 @@ from functools import partial
 from typing import Any, Literal
 
 from rank1_integrations._optional import require
+from rank1_integrations.adapters.context import DEFAULT_SOURCE_TEMPLATE, ContextSource, ReasoningShown, format_context
+from rank1_integrations.adapters.fields import Rank1AdapterFields
+from rank1_integrations.adapters.selection import RANK1_METADATA_KEYS, Pick, rank1_metadata
+from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.reranker import Rank1Reranker
 
 require("llama_index.core", extras=("llama-index",), purpose="rank1_integrations.adapters.llama_index")
 
@@ -20,17 +25,6 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 from pydantic import computed_field  # noqa: E402  (llama_index.core.bridge.pydantic does not re-export it)
-
-from rank1_integrations.adapters.context import (  # noqa: E402
-    DEFAULT_SOURCE_TEMPLATE,
-    ContextSource,
-    ReasoningShown,
-    format_context,
-)
-from rank1_integrations.adapters.fields import Rank1AdapterFields  # noqa: E402
-from rank1_integrations.adapters.selection import RANK1_METADATA_KEYS, Pick, rank1_metadata  # noqa: E402
-from rank1_integrations.errors import InvalidInputError  # noqa: E402
-from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
 
 __all__ = ["RETRIEVAL_SCORE_KEY", "Rank1JudgmentEvent", "Rank1Rerank", "format_nodes"]
 
