@@ -19,7 +19,6 @@ DEFAULT_SOURCE_TEMPLATE = "[{number}] {source} ({assessment})\n{text}\nrank1's r
 in words), ``score`` (formatted, or "n/a"), ``text``, ``reasoning`` (the rationale or the full reasoning, as
 ``format_context(reasoning=...)`` says), ``rationale`` and ``full_reasoning``."""
 
-
 ANSWER_WITH_SOURCES_PROMPT = (
     "Answer the question using only the numbered sources below. Cite the sources you use as "
     "[number]. Each source says why a relevance judge kept it; use that to explain, when asked, "

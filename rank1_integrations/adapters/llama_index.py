@@ -98,7 +98,6 @@ class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
         return kept
 
     # LlamaIndex's span wraps only the abstract _postprocess_nodes: without this one, async events have none.
-
     @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None

@@ -137,8 +137,7 @@ def select(policy: SelectionPolicy, plan: JudgingPlan, judgments: Sequence[Judgm
             judged.append((index, judgments[slot], "judged"))
     # a. rank (empty texts after real judgments of the same score, then input order); all scores are finite
     judged.sort(key=lambda item: (-(item[1].score or 0.0), item[2] == "empty", item[0]))
-    # b. threshold / verdict, c. top_n
-    if policy.score_threshold is None:
+    if policy.score_threshold is None:  # b. threshold / verdict, c. top_n
         passing = [item for item in judged if item[1].relevant is True and item[2] == "judged"]
     else:
         passing = [item for item in judged if (item[1].score or 0.0) >= policy.score_threshold]

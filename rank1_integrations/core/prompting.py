@@ -175,8 +175,7 @@ class PromptBuilder:
                 f"{self.max_prompt_tokens} fit before the reasoning budget; shorten the query or "
                 "raise context_size / lower max_reasoning_tokens"
             )
-        # The passage's own ids: no leading ids (a BOS token is no part of the passage).
-        passage_ids = encode_prompt(self._tokenizer, [Data(passage)], leading=False)
+        passage_ids = encode_prompt(self._tokenizer, [Data(passage)], leading=False)  # a BOS is no part of it
         keep = self.max_prompt_tokens - overhead
         while True:
             pieces = self._pieces(query, _passage_prefix(self._tokenizer, passage, passage_ids[: max(keep, 0)]))
@@ -186,8 +185,7 @@ class PromptBuilder:
                 return PreparedPrompt(
                     pieces, tuple(token_ids), truncated=True, passage_tokens_dropped=whole_length - len(token_ids)
                 )
-            # Re-tokenizing the cut text in context can merge differently: shave and retry.
-            # This ends: with nothing kept the prompt is the overhead, which fits.
+            # The cut text can merge differently in context: shave and retry (nothing kept: the overhead fits).
             keep -= excess
 
 
@@ -207,8 +205,7 @@ def _longest(lengths: Sequence[int], fits: Callable[[int], bool]) -> int | None:
     return lengths[count - 1] if count else None
 
 
-# Texts before and after "<think>" on which a tokenizer must start a new token at "<think>" before the
-# forced prompt may re-encode only from there (the continuation starts with "\n").
+# Texts before and after "<think>" where a tokenizer must start a new token at "<think>" for _think_text_ids.
 _TAIL_PROBES = (
     "Passage: plain words\n",
     "Passage: ends with a stop.\n",

@@ -32,11 +32,9 @@ def rationale(
     """The last sentence stating a conclusion ("so", "therefore", ..., "is (not) relevant"; else the last one),
     with the sentences before it while within ``max_chars`` and ``max_sentences``; whitespace collapsed. A longer
     one is cut at a word boundary (in a word only if ``max_chars`` has no space) with an ellipsis; none: ``""``."""
-
-    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 2:
-        raise ValueError(f"max_chars must be an int >= 2, got {max_chars!r}")
-    if isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1:
-        raise ValueError(f"max_sentences must be an int >= 1, got {max_sentences!r}")
+    for name, value, least in (("max_chars", max_chars, 2), ("max_sentences", max_sentences, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     sentences = [s for s in _SENTENCE_END.split(" ".join(reasoning.split())) if s]
     if not sentences:
         return ""

@@ -175,8 +175,7 @@ def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
                 return None
     except Exception:  # any backend this code does not know: keep the tokenizer's own call
         return None
-    finally:
-        # transformers leaves the shared backend as its last call set it.
+    finally:  # transformers leaves the shared backend as its last call set it
         if shared_setting is not None:
             backend.encode_special_tokens = shared_setting
     return encoder
