@@ -138,8 +138,7 @@ class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
         if self.keep_retrieval_score:
             added[RETRIEVAL_SCORE_KEY] = original.score
         node = original.node.model_copy(deep=True)
-        shown = _LLM_TEXT_KEY[self.reasoning_in_llm_text]
-        hidden_from_llm = [key for key in added if key != shown]
+        hidden_from_llm = [key for key in added if key != _LLM_TEXT_KEY[self.reasoning_in_llm_text]]
         update = {
             "metadata": {**node.metadata, **added},
             "excluded_embed_metadata_keys": _merged(node.excluded_embed_metadata_keys, list(added)),

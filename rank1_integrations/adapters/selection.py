@@ -128,9 +128,8 @@ def select(policy: SelectionPolicy, plan: JudgingPlan, judgments: Sequence[Judgm
     judged: list[tuple[int, Judgment, Status]] = []
     unjudged: list[tuple[int, Judgment]] = []
     for index, slot in enumerate(plan.slots):
-        if slot is None:
-            stand_in = Judgment(index=index, score=0.0, relevant=False, reasoning="", reasoned=False)
-            judged.append((index, stand_in, "empty"))
+        if slot is None:  # a stand-in: score 0.0, not relevant, no reasoning
+            judged.append((index, Judgment(index, 0.0, False, "", reasoned=False), "empty"))
         elif not _has_score(judgments[slot]):  # unjudged; or a broken score, which must not upset the ranking
             unjudged.append((index, judgments[slot]))
         else:

@@ -17,10 +17,8 @@ from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["CallPlan", "plan_call", "validated"]
 
-Position = tuple[int, int]
-"""(which (query, passages) pair, index of the passage in it)."""
-KeyFor = Callable[[str, str, str], str]
-"""The cache key of (query, passage) judged at an effort (``full``, ``none`` or ``adaptive``)."""
+Position = tuple[int, int]  # (which (query, passages) pair, index of the passage in it)
+KeyFor = Callable[[str, str, str], str]  # the cache key of (query, passage) judged at an effort (full, none, adaptive)
 
 
 @dataclass

@@ -93,8 +93,7 @@ class JudgingRun:
             if not (result.finish_reason == "stop" and isinstance(result.stop_reason, str) and label in self._labels):
                 return self._forced_request(index, result)
             score = _label_score(result, "at the answer position")
-            tokens = len(result.token_ids)
-            relevant = label == self._labels[0]
+            relevant, tokens = label == self._labels[0], len(result.token_ids)
             self._settle(index, self._judged(index, score, result.text.strip(), relevant=relevant, tokens=tokens))
         if probing:
             self._probed(index)

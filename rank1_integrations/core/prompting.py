@@ -229,16 +229,13 @@ def _think_text_ids(tokenizer: PromptTokenizer) -> tuple[int, ...] | None:
 
     def splits(before: str) -> bool:
         prompt = tuple(tokenizer.encode_plain(before + THINK_OPEN))
-        if prompt[-len(think_ids) :] != think_ids:
-            return False
-        return all(
+        return prompt[-len(think_ids) :] == think_ids and all(
             tokenizer.encode_plain(before + THINK_OPEN + after)
             == [*prompt[: -len(think_ids)], *tokenizer.encode_plain(THINK_OPEN + after)]
             for after in _CONTINUATION_PROBES
         )
 
-    splits_everywhere = all(splits(before) for before in _TAIL_PROBES)
-    _THINK_TEXT_IDS[tokenizer] = think_ids if splits_everywhere else None
+    _THINK_TEXT_IDS[tokenizer] = think_ids if all(splits(before) for before in _TAIL_PROBES) else None
     return _THINK_TEXT_IDS[tokenizer]
 
 

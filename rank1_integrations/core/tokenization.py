@@ -132,8 +132,7 @@ class HFPromptTokenizer:
             return []
         if self._fast is not None:
             return list(self._fast.encode(text, add_special_tokens=False).ids)
-        encoded = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)
-        return list(encoded["input_ids"])
+        return list(self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def single_token_id(self, text: str) -> int | None:
         if text in self._added:
@@ -142,10 +141,9 @@ class HFPromptTokenizer:
         return int(ids[0]) if len(ids) == 1 else None
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        if self._fast is not None:
-            # The Rust decoder alone, as vLLM's detokenizer runs it: no clean-up of spaces (on in Llama 3's).
-            return str(self._fast.decode(list(token_ids), skip_special_tokens=False))
-        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=False))
+        # The Rust decoder alone where there is one, as vLLM's detokenizer runs it: no clean-up of spaces.
+        decoder = self._tokenizer if self._fast is None else self._fast
+        return str(decoder.decode(list(token_ids), skip_special_tokens=False))
 
 
 # Where the private fast encoder must agree with the tokenizer's own call before it is trusted.
