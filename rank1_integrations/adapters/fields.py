@@ -104,7 +104,6 @@ class Rank1AdapterFields(BaseModel):
 
     @property
     def policy(self) -> SelectionPolicy:
-        """The filter settings as a :class:`SelectionPolicy`."""
         return SelectionPolicy(top_n=self.top_n, score_threshold=self.score_threshold, min_keep=self.min_keep)
 
     def _rank1(self) -> Rank1Reranker:

@@ -17,17 +17,12 @@ class PromptTokenizer(Protocol):
 
     @property
     def leading_ids(self) -> Sequence[int]: ...  # put before a prompt (a BOS token), possibly none
-
     @property
     def protected_strings(self) -> Sequence[str]: ...  # encode to special/added tokens: never from data
-
     @property
     def control_tokens(self) -> Mapping[int, str]: ...  # the added and special tokens, id -> text
-
     def encode_plain(self, text: str) -> list[int]: ...  # no special tokens added, no special strings parsed
-
     def single_token_id(self, text: str) -> int | None: ...  # when ``text`` is exactly one token
-
     def decode(self, token_ids: Sequence[int]) -> str: ...  # special tokens included; a cut UTF-8 sequence: U+FFFD
 
 
