@@ -15,10 +15,9 @@ ReasoningShown = Literal["rationale", "full"]
 """What a context block shows of rank1's reasoning: the short rationale, or all of it."""
 
 DEFAULT_SOURCE_TEMPLATE = "[{number}] {source} ({assessment})\n{text}\nrank1's reasoning: {reasoning}"
-"""One source in a context block. Fields: ``number`` (1-based), ``source``, ``assessment``
-(verdict and score in words), ``score`` (formatted, or "n/a"), ``text``, ``reasoning`` (the
-rationale or the full reasoning, as ``format_context(reasoning=...)`` says), ``rationale``
-and ``full_reasoning``."""
+"""One source in a context block. Fields: ``number`` (1-based), ``source``, ``assessment`` (verdict and score
+in words), ``score`` (formatted, or "n/a"), ``text``, ``reasoning`` (the rationale or the full reasoning, as
+``format_context(reasoning=...)`` says), ``rationale`` and ``full_reasoning``."""
 
 ANSWER_WITH_SOURCES_PROMPT = (
     "Answer the question using only the numbered sources below. Cite the sources you use as "
@@ -44,11 +43,8 @@ class ContextSource:
 
     @classmethod
     def from_metadata(cls, text: str, source: str, metadata: Mapping[str, Any]) -> ContextSource:
-        """Read the rank1 keys an adapter wrote; a chunk without them shows as not judged.
-
-        Without a ``rank1_rationale`` key (metadata written by other code) the rationale is
-        quoted from ``rank1_reasoning`` the same way :attr:`Judgment.rationale` is.
-        """
+        """Read the rank1 keys an adapter wrote; a chunk without them shows as not judged. Without a
+        ``rank1_rationale`` (other code's metadata) it is quoted from ``rank1_reasoning`` as in a Judgment."""
         score = metadata.get("relevance_score")
         reasoning = str(metadata.get("rank1_reasoning") or "")
         given = metadata.get("rank1_rationale")
@@ -82,12 +78,9 @@ def format_context(
     separator: str = "\n\n",
     no_reasoning: str = "(none given)",
 ) -> str:
-    """Render kept chunks as numbered sources, each with rank1's reason, for an LLM prompt.
+    """Render kept chunks as numbered sources, each with rank1's reason, for an LLM prompt: its rationale
+    (:attr:`Judgment.rationale`), or with ``reasoning="full"`` all of it (thousands of tokens per source)."""
 
-    ``reasoning="rationale"`` (the default) shows rank1's conclusion, one or two sentences
-    quoted from its reasoning (:attr:`Judgment.rationale`); ``"full"`` shows all of it,
-    which can be thousands of tokens per source.
-    """
     if reasoning not in ("rationale", "full"):
         raise InvalidInputError(f"reasoning must be 'rationale' or 'full', got {reasoning!r}")
     blocks = []

@@ -1,8 +1,5 @@
-"""What both adapters share: their pydantic fields, the reranker they build, the judging loop.
-
-Framework-free (pydantic only); each adapter adds its framework's base class, its inputs and
-outputs, and how it announces a document as soon as rank1 has judged it.
-"""
+"""What both adapters share (pydantic only): their fields, the reranker they build, the judging loop;
+each adapter adds its framework's base class, inputs, outputs and how it announces a judged document."""
 
 from __future__ import annotations
 
@@ -73,8 +70,7 @@ class Rank1AdapterFields(BaseModel):
         super().__init__(**fields)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # pydantic re-runs the model validators after storing the value and leaves it stored
-        # when they refuse it (top_n below min_keep): put the previous values back.
+        # pydantic leaves a value stored when the model validators refuse it (top_n below min_keep): undo it.
         before = dict(self.__dict__)
         try:
             super().__setattr__(name, value)
@@ -108,7 +104,6 @@ class Rank1AdapterFields(BaseModel):
 
     @property
     def policy(self) -> SelectionPolicy:
-        """The filter settings as a :class:`SelectionPolicy`."""
         return SelectionPolicy(top_n=self.top_n, score_threshold=self.score_threshold, min_keep=self.min_keep)
 
     def _rank1(self) -> Rank1Reranker:
@@ -135,8 +130,7 @@ class Rank1AdapterFields(BaseModel):
 
     def _pick(self, query: str, texts: Sequence[str], announce: Callable[[list[Pick]], None]) -> list[Pick]:
         """Judge ``texts`` (announcing each document as soon as it is judged), then select."""
-        policy = self.policy
-        plan = plan_judging(texts, empty_text=self.empty_text)
+        policy, plan = self.policy, plan_judging(texts, empty_text=self.empty_text)
         if not needs_judging(policy, plan):
             return select(policy, plan, [])
         so_far = JudgmentsSoFar(plan)
@@ -149,8 +143,7 @@ class Rank1AdapterFields(BaseModel):
         self, query: str, texts: Sequence[str], announce: Callable[[list[Pick]], Awaitable[None] | None]
     ) -> list[Pick]:
         """Async :meth:`_pick`: never blocks the event loop."""
-        policy = self.policy
-        plan = plan_judging(texts, empty_text=self.empty_text)
+        policy, plan = self.policy, plan_judging(texts, empty_text=self.empty_text)
         if not needs_judging(policy, plan):
             return select(policy, plan, [])
         so_far = JudgmentsSoFar(plan)

@@ -1,11 +1,6 @@
-"""LangChain document compressor: rank1 judges retrieved documents and keeps the relevant ones.
-
-``Rank1Rerank`` works wherever a ``BaseDocumentCompressor`` does (``ContextualCompressionRetriever``,
-``DocumentCompressorPipeline``) and returns copies (``id`` and metadata kept), best first, with
-the ``rank1_*`` metadata. Each document is announced as soon as rank1 has judged it: a custom
-event ``"rank1_judgment"`` (``astream_events`` or a handler's ``on_custom_event``), so a chat UI
-can show sources before the slowest one is judged. Needs only ``langchain-core``.
-"""
+"""LangChain document compressor: rank1 judges retrieved documents and keeps the relevant ones, as copies
+(``id`` and metadata kept), best first, with the ``rank1_*`` metadata; each document is announced as soon
+as it is judged (custom event ``"rank1_judgment"``). Needs only ``langchain-core``."""
 
 from __future__ import annotations
 
@@ -14,21 +9,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from rank1_integrations._optional import require
+from rank1_integrations.adapters.context import DEFAULT_SOURCE_TEMPLATE, ContextSource, ReasoningShown, format_context
+from rank1_integrations.adapters.fields import Rank1AdapterFields
+from rank1_integrations.adapters.selection import Pick, rank1_metadata
+from rank1_integrations.errors import InvalidInputError
 
 require("langchain_core", extras=("langchain",), purpose="rank1_integrations.adapters.langchain")
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-
-from rank1_integrations.adapters.context import (  # noqa: E402
-    DEFAULT_SOURCE_TEMPLATE,
-    ContextSource,
-    ReasoningShown,
-    format_context,
-)
-from rank1_integrations.adapters.fields import Rank1AdapterFields  # noqa: E402
-from rank1_integrations.adapters.selection import Pick, rank1_metadata  # noqa: E402
-from rank1_integrations.errors import InvalidInputError  # noqa: E402
 
 __all__ = ["JUDGMENT_EVENT", "Rank1Rerank", "format_documents"]
 
@@ -37,12 +26,8 @@ JUDGMENT_EVENT = "rank1_judgment"
 
 
 class Rank1Rerank(Rank1AdapterFields, BaseDocumentCompressor):
-    """Rerank and filter documents with rank1; every kept document carries rank1's reasoning.
-
-    ``reranker=`` (shared, e.g. with a LlamaIndex postprocessor) or ``settings=`` (a
-    :class:`~rank1_integrations.settings.Rank1Settings`; neither: from ``RANK1_*`` variables).
-    Filtering, in order: ``score_threshold`` (or rank1's verdict), ``top_n``, ``min_keep``.
-    """
+    """Rerank and filter documents with rank1; every kept document carries rank1's reasoning. ``reranker=``
+    or ``settings=`` (neither: from ``RANK1_*`` variables); filtering: ``score_threshold``, ``top_n``, ``min_keep``."""
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -107,9 +92,7 @@ def format_documents(
 
 
 def _copy(original: Document, pick: Pick) -> Document:
-    metadata = copy.deepcopy(original.metadata)
-    metadata.update(rank1_metadata(pick))
-    return original.model_copy(update={"metadata": metadata})
+    return original.model_copy(update={"metadata": {**copy.deepcopy(original.metadata), **rank1_metadata(pick)}})
 
 
 def _event(documents: Sequence[Document], pick: Pick) -> dict[str, Any]:

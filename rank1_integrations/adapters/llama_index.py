@@ -1,11 +1,6 @@
-"""LlamaIndex node postprocessor: rank1 judges retrieved nodes and keeps the relevant ones.
-
-``Rank1Rerank`` works wherever a ``BaseNodePostprocessor`` does, sync and async, and returns
-new ``NodeWithScore`` objects (deep copies, ``node_id`` kept) scored by rank1, best first, with
-the ``rank1_*`` metadata, which never reaches the embedding text; the LLM text shows rank1's
-rationale (``reasoning_in_llm_text``). Each node is announced as soon as rank1 has judged it
-(:class:`Rank1JudgmentEvent` on the dispatcher). Needs only ``llama-index-core``.
-"""
+"""LlamaIndex node postprocessor: rank1 judges retrieved nodes and keeps the relevant ones, as deep copies
+(``node_id`` kept) scored by rank1, best first, with the ``rank1_*`` metadata (never in the embedding text);
+each node is announced as soon as it is judged (:class:`Rank1JudgmentEvent`)."""
 
 from __future__ import annotations
 
@@ -14,6 +9,11 @@ from functools import partial
 from typing import Any, Literal
 
 from rank1_integrations._optional import require
+from rank1_integrations.adapters.context import DEFAULT_SOURCE_TEMPLATE, ContextSource, ReasoningShown, format_context
+from rank1_integrations.adapters.fields import Rank1AdapterFields
+from rank1_integrations.adapters.selection import RANK1_METADATA_KEYS, Pick, rank1_metadata
+from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.reranker import Rank1Reranker
 
 require("llama_index.core", extras=("llama-index",), purpose="rank1_integrations.adapters.llama_index")
 
@@ -25,17 +25,6 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 from pydantic import computed_field  # noqa: E402  (llama_index.core.bridge.pydantic does not re-export it)
-
-from rank1_integrations.adapters.context import (  # noqa: E402
-    DEFAULT_SOURCE_TEMPLATE,
-    ContextSource,
-    ReasoningShown,
-    format_context,
-)
-from rank1_integrations.adapters.fields import Rank1AdapterFields  # noqa: E402
-from rank1_integrations.adapters.selection import RANK1_METADATA_KEYS, Pick, rank1_metadata  # noqa: E402
-from rank1_integrations.errors import InvalidInputError  # noqa: E402
-from rank1_integrations.reranker import Rank1Reranker  # noqa: E402
 
 __all__ = ["RETRIEVAL_SCORE_KEY", "Rank1JudgmentEvent", "Rank1Rerank", "format_nodes"]
 
@@ -62,14 +51,9 @@ class Rank1JudgmentEvent(BaseEvent):
 
 
 class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
-    """Rerank and filter nodes with rank1; every kept node carries rank1's reasoning.
-
-    A ``reranker`` (the first argument; shared, e.g. with a LangChain compressor) or ``settings=``
-    (a :class:`~rank1_integrations.settings.Rank1Settings`; neither: from ``RANK1_*`` variables).
-    Filtering, in order: ``score_threshold`` (or rank1's verdict), ``top_n``, ``min_keep``.
-    ``to_dict`` / ``from_dict`` round-trip the settings (never the API key); a live reranker
-    must be passed again: ``Rank1Rerank.from_dict(data, reranker=reranker)``.
-    """
+    """Rerank and filter nodes with rank1; every kept node carries rank1's reasoning. A ``reranker`` (the first
+    argument) or ``settings=`` (neither: from ``RANK1_*`` variables); filtering: ``score_threshold``, ``top_n``,
+    ``min_keep``. ``to_dict`` round-trips the settings (never the API key), not a live reranker (pass it again)."""
 
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED, description="Which metadata goes into the text rank1 judges (node.get_content)."
@@ -113,8 +97,7 @@ class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=kept))
         return kept
 
-    # LlamaIndex's DispatcherSpanMixin puts a span only around the abstract _postprocess_nodes;
-    # without this one the async events would have no span (span_id None) to belong to.
+    # LlamaIndex's span wraps only the abstract _postprocess_nodes: without this one, async events have none.
     @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -155,8 +138,7 @@ class Rank1Rerank(Rank1AdapterFields, BaseNodePostprocessor):
         if self.keep_retrieval_score:
             added[RETRIEVAL_SCORE_KEY] = original.score
         node = original.node.model_copy(deep=True)
-        shown = _LLM_TEXT_KEY[self.reasoning_in_llm_text]
-        hidden_from_llm = [key for key in added if key != shown]
+        hidden_from_llm = [key for key in added if key != _LLM_TEXT_KEY[self.reasoning_in_llm_text]]
         update = {
             "metadata": {**node.metadata, **added},
             "excluded_embed_metadata_keys": _merged(node.excluded_embed_metadata_keys, list(added)),

@@ -1,11 +1,8 @@
 """Which judged documents to keep (framework-free): both adapters and ``rank1 serve`` decide here.
-
-1. :func:`plan_judging`: each distinct non-empty text is sent once; empty texts never.
-2. The caller judges ``plan.passages`` (the only I/O), collecting them with :class:`JudgmentsSoFar`.
-3. :func:`select` maps the judgments back onto the documents: rank by score (ties keep input
-   order), keep those passing ``score_threshold`` (None: rank1's verdict), cut to ``top_n``,
-   then fill up to ``min_keep`` with the best rejected, then unjudged, documents.
-"""
+:func:`plan_judging` sends each distinct non-empty text once; the caller judges ``plan.passages`` (the
+only I/O) into :class:`JudgmentsSoFar`; :func:`select` ranks by score (ties keep input order), keeps those
+passing ``score_threshold`` (None: rank1's verdict), cuts to ``top_n``, then fills up to ``min_keep``
+with the best rejected, then unjudged, documents."""
 
 from __future__ import annotations
 
@@ -24,7 +21,6 @@ __all__ = [
     "JudgmentsSoFar",
     "Pick",
     "SelectionPolicy",
-    "has_score",
     "needs_judging",
     "plan_judging",
     "rank1_metadata",
@@ -132,17 +128,18 @@ def select(policy: SelectionPolicy, plan: JudgingPlan, judgments: Sequence[Judgm
     judged: list[tuple[int, Judgment, Status]] = []
     unjudged: list[tuple[int, Judgment]] = []
     for index, slot in enumerate(plan.slots):
-        if slot is None:
-            stand_in = Judgment(index=index, score=0.0, relevant=False, reasoning="", reasoned=False)
-            judged.append((index, stand_in, "empty"))
-        elif not has_score(judgments[slot]):  # unjudged; or a broken score, which must not upset the ranking
+        if slot is None:  # a stand-in: score 0.0, not relevant, no reasoning
+            judged.append((index, Judgment(index, 0.0, False, "", reasoned=False), "empty"))
+        elif not _has_score(judgments[slot]):  # unjudged; or a broken score, which must not upset the ranking
             unjudged.append((index, judgments[slot]))
         else:
             judged.append((index, judgments[slot], "judged"))
-    # a. rank (empty texts after real judgments of the same score, then input order)
-    judged.sort(key=lambda item: (-_score(item[1]), item[2] == "empty", item[0]))
-    # b. threshold / verdict, c. top_n
-    passing = [item for item in judged if _passes(policy, item[1], item[2])]
+    # a. rank (empty texts after real judgments of the same score, then input order); all scores are finite
+    judged.sort(key=lambda item: (-(item[1].score or 0.0), item[2] == "empty", item[0]))
+    if policy.score_threshold is None:  # b. threshold / verdict, c. top_n
+        passing = [item for item in judged if item[1].relevant is True and item[2] == "judged"]
+    else:
+        passing = [item for item in judged if (item[1].score or 0.0) >= policy.score_threshold]
     kept = [Pick(i, j, status, "relevance") for i, j, status in passing[: policy.top_n]]
     # d. min_keep (top_n >= min_keep, so only documents rejected in b are candidates)
     missing = policy.min_keep - len(kept)
@@ -178,7 +175,7 @@ class JudgmentsSoFar:
         if not 0 <= slot < len(self._judgments) or self._judgments[slot] is not None:
             raise Rank1Error(f"rank1 returned a judgment for passage {slot} that was not expected")
         self._judgments[slot] = judgment
-        status: Status = "judged" if has_score(judgment) else "unjudged"
+        status: Status = "judged" if _has_score(judgment) else "unjudged"
         return [Pick(document, judgment, status, None) for document in self._documents[slot]]
 
     def in_order(self) -> list[Judgment]:
@@ -197,16 +194,6 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def has_score(judgment: Judgment) -> bool:
+def _has_score(judgment: Judgment) -> bool:
     """A finite score (an unjudged passage, or a broken score, has none)."""
     return _is_number(judgment.score) and math.isfinite(judgment.score)  # type: ignore[arg-type]
-
-
-def _score(judgment: Judgment) -> float:
-    return judgment.score if judgment.score is not None else -math.inf
-
-
-def _passes(policy: SelectionPolicy, judgment: Judgment, status: Status) -> bool:
-    if policy.score_threshold is None:
-        return judgment.relevant is True and status == "judged"
-    return judgment.score is not None and judgment.score >= policy.score_threshold

@@ -1,13 +1,10 @@
-"""One judging call, before and after the engine: validation, cache look-up, assembly.
-
-Pure logic: it builds the prompts and the :class:`JudgingRun` for what the cache does
-not know, says what the caller gets for each passage as it becomes final, and puts
-fresh and cached judgments back in the caller's order, applying the failure policy.
-"""
+"""One judging call, before and after the engine (pure logic): validation, cache look-up, the
+:class:`JudgingRun` for what the cache does not know, and the answers in the caller's order."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,10 +17,8 @@ from rank1_integrations.settings import Rank1Settings
 
 __all__ = ["CallPlan", "plan_call", "validated"]
 
-Position = tuple[int, int]
-"""(which (query, passages) pair, index of the passage in it)."""
-KeyFor = Callable[[str, str, str], str]
-"""The cache key of (query, passage) judged at an effort (``full``, ``none`` or ``adaptive``)."""
+Position = tuple[int, int]  # (which (query, passages) pair, index of the passage in it)
+KeyFor = Callable[[str, str, str], str]  # the cache key of (query, passage) judged at an effort (full, none, adaptive)
 
 
 @dataclass
@@ -38,10 +33,8 @@ class CallPlan:
     known: dict[Position, Judgment] = field(default_factory=dict)
     key_for: KeyFor | None = None  # None: no cache
     effort: str = "full"
-    lenient: bool = False
-    """Invalid input (a query too long for the context) fails only its passages, not the call."""
-    prompts: dict[int, PreparedPrompt | Rank1Error] = field(default_factory=dict)
-    """The prompts built ahead (:meth:`build_all`); the rest are built by the driver."""
+    lenient: bool = False  # invalid input (a query too long for the context) fails only its passages
+    prompts: dict[int, PreparedPrompt | Rank1Error] = field(default_factory=dict)  # built ahead; else by the driver
 
     def build(self, index: int) -> PreparedPrompt | Rank1Error:
         """Fresh passage ``index``'s prompt, or the backend error (e.g. its tokenizer server failed) that kept
@@ -105,9 +98,8 @@ def plan_call(
     key_for: KeyFor,
     lenient: bool = False,
 ) -> CallPlan:
-    """The call's plan. An adaptive call reads no cache (its selection needs every no-think score of
-    a query); full and no-think calls read judgments of their own kind, adaptive's included.
-    ``lenient``: a passage that is invalid input comes back unjudged instead of failing the call."""
+    """The call's plan. Adaptive reads no cache (its selection needs every no-think score of a query); full and
+    no-think read judgments of their own kind. ``lenient``: invalid input comes back unjudged, not raised."""
     invalid: dict[Position, InvalidInputError] = {}
     checked = validated(batches, invalid if lenient else None)
     effort = settings.reasoning_effort
@@ -149,12 +141,12 @@ def validated(
         query, passages = batch
         if not isinstance(query, str):
             raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
-        bad_query = _query_problem(query)
+        bad_query = _problem(query, _QUERY_PROBLEMS)
         if bad_query is not None and invalid is None:
             raise InvalidInputError(bad_query)
         if isinstance(passages, str | bytes) or not isinstance(passages, Sequence):
             raise InvalidInputError(f"passages must be a sequence of strings, got {type(passages).__name__}")
-        problems = {i: problem for i, p in enumerate(passages) if (problem := _passage_problem(p))}
+        problems = {i: problem for i, p in enumerate(passages) if (problem := _problem(p, _PASSAGE_PROBLEMS))}
         if invalid is not None:
             for i in range(len(passages)) if bad_query else problems:
                 invalid[(number, i)] = InvalidInputError(bad_query or f"passages at indices [{i}] {problems[i]}")
@@ -167,26 +159,15 @@ def validated(
 
 
 _PASSAGE_PROBLEMS = ("are not strings", "are empty", "are not valid Unicode text (they hold lone surrogates)")
+_QUERY_PROBLEMS = ("", "query is empty", "query is not valid Unicode text (it holds a lone surrogate)")  # a str by then
+_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A lone surrogate (e.g. from a bad decode) is no valid Unicode text: it cannot be encoded."""
 
 
-def _query_problem(query: str) -> str | None:
-    if not query.strip():
-        return "query is empty"
-    return None if _encodable(query) else "query is not valid Unicode text (it holds a lone surrogate)"
-
-
-def _passage_problem(passage: object) -> str | None:
-    if not isinstance(passage, str):
-        return _PASSAGE_PROBLEMS[0]
-    if not passage.strip():
-        return _PASSAGE_PROBLEMS[1]
-    return None if _encodable(passage) else _PASSAGE_PROBLEMS[2]
-
-
-def _encodable(text: str) -> bool:
-    """Whether ``text`` is valid Unicode: a lone surrogate (e.g. from a bad decode) cannot be encoded."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _problem(text: object, problems: tuple[str, str, str]) -> str | None:
+    """What keeps ``text`` from being rank1's input (not a string, empty, not valid Unicode), or None."""
+    if not isinstance(text, str):
+        return problems[0]
+    if not text.strip():
+        return problems[1]
+    return problems[2] if _SURROGATE.search(text) else None

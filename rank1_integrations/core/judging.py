@@ -1,16 +1,10 @@
-"""The pure decision core of one judging call: prompts -> requests -> completions -> judgments.
-
-:class:`JudgingRun` never waits on I/O. A driver (sync or async) hands each passage's
-request to a backend and feeds its result back with :meth:`JudgingRun.take`, which
-answers with the passage's next request (its forced answer), if any; :meth:`JudgingRun.drain`
-says which passages became final and which other requests became due (adaptive effort
-releases a query's reasoning requests once its no-think scores are all in). The forced
-answer and adaptive's selection are decided here and only here.
-"""
+"""The pure decision core of one judging call, which never waits on I/O: a driver feeds each result back and
+gets the passage's next request. The forced answer and adaptive's selection are decided here and only here."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
@@ -26,14 +20,10 @@ _FULL = Rank1Settings.model_construct()  # the defaults, not the environment's: 
 
 
 class JudgingRun:
-    """Where each passage of a call stands: awaiting its reasoning, its forced answer, judged, or failed.
-
-    Passages advance independently, so a driver can stream judgments as they become final.
-    No-think (``none``, and adaptive's first step) reads p(true) after a prefilled, closed
-    reasoning: one token, no decoding. Adaptive then reasons on a query's passages whose
-    no-think score is within ``adaptive_margin`` of ``adaptive_center``, and on its
-    ``adaptive_top_k`` best; the others are final then.
-    """
+    """Where each passage of a call stands (passages advance independently, so judgments can stream).
+    No-think (``none``, adaptive's first step) reads p(true) after a prefilled, closed reasoning: one token.
+    Adaptive then reasons on a query's passages scored within ``adaptive_margin`` of ``adaptive_center``,
+    and on its ``adaptive_top_k`` best."""
 
     def __init__(
         self,
@@ -55,9 +45,7 @@ class JudgingRun:
         self._forced: dict[int, tuple[str, int]] = {}  # awaiting the forced answer: (reasoning, tokens)
         self._probing: set[int] = set()  # passages whose pending request is a no-think one
         self._scores: dict[int, float] = {}  # adaptive: no-think scores awaiting their query's selection
-        self._unprobed = [0] * (max((b for b, _ in self._positions), default=-1) + 1)
-        for batch, _ in self._positions:
-            self._unprobed[batch] += 1
+        self._unprobed = Counter(batch for batch, _ in self._positions)  # adaptive: no-think scores still due
         self._due: list[tuple[int, CompletionRequest]] = []
         self._final: list[int] = []
 
@@ -105,8 +93,7 @@ class JudgingRun:
             if not (result.finish_reason == "stop" and isinstance(result.stop_reason, str) and label in self._labels):
                 return self._forced_request(index, result)
             score = _label_score(result, "at the answer position")
-            tokens = len(result.token_ids)
-            relevant = label == self._labels[0]
+            relevant, tokens = label == self._labels[0], len(result.token_ids)
             self._settle(index, self._judged(index, score, result.text.strip(), relevant=relevant, tokens=tokens))
         if probing:
             self._probed(index)
@@ -188,11 +175,9 @@ class JudgingRun:
 
 
 def _label_score(completion: Completion, where: str) -> float | ModelOutputError:
-    """p(true) from the two label log-probabilities, or why they cannot be one.
+    """p(true) from the two label log-probabilities, or why they cannot be one: NaN, an infinity or a
+    positive value is a broken answer (it would become a NaN or saturated score, be cached, upset rankings)."""
 
-    A log-probability is finite and at most 0: NaN, an infinity or a positive value is a
-    broken answer (it would become a NaN or saturated score, be cached and upset rankings).
-    """
     logprobs = completion.final_label_logprobs
     if logprobs is None:
         return ModelOutputError(f"the backend returned no label log-probabilities {where}")

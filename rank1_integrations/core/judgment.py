@@ -11,12 +11,8 @@ __all__ = ["Judgment"]
 
 @dataclass(frozen=True)
 class Judgment:
-    """rank1's verdict on one passage for one query.
-
-    ``score`` is p(true) over true+false at the answer position. A passage that
-    could not be judged (only with ``on_failure="mark_unjudged"``) has ``score``
-    and ``relevant`` set to None and ``error`` saying why.
-    """
+    """rank1's verdict on one passage for one query; ``score`` is p(true) over true+false at the answer position.
+    Unjudged (only with ``on_failure="mark_unjudged"``): ``score`` and ``relevant`` None, ``error`` says why."""
 
     index: int
     """Position of the passage in the list given to the reranker."""

@@ -1,7 +1,5 @@
-"""The rank1 model families (three bases; AWQ variants share the base's tokenizer) and the tokenizer
-facts the protocol relies on: single-token labels, a BOS before every prompt (never in a cut passage),
-an EOS that forces the answer like the budget does. A reranker on a known model logs :func:`mismatches`.
-"""
+"""The rank1 model families (AWQ variants share the base's tokenizer) and the tokenizer facts the protocol
+relies on: single-token labels, a BOS before every prompt, an EOS that forces the answer like the budget."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""rank1 prompts as token ids: template, truncation of the passage, the forced-answer prompt.
-
-The authors build the forced prompt as text, ``prompt + "\\n" + reasoning + "\\n</think>"``,
-and re-tokenize it with special-token strings parsed. A control token the model generated
-(``<think>``, ``</think>``, EOS) thus stays a control token, as it should; but so would a
-special-token string the model wrote as ordinary characters (a passage's ``<think>`` quoted
-back, which was data in the prompt). The generated token ids tell the two apart
-(:func:`control_spans`); everything else is tokenized as the authors' code does.
-"""
+"""rank1 prompts as token ids: template, passage truncation, the forced answer's ``prompt + "\\n" + reasoning +
+"\\n</think>"``, in which only the control tokens the model generated stay control tokens (:func:`control_spans`),
+never a special-token string it wrote as characters (a passage's ``<think>`` quoted back, data in the prompt)."""
 
 from __future__ import annotations
 
@@ -96,14 +90,9 @@ class PromptBuilder:
         return self._truncated(query, passage, len(token_ids))
 
     def build_forced(self, prompt: PreparedPrompt, generated_ids: Sequence[int], generated_text: str) -> ForcedPrompt:
-        """The authors' forced prompt from what the model generated (ids, and the engine's text of them).
-
-        The reasoning is the engine's text (never half a character, unlike a plain decode of the
-        ids) trimmed as the authors do. Bound: the result and its answer token fit ``context_size``.
-        Re-tokenized text can outgrow the tokens that generated it (a lone byte of a cut character
-        decodes to U+FFFD, three bytes); then the longest prefix of the reasoning that fits is kept,
-        ending a sentence where one fits. If not even the markers fit: :class:`ModelOutputError`.
-        """
+        """The authors' forced prompt from the generated ids and the engine's text of them (trimmed as they do).
+        Re-tokenized text can outgrow its tokens (a cut character decodes to U+FFFD): then the longest prefix that
+        fits ``context_size`` with the answer, ending a sentence where one fits (none: :class:`ModelOutputError`)."""
         reasoning = reasoning_for_forced_answer(generated_text)
         start = len(generated_text) - len(generated_text.lstrip())
         spans = control_spans(self._tokenizer, generated_ids, generated_text)
@@ -121,8 +110,6 @@ class PromptBuilder:
             built[length] = ids_for(length)
             return len(built[length]) <= limit
 
-        # The longest prefix that fits and ends a sentence (the authors' trim of it is itself),
-        # else the longest prefix that fits at all.
         ends = [i + 1 for i, char in enumerate(reasoning) if char in SENTENCE_ENDS]
         cut = _longest(ends, fits) or _longest(range(len(reasoning)), fits)  # a sentence end is never at 0
         if cut is None:
@@ -152,13 +139,11 @@ class PromptBuilder:
         continuation = (Trusted("\n"), *reasoning, Trusted("\n"), Control(THINK_CLOSE))
         prompt_ids = prompt.token_ids
         if self._think_open_id is not None and prompt_ids[-1:] == (self._think_open_id,):
-            # <think> is one token, so no merge crosses it: the prompt's ids are an exact
-            # prefix, and only the continuation needs encoding.
+            # <think> is one token, so no merge crosses it: only the continuation needs encoding.
             return prompt_ids + tuple(encode_prompt(self._tokenizer, continuation, leading=False))
         think_ids = _think_text_ids(self._tokenizer)
         if think_ids and prompt_ids[-len(think_ids) :] == think_ids:
-            # The tokenizer starts a new token at "<think>" whatever precedes it: only
-            # "<think>" and what follows it need encoding.
+            # The tokenizer starts a new token at "<think>" whatever precedes it: encode from there.
             tail = encode_prompt(self._tokenizer, (Trusted(THINK_OPEN), *continuation), leading=False)
             return prompt_ids[: -len(think_ids)] + tuple(tail)
         return tuple(encode_prompt(self._tokenizer, (*prompt.pieces, *continuation)))
@@ -174,10 +159,8 @@ class PromptBuilder:
         )
 
     def _query_pieces(self, query: str) -> list[PromptPiece]:
-        if self._template is None:
-            return [Data(query)]
         pieces: list[PromptPiece] = []
-        for position, text in enumerate(self._template.split(QUERY_MARKER)):
+        for position, text in enumerate((self._template or QUERY_MARKER).split(QUERY_MARKER)):
             if position:
                 pieces.append(Data(query))
             if text:
@@ -192,8 +175,7 @@ class PromptBuilder:
                 f"{self.max_prompt_tokens} fit before the reasoning budget; shorten the query or "
                 "raise context_size / lower max_reasoning_tokens"
             )
-        # The passage's own ids: no leading ids (a BOS token is no part of the passage).
-        passage_ids = encode_prompt(self._tokenizer, [Data(passage)], leading=False)
+        passage_ids = encode_prompt(self._tokenizer, [Data(passage)], leading=False)  # a BOS is no part of it
         keep = self.max_prompt_tokens - overhead
         while True:
             pieces = self._pieces(query, _passage_prefix(self._tokenizer, passage, passage_ids[: max(keep, 0)]))
@@ -203,8 +185,7 @@ class PromptBuilder:
                 return PreparedPrompt(
                     pieces, tuple(token_ids), truncated=True, passage_tokens_dropped=whole_length - len(token_ids)
                 )
-            # Re-tokenizing the cut text in context can merge differently: shave and retry.
-            # This ends: with nothing kept the prompt is the overhead, which fits.
+            # The cut text can merge differently in context: shave and retry (nothing kept: the overhead fits).
             keep -= excess
 
 
@@ -213,8 +194,7 @@ def _passage_prefix(tokenizer: PromptTokenizer, passage: str, token_ids: Sequenc
     text = tokenizer.decode(token_ids).rstrip("\ufffd")  # a cut inside a UTF-8 sequence
     if passage.startswith(text):
         return text
-    # A decoder that does not give the text back byte for byte (a server's clean-up of
-    # spaces, normalization): keep what it agrees on.
+    # A decoder that changes the text (a server's clean-up of spaces): keep what it agrees on.
     agreed = next((i for i, (a, b) in enumerate(zip(passage, text, strict=False)) if a != b), len(text))
     return passage[: min(agreed, len(passage))]
 
@@ -225,9 +205,7 @@ def _longest(lengths: Sequence[int], fits: Callable[[int], bool]) -> int | None:
     return lengths[count - 1] if count else None
 
 
-# Texts before and after "<think>" on which a tokenizer must start a new token at "<think>",
-# whatever follows, before the forced prompt may re-encode only from there: line ends after
-# words, punctuation, spaces, non-ASCII, a blank line; the continuation starts with "\n".
+# Texts before and after "<think>" where a tokenizer must start a new token at "<think>" for _think_text_ids.
 _TAIL_PROBES = (
     "Passage: plain words\n",
     "Passage: ends with a stop.\n",
@@ -243,28 +221,21 @@ _THINK_TEXT_IDS: weakref.WeakKeyDictionary[PromptTokenizer, tuple[int, ...] | No
 
 
 def _think_text_ids(tokenizer: PromptTokenizer) -> tuple[int, ...] | None:
-    """The ids of "<think>" as text, where the tokenizer starts a token there whatever follows; else None.
-
-    Byte-level BPE tokenizers with a regex pre-tokenizer (Qwen2.5, Llama 3, Mistral's tekken,
-    SmolLM2) never merge across "\\n" followed by "<"; the probes confirm it once per tokenizer,
-    and one that fails gets whole-segment re-encoding.
-    """
+    """The ids of "<think>" as text where the tokenizer starts a token there whatever follows (as byte-level BPE
+    tokenizers never merge across "\\n<"; the probes check it once per tokenizer); else None."""
     if tokenizer in _THINK_TEXT_IDS:
         return _THINK_TEXT_IDS[tokenizer]
     think_ids = tuple(tokenizer.encode_plain(THINK_OPEN))
 
     def splits(before: str) -> bool:
         prompt = tuple(tokenizer.encode_plain(before + THINK_OPEN))
-        if prompt[-len(think_ids) :] != think_ids:
-            return False
-        return all(
+        return prompt[-len(think_ids) :] == think_ids and all(
             tokenizer.encode_plain(before + THINK_OPEN + after)
             == [*prompt[: -len(think_ids)], *tokenizer.encode_plain(THINK_OPEN + after)]
             for after in _CONTINUATION_PROBES
         )
 
-    splits_everywhere = all(splits(before) for before in _TAIL_PROBES)
-    _THINK_TEXT_IDS[tokenizer] = think_ids if splits_everywhere else None
+    _THINK_TEXT_IDS[tokenizer] = think_ids if all(splits(before) for before in _TAIL_PROBES) else None
     return _THINK_TEXT_IDS[tokenizer]
 
 
@@ -272,13 +243,10 @@ Span = tuple[int, int]
 
 
 def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: str) -> list[Span]:
-    """Where ``text`` (the engine's text of ``token_ids``) holds tokens the model generated as control tokens.
+    """Where ``text`` (the engine's text of ``token_ids``) holds tokens the model generated as control tokens:
+    its special-token strings matched in order to the generated control ids (each run of ordinary ids decoded
+    only to count the strings it spelled). If they disagree: none, all data."""
 
-    Special-token strings in the text are matched in order to the generated ids: each run of
-    ordinary tokens is decoded only to count the special-token strings it spelled as characters
-    (a count that clean-up of spaces or a cut character at a run's edge cannot change). When the
-    two disagree (a tokenizer whose text is not the engine's), no span: the reasoning is all data.
-    """
     pattern = protected_pattern(tuple(tokenizer.protected_strings))
     found = list(pattern.finditer(text)) if pattern is not None else []
     if pattern is None or not found:
@@ -308,10 +276,8 @@ def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: st
 
 
 def reasoning_pieces(text: str, spans: Sequence[Span], start: int, end: int) -> list[PromptPiece]:
-    """``text[start:end]`` as pieces: the control ``spans`` inside it as control tokens, the rest as data.
+    """``text[start:end]`` as pieces: the whole control ``spans`` inside it as control tokens, the rest as data."""
 
-    A span cut by ``start``/``end`` stays data: only whole control tokens are kept.
-    """
     pieces: list[PromptPiece] = []
     cursor = start
     for span_start, span_end in spans:

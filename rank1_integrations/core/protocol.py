@@ -1,8 +1,5 @@
-"""The rank1 protocol as pure text functions: prompt, stop strings, labels, forced answer.
-
-Everything here follows the rank1 authors' inference code byte for byte; nothing
-here knows about tokenizers, engines or frameworks.
-"""
+"""The rank1 protocol as pure text functions (prompt, stop strings, labels, forced answer), following the
+rank1 authors' inference code byte for byte; nothing here knows about tokenizers, engines or frameworks."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""A short, quotable rationale cut from rank1's own reasoning: pure text, no extra model call.
-
-rank1 states its conclusion last ("So the passage explains X. Therefore it is relevant."); a
-chatbot citing a source needs that, not thousands of tokens of thinking.
-"""
+"""A short, quotable rationale cut from rank1's own reasoning (pure text, no extra model call): rank1
+states its conclusion last, and a chatbot citing a source needs that, not thousands of tokens of thinking."""
 
 from __future__ import annotations
 
@@ -17,13 +14,10 @@ DEFAULT_RATIONALE_SENTENCES = 2
 
 _ELLIPSIS = "\u2026"
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
-_CONCLUSION_OPENING = re.compile(
+_CONCLUSION = re.compile(  # an opening ("So", "Therefore", ...) or a statement ("is relevant", ...)
     r"^(?:so|therefore|thus|hence|overall|in conclusion|in summary|in short|to sum up|to conclude|"
-    r"all in all|ultimately|in the end|final answer|conclusion)\b",
-    re.IGNORECASE,
-)
-_CONCLUSION_STATEMENT = re.compile(
-    r"\b(?:relevant|irrelevant|relevance|answers? (?:is|should be|would be)"
+    r"all in all|ultimately|in the end|final answer|conclusion)\b"
+    r"|\b(?:relevant|irrelevant|relevance|answers? (?:is|should be|would be)"
     r"|(?:answers|addresses) the (?:query|question)|(?:does not|doesn't|do not|don't) (?:answer|address|mention))\b",
     re.IGNORECASE,
 )
@@ -36,31 +30,19 @@ def rationale(
     max_sentences: int = DEFAULT_RATIONALE_SENTENCES,
 ) -> str:
     """The last sentence stating a conclusion ("so", "therefore", ..., "is (not) relevant"; else the last one),
-    with the sentences before it while within ``max_chars`` and ``max_sentences``; whitespace collapsed.
-
-    A longer conclusion is cut at a word boundary and ends in an ellipsis (inside a word only where a run
-    of ``max_chars`` has no space). Empty reasoning gives ``""``.
-    """
-    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 2:
-        raise ValueError(f"max_chars must be an int >= 2, got {max_chars!r}")
-    if isinstance(max_sentences, bool) or not isinstance(max_sentences, int) or max_sentences < 1:
-        raise ValueError(f"max_sentences must be an int >= 1, got {max_sentences!r}")
+    with the sentences before it while within ``max_chars`` and ``max_sentences``; whitespace collapsed. A longer
+    one is cut at a word boundary (in a word only if ``max_chars`` has no space) with an ellipsis; none: ``""``."""
+    for name, value, least in (("max_chars", max_chars, 2), ("max_sentences", max_sentences, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     sentences = [s for s in _SENTENCE_END.split(" ".join(reasoning.split())) if s]
     if not sentences:
         return ""
-    end = _last_conclusion(sentences)
+    end = next((i for i in reversed(range(len(sentences))) if _CONCLUSION.search(sentences[i])), len(sentences) - 1)
     start = end
     while start > 0 and end - start + 1 < max_sentences and len(" ".join(sentences[start - 1 : end + 1])) <= max_chars:
         start -= 1
     return _shorten(" ".join(sentences[start : end + 1]), max_chars)
-
-
-def _last_conclusion(sentences: list[str]) -> int:
-    for index in range(len(sentences) - 1, -1, -1):
-        sentence = sentences[index]
-        if _CONCLUSION_OPENING.search(sentence) or _CONCLUSION_STATEMENT.search(sentence):
-            return index
-    return len(sentences) - 1
 
 
 def _shorten(text: str, max_chars: int) -> str:

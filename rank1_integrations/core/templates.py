@@ -1,8 +1,5 @@
-"""Relevance templates: the rank1 paper's dataset prompts (Table 10) and user templates.
-
-A template is text with the marker ``FILL_QUERY_HERE``; the query replaces the
-marker and the result takes the query's place in rank1's prompt.
-"""
+"""Relevance templates: the rank1 paper's dataset prompts (Table 10) and user templates, texts in which
+the query replaces the marker ``FILL_QUERY_HERE``; the result takes the query's place in rank1's prompt."""
 
 from __future__ import annotations
 

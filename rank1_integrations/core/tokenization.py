@@ -1,8 +1,5 @@
-"""Turning prompt pieces into token ids without letting data become control tokens.
-
-A prompt is trusted text, data and control markers. Runs of text are encoded in one call, as the
-authors' whole-string tokenization does; a special-token string inside *data* is encoded one
-character at a time, so it can never turn into a control token.
+"""Prompt pieces (trusted text, data, control markers) to token ids: runs of text in one call, as the authors'
+whole-string tokenization does; a special-token string in *data* one character at a time, never a control token.
 """
 
 from __future__ import annotations
@@ -20,17 +17,12 @@ class PromptTokenizer(Protocol):
 
     @property
     def leading_ids(self) -> Sequence[int]: ...  # put before a prompt (a BOS token), possibly none
-
     @property
     def protected_strings(self) -> Sequence[str]: ...  # encode to special/added tokens: never from data
-
     @property
     def control_tokens(self) -> Mapping[int, str]: ...  # the added and special tokens, id -> text
-
     def encode_plain(self, text: str) -> list[int]: ...  # no special tokens added, no special strings parsed
-
     def single_token_id(self, text: str) -> int | None: ...  # when ``text`` is exactly one token
-
     def decode(self, token_ids: Sequence[int]) -> str: ...  # special tokens included; a cut UTF-8 sequence: U+FFFD
 
 
@@ -59,11 +51,8 @@ PromptPiece = Trusted | Data | Control
 
 
 def encode_prompt(tokenizer: PromptTokenizer, pieces: Sequence[PromptPiece], *, leading: bool = True) -> list[int]:
-    """Token ids of the prompt the pieces spell, with data defused (see the module doc).
-
-    ``leading=False`` leaves out the tokenizer's leading ids (a BOS): for a continuation
-    of a prompt that ended on a control token, which no merge can cross.
-    """
+    """Token ids of the prompt the pieces spell, with data defused; ``leading=False``: without the BOS
+    (a continuation of a prompt that ended on a control token, which no merge can cross)."""
     ids = list(tokenizer.leading_ids) if leading else []
     pending: list[str] = []
 
@@ -109,11 +98,8 @@ def split_protected(text: str, pattern: re.Pattern[str] | None) -> list[tuple[st
 
 
 def leading_special_ids(with_specials: Sequence[int], without: Sequence[int]) -> tuple[int, ...]:
-    """What a tokenizer puts in front of text (a BOS token), from one text encoded both ways.
-
-    It is part of every prompt, as when the authors hand vLLM a text prompt; anything
-    appended after the text (an EOS) is not.
-    """
+    """What a tokenizer puts in front of text (a BOS, part of every prompt as in the authors' text prompts),
+    from one text encoded both ways; anything it appends (an EOS) is not."""
     with_specials, without = list(with_specials), list(without)
     for position in range(len(with_specials) - len(without) + 1):
         if with_specials[position : position + len(without)] == without:
@@ -141,8 +127,7 @@ class HFPromptTokenizer:
             return []
         if self._fast is not None:
             return list(self._fast.encode(text, add_special_tokens=False).ids)
-        encoded = self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)
-        return list(encoded["input_ids"])
+        return list(self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def single_token_id(self, text: str) -> int | None:
         if text in self._added:
@@ -151,15 +136,12 @@ class HFPromptTokenizer:
         return int(ids[0]) if len(ids) == 1 else None
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        if self._fast is not None:
-            # The Rust decoder alone, as vLLM's detokenizer runs it: no clean-up of spaces
-            # (transformers' clean_up_tokenization_spaces, on in Llama 3's tokenizer).
-            return str(self._fast.decode(list(token_ids), skip_special_tokens=False))
-        return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=False))
+        # The Rust decoder alone where there is one, as vLLM's detokenizer runs it: no clean-up of spaces.
+        decoder = self._tokenizer if self._fast is None else self._fast
+        return str(decoder.decode(list(token_ids), skip_special_tokens=False))
 
 
-# Strings on which the private fast encoder must agree with the tokenizer's own call
-# before it is trusted: spaces, newlines, non-ASCII, an added token kept literal.
+# Where the private fast encoder must agree with the tokenizer's own call before it is trusted.
 _ENCODER_PROBES = (
     "Determine if the following passage is relevant.\nQuery: café?\nPassage:  two  spaces\n\n",
     " leading space, trailing newline\n",
@@ -168,11 +150,9 @@ _ENCODER_PROBES = (
 
 
 def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
-    """A private copy of a fast tokenizer's Rust backend that never parses special tokens, or None.
+    """A private copy of a fast tokenizer's Rust backend that never parses special tokens, or None: it skips
+    transformers' per-call Python layer and never toggles the engine's shared tokenizer."""
 
-    It skips transformers' per-call Python layer (most of the cost of a short text) and never toggles
-    the engine's shared tokenizer; used only where it agrees with the tokenizer's own call on probes.
-    """
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None
@@ -188,8 +168,7 @@ def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
                 return None
     except Exception:  # any backend this code does not know: keep the tokenizer's own call
         return None
-    finally:
-        # transformers leaves the shared backend as its last call set it.
+    finally:  # transformers leaves the shared backend as its last call set it
         if shared_setting is not None:
             backend.encode_special_tokens = shared_setting
     return encoder
