@@ -82,10 +82,6 @@ class Rank1Reranker:
     def max_reasoning_tokens(self) -> int:
         return self.settings.max_reasoning_tokens
 
-    @property
-    def on_failure(self) -> FailurePolicy:
-        return self.settings.on_failure
-
     @classmethod
     def from_settings(
         cls, settings: Rank1Settings | None = None, *, cache: JudgmentCache | bool = True, **changes: Any
@@ -163,7 +159,7 @@ class Rank1Reranker:
             f"{type(self).__name__}(model={self.backend.model_name!r}, "
             f"max_reasoning_tokens={self.max_reasoning_tokens}, context_size={self.context_size}, "
             f"reasoning_effort={self.settings.reasoning_effort!r}, template={self.settings.template!r}, "
-            f"on_failure={self.on_failure!r})"
+            f"on_failure={self.settings.on_failure!r})"
         )
 
     def close(self) -> None:
@@ -272,7 +268,7 @@ class Rank1Reranker:
         driver.finish()
 
     def _driver(self, plan: CallPlan, on_failure: FailurePolicy | None = None) -> CallDriver:
-        on_failure = on_failure or self.on_failure
+        on_failure = on_failure or self.settings.on_failure
         return CallDriver(plan, self.backend, on_failure=on_failure, cache=self._cache, builders=self._builders)
 
     def _builder_for(self, settings: Rank1Settings) -> PromptBuilder:
