@@ -13,24 +13,21 @@ from rank1_integrations.errors import InvalidInputError
 
 __all__ = ["API_KEY_ENV_VARS", "ServerURL", "redact_url", "resolve_api_key"]
 
+# Not OPENAI_API_KEY: it usually holds a key for api.openai.com, which must not go to a self-hosted server.
 API_KEY_ENV_VARS = ("RANK1_API_KEY", "VLLM_API_KEY")
-"""Where an API key is looked up when none is given, in order. ``OPENAI_API_KEY`` is
-deliberately not read: it usually holds a key for api.openai.com, which must not be
-sent to a self-hosted server."""
 
 
 @dataclass(frozen=True)
 class ServerURL:
-    """One server: its OpenAI API base (``.../v1``), its root (``/tokenize`` lives there), and credentials.
+    """One server: its API base (``.../v1``), its root (``/tokenize`` lives there), and credentials.
 
-    Credentials in the URL (``http://user:password@host/v1``, for a proxy with HTTP Basic
-    authentication) are taken out of every URL, so no client, log or error ever shows them.
+    HTTP Basic credentials in the URL (``http://user:password@host/v1``) are taken out of every URL,
+    so no client, log or error ever shows them.
     """
 
     api: str
     root: str
-    auth: tuple[str, SecretStr] | None = field(default=None, repr=False)
-    """HTTP Basic credentials from the URL: (user, password)."""
+    auth: tuple[str, SecretStr] | None = field(default=None, repr=False)  # (user, password)
 
     @classmethod
     def parse(cls, url: str) -> ServerURL:
@@ -59,7 +56,7 @@ class ServerURL:
         )
 
     def secrets(self) -> list[str]:
-        """What must never be shown: the password, and the Basic header value it travels as."""
+        """The password, and the Basic header value it travels as."""
         if self.auth is None:
             return []
         user, password = self.auth[0], self.auth[1].get_secret_value()

@@ -1,9 +1,7 @@
 """The I/O-free core of the remote backend: what to send, how to read it, when to retry.
 
-Shaped like httpx's ``BaseClient`` and tenacity's decision core: no HTTP library, no I/O;
-the driver (:mod:`.backend`) only sends the calls it is given and waits. A batch is cut
-into *jobs* (equal sampling settings, ``prompts_per_request`` prompts each); each job is
-the sans-I/O generator :meth:`RemoteCore.run_job`, answered with decoded bodies or typed errors.
+The driver (:mod:`.backend`) only sends the calls it is given. A batch is cut into *jobs* (equal
+sampling settings, ``prompts_per_request`` prompts each), each the generator :meth:`RemoteCore.run_job`.
 """
 
 from __future__ import annotations
@@ -69,7 +67,7 @@ class HttpCall:
 
 @dataclass(frozen=True)
 class Job:
-    """Requests sent together: their positions in the batch and the requests themselves."""
+    """Requests sent together, and their positions in the batch."""
 
     positions: tuple[int, ...]
     requests: tuple[CompletionRequest, ...]
@@ -84,8 +82,7 @@ class RemoteCore:
     settings: Rank1Settings
     api_key: SecretStr | None = None
     router: Router = field(init=False)
-    label_ids_supported: bool = True
-    """False once a server has rejected ``logprob_token_ids`` (an older vLLM)."""
+    label_ids_supported: bool = True  # False once a server has rejected logprob_token_ids (vLLM < 0.32)
 
     def __post_init__(self) -> None:
         names = [server.api for server in self.servers]  # in logs, errors and router.health()
@@ -107,8 +104,6 @@ class RemoteCore:
     def server(self, name: str) -> ServerURL:
         return self._by_name[name]
 
-    # -- calls ------------------------------------------------------------------------
-
     def models_call(self, server: str) -> HttpCall:
         return HttpCall("models", None, self.settings.metadata_timeout, server=server)
 
@@ -122,8 +117,6 @@ class RemoteCore:
     def detokenize_call(self, token_ids: Sequence[int]) -> HttpCall:
         return HttpCall("detokenize", {"model": self.model, "tokens": list(token_ids)}, self.settings.metadata_timeout)
 
-    # -- jobs -------------------------------------------------------------------------
-
     def plan_jobs(self, requests: Sequence[CompletionRequest]) -> list[Job]:
         """Group requests with equal sampling settings, ``prompts_per_request`` to a job, in order."""
         groups: dict[tuple[int, tuple[str, ...], tuple[int, int]], list[int]] = {}
@@ -136,8 +129,7 @@ class RemoteCore:
         return [Job(chunk, tuple(requests[p] for p in chunk)) for chunk in chunks]
 
     def run_job(self, job: Job) -> Generator[HttpCall, Any, list[CompletionResult]]:
-        """The calls one job needs: each yielded call is answered with its decoded body or the
-        :class:`Rank1Error` left after retries. Never raises for a server's fault."""
+        """Each yielded call is answered with its decoded body or the error left after retries."""
         while True:
             body = completion_body(self.model, job.requests, label_ids=self.label_ids_supported)
             outcome = yield HttpCall("completions", body, self.completion_timeout(job.requests[0].max_tokens))
@@ -166,14 +158,8 @@ class RemoteCore:
                 results[i] = with_echoed_labels(completion, pair, 2 * number, echo)
         return results
 
-    # -- reading answers --------------------------------------------------------------
-
     def decode(self, content: bytes, call: HttpCall, server: str) -> Any:
-        """The JSON body of a successful answer, checked to be what a vLLM server sends.
-
-        :class:`MalformedResponseError` (retried) for an answer that is not one,
-        :class:`IncompatibleServerError` for proof that the server serves another model.
-        """
+        """The JSON body of a successful answer, checked to be what a vLLM server sends."""
         where = redact_url(self.url_for(call, server))
         try:
             body = json.loads(content)
@@ -190,15 +176,13 @@ class RemoteCore:
         return body
 
     def max_model_len(self, models: Any, server: str) -> int:
-        """The model's ``max_model_len`` from a server's ``/v1/models`` (choosing the model if unset)."""
+        """From a server's ``/v1/models`` (choosing the model if unset)."""
         if not self.model:
             self.model = only_model(models, server)
         return max_model_len_of(models, self.model, server)
 
-    # -- errors and retries -----------------------------------------------------------
-
     def scrub(self, text: str) -> str:
-        """Text with the API key and any URL credentials removed, should a message ever carry them."""
+        """Text without the API key or any URL credentials."""
         secrets = [self.api_key.get_secret_value()] if self.api_key is not None else []
         for secret in secrets + [s for server in self.servers for s in server.secrets()]:
             if secret:
@@ -215,7 +199,6 @@ class RemoteCore:
         return False
 
     def record_failure(self, server: str, err: Rank1Error, sent: float | None = None) -> None:
-        """Tell the router what a failure of a request (sent at ``sent``) says about the server's health."""
         if isinstance(err, IncompatibleServerError) and not isinstance(err, MalformedResponseError):
             self.router.disable(server, str(err))
         elif self.is_retryable(err):
