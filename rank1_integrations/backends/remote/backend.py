@@ -102,10 +102,8 @@ class RemoteBackend(BackendInfo):
             raise
 
     def __repr__(self) -> str:
-        servers = self._core.router.servers
-        return (
-            f"{type(self).__name__}(model={self._core.model!r}, servers={servers}, max_model_len={self._max_model_len})"
-        )
+        model, servers = self._model_name, self._core.router.servers
+        return f"{type(self).__name__}(model={model!r}, servers={servers}, max_model_len={self._max_model_len})"
 
     @property
     def settings(self) -> Rank1Settings:
@@ -155,11 +153,10 @@ class RemoteBackend(BackendInfo):
         from tenacity import AsyncRetrying
 
         tried: list[str] = []
-        body: Any = None
         async for attempt in AsyncRetrying(**self._core.retry_arguments(call, tried)):
             with attempt:
-                body = await self._attempt(call, tried)
-        return body
+                return await self._attempt(call, tried)
+        raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(self, call: HttpCall, tried: list[str]) -> Any:
         core = self._core
@@ -195,10 +192,9 @@ class RemoteBackend(BackendInfo):
         return bytes(await client.post(url, cast_to=bytes, body=dict(call.body), options=options))
 
     def _client(self, name: str) -> Any:
-        server = self._core.server(name)
+        server, api_key = self._core.server(name), self._core.api_key
         auth = (server.auth[0], server.auth[1].get_secret_value()) if server.auth else None
         hook = _body_limit(self._openai, self._core.settings.max_response_bytes, name)
-        api_key = self._core.api_key
         return self._openai.AsyncOpenAI(
             base_url=server.api,
             api_key=api_key.get_secret_value() if api_key is not None else "EMPTY",  # vLLM's "no key"

@@ -65,9 +65,7 @@ class ServerURL:
 
 
 def _netloc(host: str | None, port: int | None) -> str:
-    host = host or ""
-    if ":" in host:
-        host = f"[{host}]"
+    host = f"[{host}]" if host and ":" in host else host or ""
     return f"{host}:{port}" if port else host
 
 
@@ -86,12 +84,9 @@ def redact_url(url: str) -> str:
 
 def resolve_api_key(api_key: str | SecretStr | None) -> SecretStr | None:
     """The key to send: the one given, else the first of :data:`API_KEY_ENV_VARS` that is set."""
-    if isinstance(api_key, SecretStr):
-        value = api_key.get_secret_value()
-    elif api_key is None:
-        value = next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), "")
-    elif isinstance(api_key, str):
-        value = api_key
-    else:
+    if api_key is None:
+        api_key = next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), "")
+    if not isinstance(api_key, str | SecretStr):
         raise InvalidInputError(f"api_key must be a string or SecretStr, got {type(api_key).__name__}")
+    value = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
     return SecretStr(value) if value else None

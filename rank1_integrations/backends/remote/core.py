@@ -246,5 +246,4 @@ class RemoteCore:
         return server
 
     def url_for(self, call: HttpCall, server: str) -> str:
-        urls = self.server(server)
-        return f"{urls.api}/{call.endpoint}" if call.path.startswith("/v1/") else f"{urls.root}/{call.endpoint}"
+        return self.server(server).root + call.path
