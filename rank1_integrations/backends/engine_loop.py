@@ -111,7 +111,22 @@ class EngineLoop(Generic[RequestT, OutputT]):
 
     def _drive(self) -> None:
         try:
-            self._drive_until_idle()
+            while True:
+                with self._lock:
+                    if not self._running and not self._closed:
+                        self._work_arrived.wait_for(
+                            lambda: bool(self._submitted or self._cancelled or self._closed), self._idle_seconds
+                        )
+                    arrived, self._submitted = self._submitted, []
+                    cancelled, self._cancelled = self._cancelled, []
+                    if not arrived and not cancelled and not self._running:
+                        # Idle a few seconds (a new CPU thread pays for a new OpenMP team), or closed.
+                        self._driver = None
+                        return
+                self._abort(cancelled)
+                self._admit(arrived)
+                if self._running:
+                    self._step()
         except BaseException as err:  # a bug here must not leave callers waiting forever
             self._fail_running(err)
             with self._lock:
@@ -120,24 +135,6 @@ class EngineLoop(Generic[RequestT, OutputT]):
             for call in waiting:
                 _settle(call.future.set_exception, err)
             raise
-
-    def _drive_until_idle(self) -> None:
-        while True:
-            with self._lock:
-                if not self._running and not self._closed:
-                    self._work_arrived.wait_for(
-                        lambda: bool(self._submitted or self._cancelled or self._closed), self._idle_seconds
-                    )
-                arrived, self._submitted = self._submitted, []
-                cancelled, self._cancelled = self._cancelled, []
-                if not arrived and not cancelled and not self._running:
-                    # Idle a few seconds (a new CPU thread pays for a new OpenMP team), or closed.
-                    self._driver = None
-                    return
-            self._abort(cancelled)
-            self._admit(arrived)
-            if self._running:
-                self._step()
 
     def _admit(self, arrived: list[_Call[RequestT, OutputT]]) -> None:
         admitted = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -24,10 +24,7 @@ class VLLMEngineBackend(BackendInfo):
     def __init__(self, llm: Any, *, progress: bool = False) -> None:
         self._llm = llm
         self.progress = progress  # a progress bar for each call
-        params = functools.cache(_sampling_params)  # one per backend: vLLM may adapt them to its model
-        self._loop: EngineLoop[CompletionRequest, Any] = EngineLoop(
-            _VLLMSteps(llm, lambda r: params(r.max_tokens, r.stop, r.label_token_ids))
-        )
+        self._loop: EngineLoop[CompletionRequest, Any] = EngineLoop(_VLLMSteps(llm))
         self._tokenizer = HFPromptTokenizer(llm.get_tokenizer())
         self._model_name = str(llm.model_config.model)
         self._max_model_len = int(llm.model_config.max_model_len)
@@ -91,9 +88,9 @@ def _sampling_params(max_tokens: int, stop: tuple[str, ...], labels: tuple[int, 
 
 
 class _VLLMSteps:
-    def __init__(self, llm: Any, params_for: Callable[[CompletionRequest], Any]) -> None:
+    def __init__(self, llm: Any) -> None:
         self._engine = llm.llm_engine
-        self._params_for = params_for
+        self._params = functools.cache(_sampling_params)  # one per engine: vLLM may adapt them to its model
         # Our own ids: vLLM reports outputs (and takes aborts) by the id it was given.
         self._ids = itertools.count()
 
@@ -105,7 +102,8 @@ class _VLLMSteps:
             for request in requests:
                 request_id = f"rank1-{next(self._ids)}"
                 prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
-                self._engine.add_request(request_id, prompt, self._params_for(request))
+                params = self._params(request.max_tokens, request.stop, request.label_token_ids)
+                self._engine.add_request(request_id, prompt, params)
                 added.append(request_id)
         except Exception as err:
             if added:

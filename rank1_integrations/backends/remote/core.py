@@ -16,20 +16,9 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
+from rank1_integrations.backends.remote import wire
 from rank1_integrations.backends.remote.config import ServerURL, redact_url
 from rank1_integrations.backends.remote.routing import Router
-from rank1_integrations.backends.remote.wire import (
-    check_completions,
-    completion_body,
-    echo_body,
-    is_token_list,
-    label_prompts,
-    max_model_len_of,
-    needs_label_fallback,
-    only_model,
-    parse_completions,
-    with_echoed_labels,
-)
 from rank1_integrations.errors import (
     IncompatibleServerError,
     InvalidInputError,
@@ -131,7 +120,7 @@ class RemoteCore:
     def run_job(self, job: Job) -> Generator[HttpCall, Any, list[CompletionResult]]:
         """Each yielded call is answered with its decoded body or the error left after retries."""
         while True:
-            body = completion_body(self.model, job.requests, label_ids=self.label_ids_supported)
+            body = wire.completion_body(self.model, job.requests, label_ids=self.label_ids_supported)
             outcome = yield HttpCall("completions", body, self.completion_timeout(job.requests[0].max_tokens))
             rejected = isinstance(outcome, ServerStatusError) and outcome.status in (400, 422)
             if not (rejected and "logprob_token_ids" in body and "logprob_token_ids" in str(outcome)):
@@ -145,17 +134,17 @@ class RemoteCore:
             self.label_ids_supported = False
         if isinstance(outcome, Rank1Error):
             return [outcome] * len(job.requests)
-        results = parse_completions(outcome, job.requests)
+        results = wire.parse_completions(outcome, job.requests)
         pending = [
-            (i, completion, label_prompts(request, completion))
+            (i, completion, wire.label_prompts(request, completion))
             for i, (request, completion) in enumerate(zip(job.requests, results, strict=True))
-            if isinstance(completion, Completion) and needs_label_fallback(request, completion)
+            if isinstance(completion, Completion) and wire.needs_label_fallback(request, completion)
         ]
         if pending:
             prompts = [prompt for _, _, pair in pending for prompt in pair]
-            echo = yield HttpCall("completions", echo_body(self.model, prompts), self.completion_timeout(1))
+            echo = yield HttpCall("completions", wire.echo_body(self.model, prompts), self.completion_timeout(1))
             for number, (i, completion, pair) in enumerate(pending):
-                results[i] = with_echoed_labels(completion, pair, 2 * number, echo)
+                results[i] = wire.with_echoed_labels(completion, pair, 2 * number, echo)
         return results
 
     def decode(self, content: bytes, call: HttpCall, server: str) -> Any:
@@ -168,8 +157,8 @@ class RemoteCore:
                 f"{where} answered with something that is not JSON: is it a vLLM server?", server=server
             ) from None
         if call.endpoint == "completions":
-            check_completions(body, self.model, server)
-        elif call.endpoint == "tokenize" and not (isinstance(body, dict) and is_token_list(body.get("tokens"))):
+            wire.check_completions(body, self.model, server)
+        elif call.endpoint == "tokenize" and not (isinstance(body, dict) and wire.is_token_list(body.get("tokens"))):
             raise MalformedResponseError(f"{where} answered without a token list: is it vLLM?", server=server)
         elif call.endpoint == "detokenize" and not (isinstance(body, dict) and isinstance(body.get("prompt"), str)):
             raise MalformedResponseError(f"{where} answered without the 'prompt' text: is it vLLM?", server=server)
@@ -178,8 +167,8 @@ class RemoteCore:
     def max_model_len(self, models: Any, server: str) -> int:
         """From a server's ``/v1/models`` (choosing the model if unset)."""
         if not self.model:
-            self.model = only_model(models, server)
-        return max_model_len_of(models, self.model, server)
+            self.model = wire.only_model(models, server)
+        return wire.max_model_len_of(models, self.model, server)
 
     def scrub(self, text: str) -> str:
         """Text without the API key or any URL credentials."""

@@ -200,8 +200,7 @@ class RemoteTokenizer:
         if not wanted:
             return {}
         body = self._call(self._core.tokenize_call("\n".join(wanted), add_special_tokens=False, token_strs=True))
-        ids = body["tokens"]
-        strings = body.get("token_strs") if isinstance(body, dict) else None
+        ids, strings = body["tokens"], body.get("token_strs")  # a dict: checked by the core
         if not isinstance(strings, list) or len(strings) != len(ids):
             raise IncompatibleServerError("the server's /tokenize ignored return_token_strs: is it vLLM?")
         wanted_set = set(wanted)
