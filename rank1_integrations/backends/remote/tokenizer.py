@@ -272,10 +272,7 @@ def local_or_server(
 
 def _load(name: str, extra_protected: Sequence[str]) -> PromptTokenizer | None:
     try:
-        transformers = importlib.import_module("transformers")
-    except ImportError:  # the light install: the server's tokenizer it is
-        return None
-    try:
+        transformers = importlib.import_module("transformers")  # absent from the light install
         # The fast tokenizer class itself, not AutoTokenizer: that reads the model's config
         # and imports torch, which a client of remote servers (a gateway) need not load.
         loaded = transformers.PreTrainedTokenizerFast.from_pretrained(name, local_files_only=True)
