@@ -15,10 +15,8 @@ __all__ = ["Backend", "BackendInfo", "Completion", "CompletionRequest", "Complet
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """Greedy completion of a token-id prompt, with the two label log-probabilities at each step.
-
-    Backends keep special tokens in the text: else the stop strings, which contain ``</think>``, never match.
-    """
+    """Greedy completion of a token-id prompt, with the two label log-probabilities at each step. Backends
+    keep special tokens in the text: else the stop strings, which contain ``</think>``, never match."""
 
     prompt_token_ids: tuple[int, ...]
     max_tokens: int

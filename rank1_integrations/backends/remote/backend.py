@@ -49,9 +49,8 @@ T = TypeVar("T")
 class RemoteBackend(BackendInfo):
     """Completes rank1 requests on vLLM servers over HTTP; arguments and policy: ``docs/remote.md``.
 
-    Construction checks that each server serves ``model`` (None: the only one served) and reads
-    its ``max_model_len``; servers that do not answer then are routed around until they do.
-    """
+    Construction checks that each server serves ``model`` (None: the only one served); servers that do
+    not answer then are routed around until they do."""
 
     def __init__(
         self,

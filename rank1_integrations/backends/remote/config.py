@@ -19,11 +19,8 @@ API_KEY_ENV_VARS = ("RANK1_API_KEY", "VLLM_API_KEY")
 
 @dataclass(frozen=True)
 class ServerURL:
-    """One server: its API base (``.../v1``), its root (``/tokenize`` lives there), and credentials.
-
-    HTTP Basic credentials in the URL (``http://user:password@host/v1``) are taken out of every URL,
-    so no client, log or error ever shows them.
-    """
+    """One server: its API base (``.../v1``), its root (``/tokenize`` lives there), and the HTTP Basic
+    credentials of its URL (``http://user:password@host/v1``), kept out of every URL, log and error."""
 
     api: str
     root: str
