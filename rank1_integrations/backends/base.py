@@ -10,43 +10,31 @@ from typing import Any, Protocol, runtime_checkable
 from rank1_integrations.core.tokenization import PromptTokenizer
 from rank1_integrations.errors import Rank1Error
 
-__all__ = ["Backend", "Completion", "CompletionRequest", "CompletionResult", "ResultSink"]
+__all__ = ["Backend", "BackendInfo", "Completion", "CompletionRequest", "CompletionResult", "ResultSink"]
 
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """Greedy completion of a token-id prompt, with the two label log-probabilities at each step.
-
-    Backends keep special tokens in the text (``skip_special_tokens=False``): else the stop
-    strings, which contain ``</think>``, never match.
-    """
+    """Greedy completion of a token-id prompt, with the two label log-probabilities at each step. Backends
+    keep special tokens in the text: else the stop strings, which contain ``</think>``, never match."""
 
     prompt_token_ids: tuple[int, ...]
     max_tokens: int
     stop: tuple[str, ...]
-    label_token_ids: tuple[int, int]
-    """(true, false): their log-probabilities are wanted exactly, not only when in a top-k."""
+    label_token_ids: tuple[int, int]  # (true, false): log-probabilities wanted exactly, not only in a top-k
 
 
 @dataclass(frozen=True)
 class Completion:
     token_ids: tuple[int, ...]
-    text: str
-    """The engine's own detokenized text, stop string excluded."""
-    finish_reason: str
-    """"stop" (stop string or end of sequence) or "length" (budget exhausted)."""
-    stop_reason: str | int | None
-    """The stop string matched, a stop token id, or None (end of sequence / length)."""
-    final_label_logprobs: tuple[float, float] | None
-    """(true, false) log-probabilities at the last generated position; None if the engine gave none."""
+    text: str  # the engine's own detokenized text, stop string excluded
+    finish_reason: str  # "stop" (stop string or end of sequence) or "length" (budget exhausted)
+    stop_reason: str | int | None  # the stop string matched, a stop token id, or None
+    final_label_logprobs: tuple[float, float] | None  # (true, false) at the last generated position
 
 
-CompletionResult = Completion | Rank1Error
-"""A completion, or the typed error that kept one request from completing."""
-
-
-ResultSink = Callable[[int, CompletionResult], None]
-"""Called with (position in the submitted requests, its result) as each request finishes."""
+CompletionResult = Completion | Rank1Error  # or the typed error that kept one request from completing
+ResultSink = Callable[[int, CompletionResult], None]  # (position in the submitted requests, its result)
 
 
 @runtime_checkable
@@ -69,3 +57,26 @@ class Backend(Protocol):
         as its error). The future completes when all have, fails if the backend failed as a whole
         (some requests may have had no result), and cancelling it aborts the unfinished ones.
         """
+
+
+class BackendInfo:
+    """The :class:`Backend` properties, set once by a backend's constructor."""
+
+    _model_name: str
+    _tokenizer: PromptTokenizer
+    _max_model_len: int
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self._model_name!r}, max_model_len={self._max_model_len})"
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def tokenizer(self) -> PromptTokenizer:
+        return self._tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len

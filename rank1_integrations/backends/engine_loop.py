@@ -1,10 +1,7 @@
 """Continuous admission for a stepped engine: concurrent callers share its running batch.
 
-``vllm.LLM`` must not be entered from two threads at once, and a lock (or a group commit)
-would make a caller who arrives a moment late wait for the whole running batch. So one
-driver thread steps the engine and admits new requests between any two steps, as vLLM's
-own server does. It stays a few seconds after its last work (on a CPU a new thread pays
-for a new OpenMP team), then exits. A cancelled future aborts its requests in the engine.
+``vllm.LLM`` must not be entered from two threads at once, and a lock would make a late caller wait
+for the whole running batch: so one driver thread admits new requests between any two steps.
 """
 
 from __future__ import annotations
@@ -31,10 +28,10 @@ class SteppedEngine(Protocol[RequestT_contra, OutputT_co]):
     """An engine that takes requests at any time and advances them one step per call."""
 
     def add(self, requests: Sequence[RequestT_contra]) -> list[str]:
-        """Queue requests; their engine ids in order. On error, none of them stays queued."""
+        """Their engine ids in order. On error, none of them stays queued."""
 
     def step(self) -> Sequence[tuple[str, OutputT_co]]:
-        """Advance every queued request by one step; the ones that finished, by engine id."""
+        """The requests that finished, by engine id."""
 
     def abort(self, request_ids: Sequence[str]) -> None: ...
 
@@ -43,13 +40,11 @@ class SteppedEngine(Protocol[RequestT_contra, OutputT_co]):
 
 @dataclass
 class EngineLoopStats:
-    """What the driver did: how requests from different calls came to share engine steps."""
+    """How requests from different calls came to share engine steps."""
 
-    admissions: int = 0
-    """Times the driver queued newly submitted calls (one or more calls each time)."""
+    admissions: int = 0  # times the driver queued newly submitted calls (one or more each time)
     steps: int = 0
-    shared_steps: int = 0
-    """Steps that advanced the requests of more than one call."""
+    shared_steps: int = 0  # steps that advanced the requests of more than one call
     most_calls_in_one_step: int = 0
 
 
@@ -66,16 +61,9 @@ class _Call(Generic[RequestT, OutputT]):
 class EngineLoop(Generic[RequestT, OutputT]):
     """Feeds every caller's requests into one stepped engine, continuously."""
 
-    def __init__(
-        self,
-        engine: SteppedEngine[RequestT, OutputT],
-        *,
-        idle_seconds: float = 5.0,
-        name: str = "rank1-engine-loop",
-    ) -> None:
+    def __init__(self, engine: SteppedEngine[RequestT, OutputT], *, idle_seconds: float = 5.0) -> None:
         self._engine = engine
         self._idle_seconds = idle_seconds
-        self._name = name
         self._lock = threading.Lock()
         self._work_arrived = threading.Condition(self._lock)
         self._submitted: list[_Call[RequestT, OutputT]] = []
@@ -89,8 +77,8 @@ class EngineLoop(Generic[RequestT, OutputT]):
     def submit(
         self, requests: Sequence[RequestT], *, on_output: Callable[[int, OutputT], None] | None = None
     ) -> Future[list[OutputT]]:
-        """Start ``requests``; the future gives their outputs in order, ``on_output(position, output)``
-        hears of each as it finishes (on the driver thread)."""
+        """The future gives the outputs in order; ``on_output(position, output)`` hears of each as it
+        finishes (on the driver thread)."""
         call: _Call[RequestT, OutputT] = _Call(requests, Future(), on_output)
         if not requests:
             call.future.set_result([])
@@ -102,7 +90,7 @@ class EngineLoop(Generic[RequestT, OutputT]):
             self._submitted.append(call)
             self._work_arrived.notify()
             if self._driver is None:
-                self._driver = threading.Thread(target=self._drive, name=self._name, daemon=True)
+                self._driver = threading.Thread(target=self._drive, name="rank1-engine-loop", daemon=True)
                 self._driver.start()
         return call.future
 
@@ -123,7 +111,22 @@ class EngineLoop(Generic[RequestT, OutputT]):
 
     def _drive(self) -> None:
         try:
-            self._drive_until_idle()
+            while True:
+                with self._lock:
+                    if not self._running and not self._closed:
+                        self._work_arrived.wait_for(
+                            lambda: bool(self._submitted or self._cancelled or self._closed), self._idle_seconds
+                        )
+                    arrived, self._submitted = self._submitted, []
+                    cancelled, self._cancelled = self._cancelled, []
+                    if not arrived and not cancelled and not self._running:
+                        # Idle a few seconds (a new CPU thread pays for a new OpenMP team), or closed.
+                        self._driver = None
+                        return
+                self._abort(cancelled)
+                self._admit(arrived)
+                if self._running:
+                    self._step()
         except BaseException as err:  # a bug here must not leave callers waiting forever
             self._fail_running(err)
             with self._lock:
@@ -132,24 +135,6 @@ class EngineLoop(Generic[RequestT, OutputT]):
             for call in waiting:
                 _settle(call.future.set_exception, err)
             raise
-
-    def _drive_until_idle(self) -> None:
-        while True:
-            with self._lock:
-                if not self._running and not self._closed:
-                    self._work_arrived.wait_for(
-                        lambda: bool(self._submitted or self._cancelled or self._closed), self._idle_seconds
-                    )
-                arrived, self._submitted = self._submitted, []
-                cancelled, self._cancelled = self._cancelled, []
-                if not arrived and not cancelled and not self._running:
-                    # Idle (or closed): the next submit starts a new driver.
-                    self._driver = None
-                    return
-            self._abort(cancelled)
-            self._admit(arrived)
-            if self._running:
-                self._step()
 
     def _admit(self, arrived: list[_Call[RequestT, OutputT]]) -> None:
         admitted = 0

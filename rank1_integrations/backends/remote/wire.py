@@ -1,10 +1,7 @@
-"""vLLM's OpenAI-compatible wire format: the bodies rank1 sends and how their answers are read.
+"""vLLM's OpenAI-compatible wire format, pure: the bodies rank1 sends and how their answers are read.
 
-Pure functions, no I/O. Log-probabilities are keyed by token id (``"token_id:N"``,
-from ``return_tokens_as_token_ids``), never by decoded string, and completions are
-matched to prompts by choice index. Whatever a server leaves out comes back as a
-:class:`ModelOutputError` for that prompt (or an :class:`IncompatibleServerError`
-when the whole answer is not a vLLM one), never as a ``KeyError``.
+Log-probabilities are keyed by token id (``"token_id:N"``), never by decoded string; choices are
+matched to prompts by index; whatever a server leaves out is a typed error, never a ``KeyError``.
 """
 
 from __future__ import annotations
@@ -19,9 +16,6 @@ from typing import Any, TypeGuard, cast
 
 from rank1_integrations.backends.base import Completion, CompletionRequest, CompletionResult
 from rank1_integrations.errors import IncompatibleServerError, MalformedResponseError, ModelOutputError, Rank1Error
-
-_TOKEN_ID_PREFIX = "token_id:"
-_DETAIL_LIMIT = 400
 
 
 def _body(model: str, prompts: Sequence[Sequence[int]], max_tokens: int, **more: Any) -> dict[str, Any]:
@@ -39,7 +33,6 @@ def _body(model: str, prompts: Sequence[Sequence[int]], max_tokens: int, **more:
 
 
 def completion_body(model: str, requests: Sequence[CompletionRequest], *, label_ids: bool) -> dict[str, Any]:
-    """One ``/v1/completions`` body for requests that share their sampling settings."""
     first = requests[0]
     # One top log-probability keeps answers small; the labels come from logprob_token_ids, exact
     # at every position whatever the server's --logprobs-mode, and far below --max-logprobs 20.
@@ -57,12 +50,8 @@ def echo_body(model: str, prompts: Sequence[Sequence[int]]) -> dict[str, Any]:
 
 
 def check_completions(body: Any, model: str, server: str) -> None:
-    """Raise unless ``body`` is a completions answer for ``model``.
-
-    A malformed answer is a :class:`MalformedResponseError` (a fault of that request);
-    an answer for another model is an :class:`IncompatibleServerError` (proof of a
-    misconfigured server).
-    """
+    """Raise unless ``body`` is a completions answer for ``model``: malformed is a fault of that
+    request, another model's is proof of a misconfigured server."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise MalformedResponseError(
             f"{server} answered /v1/completions without a 'choices' list: is it an OpenAI-compatible server?",
@@ -76,7 +65,6 @@ def check_completions(body: Any, model: str, server: str) -> None:
 
 
 def only_model(body: Any, server: str) -> str:
-    """The one model a ``/v1/models`` answer lists."""
     ids = _model_ids(body)
     if len(ids) != 1 or not isinstance(ids[0], str) or not ids[0]:
         raise IncompatibleServerError(
@@ -86,7 +74,6 @@ def only_model(body: Any, server: str) -> str:
 
 
 def max_model_len_of(body: Any, model: str, server: str) -> int:
-    """vLLM's ``max_model_len`` for ``model`` in a ``/v1/models`` answer."""
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise IncompatibleServerError(
             f"{server}/models did not return a model list: is it an OpenAI-compatible vLLM server?", server=server
@@ -109,7 +96,6 @@ def max_model_len_of(body: Any, model: str, server: str) -> int:
 
 
 def is_token_list(value: Any) -> TypeGuard[list[int]]:
-    """Whether ``value`` is a list of token ids."""
     return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
 
 
@@ -119,7 +105,7 @@ def _model_ids(body: Any) -> list[Any]:
 
 
 def parse_completions(body: Mapping[str, Any], requests: Sequence[CompletionRequest]) -> list[CompletionResult]:
-    """One result per request from a checked completions answer, matched by choice index."""
+    """One result per request from a checked completions answer."""
     found: list[list[Any]] = [[] for _ in requests]
     for choice in body["choices"]:
         index = choice.get("index") if isinstance(choice, dict) else None
@@ -141,7 +127,7 @@ def needs_label_fallback(request: CompletionRequest, completion: Completion) -> 
 
 
 def label_prompts(request: CompletionRequest, completion: Completion) -> list[tuple[int, ...]]:
-    """Prompt + generation up to the answer position, then each label: their last log-probability is the label's."""
+    """Prompt + generation up to the answer position, then each label (whose log-probability is wanted)."""
     prefix = request.prompt_token_ids + completion.token_ids[:-1]
     return [(*prefix, label) for label in request.label_token_ids]
 
@@ -165,12 +151,11 @@ def with_echoed_labels(
 
 
 def _token_id(token: Any) -> int | None:
-    number = token[len(_TOKEN_ID_PREFIX) :] if isinstance(token, str) and token.startswith(_TOKEN_ID_PREFIX) else ""
+    number = token.removeprefix("token_id:") if isinstance(token, str) and token.startswith("token_id:") else ""
     return int(number) if number.isascii() and number.isdigit() else None
 
 
 def _parse_choice(choice: Mapping[str, Any], request: CompletionRequest) -> CompletionResult:
-    """A :class:`Completion` from one choice, or a :class:`ModelOutputError` that says what is missing."""
     text = choice.get("text")
     finish_reason = choice.get("finish_reason")
     if not isinstance(text, str) or finish_reason not in ("stop", "length"):
@@ -212,14 +197,13 @@ def _parse_choice(choice: Mapping[str, Any], request: CompletionRequest) -> Comp
 
 
 def _label_logprobs(position: Any, labels: tuple[int, int]) -> tuple[float, float] | None:
-    """The two labels' log-probabilities, keyed by token id (``"token_id:N"``), never by decoded text."""
     items = position.items() if isinstance(position, dict) else ()
     by_id = {_token_id(k): float(v) for k, v in items if isinstance(v, int | float) and not isinstance(v, bool)}
     return (by_id[labels[0]], by_id[labels[1]]) if labels[0] in by_id and labels[1] in by_id else None
 
 
 def _echoed_last_logprob(choice: Any, prompt: Sequence[int]) -> float | ModelOutputError:
-    """Log-probability of a prompt's last token, from an ``echo`` answer's prompt log-probabilities."""
+    """Log-probability of a prompt's last token, from an ``echo`` answer."""
     logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
     values = logprobs.get("token_logprobs") if isinstance(logprobs, dict) else None
     tokens = logprobs.get("tokens") if isinstance(logprobs, dict) else None
@@ -236,12 +220,12 @@ def _echoed_last_logprob(choice: Any, prompt: Sequence[int]) -> float | ModelOut
 
 
 def error_detail(body: object) -> str:
-    """The server's error message from an ``APIStatusError.body`` (vLLM: ``{"error": {"message": ...}}``), shortened."""
+    """The server's error message from an ``APIStatusError.body`` (vLLM: ``{"error": {"message": ...}}``)."""
     if isinstance(body, dict):
         body = body.get("error", body)
         body = body.get("message", body) if isinstance(body, dict) else body
     text = body if isinstance(body, str) else "" if body is None else json.dumps(body, default=str)
-    return text.strip()[:_DETAIL_LIMIT] or "(no body)"
+    return text.strip()[:400] or "(no body)"
 
 
 def retry_after(headers: Mapping[str, str], cap: float) -> float | None:
