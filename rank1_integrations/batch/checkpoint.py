@@ -17,11 +17,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from rank1_integrations.batch.errors import CheckpointError
 from rank1_integrations.batch.inputs import select_in
 from rank1_integrations.batch.records import PairRecord, RunSettings
+from rank1_integrations.errors import InvalidInputError, Rank1Error
 
-__all__ = ["Checkpoint", "PairState", "side_files", "write_atomically"]
+__all__ = ["Checkpoint", "CheckpointError", "PairState", "StorageError", "side_files", "write_atomically"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
@@ -32,6 +32,16 @@ _SIDE_SUFFIXES = (".settings.json", ".settings.json.tmp", ".compacting", ".lock"
 def side_files(path: Path) -> list[Path]:
     """What a checkpoint at ``path`` writes beside it: settings (and temporary), compacted copy, lock, scratch."""
     return [path.with_name(path.name + suffix) for suffix in _SIDE_SUFFIXES]
+
+
+class CheckpointError(InvalidInputError):
+    """The checkpoint (the judgments JSONL) cannot be resumed by this run: other settings or texts, another run
+    writing it, or a line that is not a record (a torn last line aside). Nothing in it is changed."""
+
+
+class StorageError(Rank1Error, OSError):
+    """An OS error on the run's files (a full disk, a file size limit, permissions): the run stopped, its
+    checkpoint closed with every judgment written kept; the same command resumes once the cause is fixed."""
 
 
 class PairState(NamedTuple):
@@ -46,7 +56,7 @@ class PairState(NamedTuple):
     """Refused as invalid input (of the texts with ``digest``)."""
 
 
-class Checkpoint:
+class Checkpoint(contextlib.AbstractContextManager["Checkpoint"]):
     """One run's judgments file, locked for this process while it is open."""
 
     def __init__(self, path: Path, *, fsync_interval: float = 5.0) -> None:
@@ -188,29 +198,26 @@ class Checkpoint:
         """Rewrite the file atomically, one line per pair: the run's pairs in ``order``, then any others as before."""
         self._sync()
         db = self._db
+
+        def pairs() -> Iterator[tuple[str, str, int]]:
+            for qid, docids in order:
+                states = self.states(qid, docids)
+                yield from ((qid, docid, states[docid].offset) for docid in docids if docid in states)
+            last = -1
+            others = "SELECT qid, docid, offset FROM pairs WHERE emitted = 0 AND offset > ? ORDER BY offset LIMIT 1000"
+            while rows := db.execute(others, (last,)).fetchall():  # pairs outside this run, in file order
+                yield from rows
+                last = rows[-1][2]
+
         with write_atomically(self.path, self._compacting) as out:
             written = 0
-
-            def copy(qid: str, docid: str, offset: int) -> None:
-                nonlocal written
+            for qid, docid, offset in pairs():
                 line = self.read(offset)
                 out.write(line)
                 db.execute(
                     "UPDATE pairs SET new_offset = ?, emitted = 1 WHERE qid = ? AND docid = ?", (written, qid, docid)
                 )
                 written += len(line)
-
-            for qid, docids in order:
-                states = self.states(qid, docids)
-                for docid in docids:
-                    if docid in states:
-                        copy(qid, docid, states[docid].offset)
-            last = -1
-            others = "SELECT qid, docid, offset FROM pairs WHERE emitted = 0 AND offset > ? ORDER BY offset LIMIT 1000"
-            while rows := db.execute(others, (last,)).fetchall():  # pairs outside this run, in file order
-                for qid, docid, offset in rows:
-                    copy(qid, docid, offset)
-                    last = offset
         # Write and read the new file from now on (the lock file stays locked), and point the index at its lines.
         self._writer.close()
         self._reader.close()
@@ -225,9 +232,6 @@ class Checkpoint:
         with contextlib.suppress(OSError, ValueError):
             self._sync()
         self._held.close()  # unbuffered files: nothing left to write
-
-    def __enter__(self) -> Checkpoint:
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()

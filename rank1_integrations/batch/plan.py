@@ -7,8 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rank1_integrations.batch.checkpoint import Checkpoint, PairState
-from rank1_integrations.batch.errors import CheckpointError
+from rank1_integrations.batch.checkpoint import Checkpoint, CheckpointError, PairState
 from rank1_integrations.batch.inputs import Corpus, QueryRun, read_run
 from rank1_integrations.batch.records import PairRecord, text_digest
 from rank1_integrations.errors import InvalidInputError

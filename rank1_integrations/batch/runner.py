@@ -14,21 +14,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rank1_integrations.batch.checkpoint import Checkpoint, side_files
-from rank1_integrations.batch.errors import IncompleteRunError, StorageError
+from rank1_integrations.batch.checkpoint import Checkpoint, StorageError, side_files
 from rank1_integrations.batch.inputs import IRDS_PREFIX, open_corpus, read_queries
 from rank1_integrations.batch.outputs import DEFAULT_MEASURES, Evaluation, read_trec, reranked, write_trec
 from rank1_integrations.batch.plan import SHOWN, Plan, WorkUnit, judged_records, run_reranker
 from rank1_integrations.batch.ray_engine import RayEngine, RayJudge
 from rank1_integrations.batch.records import PairRecord, RunSettings, effort_of
 from rank1_integrations.core.templates import resolve_template
-from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.errors import InvalidInputError, Rank1Error
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["Engine", "RerankedRun", "RunSummary", "rerank_run"]
+__all__ = ["Engine", "IncompleteRunError", "RerankedRun", "RunSummary", "rerank_run"]
 
 logger = logging.getLogger("rank1_integrations.batch")
+
+
+class IncompleteRunError(Rank1Error):
+    """A run ended with pairs that could not be judged (their errors are in the checkpoint): the same command
+    retries them, but for the ``invalid`` ones, attempted again only once their texts change."""
+
+    def __init__(self, message: str, *, failed: int, total: int, invalid: int = 0) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.total = total
+        self.invalid = invalid
+        """How many of the ``failed`` pairs are invalid input."""
 
 
 @dataclass
@@ -110,8 +121,13 @@ def rerank_run(
         raise InvalidInputError(f"the run file {run_path} does not exist")
     _check_paths({"run": run, "corpus": corpus, "queries": queries, "qrels": qrels}, out_path, judgments_path)
     evaluation = Evaluation(qrels, measures) if qrels is not None else None
-    for name, path in (("out", out_path), ("reasoning", judgments_path)):
-        _make_folder(name, path)
+    for name, path in (("out", out_path), ("reasoning", judgments_path)):  # fail before anything is judged
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InvalidInputError(f"cannot create the folder of {name} {path}: {err.strerror or err}") from None
+        if path.is_dir():
+            raise InvalidInputError(f"{name} {path} is a folder: name a file")
     with _storage_errors(judgments_path), Checkpoint(judgments_path, fsync_interval=fsync_interval) as checkpoint:
         if checkpoint.records:
             note(f"Resuming: {judgments_path} holds {checkpoint.records} records")
@@ -189,16 +205,6 @@ def _overlap(a: Path, b: Path) -> bool:
         return False
 
 
-def _make_folder(name: str, path: Path) -> None:
-    """Create an output's folder now: one that cannot be written fails before anything is judged."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InvalidInputError(f"cannot create the folder of {name} {path}: {err.strerror or err}") from None
-    if path.is_dir():
-        raise InvalidInputError(f"{name} {path} is a folder: name a file")
-
-
 @contextlib.contextmanager
 def _storage_errors(judgments: Path) -> Iterator[None]:
     """An OS error (a full disk, a file size limit) as a :class:`StorageError`, raised once the checkpoint is closed."""
@@ -247,12 +253,10 @@ def _judge_all(
     if judge.settings is not None:
         checkpoint.check(judge.settings)  # before any work: a mismatch costs nothing
     checked = judge.settings is not None
-    bar: Any = None
-    if progress is not False:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+    from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-        disable = None if progress is None else False  # None: shown on a terminal only
-        bar = tqdm(total=total, desc="rank1", unit="pair", dynamic_ncols=True, file=sys.stderr, disable=disable)
+    disable = None if progress is None else not progress  # None: shown on a terminal only
+    bar = tqdm(total=total, desc="rank1", unit="pair", dynamic_ncols=True, file=sys.stderr, disable=disable)
     started = time.monotonic()
     try:
         for records in judge.judge(plan.units(judge.unit_size)):
@@ -267,14 +271,12 @@ def _judge_all(
             summary.seconds = time.monotonic() - started
             if summary.first_judgment_after is None:
                 summary.first_judgment_after = summary.seconds
-            if bar is not None:
-                tokens = summary._per_second(summary.reasoning_tokens_now)
-                bar.set_postfix_str(f"{tokens:.0f} reasoning tok/s, {summary.failed_now} failed", refresh=False)
-                bar.update(len(records))
+            tokens = summary._per_second(summary.reasoning_tokens_now)
+            bar.set_postfix_str(f"{tokens:.0f} reasoning tok/s, {summary.failed_now} failed", refresh=False)
+            bar.update(len(records))
     finally:
         summary.seconds = time.monotonic() - started
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 DEFAULT_MAX_IN_FLIGHT = 1024  # pairs in flight on an embedded engine: more than vLLM runs at once
@@ -294,12 +296,11 @@ class InProcessJudge:
         # window (and so the engine or servers) full while stragglers finish. Adaptive takes whole queries.
         whole = reranker.settings.reasoning_effort == "adaptive"
         self.unit_size = 1 << 62 if whole else max(1, max_in_flight // UNITS_IN_WINDOW)
-        self._max_in_flight = max_in_flight
+        self._window = max_in_flight
         self._owned = owned
 
     def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
-        fingerprint = self.settings.fingerprint
-        return judged_records(self.reranker, units, max_in_flight=self._max_in_flight, settings=fingerprint)
+        return judged_records(self.reranker, units, max_in_flight=self._window, settings=self.settings.fingerprint)
 
     def probe_settings(self) -> RunSettings:
         return self.settings
