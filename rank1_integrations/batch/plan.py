@@ -69,9 +69,7 @@ class Plan:
     def survey(self) -> Survey:
         """Count the work; refuse a run whose queries or documents are missing or whose texts changed."""
         queries = pairs = judged = failed = invalid = 0
-        no_query: list[str] = []
-        no_doc: list[str] = []
-        changed: list[str] = []
+        no_query, no_doc, changed = [], [], []
         for ranking, top in self.rankings():
             queries += 1
             pairs += len(top)

@@ -57,8 +57,7 @@ class RunSettings:
         return settings
 
     def to_dict(self) -> dict[str, Any]:
-        fields = asdict(self)
-        return {name: value for name, value in fields.items() if name in _ALWAYS or value not in (None, "full")}
+        return {name: value for name, value in asdict(self).items() if name in _ALWAYS or value not in (None, "full")}
 
     @property
     def fingerprint(self) -> str:

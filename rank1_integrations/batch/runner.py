@@ -128,48 +128,54 @@ def rerank_run(
             raise InvalidInputError(f"cannot create the folder of {name} {path}: {err.strerror or err}") from None
         if path.is_dir():
             raise InvalidInputError(f"{name} {path} is a folder: name a file")
-    with _storage_errors(judgments_path), Checkpoint(judgments_path, fsync_interval=fsync_interval) as checkpoint:
-        if checkpoint.records:
-            note(f"Resuming: {judgments_path} holds {checkpoint.records} records")
-        texts = read_queries(queries)
-        with contextlib.closing(open_corpus(corpus, checkpoint.work_dir / "corpus.sqlite")) as documents:
-            plan = Plan(run_path, queries=texts, corpus=documents, checkpoint=checkpoint, depth=depth)
-            survey = plan.survey()
-            note(
-                f"{survey.queries} queries, {survey.pairs} pairs: {survey.judged} judged before, "
-                f"{survey.remaining} to judge ({survey.failed} of them failed before), "
-                f"{survey.invalid} invalid input (not judged again)"
-            )
-            summary = RunSummary(pairs=survey.pairs, from_checkpoint=survey.judged)
-            # Other settings are refused before any engine starts, where the checkpoint's settings file can tell.
-            told = checkpoint.check_known(known_settings(engine))
-            if survey.remaining or not told:
-                with contextlib.closing(open_judge(engine, max_in_flight=max_in_flight)) as judge:
-                    if survey.remaining:
-                        _judge_all(plan, checkpoint, judge, summary, survey.remaining, progress)
-                    else:
-                        checkpoint.check(judge.probe_settings())
-            checkpoint.compact((ranking.qid, top) for ranking, top in plan.rankings())
-            refused: list[str] = []
-            for ranking, top in plan.rankings():
-                for docid, state in checkpoint.states(ranking.qid, top).items():
-                    summary.judged += state.judged
-                    summary.forced += state.judged and state.forced
-                    summary.invalid += state.invalid
-                    if state.invalid and len(refused) < SHOWN:
-                        error = PairRecord.from_json(checkpoint.read(state.offset)).error
-                        refused.append(f"{ranking.qid}/{docid} ({error})")
-            summary.failed = summary.pairs - summary.judged
-            note(summary.text())
-            if summary.failed and not allow_failures:
-                raise _incomplete(summary, refused, judgments_path)
-            write_trec(
-                out_path,
-                (
-                    (ranking.qid, reranked(ranking.docids, top, checkpoint.states(ranking.qid, top)))
-                    for ranking, top in plan.rankings()
-                ),
-            )
+    try:
+        with Checkpoint(judgments_path, fsync_interval=fsync_interval) as checkpoint:
+            if checkpoint.records:
+                note(f"Resuming: {judgments_path} holds {checkpoint.records} records")
+            texts = read_queries(queries)
+            with contextlib.closing(open_corpus(corpus, checkpoint.work_dir / "corpus.sqlite")) as documents:
+                plan = Plan(run_path, queries=texts, corpus=documents, checkpoint=checkpoint, depth=depth)
+                survey = plan.survey()
+                note(
+                    f"{survey.queries} queries, {survey.pairs} pairs: {survey.judged} judged before, "
+                    f"{survey.remaining} to judge ({survey.failed} of them failed before), "
+                    f"{survey.invalid} invalid input (not judged again)"
+                )
+                summary = RunSummary(pairs=survey.pairs, from_checkpoint=survey.judged)
+                # Other settings are refused before any engine starts, where the checkpoint's settings file can tell.
+                if not checkpoint.check_known(known_settings(engine)) or survey.remaining:
+                    with contextlib.closing(open_judge(engine, max_in_flight=max_in_flight)) as judge:
+                        if survey.remaining:
+                            _judge_all(plan, checkpoint, judge, summary, survey.remaining, progress)
+                        else:
+                            checkpoint.check(judge.probe_settings())
+                checkpoint.compact((ranking.qid, top) for ranking, top in plan.rankings())
+                refused: list[str] = []
+                for ranking, top in plan.rankings():
+                    for docid, state in checkpoint.states(ranking.qid, top).items():
+                        summary.judged += state.judged
+                        summary.forced += state.judged and state.forced
+                        summary.invalid += state.invalid
+                        if state.invalid and len(refused) < SHOWN:
+                            error = PairRecord.from_json(checkpoint.read(state.offset)).error
+                            refused.append(f"{ranking.qid}/{docid} ({error})")
+                summary.failed = summary.pairs - summary.judged
+                note(summary.text())
+                if summary.failed and not allow_failures:
+                    raise _incomplete(summary, refused, judgments_path)
+                write_trec(
+                    out_path,
+                    (
+                        (ranking.qid, reranked(ranking.docids, top, checkpoint.states(ranking.qid, top)))
+                        for ranking, top in plan.rankings()
+                    ),
+                )
+    except (OSError, sqlite3.Error) as err:  # a full disk, a file size limit: raised once the checkpoint is closed
+        raise StorageError(
+            f"the run stopped on an OS error ({type(err).__name__}: {err}); the judgments written before are kept "
+            f"in {judgments_path}: fix the cause (disk space, a file size limit, permissions) and run the same "
+            "command again to resume"
+        ) from err
     note(f"Wrote {out_path} and {judgments_path}")
     metrics = evaluation({"first stage": run_path, "rank1": out_path}) if evaluation is not None else None
     return RerankedRun(out_path, judgments_path, summary, metrics)
@@ -203,19 +209,6 @@ def _overlap(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return False
-
-
-@contextlib.contextmanager
-def _storage_errors(judgments: Path) -> Iterator[None]:
-    """An OS error (a full disk, a file size limit) as a :class:`StorageError`, raised once the checkpoint is closed."""
-    try:
-        yield
-    except (OSError, sqlite3.Error) as err:
-        raise StorageError(
-            f"the run stopped on an OS error ({type(err).__name__}: {err}); the judgments written before are kept "
-            f"in {judgments}: fix the cause (disk space, a file size limit, permissions) and run the same command "
-            "again to resume"
-        ) from err
 
 
 def _incomplete(summary: RunSummary, refused: list[str], judgments: Path) -> IncompleteRunError:
