@@ -125,10 +125,9 @@ class Checkpoint(contextlib.AbstractContextManager["Checkpoint"]):
         """Refuse ``settings`` unless its records were judged with them; an empty checkpoint takes them."""
         fingerprint = settings.fingerprint
         if self.fingerprint not in (None, fingerprint):
-            theirs = self._written_settings()
             detail = (
                 "; ".join(theirs.differences(settings))
-                if theirs is not None and theirs.fingerprint == self.fingerprint
+                if (theirs := self._written_settings()) is not None and theirs.fingerprint == self.fingerprint
                 else f"settings fingerprint {self.fingerprint} != {fingerprint}"
             )
             raise CheckpointError(
@@ -145,8 +144,7 @@ class Checkpoint(contextlib.AbstractContextManager["Checkpoint"]):
         checkpoint's settings file. False where that cannot tell (no settings file, and not all are known)."""
         if self.fingerprint is None:
             return True  # nothing judged: the first judgments' settings will be taken
-        theirs = self._written_settings()
-        if theirs is not None and theirs.fingerprint == self.fingerprint:
+        if (theirs := self._written_settings()) is not None and theirs.fingerprint == self.fingerprint:
             self.check(dataclasses.replace(theirs, **known))
         elif known.keys() == {field.name for field in dataclasses.fields(RunSettings)}:
             self.check(RunSettings(**known))
@@ -171,8 +169,7 @@ class Checkpoint(contextlib.AbstractContextManager["Checkpoint"]):
     def append(self, records: Sequence[PairRecord]) -> None:
         """Write the records as whole lines, straight to the kernel; an ``OSError`` (a full disk) may leave
         a torn last line, which the next run drops: the run must stop there."""
-        wrong = next((r for r in records if r.settings != self.fingerprint), None)
-        if wrong is not None:
+        if (wrong := next((r for r in records if r.settings != self.fingerprint), None)) is not None:
             raise CheckpointError(
                 f"a judgment was made with settings {wrong.settings}, not this checkpoint's {self.fingerprint}"
             )

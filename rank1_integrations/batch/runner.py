@@ -311,20 +311,17 @@ def known_settings(engine: Engine) -> dict[str, Any]:
     settings = engine.settings if isinstance(engine, RayEngine) else engine
     if not isinstance(settings, Rank1Settings):
         raise _not_an_engine(engine)
-    known: dict[str, Any] = {
+    # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
+    # context it is told to have.
+    given = {"model": settings.model, "context_size": settings.context_size}
+    if settings.context_size is None and settings.embedded:
+        given["context_size"] = settings.engine_args.get("max_model_len")
+    return {
         "template": resolve_template(settings.template),
         "max_reasoning_tokens": settings.max_reasoning_tokens,
         **effort_of(settings),
+        **{name: value for name, value in given.items() if value is not None},
     }
-    # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
-    # context it is told to have.
-    context = settings.context_size
-    if context is None and settings.embedded:
-        context = settings.engine_args.get("max_model_len")
-    for name, value in (("model", settings.model), ("context_size", context)):
-        if value is not None:
-            known[name] = value
-    return known
 
 
 def open_judge(engine: Engine, *, max_in_flight: int | None) -> InProcessJudge | RayJudge:
