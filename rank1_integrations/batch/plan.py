@@ -81,16 +81,13 @@ class Plan:
             states = self.checkpoint.states(ranking.qid, top)
             done = [d for d, state in states.items() if state.judged]
             judged += len(done)
-            if states:
-                texts = self.corpus.texts(list(states))
-                refused = sum(_refused(states[d], query, texts[d]) for d in states if d in texts)
-                invalid += refused
-                failed += len(states) - len(done) - refused
-                changed += [
-                    f"{ranking.qid}/{d}"
-                    for d in done
-                    if d in texts and text_digest(query, texts[d]) != states[d].digest
-                ]
+            texts = self.corpus.texts(list(states))
+            refused = sum(_refused(states[d], query, texts[d]) for d in states if d in texts)
+            invalid += refused
+            failed += len(states) - len(done) - refused
+            changed += [
+                f"{ranking.qid}/{d}" for d in done if d in texts and text_digest(query, texts[d]) != states[d].digest
+            ]
         if no_query:
             raise InvalidInputError(
                 f"{len(no_query)} queries of the run are not in the queries file, e.g. {no_query[:SHOWN]}"
@@ -109,8 +106,6 @@ class Plan:
         for ranking, top in self.rankings():
             states = self.checkpoint.states(ranking.qid, top)
             todo = [d for d in top if not (d in states and states[d].judged)]
-            if not todo:
-                continue
             texts = self.corpus.texts(todo)
             query = self.queries[ranking.qid]
             todo = [d for d in todo if not (d in states and _refused(states[d], query, texts[d]))]
