@@ -84,8 +84,7 @@ class Checkpoint(contextlib.AbstractContextManager["Checkpoint"]):
                 " PRIMARY KEY (qid, docid)) WITHOUT ROWID; CREATE INDEX pairs_by_offset ON pairs (offset);"
             )
             self._end = self._load()
-            with contextlib.suppress(FileNotFoundError):
-                self._compacting.unlink()  # left by a run killed while compacting; the file itself is whole
+            self._compacting.unlink(missing_ok=True)  # left by a run killed while compacting; the file itself is whole
         except BaseException:
             self._held.close()
             raise
@@ -244,8 +243,7 @@ class Checkpoint(contextlib.AbstractContextManager["Checkpoint"]):
         )
 
     def _sync(self) -> None:
-        if not self._writer.closed:
-            os.fsync(self._writer.fileno())
+        os.fsync(self._writer.fileno())  # a closed writer (a failed compaction) raises ValueError
         self._synced_at = time.monotonic()
 
 
@@ -281,8 +279,7 @@ def _lock(lock_path: Path, path: Path) -> int:
 
 def _unlock(fd: int, lock_path: Path) -> None:
     """Remove the lock file while still holding it (a run that opened it meanwhile sees it gone), then release."""
-    with contextlib.suppress(FileNotFoundError):
-        lock_path.unlink()
+    lock_path.unlink(missing_ok=True)
     os.close(fd)
 
 

@@ -169,20 +169,15 @@ class RayJudge:
         """The pairs as object-store blocks of ``batch_size`` rows (only one block is in this process at a time)."""
         refs: list[Any] = []
         rows: list[dict[str, str]] = []
-
-        def put() -> None:
-            refs.append(self._ray.put(self._pa.Table.from_pylist(rows)))
-            rows.clear()
-
         for unit in units:
-            for docid, passage in zip(unit.docids, unit.passages, strict=True):
-                rows.append({"qid": unit.qid, "docid": docid, "query": unit.query, "passage": passage})
-                if len(rows) >= self.spec.batch_size and not self._whole:
-                    put()
-            if self._whole and len(rows) >= self.spec.batch_size:
-                put()
+            pairs = zip(unit.docids, unit.passages, strict=True)
+            rows += ({"qid": unit.qid, "docid": d, "query": unit.query, "passage": p} for d, p in pairs)
+            while len(rows) >= self.spec.batch_size:  # under adaptive effort, whole queries
+                size = len(rows) if self._whole else self.spec.batch_size
+                refs.append(self._ray.put(self._pa.Table.from_pylist(rows[:size])))
+                del rows[:size]
         if rows:
-            put()
+            refs.append(self._ray.put(self._pa.Table.from_pylist(rows)))
         return refs
 
     def close(self) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -194,10 +195,9 @@ def _check_paths(inputs: Mapping[str, str | Path | None], out: Path, judgments: 
         ("reasoning", checkpoint, sources),
         ("out", out_files, [*sources, *(("the checkpoint's files", path) for path in checkpoint)]),
     ):
-        for path in written:
-            for what, other in kept:
-                if _overlap(path, other):
-                    raise InvalidInputError(f"{name} {written[0]} would write over {what} ({other}): choose another")
+        for path, (what, other) in itertools.product(written, kept):
+            if _overlap(path, other):
+                raise InvalidInputError(f"{name} {written[0]} would write over {what} ({other}): choose another")
 
 
 def _overlap(a: Path, b: Path) -> bool:
