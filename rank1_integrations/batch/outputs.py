@@ -55,10 +55,9 @@ class Evaluation:
             raise InvalidInputError(f"not an ir-measures measure in {list(measures)}: {err}") from None
         if not self._measures:
             raise InvalidInputError("no measures to evaluate")
-        self._qrels: Callable[[], Any]
         if isinstance(qrels, str) and qrels.startswith(IRDS_PREFIX):
             irds = require("ir_datasets", extras=("eval",), purpose="Reading ir_datasets qrels")
-            self._qrels = irds.load(qrels[len(IRDS_PREFIX) :]).qrels_iter
+            self._qrels: Callable[[], Any] = irds.load(qrels[len(IRDS_PREFIX) :]).qrels_iter
         elif Path(qrels).is_file():
             self._qrels = functools.partial(self._ir.read_trec_qrels, str(qrels))
         else:

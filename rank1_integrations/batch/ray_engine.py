@@ -104,8 +104,6 @@ class RayJudge:
     """Runs a :class:`RayEngine`; starts (and later stops) a local Ray instance unless one is running."""
 
     def __init__(self, spec: RayEngine) -> None:
-        if not isinstance(spec.settings, Rank1Settings):
-            raise InvalidInputError("RayEngine.settings must be a Rank1Settings")
         for name, least in (("num_engines", 1), ("batch_size", 1)):
             value = getattr(spec, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:

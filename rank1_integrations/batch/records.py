@@ -129,12 +129,9 @@ class PairRecord:
     @classmethod
     def from_json(cls, line: str | bytes) -> PairRecord:
         """Parse one line; ``ValueError`` when it is not a well-formed record."""
-        data = json.loads(line)
-        if not isinstance(data, dict):
-            raise ValueError("a record must be a JSON object")
         try:
-            r = cls(**data)
-        except TypeError as err:
+            r = cls(**json.loads(line))
+        except TypeError as err:  # also where the line is not a JSON object
             raise ValueError(f"not a judgment record: {err}") from None
         texts = (r.qid, r.docid, r.reasoning, r.settings, r.text_digest)
         if not all(isinstance(t, str) for t in texts) or not r.qid or not r.docid:

@@ -310,7 +310,9 @@ def known_settings(engine: Engine) -> dict[str, Any]:
         return asdict(RunSettings.of(engine))
     settings = engine.settings if isinstance(engine, RayEngine) else engine
     if not isinstance(settings, Rank1Settings):
-        raise _not_an_engine(engine)
+        raise InvalidInputError(
+            f"engine must be a Rank1Reranker, Rank1Settings or RayEngine, got {type(engine).__name__}"
+        )
     # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
     # context it is told to have.
     given = {"model": settings.model, "context_size": settings.context_size}
@@ -336,10 +338,4 @@ def open_judge(engine: Engine, *, max_in_flight: int | None) -> InProcessJudge |
         # Servers: twice the requests in flight, so each server has its next requests waiting.
         window = DEFAULT_MAX_IN_FLIGHT if engine.embedded else 2 * engine.max_concurrency
         return InProcessJudge(run_reranker(engine), max_in_flight=max_in_flight or window, owned=True)
-    if isinstance(engine, RayEngine):
-        return RayJudge(engine)
-    raise _not_an_engine(engine)
-
-
-def _not_an_engine(engine: object) -> InvalidInputError:
-    return InvalidInputError(f"engine must be a Rank1Reranker, Rank1Settings or RayEngine, got {type(engine).__name__}")
+    return RayJudge(engine)  # known_settings refused any other engine
