@@ -73,8 +73,7 @@ class Plan:
         for ranking, top in self.rankings():
             queries += 1
             pairs += len(top)
-            query = self.queries.get(ranking.qid)
-            if query is None:
+            if (query := self.queries.get(ranking.qid)) is None:
                 no_query.append(ranking.qid)
                 continue
             no_doc += [f"{ranking.qid}/{d}" for d in self.corpus.missing(top)]

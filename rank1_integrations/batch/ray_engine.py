@@ -73,8 +73,7 @@ def _backend_error(err: Exception) -> BackendError:
         pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
     # An actor that died in __init__ leaves only the text of its traceback.
     text = _ANSI.sub("", str(err))
-    named = _RANK1_ERROR_LINE.findall(text)
-    if named:
+    if named := _RANK1_ERROR_LINE.findall(text):
         name, message = named[-1]
         return BackendError(f"a Ray actor failed: {name}: {message[:500]}")
     first_line = (text.strip().splitlines() or [""])[0][:500]

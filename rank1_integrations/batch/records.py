@@ -66,8 +66,13 @@ class RunSettings:
 
     def differences(self, other: RunSettings) -> list[str]:
         """``name: ours != theirs`` for each setting that differs (templates shortened)."""
+
+        def short(value: object) -> str:
+            text = repr(value)
+            return text if len(text) <= 60 else text[:56] + "...'"
+
         ours, theirs = asdict(self), asdict(other)
-        return [f"{n}: {_short(ours[n])} != {_short(theirs[n])}" for n in ours if ours[n] != theirs[n]]
+        return [f"{n}: {short(ours[n])} != {short(theirs[n])}" for n in ours if ours[n] != theirs[n]]
 
 
 _ALWAYS = ("model", "template", "max_reasoning_tokens", "context_size")
@@ -158,8 +163,3 @@ class PairRecord:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
