@@ -13,8 +13,7 @@ import pytest
 
 from rank1_integrations import BackendError, InvalidInputError, Judgment
 from rank1_integrations.batch import checkpoint as checkpoint_module
-from rank1_integrations.batch.checkpoint import Checkpoint, PairState
-from rank1_integrations.batch.errors import CheckpointError
+from rank1_integrations.batch.checkpoint import Checkpoint, CheckpointError, PairState
 from rank1_integrations.batch.inputs import JsonlCorpus, passage_text, read_queries, read_run
 from rank1_integrations.batch.outputs import read_trec, reranked, write_trec
 from rank1_integrations.batch.plan import Plan, WorkUnit

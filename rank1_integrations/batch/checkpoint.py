@@ -17,11 +17,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from rank1_integrations.batch.errors import CheckpointError
 from rank1_integrations.batch.inputs import select_in
 from rank1_integrations.batch.records import PairRecord, RunSettings
+from rank1_integrations.errors import InvalidInputError, Rank1Error
 
-__all__ = ["Checkpoint", "PairState", "side_files", "write_atomically"]
+__all__ = ["Checkpoint", "CheckpointError", "PairState", "StorageError", "side_files", "write_atomically"]
 
 logger = logging.getLogger("rank1_integrations.batch")
 
@@ -32,6 +32,16 @@ _SIDE_SUFFIXES = (".settings.json", ".settings.json.tmp", ".compacting", ".lock"
 def side_files(path: Path) -> list[Path]:
     """What a checkpoint at ``path`` writes beside it: settings (and temporary), compacted copy, lock, scratch."""
     return [path.with_name(path.name + suffix) for suffix in _SIDE_SUFFIXES]
+
+
+class CheckpointError(InvalidInputError):
+    """The checkpoint (the judgments JSONL) cannot be resumed by this run: other settings or texts, another run
+    writing it, or a line that is not a record (a torn last line aside). Nothing in it is changed."""
+
+
+class StorageError(Rank1Error, OSError):
+    """An OS error on the run's files (a full disk, a file size limit, permissions): the run stopped, its
+    checkpoint closed with every judgment written kept; the same command resumes once the cause is fixed."""
 
 
 class PairState(NamedTuple):
@@ -46,7 +56,7 @@ class PairState(NamedTuple):
     """Refused as invalid input (of the texts with ``digest``)."""
 
 
-class Checkpoint:
+class Checkpoint(contextlib.AbstractContextManager["Checkpoint"]):
     """One run's judgments file, locked for this process while it is open."""
 
     def __init__(self, path: Path, *, fsync_interval: float = 5.0) -> None:
@@ -74,8 +84,7 @@ class Checkpoint:
                 " PRIMARY KEY (qid, docid)) WITHOUT ROWID; CREATE INDEX pairs_by_offset ON pairs (offset);"
             )
             self._end = self._load()
-            with contextlib.suppress(FileNotFoundError):
-                self._compacting.unlink()  # left by a run killed while compacting; the file itself is whole
+            self._compacting.unlink(missing_ok=True)  # left by a run killed while compacting; the file itself is whole
         except BaseException:
             self._held.close()
             raise
@@ -115,10 +124,9 @@ class Checkpoint:
         """Refuse ``settings`` unless its records were judged with them; an empty checkpoint takes them."""
         fingerprint = settings.fingerprint
         if self.fingerprint not in (None, fingerprint):
-            theirs = self._written_settings()
             detail = (
                 "; ".join(theirs.differences(settings))
-                if theirs is not None and theirs.fingerprint == self.fingerprint
+                if (theirs := self._written_settings()) is not None and theirs.fingerprint == self.fingerprint
                 else f"settings fingerprint {self.fingerprint} != {fingerprint}"
             )
             raise CheckpointError(
@@ -135,8 +143,7 @@ class Checkpoint:
         checkpoint's settings file. False where that cannot tell (no settings file, and not all are known)."""
         if self.fingerprint is None:
             return True  # nothing judged: the first judgments' settings will be taken
-        theirs = self._written_settings()
-        if theirs is not None and theirs.fingerprint == self.fingerprint:
+        if (theirs := self._written_settings()) is not None and theirs.fingerprint == self.fingerprint:
             self.check(dataclasses.replace(theirs, **known))
         elif known.keys() == {field.name for field in dataclasses.fields(RunSettings)}:
             self.check(RunSettings(**known))
@@ -161,8 +168,7 @@ class Checkpoint:
     def append(self, records: Sequence[PairRecord]) -> None:
         """Write the records as whole lines, straight to the kernel; an ``OSError`` (a full disk) may leave
         a torn last line, which the next run drops: the run must stop there."""
-        wrong = next((r for r in records if r.settings != self.fingerprint), None)
-        if wrong is not None:
+        if (wrong := next((r for r in records if r.settings != self.fingerprint), None)) is not None:
             raise CheckpointError(
                 f"a judgment was made with settings {wrong.settings}, not this checkpoint's {self.fingerprint}"
             )
@@ -188,29 +194,26 @@ class Checkpoint:
         """Rewrite the file atomically, one line per pair: the run's pairs in ``order``, then any others as before."""
         self._sync()
         db = self._db
+
+        def pairs() -> Iterator[tuple[str, str, int]]:
+            for qid, docids in order:
+                states = self.states(qid, docids)
+                yield from ((qid, docid, states[docid].offset) for docid in docids if docid in states)
+            last = -1
+            others = "SELECT qid, docid, offset FROM pairs WHERE emitted = 0 AND offset > ? ORDER BY offset LIMIT 1000"
+            while rows := db.execute(others, (last,)).fetchall():  # pairs outside this run, in file order
+                yield from rows
+                last = rows[-1][2]
+
         with write_atomically(self.path, self._compacting) as out:
             written = 0
-
-            def copy(qid: str, docid: str, offset: int) -> None:
-                nonlocal written
+            for qid, docid, offset in pairs():
                 line = self.read(offset)
                 out.write(line)
                 db.execute(
                     "UPDATE pairs SET new_offset = ?, emitted = 1 WHERE qid = ? AND docid = ?", (written, qid, docid)
                 )
                 written += len(line)
-
-            for qid, docids in order:
-                states = self.states(qid, docids)
-                for docid in docids:
-                    if docid in states:
-                        copy(qid, docid, states[docid].offset)
-            last = -1
-            others = "SELECT qid, docid, offset FROM pairs WHERE emitted = 0 AND offset > ? ORDER BY offset LIMIT 1000"
-            while rows := db.execute(others, (last,)).fetchall():  # pairs outside this run, in file order
-                for qid, docid, offset in rows:
-                    copy(qid, docid, offset)
-                    last = offset
         # Write and read the new file from now on (the lock file stays locked), and point the index at its lines.
         self._writer.close()
         self._reader.close()
@@ -226,9 +229,6 @@ class Checkpoint:
             self._sync()
         self._held.close()  # unbuffered files: nothing left to write
 
-    def __enter__(self) -> Checkpoint:
-        return self
-
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
@@ -243,8 +243,7 @@ class Checkpoint:
         )
 
     def _sync(self) -> None:
-        if not self._writer.closed:
-            os.fsync(self._writer.fileno())
+        os.fsync(self._writer.fileno())  # a closed writer (a failed compaction) raises ValueError
         self._synced_at = time.monotonic()
 
 
@@ -280,8 +279,7 @@ def _lock(lock_path: Path, path: Path) -> int:
 
 def _unlock(fd: int, lock_path: Path) -> None:
     """Remove the lock file while still holding it (a run that opened it meanwhile sees it gone), then release."""
-    with contextlib.suppress(FileNotFoundError):
-        lock_path.unlink()
+    lock_path.unlink(missing_ok=True)
     os.close(fd)
 
 

@@ -89,7 +89,6 @@ class JsonlCorpus:
     """A BEIR ``corpus.jsonl`` (``_id``, ``title``, ``text``): scanned once into an on-disk index of offsets."""
 
     def __init__(self, path: Path, index_path: Path) -> None:
-        self.path = path
         self._file = _open(path, "rb")
         self._db = sqlite3.connect(index_path)
         try:
@@ -97,23 +96,19 @@ class JsonlCorpus:
                 "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                 "CREATE TABLE docs (docid TEXT PRIMARY KEY, offset INTEGER NOT NULL) WITHOUT ROWID;"
             )
-            self._index()
+            offset = 0
+            for number, line in enumerate(self._file, start=1):
+                if line.strip():
+                    docid = _line_id(path, number, line, "corpus")[0]
+                    try:
+                        self._db.execute("INSERT INTO docs VALUES (?, ?)", (docid, offset))
+                    except sqlite3.IntegrityError:
+                        raise InvalidInputError(f"{path}:{number}: document id {docid!r} appears twice") from None
+                offset += len(line)
+            self._db.commit()
         except BaseException:
             self.close()
             raise
-
-    def _index(self) -> None:
-        insert = "INSERT INTO docs VALUES (?, ?)"
-        offset = 0
-        for number, line in enumerate(self._file, start=1):
-            if line.strip():
-                docid = _line_id(self.path, number, line, "corpus")[0]
-                try:
-                    self._db.execute(insert, (docid, offset))
-                except sqlite3.IntegrityError:
-                    raise InvalidInputError(f"{self.path}:{number}: document id {docid!r} appears twice") from None
-            offset += len(line)
-        self._db.commit()
 
     def _offsets(self, docids: Sequence[str]) -> dict[str, int]:
         return dict(select_in(self._db, "SELECT docid, offset FROM docs WHERE docid IN ({})", docids))

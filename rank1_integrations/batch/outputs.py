@@ -19,10 +19,9 @@ __all__ = ["DEFAULT_MEASURES", "Evaluation", "read_trec", "reranked", "write_tre
 def reranked(docids: Sequence[str], top: Sequence[str], states: Mapping[str, PairState]) -> list[str]:
     """One query's new order: ``top``'s judged documents by rank1 score (ties in first-stage order), then its
     unjudged ones, then those below the depth, both as the first stage ranked them."""
-    first_stage = {docid: rank for rank, docid in enumerate(top)}
     judged = [d for d in top if d in states and states[d].judged]
     unjudged = [d for d in top if d not in states or not states[d].judged]
-    judged.sort(key=lambda d: (-(states[d].score or 0.0), first_stage[d]))
+    judged.sort(key=lambda d: -(states[d].score or 0.0))  # stable: ties stay in first-stage order
     return judged + unjudged + list(docids[len(top) :])
 
 
@@ -31,9 +30,8 @@ def write_trec(path: Path, rankings: Iterable[tuple[str, Sequence[str]]], tag: s
     (trec_eval sorts by score and would break ties its own way); rank1's scores are in the judgments file."""
     with write_atomically(path) as out:
         for qid, docids in rankings:
-            count = len(docids)
             out.writelines(
-                f"{qid} Q0 {docid} {rank} {count - rank + 1} {tag}\n".encode() for rank, docid in enumerate(docids, 1)
+                f"{qid} Q0 {d} {rank} {len(docids) - rank + 1} {tag}\n".encode() for rank, d in enumerate(docids, 1)
             )
 
 
@@ -57,10 +55,9 @@ class Evaluation:
             raise InvalidInputError(f"not an ir-measures measure in {list(measures)}: {err}") from None
         if not self._measures:
             raise InvalidInputError("no measures to evaluate")
-        self._qrels: Callable[[], Any]
         if isinstance(qrels, str) and qrels.startswith(IRDS_PREFIX):
             irds = require("ir_datasets", extras=("eval",), purpose="Reading ir_datasets qrels")
-            self._qrels = irds.load(qrels[len(IRDS_PREFIX) :]).qrels_iter
+            self._qrels: Callable[[], Any] = irds.load(qrels[len(IRDS_PREFIX) :]).qrels_iter
         elif Path(qrels).is_file():
             self._qrels = functools.partial(self._ir.read_trec_qrels, str(qrels))
         else:

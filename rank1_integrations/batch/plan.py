@@ -7,8 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from rank1_integrations.batch.checkpoint import Checkpoint, PairState
-from rank1_integrations.batch.errors import CheckpointError
+from rank1_integrations.batch.checkpoint import Checkpoint, CheckpointError, PairState
 from rank1_integrations.batch.inputs import Corpus, QueryRun, read_run
 from rank1_integrations.batch.records import PairRecord, text_digest
 from rank1_integrations.errors import InvalidInputError
@@ -70,30 +69,24 @@ class Plan:
     def survey(self) -> Survey:
         """Count the work; refuse a run whose queries or documents are missing or whose texts changed."""
         queries = pairs = judged = failed = invalid = 0
-        no_query: list[str] = []
-        no_doc: list[str] = []
-        changed: list[str] = []
+        no_query, no_doc, changed = [], [], []
         for ranking, top in self.rankings():
             queries += 1
             pairs += len(top)
-            query = self.queries.get(ranking.qid)
-            if query is None:
+            if (query := self.queries.get(ranking.qid)) is None:
                 no_query.append(ranking.qid)
                 continue
             no_doc += [f"{ranking.qid}/{d}" for d in self.corpus.missing(top)]
             states = self.checkpoint.states(ranking.qid, top)
             done = [d for d, state in states.items() if state.judged]
             judged += len(done)
-            if states:
-                texts = self.corpus.texts(list(states))
-                refused = sum(_refused(states[d], query, texts[d]) for d in states if d in texts)
-                invalid += refused
-                failed += len(states) - len(done) - refused
-                changed += [
-                    f"{ranking.qid}/{d}"
-                    for d in done
-                    if d in texts and text_digest(query, texts[d]) != states[d].digest
-                ]
+            texts = self.corpus.texts(list(states))
+            refused = sum(_refused(states[d], query, texts[d]) for d in states if d in texts)
+            invalid += refused
+            failed += len(states) - len(done) - refused
+            changed += [
+                f"{ranking.qid}/{d}" for d in done if d in texts and text_digest(query, texts[d]) != states[d].digest
+            ]
         if no_query:
             raise InvalidInputError(
                 f"{len(no_query)} queries of the run are not in the queries file, e.g. {no_query[:SHOWN]}"
@@ -112,8 +105,6 @@ class Plan:
         for ranking, top in self.rankings():
             states = self.checkpoint.states(ranking.qid, top)
             todo = [d for d in top if not (d in states and states[d].judged)]
-            if not todo:
-                continue
             texts = self.corpus.texts(todo)
             query = self.queries[ranking.qid]
             todo = [d for d in todo if not (d in states and _refused(states[d], query, texts[d]))]

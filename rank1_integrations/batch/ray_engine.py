@@ -73,8 +73,7 @@ def _backend_error(err: Exception) -> BackendError:
         pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
     # An actor that died in __init__ leaves only the text of its traceback.
     text = _ANSI.sub("", str(err))
-    named = _RANK1_ERROR_LINE.findall(text)
-    if named:
+    if named := _RANK1_ERROR_LINE.findall(text):
         name, message = named[-1]
         return BackendError(f"a Ray actor failed: {name}: {message[:500]}")
     first_line = (text.strip().splitlines() or [""])[0][:500]
@@ -104,8 +103,6 @@ class RayJudge:
     """Runs a :class:`RayEngine`; starts (and later stops) a local Ray instance unless one is running."""
 
     def __init__(self, spec: RayEngine) -> None:
-        if not isinstance(spec.settings, Rank1Settings):
-            raise InvalidInputError("RayEngine.settings must be a Rank1Settings")
         for name, least in (("num_engines", 1), ("batch_size", 1)):
             value = getattr(spec, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -169,20 +166,15 @@ class RayJudge:
         """The pairs as object-store blocks of ``batch_size`` rows (only one block is in this process at a time)."""
         refs: list[Any] = []
         rows: list[dict[str, str]] = []
-
-        def put() -> None:
-            refs.append(self._ray.put(self._pa.Table.from_pylist(rows)))
-            rows.clear()
-
         for unit in units:
-            for docid, passage in zip(unit.docids, unit.passages, strict=True):
-                rows.append({"qid": unit.qid, "docid": docid, "query": unit.query, "passage": passage})
-                if len(rows) >= self.spec.batch_size and not self._whole:
-                    put()
-            if self._whole and len(rows) >= self.spec.batch_size:
-                put()
+            pairs = zip(unit.docids, unit.passages, strict=True)
+            rows += ({"qid": unit.qid, "docid": d, "query": unit.query, "passage": p} for d, p in pairs)
+            while len(rows) >= self.spec.batch_size:  # under adaptive effort, whole queries
+                size = len(rows) if self._whole else self.spec.batch_size
+                refs.append(self._ray.put(self._pa.Table.from_pylist(rows[:size])))
+                del rows[:size]
         if rows:
-            put()
+            refs.append(self._ray.put(self._pa.Table.from_pylist(rows)))
         return refs
 
     def close(self) -> None:

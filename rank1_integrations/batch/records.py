@@ -57,8 +57,7 @@ class RunSettings:
         return settings
 
     def to_dict(self) -> dict[str, Any]:
-        fields = asdict(self)
-        return {name: value for name, value in fields.items() if name in _ALWAYS or value not in (None, "full")}
+        return {name: value for name, value in asdict(self).items() if name in _ALWAYS or value not in (None, "full")}
 
     @property
     def fingerprint(self) -> str:
@@ -67,8 +66,13 @@ class RunSettings:
 
     def differences(self, other: RunSettings) -> list[str]:
         """``name: ours != theirs`` for each setting that differs (templates shortened)."""
+
+        def short(value: object) -> str:
+            text = repr(value)
+            return text if len(text) <= 60 else text[:56] + "...'"
+
         ours, theirs = asdict(self), asdict(other)
-        return [f"{n}: {_short(ours[n])} != {_short(theirs[n])}" for n in ours if ours[n] != theirs[n]]
+        return [f"{n}: {short(ours[n])} != {short(theirs[n])}" for n in ours if ours[n] != theirs[n]]
 
 
 _ALWAYS = ("model", "template", "max_reasoning_tokens", "context_size")
@@ -130,12 +134,9 @@ class PairRecord:
     @classmethod
     def from_json(cls, line: str | bytes) -> PairRecord:
         """Parse one line; ``ValueError`` when it is not a well-formed record."""
-        data = json.loads(line)
-        if not isinstance(data, dict):
-            raise ValueError("a record must be a JSON object")
         try:
-            r = cls(**data)
-        except TypeError as err:
+            r = cls(**json.loads(line))
+        except TypeError as err:  # also where the line is not a JSON object
             raise ValueError(f"not a judgment record: {err}") from None
         texts = (r.qid, r.docid, r.reasoning, r.settings, r.text_digest)
         if not all(isinstance(t, str) for t in texts) or not r.qid or not r.docid:
@@ -162,8 +163,3 @@ class PairRecord:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -14,21 +15,32 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rank1_integrations.batch.checkpoint import Checkpoint, side_files
-from rank1_integrations.batch.errors import IncompleteRunError, StorageError
+from rank1_integrations.batch.checkpoint import Checkpoint, StorageError, side_files
 from rank1_integrations.batch.inputs import IRDS_PREFIX, open_corpus, read_queries
 from rank1_integrations.batch.outputs import DEFAULT_MEASURES, Evaluation, read_trec, reranked, write_trec
 from rank1_integrations.batch.plan import SHOWN, Plan, WorkUnit, judged_records, run_reranker
 from rank1_integrations.batch.ray_engine import RayEngine, RayJudge
 from rank1_integrations.batch.records import PairRecord, RunSettings, effort_of
 from rank1_integrations.core.templates import resolve_template
-from rank1_integrations.errors import InvalidInputError
+from rank1_integrations.errors import InvalidInputError, Rank1Error
 from rank1_integrations.reranker import Rank1Reranker
 from rank1_integrations.settings import Rank1Settings
 
-__all__ = ["Engine", "RerankedRun", "RunSummary", "rerank_run"]
+__all__ = ["Engine", "IncompleteRunError", "RerankedRun", "RunSummary", "rerank_run"]
 
 logger = logging.getLogger("rank1_integrations.batch")
+
+
+class IncompleteRunError(Rank1Error):
+    """A run ended with pairs that could not be judged (their errors are in the checkpoint): the same command
+    retries them, but for the ``invalid`` ones, attempted again only once their texts change."""
+
+    def __init__(self, message: str, *, failed: int, total: int, invalid: int = 0) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.total = total
+        self.invalid = invalid
+        """How many of the ``failed`` pairs are invalid input."""
 
 
 @dataclass
@@ -110,50 +122,61 @@ def rerank_run(
         raise InvalidInputError(f"the run file {run_path} does not exist")
     _check_paths({"run": run, "corpus": corpus, "queries": queries, "qrels": qrels}, out_path, judgments_path)
     evaluation = Evaluation(qrels, measures) if qrels is not None else None
-    for name, path in (("out", out_path), ("reasoning", judgments_path)):
-        _make_folder(name, path)
-    with _storage_errors(judgments_path), Checkpoint(judgments_path, fsync_interval=fsync_interval) as checkpoint:
-        if checkpoint.records:
-            note(f"Resuming: {judgments_path} holds {checkpoint.records} records")
-        texts = read_queries(queries)
-        with contextlib.closing(open_corpus(corpus, checkpoint.work_dir / "corpus.sqlite")) as documents:
-            plan = Plan(run_path, queries=texts, corpus=documents, checkpoint=checkpoint, depth=depth)
-            survey = plan.survey()
-            note(
-                f"{survey.queries} queries, {survey.pairs} pairs: {survey.judged} judged before, "
-                f"{survey.remaining} to judge ({survey.failed} of them failed before), "
-                f"{survey.invalid} invalid input (not judged again)"
-            )
-            summary = RunSummary(pairs=survey.pairs, from_checkpoint=survey.judged)
-            # Other settings are refused before any engine starts, where the checkpoint's settings file can tell.
-            told = checkpoint.check_known(known_settings(engine))
-            if survey.remaining or not told:
-                with contextlib.closing(open_judge(engine, max_in_flight=max_in_flight)) as judge:
-                    if survey.remaining:
-                        _judge_all(plan, checkpoint, judge, summary, survey.remaining, progress)
-                    else:
-                        checkpoint.check(judge.probe_settings())
-            checkpoint.compact((ranking.qid, top) for ranking, top in plan.rankings())
-            refused: list[str] = []
-            for ranking, top in plan.rankings():
-                for docid, state in checkpoint.states(ranking.qid, top).items():
-                    summary.judged += state.judged
-                    summary.forced += state.judged and state.forced
-                    summary.invalid += state.invalid
-                    if state.invalid and len(refused) < SHOWN:
-                        error = PairRecord.from_json(checkpoint.read(state.offset)).error
-                        refused.append(f"{ranking.qid}/{docid} ({error})")
-            summary.failed = summary.pairs - summary.judged
-            note(summary.text())
-            if summary.failed and not allow_failures:
-                raise _incomplete(summary, refused, judgments_path)
-            write_trec(
-                out_path,
-                (
-                    (ranking.qid, reranked(ranking.docids, top, checkpoint.states(ranking.qid, top)))
-                    for ranking, top in plan.rankings()
-                ),
-            )
+    for name, path in (("out", out_path), ("reasoning", judgments_path)):  # fail before anything is judged
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InvalidInputError(f"cannot create the folder of {name} {path}: {err.strerror or err}") from None
+        if path.is_dir():
+            raise InvalidInputError(f"{name} {path} is a folder: name a file")
+    try:
+        with Checkpoint(judgments_path, fsync_interval=fsync_interval) as checkpoint:
+            if checkpoint.records:
+                note(f"Resuming: {judgments_path} holds {checkpoint.records} records")
+            texts = read_queries(queries)
+            with contextlib.closing(open_corpus(corpus, checkpoint.work_dir / "corpus.sqlite")) as documents:
+                plan = Plan(run_path, queries=texts, corpus=documents, checkpoint=checkpoint, depth=depth)
+                survey = plan.survey()
+                note(
+                    f"{survey.queries} queries, {survey.pairs} pairs: {survey.judged} judged before, "
+                    f"{survey.remaining} to judge ({survey.failed} of them failed before), "
+                    f"{survey.invalid} invalid input (not judged again)"
+                )
+                summary = RunSummary(pairs=survey.pairs, from_checkpoint=survey.judged)
+                # Other settings are refused before any engine starts, where the checkpoint's settings file can tell.
+                if not checkpoint.check_known(known_settings(engine)) or survey.remaining:
+                    with contextlib.closing(open_judge(engine, max_in_flight=max_in_flight)) as judge:
+                        if survey.remaining:
+                            _judge_all(plan, checkpoint, judge, summary, survey.remaining, progress)
+                        else:
+                            checkpoint.check(judge.probe_settings())
+                checkpoint.compact((ranking.qid, top) for ranking, top in plan.rankings())
+                refused: list[str] = []
+                for ranking, top in plan.rankings():
+                    for docid, state in checkpoint.states(ranking.qid, top).items():
+                        summary.judged += state.judged
+                        summary.forced += state.judged and state.forced
+                        summary.invalid += state.invalid
+                        if state.invalid and len(refused) < SHOWN:
+                            error = PairRecord.from_json(checkpoint.read(state.offset)).error
+                            refused.append(f"{ranking.qid}/{docid} ({error})")
+                summary.failed = summary.pairs - summary.judged
+                note(summary.text())
+                if summary.failed and not allow_failures:
+                    raise _incomplete(summary, refused, judgments_path)
+                write_trec(
+                    out_path,
+                    (
+                        (ranking.qid, reranked(ranking.docids, top, checkpoint.states(ranking.qid, top)))
+                        for ranking, top in plan.rankings()
+                    ),
+                )
+    except (OSError, sqlite3.Error) as err:  # a full disk, a file size limit: raised once the checkpoint is closed
+        raise StorageError(
+            f"the run stopped on an OS error ({type(err).__name__}: {err}); the judgments written before are kept "
+            f"in {judgments_path}: fix the cause (disk space, a file size limit, permissions) and run the same "
+            "command again to resume"
+        ) from err
     note(f"Wrote {out_path} and {judgments_path}")
     metrics = evaluation({"first stage": run_path, "rank1": out_path}) if evaluation is not None else None
     return RerankedRun(out_path, judgments_path, summary, metrics)
@@ -172,10 +195,9 @@ def _check_paths(inputs: Mapping[str, str | Path | None], out: Path, judgments: 
         ("reasoning", checkpoint, sources),
         ("out", out_files, [*sources, *(("the checkpoint's files", path) for path in checkpoint)]),
     ):
-        for path in written:
-            for what, other in kept:
-                if _overlap(path, other):
-                    raise InvalidInputError(f"{name} {written[0]} would write over {what} ({other}): choose another")
+        for path, (what, other) in itertools.product(written, kept):
+            if _overlap(path, other):
+                raise InvalidInputError(f"{name} {written[0]} would write over {what} ({other}): choose another")
 
 
 def _overlap(a: Path, b: Path) -> bool:
@@ -187,29 +209,6 @@ def _overlap(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return False
-
-
-def _make_folder(name: str, path: Path) -> None:
-    """Create an output's folder now: one that cannot be written fails before anything is judged."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InvalidInputError(f"cannot create the folder of {name} {path}: {err.strerror or err}") from None
-    if path.is_dir():
-        raise InvalidInputError(f"{name} {path} is a folder: name a file")
-
-
-@contextlib.contextmanager
-def _storage_errors(judgments: Path) -> Iterator[None]:
-    """An OS error (a full disk, a file size limit) as a :class:`StorageError`, raised once the checkpoint is closed."""
-    try:
-        yield
-    except (OSError, sqlite3.Error) as err:
-        raise StorageError(
-            f"the run stopped on an OS error ({type(err).__name__}: {err}); the judgments written before are kept "
-            f"in {judgments}: fix the cause (disk space, a file size limit, permissions) and run the same command "
-            "again to resume"
-        ) from err
 
 
 def _incomplete(summary: RunSummary, refused: list[str], judgments: Path) -> IncompleteRunError:
@@ -247,12 +246,10 @@ def _judge_all(
     if judge.settings is not None:
         checkpoint.check(judge.settings)  # before any work: a mismatch costs nothing
     checked = judge.settings is not None
-    bar: Any = None
-    if progress is not False:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
+    from tqdm.auto import tqdm  # type: ignore[import-untyped,unused-ignore]
 
-        disable = None if progress is None else False  # None: shown on a terminal only
-        bar = tqdm(total=total, desc="rank1", unit="pair", dynamic_ncols=True, file=sys.stderr, disable=disable)
+    disable = None if progress is None else not progress  # None: shown on a terminal only
+    bar = tqdm(total=total, desc="rank1", unit="pair", dynamic_ncols=True, file=sys.stderr, disable=disable)
     started = time.monotonic()
     try:
         for records in judge.judge(plan.units(judge.unit_size)):
@@ -267,14 +264,12 @@ def _judge_all(
             summary.seconds = time.monotonic() - started
             if summary.first_judgment_after is None:
                 summary.first_judgment_after = summary.seconds
-            if bar is not None:
-                tokens = summary._per_second(summary.reasoning_tokens_now)
-                bar.set_postfix_str(f"{tokens:.0f} reasoning tok/s, {summary.failed_now} failed", refresh=False)
-                bar.update(len(records))
+            tokens = summary._per_second(summary.reasoning_tokens_now)
+            bar.set_postfix_str(f"{tokens:.0f} reasoning tok/s, {summary.failed_now} failed", refresh=False)
+            bar.update(len(records))
     finally:
         summary.seconds = time.monotonic() - started
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 DEFAULT_MAX_IN_FLIGHT = 1024  # pairs in flight on an embedded engine: more than vLLM runs at once
@@ -294,12 +289,11 @@ class InProcessJudge:
         # window (and so the engine or servers) full while stragglers finish. Adaptive takes whole queries.
         whole = reranker.settings.reasoning_effort == "adaptive"
         self.unit_size = 1 << 62 if whole else max(1, max_in_flight // UNITS_IN_WINDOW)
-        self._max_in_flight = max_in_flight
+        self._window = max_in_flight
         self._owned = owned
 
     def judge(self, units: Iterator[WorkUnit]) -> Iterator[list[PairRecord]]:
-        fingerprint = self.settings.fingerprint
-        return judged_records(self.reranker, units, max_in_flight=self._max_in_flight, settings=fingerprint)
+        return judged_records(self.reranker, units, max_in_flight=self._window, settings=self.settings.fingerprint)
 
     def probe_settings(self) -> RunSettings:
         return self.settings
@@ -316,21 +310,20 @@ def known_settings(engine: Engine) -> dict[str, Any]:
         return asdict(RunSettings.of(engine))
     settings = engine.settings if isinstance(engine, RayEngine) else engine
     if not isinstance(settings, Rank1Settings):
-        raise _not_an_engine(engine)
-    known: dict[str, Any] = {
+        raise InvalidInputError(
+            f"engine must be a Rank1Reranker, Rank1Settings or RayEngine, got {type(engine).__name__}"
+        )
+    # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
+    # context it is told to have.
+    given = {"model": settings.model, "context_size": settings.context_size}
+    if settings.context_size is None and settings.embedded:
+        given["context_size"] = settings.engine_args.get("max_model_len")
+    return {
         "template": resolve_template(settings.template),
         "max_reasoning_tokens": settings.max_reasoning_tokens,
         **effort_of(settings),
+        **{name: value for name, value in given.items() if value is not None},
     }
-    # A server's model and context are the servers' to say (unless given); vLLM gives an embedded engine the
-    # context it is told to have.
-    context = settings.context_size
-    if context is None and settings.embedded:
-        context = settings.engine_args.get("max_model_len")
-    for name, value in (("model", settings.model), ("context_size", context)):
-        if value is not None:
-            known[name] = value
-    return known
 
 
 def open_judge(engine: Engine, *, max_in_flight: int | None) -> InProcessJudge | RayJudge:
@@ -345,10 +338,4 @@ def open_judge(engine: Engine, *, max_in_flight: int | None) -> InProcessJudge |
         # Servers: twice the requests in flight, so each server has its next requests waiting.
         window = DEFAULT_MAX_IN_FLIGHT if engine.embedded else 2 * engine.max_concurrency
         return InProcessJudge(run_reranker(engine), max_in_flight=max_in_flight or window, owned=True)
-    if isinstance(engine, RayEngine):
-        return RayJudge(engine)
-    raise _not_an_engine(engine)
-
-
-def _not_an_engine(engine: object) -> InvalidInputError:
-    return InvalidInputError(f"engine must be a Rank1Reranker, Rank1Settings or RayEngine, got {type(engine).__name__}")
+    return RayJudge(engine)  # known_settings refused any other engine

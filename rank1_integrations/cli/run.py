@@ -10,10 +10,7 @@ import argparse
 import sys
 from functools import partial
 
-from rank1_integrations.batch.errors import IncompleteRunError
-from rank1_integrations.batch.outputs import DEFAULT_MEASURES
-from rank1_integrations.batch.ray_engine import RayEngine
-from rank1_integrations.batch.runner import Engine, rerank_run
+from rank1_integrations.batch import DEFAULT_MEASURES, Engine, IncompleteRunError, RayEngine, rerank_run
 from rank1_integrations.cli.models import prepare_engine
 from rank1_integrations.errors import InvalidInputError
 from rank1_integrations.settings import Rank1Settings
