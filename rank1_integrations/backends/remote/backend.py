@@ -80,7 +80,12 @@ class RemoteBackend(BackendInfo):
             settings=Rank1Settings.model_construct().replace(**settings),
             api_key=resolve_api_key(api_key),
         )
-        self._verify = _tls_verification(verify)
+        if isinstance(verify, str):  # a CA bundle path: httpx deprecates verify=<str>
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as err:
+                raise InvalidInputError(f"verify={verify!r} is not a readable CA bundle: {err}") from err
+        self._verify = verify
         self._slots = asyncio.Semaphore(self._core.settings.max_concurrency)
         self._clients: dict[str, Any] = {}  # touched only on the I/O loop
         self._io = _IOLoop()
@@ -162,7 +167,8 @@ class RemoteBackend(BackendInfo):
         async with self._slots:
             # Chosen once the request may go: chosen while it waited, every waiting request
             # would pick the server least loaded back then, all the same one.
-            server = core.pick_server(call, tried)
+            server = call.server if call.server is not None else core.router.pick(tried)
+            tried.append(server)
             sent = core.router.started(server)
             try:
                 # The whole attempt, however slowly the answer trickles in (httpx's timeouts are per read).
@@ -206,7 +212,7 @@ class RemoteBackend(BackendInfo):
     async def _discover(self) -> int:
         """The smallest ``max_model_len`` of the servers that answer."""
         servers = self._core.router.servers
-        calls = (self._call(self._core.models_call(server)) for server in servers)
+        calls = (self._call(self._core.meta_call("models", server)) for server in servers)
         answers = await asyncio.gather(*calls, return_exceptions=True)
         lengths: dict[str, int] = {}
         down: list[Rank1Error] = []
@@ -357,13 +363,3 @@ def http_library(openai: Any) -> Any:
     """The HTTP library the openai client is built on: httpx, or httpx2 from openai 3 on."""
     base = next(c for c in openai.DefaultAsyncHttpxClient.__mro__ if not c.__module__.startswith("openai"))
     return sys.modules[base.__module__.partition(".")[0]]
-
-
-def _tls_verification(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
-    """A CA bundle path becomes an SSL context (httpx deprecates ``verify=<str>``)."""
-    if not isinstance(verify, str):
-        return verify
-    try:
-        return ssl.create_default_context(cafile=verify)
-    except (OSError, ssl.SSLError) as err:
-        raise InvalidInputError(f"verify={verify!r} is not a readable CA bundle: {err}") from err

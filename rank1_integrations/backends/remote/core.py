@@ -93,18 +93,11 @@ class RemoteCore:
     def server(self, name: str) -> ServerURL:
         return self._by_name[name]
 
-    def models_call(self, server: str) -> HttpCall:
-        return HttpCall("models", None, self.settings.metadata_timeout, server=server)
-
-    def tokenizer_info_call(self) -> HttpCall:
-        return HttpCall("tokenizer_info", None, self.settings.metadata_timeout)
-
-    def tokenize_call(self, text: str, *, add_special_tokens: bool, token_strs: bool = False) -> HttpCall:
-        body = {"model": self.model, "prompt": text, "add_special_tokens": add_special_tokens}
-        return HttpCall("tokenize", body | {"return_token_strs": token_strs}, self.settings.metadata_timeout)
-
-    def detokenize_call(self, token_ids: Sequence[int]) -> HttpCall:
-        return HttpCall("detokenize", {"model": self.model, "tokens": list(token_ids)}, self.settings.metadata_timeout)
+    def meta_call(self, endpoint: Endpoint, server: str | None = None, **body: Any) -> HttpCall:
+        """A GET without ``body``, else a POST of ``body`` for the model."""
+        return HttpCall(
+            endpoint, {"model": self.model, **body} if body else None, self.settings.metadata_timeout, server
+        )
 
     def plan_jobs(self, requests: Sequence[CompletionRequest]) -> list[Job]:
         """Group requests with equal sampling settings, ``prompts_per_request`` to a job, in order."""
@@ -136,9 +129,9 @@ class RemoteCore:
             return [outcome] * len(job.requests)
         results = wire.parse_completions(outcome, job.requests)
         pending = [
-            (i, completion, wire.label_prompts(request, completion))
+            (i, completion, pair)
             for i, (request, completion) in enumerate(zip(job.requests, results, strict=True))
-            if isinstance(completion, Completion) and wire.needs_label_fallback(request, completion)
+            if isinstance(completion, Completion) and (pair := wire.label_prompts(request, completion))
         ]
         if pending:
             prompts = [prompt for _, _, pair in pending for prompt in pair]
@@ -228,11 +221,6 @@ class RemoteCore:
 
         retry = retry_if_exception(self.is_retryable)
         return {"stop": stop, "wait": wait, "retry": retry, "reraise": True, "before_sleep": before_sleep}
-
-    def pick_server(self, call: HttpCall, tried: list[str]) -> str:
-        server = call.server if call.server is not None else self.router.pick(tried)
-        tried.append(server)
-        return server
 
     def url_for(self, call: HttpCall, server: str) -> str:
         return self.server(server).root + call.path

@@ -111,37 +111,22 @@ class RemoteTokenizer:
             half, lambda key, ids: sys.getsizeof(key) + _bytes(key[0], ids)
         )
         self._decoded: _LRU[tuple[int, ...], str] = _LRU(half, _bytes)
+        self.model = core.model
         self._added = self._added_vocabulary(extra_protected)
-        self._controls = {token_id: text for text, token_id in self._added.items()}
-        self._protected = tuple(sorted({*self._added, *(s for s in extra_protected if s)}))
-        self._leading = leading_special_ids(
+        self.control_tokens: Mapping[int, str] = {token_id: text for text, token_id in self._added.items()}
+        self.protected_strings: Sequence[str] = tuple(sorted({*self._added, *(s for s in extra_protected if s)}))
+        self.leading_ids: Sequence[int] = leading_special_ids(
             self._tokenize("a", add_special_tokens=True), self._tokenize("a", add_special_tokens=False)
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self._core.model!r}, protected={len(self._protected)} strings)"
-
-    @property
-    def model(self) -> str:
-        return self._core.model
-
-    @property
-    def leading_ids(self) -> Sequence[int]:
-        return self._leading
-
-    @property
-    def protected_strings(self) -> Sequence[str]:
-        return self._protected
-
-    @property
-    def control_tokens(self) -> Mapping[int, str]:
-        return self._controls
+        return f"{type(self).__name__}(model={self.model!r}, protected={len(self.protected_strings)} strings)"
 
     def encode_plain(self, text: str) -> list[int]:
         """No special tokens added and none parsed (the server parses them: a protected string goes
         one character at a time, as :func:`encode_prompt` does for data)."""
         ids: list[int] = []
-        for part, is_protected in split_protected(text, protected_pattern(self._protected)) if text else ():
+        for part, is_protected in split_protected(text, protected_pattern(self.protected_strings)) if text else ():
             for piece in part if is_protected else (part,):
                 ids.extend(self._tokenize(piece, add_special_tokens=False))
         return ids
@@ -156,7 +141,8 @@ class RemoteTokenizer:
         key = tuple(int(t) for t in token_ids)
         text = self._decoded.get(key) if key else ""
         if text is None:
-            text = str(self._call(self._core.detokenize_call(key))["prompt"])  # checked by the core
+            body = self._call(self._core.meta_call("detokenize", tokens=list(key)))
+            text = str(body["prompt"])  # checked by the core
             self._decoded.put(key, text)
         return text
 
@@ -164,14 +150,17 @@ class RemoteTokenizer:
         key = (text, add_special_tokens)
         ids = self._encoded.get(key)
         if ids is None:
-            body = self._call(self._core.tokenize_call(text, add_special_tokens=add_special_tokens))
-            ids = tuple(body["tokens"])  # checked by the core
+            ids = tuple(self._call_tokenize(text, add_special_tokens)["tokens"])  # checked by the core
             self._encoded.put(key, ids)
         return ids
 
+    def _call_tokenize(self, text: str, specials: bool, token_strs: bool = False) -> Any:
+        body: dict[str, Any] = {"prompt": text, "add_special_tokens": specials, "return_token_strs": token_strs}
+        return self._call(self._core.meta_call("tokenize", **body))
+
     def _added_vocabulary(self, extra: Sequence[str]) -> dict[str, int]:
         try:
-            info = self._call(self._core.tokenizer_info_call())
+            info = self._call(self._core.meta_call("tokenizer_info"))
         except ServerStatusError as err:
             if err.status not in (404, 405, 501):
                 raise
@@ -183,7 +172,11 @@ class RemoteTokenizer:
                 if isinstance(content, str) and content and str(key).isdigit():
                     added[content] = int(key)
             # Special tokens named in the config but not listed as added still get protected.
-            extra = (*extra, *_special_token_strings(info))
+            extra = [*extra, *(v for k, v in info.items() if k.endswith("_token") and isinstance(v, str))]
+            for key in ("additional_special_tokens", "extra_special_tokens"):
+                values = info.get(key)
+                values = list(values.values()) if isinstance(values, dict) else values
+                extra += [v for v in values if isinstance(v, str)] if isinstance(values, list | tuple) else []
             missing = [s for s in dict.fromkeys(extra) if s and s not in added]
             added.update(self._probe(missing))
             return added
@@ -199,21 +192,12 @@ class RemoteTokenizer:
         wanted = [c for c in candidates if c and "\n" not in c]
         if not wanted:
             return {}
-        body = self._call(self._core.tokenize_call("\n".join(wanted), add_special_tokens=False, token_strs=True))
+        body = self._call_tokenize("\n".join(wanted), False, token_strs=True)
         ids, strings = body["tokens"], body.get("token_strs")  # a dict: checked by the core
         if not isinstance(strings, list) or len(strings) != len(ids):
             raise IncompatibleServerError("the server's /tokenize ignored return_token_strs: is it vLLM?")
         wanted_set = set(wanted)
         return {s: i for i, s in zip(ids, strings, strict=True) if isinstance(s, str) and s in wanted_set}
-
-
-def _special_token_strings(info: dict[str, Any]) -> list[str]:
-    found = [value for key, value in info.items() if key.endswith("_token") and isinstance(value, str)]
-    for key in ("additional_special_tokens", "extra_special_tokens"):
-        values = info.get(key)
-        values = list(values.values()) if isinstance(values, dict) else values
-        found += [v for v in values if isinstance(v, str)] if isinstance(values, list | tuple) else []
-    return found
 
 
 # Prompts on which a local tokenizer must agree with the server's before it is trusted: the

@@ -119,17 +119,15 @@ def parse_completions(body: Mapping[str, Any], requests: Sequence[CompletionRequ
     ]
 
 
-def needs_label_fallback(request: CompletionRequest, completion: Completion) -> bool:
-    """The labels are wanted at the last position (an answer, or a one-token forced answer) but missing."""
-    if completion.final_label_logprobs is not None or not completion.token_ids:
-        return False
-    return completion.token_ids[-1] in request.label_token_ids or request.max_tokens == 1
-
-
 def label_prompts(request: CompletionRequest, completion: Completion) -> list[tuple[int, ...]]:
-    """Prompt + generation up to the answer position, then each label (whose log-probability is wanted)."""
-    prefix = request.prompt_token_ids + completion.token_ids[:-1]
-    return [(*prefix, label) for label in request.label_token_ids]
+    """Prompt + generation up to the answer position, then each label, when the labels are wanted there
+    (an answer, or a one-token forced answer) but missing; else none."""
+    ids = completion.token_ids
+    if completion.final_label_logprobs is not None or not ids:
+        return []
+    if ids[-1] not in request.label_token_ids and request.max_tokens != 1:
+        return []
+    return [(*request.prompt_token_ids, *ids[:-1], label) for label in request.label_token_ids]
 
 
 def with_echoed_labels(
