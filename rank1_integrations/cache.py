@@ -1,9 +1,6 @@
-"""Result caches: a chatbot that asks again about the same passage must not reason again.
-
-Only judged passages are stored. A cache may only ever cost a miss: the reranker goes through
-:class:`GuardedCache`, so a failing cache (a locked database, a full disk, a row of another
-shape) is logged once and judging goes on without it.
-"""
+"""Result caches of judged passages: a chatbot that asks again about the same passage must not reason again.
+A cache may only ever cost a miss: the reranker goes through :class:`GuardedCache`, so a failing cache
+(a locked database, a full disk, a row of another shape) is logged once and judging goes on without it."""
 
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ __all__ = ["DiskCache", "GuardedCache", "JudgmentCache", "MemoryCache", "cache_k
 logger = logging.getLogger("rank1_integrations.cache")
 
 _KEY_VERSION = 2
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Judgment))
 
 
 def cache_key(
@@ -57,18 +53,14 @@ def is_cacheable(judgment: Any) -> bool:
         and type(tokens) is int
         and tokens >= 0
         and judgment.error is None
+        and isinstance(judgment.relevant, bool)
         and all(isinstance(getattr(judgment, name), kind) for name, kind in _TYPES.items())
     )
 
 
-_TYPES = {
-    "relevant": bool,
-    "reasoning": str,
-    "forced": bool,
-    "truncated": bool,
-    "reasoning_effort": str,
-    "reasoned": bool,
-}
+_KINDS: dict[object, type] = {"bool": bool, "str": str}
+_TYPES = {field.name: _KINDS[field.type] for field in dataclasses.fields(Judgment) if field.type in _KINDS}
+"""The Judgment's own plain bool and str fields (``relevant`` may be None only when unjudged)."""
 
 
 @runtime_checkable
@@ -180,8 +172,11 @@ class DiskCache:
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(f"SELECT key, judgment FROM judgments WHERE key IN ({marks})", chunk)
                 for key, text in rows:
-                    judgment = _judgment_from_json(text)
-                    if judgment is not None:
+                    try:  # a row of another shape: a miss
+                        judgment = Judgment(**json.loads(text))
+                    except (TypeError, ValueError):
+                        continue
+                    if is_cacheable(judgment):
                         found[key] = judgment
         return found
 
@@ -200,14 +195,3 @@ class DiskCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _judgment_from_json(text: Any) -> Judgment | None:
-    try:
-        data = json.loads(text)
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(data, dict) or set(data) != _FIELDS:
-        return None
-    judgment = Judgment(**data)
-    return judgment if is_cacheable(judgment) else None
