@@ -246,7 +246,6 @@ def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: st
     """Where ``text`` (the engine's text of ``token_ids``) holds tokens the model generated as control tokens:
     its special-token strings matched in order to the generated control ids (each run of ordinary ids decoded
     only to count the strings it spelled). If they disagree: none, all data."""
-
     pattern = protected_pattern(tuple(tokenizer.protected_strings))
     found = list(pattern.finditer(text)) if pattern is not None else []
     if pattern is None or not found:
@@ -277,7 +276,6 @@ def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: st
 
 def reasoning_pieces(text: str, spans: Sequence[Span], start: int, end: int) -> list[PromptPiece]:
     """``text[start:end]`` as pieces: the whole control ``spans`` inside it as control tokens, the rest as data."""
-
     pieces: list[PromptPiece] = []
     cursor = start
     for span_start, span_end in spans:
