@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -178,9 +178,7 @@ class DiskCache:
         return found
 
     def put_many(self, items: Mapping[str, Judgment]) -> None:
-        rows: Iterable[tuple[str, str]] = (
-            (key, json.dumps(dataclasses.asdict(judgment))) for key, judgment in items.items()
-        )
+        rows = [(key, json.dumps(dataclasses.asdict(judgment))) for key, judgment in items.items()]
         with self._lock, self._db:  # one transaction: committed, or rolled back on any error
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO judgments (key, judgment) VALUES (?, ?)", rows)
