@@ -149,23 +149,13 @@ class PromptBuilder:
         return tuple(encode_prompt(self._tokenizer, (*prompt.pieces, *continuation)))
 
     def _pieces(self, query: str, passage: str) -> tuple[PromptPiece, ...]:
-        return (
-            Trusted(PROMPT_HEAD),
-            *self._query_pieces(query),
-            Trusted(PROMPT_MIDDLE),
-            Data(passage),
-            Trusted(PROMPT_TAIL),
-            Control(THINK_OPEN),
-        )
-
-    def _query_pieces(self, query: str) -> list[PromptPiece]:
-        pieces: list[PromptPiece] = []
+        pieces: list[PromptPiece] = [Trusted(PROMPT_HEAD)]
         for position, text in enumerate((self._template or QUERY_MARKER).split(QUERY_MARKER)):
             if position:
                 pieces.append(Data(query))
             if text:
                 pieces.append(Trusted(text))
-        return pieces
+        return (*pieces, Trusted(PROMPT_MIDDLE), Data(passage), Trusted(PROMPT_TAIL), Control(THINK_OPEN))
 
     def _truncated(self, query: str, passage: str, whole_length: int) -> PreparedPrompt:
         overhead = len(encode_prompt(self._tokenizer, self._pieces(query, "")))
