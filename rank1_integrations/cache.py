@@ -154,9 +154,8 @@ class DiskCache:
         # Autocommit: each write is one explicit BEGIN IMMEDIATE transaction, which waits for
         # another process's write lock (a deferred one that reads first may fail at once in WAL).
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=busy_timeout, isolation_level=None)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judgment TEXT NOT NULL)")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judgment TEXT NOT NULL)")
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.path)!r})"
