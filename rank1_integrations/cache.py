@@ -1,9 +1,6 @@
-"""Result caches: a chatbot that asks again about the same passage must not reason again.
-
-Only judged passages are stored. A cache may only ever cost a miss: the reranker goes through
-:class:`GuardedCache`, so a failing cache (a locked database, a full disk, a row of another
-shape) is logged once and judging goes on without it.
-"""
+"""Result caches of judged passages: a chatbot that asks again about the same passage must not reason again.
+A cache may only ever cost a miss: the reranker goes through :class:`GuardedCache`, so a failing cache
+(a locked database, a full disk, a row of another shape) is logged once and judging goes on without it."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ import logging
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -25,7 +22,6 @@ __all__ = ["DiskCache", "GuardedCache", "JudgmentCache", "MemoryCache", "cache_k
 logger = logging.getLogger("rank1_integrations.cache")
 
 _KEY_VERSION = 2
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Judgment))
 
 
 def cache_key(
@@ -57,18 +53,14 @@ def is_cacheable(judgment: Any) -> bool:
         and type(tokens) is int
         and tokens >= 0
         and judgment.error is None
+        and isinstance(judgment.relevant, bool)
         and all(isinstance(getattr(judgment, name), kind) for name, kind in _TYPES.items())
     )
 
 
-_TYPES = {
-    "relevant": bool,
-    "reasoning": str,
-    "forced": bool,
-    "truncated": bool,
-    "reasoning_effort": str,
-    "reasoned": bool,
-}
+_KINDS: dict[object, type] = {"bool": bool, "str": str}
+_TYPES = {field.name: _KINDS[field.type] for field in dataclasses.fields(Judgment) if field.type in _KINDS}
+"""The Judgment's own plain bool and str fields (``relevant`` may be None only when unjudged)."""
 
 
 @runtime_checkable
@@ -130,9 +122,6 @@ class MemoryCache:
         self._entries: OrderedDict[str, Judgment] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get_many(self, keys: Sequence[str]) -> dict[str, Judgment]:
         found: dict[str, Judgment] = {}
         with self._lock:
@@ -165,9 +154,8 @@ class DiskCache:
         # Autocommit: each write is one explicit BEGIN IMMEDIATE transaction, which waits for
         # another process's write lock (a deferred one that reads first may fail at once in WAL).
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=busy_timeout, isolation_level=None)
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judgment TEXT NOT NULL)")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS judgments (key TEXT PRIMARY KEY, judgment TEXT NOT NULL)")
 
     def __repr__(self) -> str:
         return f"DiskCache({str(self.path)!r})"
@@ -180,15 +168,16 @@ class DiskCache:
                 marks = ",".join("?" * len(chunk))
                 rows = self._db.execute(f"SELECT key, judgment FROM judgments WHERE key IN ({marks})", chunk)
                 for key, text in rows:
-                    judgment = _judgment_from_json(text)
-                    if judgment is not None:
+                    try:  # a row of another shape: a miss
+                        judgment = Judgment(**json.loads(text))
+                    except (TypeError, ValueError):
+                        continue
+                    if is_cacheable(judgment):
                         found[key] = judgment
         return found
 
     def put_many(self, items: Mapping[str, Judgment]) -> None:
-        rows: Iterable[tuple[str, str]] = (
-            (key, json.dumps(dataclasses.asdict(judgment))) for key, judgment in items.items()
-        )
+        rows = [(key, json.dumps(dataclasses.asdict(judgment))) for key, judgment in items.items()]
         with self._lock, self._db:  # one transaction: committed, or rolled back on any error
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO judgments (key, judgment) VALUES (?, ?)", rows)
@@ -200,14 +189,3 @@ class DiskCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _judgment_from_json(text: Any) -> Judgment | None:
-    try:
-        data = json.loads(text)
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(data, dict) or set(data) != _FIELDS:
-        return None
-    judgment = Judgment(**data)
-    return judgment if is_cacheable(judgment) else None

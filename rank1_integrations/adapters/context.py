@@ -80,7 +80,6 @@ def format_context(
 ) -> str:
     """Render kept chunks as numbered sources, each with rank1's reason, for an LLM prompt: its rationale
     (:attr:`Judgment.rationale`), or with ``reasoning="full"`` all of it (thousands of tokens per source)."""
-
     if reasoning not in ("rationale", "full"):
         raise InvalidInputError(f"reasoning must be 'rationale' or 'full', got {reasoning!r}")
     blocks = []

@@ -177,7 +177,6 @@ class JudgingRun:
 def _label_score(completion: Completion, where: str) -> float | ModelOutputError:
     """p(true) from the two label log-probabilities, or why they cannot be one: NaN, an infinity or a
     positive value is a broken answer (it would become a NaN or saturated score, be cached, upset rankings)."""
-
     logprobs = completion.final_label_logprobs
     if logprobs is None:
         return ModelOutputError(f"the backend returned no label log-probabilities {where}")

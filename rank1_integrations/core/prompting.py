@@ -149,23 +149,13 @@ class PromptBuilder:
         return tuple(encode_prompt(self._tokenizer, (*prompt.pieces, *continuation)))
 
     def _pieces(self, query: str, passage: str) -> tuple[PromptPiece, ...]:
-        return (
-            Trusted(PROMPT_HEAD),
-            *self._query_pieces(query),
-            Trusted(PROMPT_MIDDLE),
-            Data(passage),
-            Trusted(PROMPT_TAIL),
-            Control(THINK_OPEN),
-        )
-
-    def _query_pieces(self, query: str) -> list[PromptPiece]:
-        pieces: list[PromptPiece] = []
+        pieces: list[PromptPiece] = [Trusted(PROMPT_HEAD)]
         for position, text in enumerate((self._template or QUERY_MARKER).split(QUERY_MARKER)):
             if position:
                 pieces.append(Data(query))
             if text:
                 pieces.append(Trusted(text))
-        return pieces
+        return (*pieces, Trusted(PROMPT_MIDDLE), Data(passage), Trusted(PROMPT_TAIL), Control(THINK_OPEN))
 
     def _truncated(self, query: str, passage: str, whole_length: int) -> PreparedPrompt:
         overhead = len(encode_prompt(self._tokenizer, self._pieces(query, "")))
@@ -246,7 +236,6 @@ def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: st
     """Where ``text`` (the engine's text of ``token_ids``) holds tokens the model generated as control tokens:
     its special-token strings matched in order to the generated control ids (each run of ordinary ids decoded
     only to count the strings it spelled). If they disagree: none, all data."""
-
     pattern = protected_pattern(tuple(tokenizer.protected_strings))
     found = list(pattern.finditer(text)) if pattern is not None else []
     if pattern is None or not found:
@@ -277,7 +266,6 @@ def control_spans(tokenizer: PromptTokenizer, token_ids: Sequence[int], text: st
 
 def reasoning_pieces(text: str, spans: Sequence[Span], start: int, end: int) -> list[PromptPiece]:
     """``text[start:end]`` as pieces: the whole control ``spans`` inside it as control tokens, the rest as data."""
-
     pieces: list[PromptPiece] = []
     cursor = start
     for span_start, span_end in spans:

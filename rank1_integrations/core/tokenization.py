@@ -1,6 +1,5 @@
 """Prompt pieces (trusted text, data, control markers) to token ids: runs of text in one call, as the authors'
-whole-string tokenization does; a special-token string in *data* one character at a time, never a control token.
-"""
+whole-string tokenization does; a special-token string in *data* one character at a time, never a control token."""
 
 from __future__ import annotations
 
@@ -152,7 +151,6 @@ _ENCODER_PROBES = (
 def _private_fast_encoder(hf_tokenizer: Any) -> Any | None:
     """A private copy of a fast tokenizer's Rust backend that never parses special tokens, or None: it skips
     transformers' per-call Python layer and never toggles the engine's shared tokenizer."""
-
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "to_str"):
         return None
