@@ -122,6 +122,9 @@ class MemoryCache:
         self._entries: OrderedDict[str, Judgment] = OrderedDict()
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def get_many(self, keys: Sequence[str]) -> dict[str, Judgment]:
         found: dict[str, Judgment] = {}
         with self._lock:

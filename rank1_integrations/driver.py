@@ -68,7 +68,7 @@ class CallDriver:
         self._on_failure = on_failure
         self._cache = cache
         self._builders = builders
-        self._notify: Callable[[_Item], None] = _nowhere
+        self._notify: Callable[[_Item], None]  # set by start
         self._submissions: list[Future[Any]] = []
         self._pending = 0
         self._follow_ups: list[tuple[int, CompletionRequest]] = []
@@ -256,7 +256,3 @@ async def adrive(driver: CallDriver) -> AsyncIterator[Handed]:
 
 def _closed() -> BackendError:
     return BackendError("the reranker or its backend was closed while this call ran")
-
-
-def _nowhere(item: _Item) -> None:
-    raise RuntimeError("CallDriver.start was not called")

@@ -117,11 +117,7 @@ class PassagesFailedError(BackendError):
     """
 
     def __init__(
-        self,
-        failures: Sequence[PassageFailure],
-        total: int,
-        *,
-        batches: Sequence[Sequence[Judgment | None]] = (),
+        self, failures: Sequence[PassageFailure], total: int, *, batches: Sequence[Sequence[Judgment | None]] = ()
     ) -> None:
         self.batches = [list(batch) for batch in batches]
         self.judgments = [judgment for batch in self.batches for judgment in batch]

@@ -118,12 +118,7 @@ class Rank1Reranker:
 
     @classmethod
     def from_vllm(
-        cls,
-        model: str,
-        *,
-        settings: Rank1Settings | None = None,
-        cache: JudgmentCache | bool = True,
-        **changes: Any,
+        cls, model: str, *, settings: Rank1Settings | None = None, cache: JudgmentCache | bool = True, **changes: Any
     ) -> Rank1Reranker:
         """A reranker on an embedded ``vllm.LLM``: settings as keywords; any other keyword is a vLLM
         engine argument (``Rank1Reranker.from_vllm(model, max_reasoning_tokens=512, dtype="float32")``).
@@ -285,10 +280,7 @@ class Rank1Reranker:
         )
 
     def _plan(
-        self,
-        batches: Sequence[tuple[str, Sequence[str]]],
-        settings: Rank1Settings,
-        lenient: bool = False,
+        self, batches: Sequence[tuple[str, Sequence[str]]], settings: Rank1Settings, lenient: bool = False
     ) -> CallPlan:
         if self._closed:
             raise BackendError(f"{self!r} is closed: make a new reranker")

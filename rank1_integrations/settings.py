@@ -63,11 +63,7 @@ class Rank1Settings(BaseSettings):
     settings raise :class:`InvalidInputError` naming each setting (never its value: it may be a secret)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RANK1_",
-        frozen=True,
-        extra="forbid",
-        populate_by_name=True,
-        validate_default=True,
+        env_prefix="RANK1_", frozen=True, extra="forbid", populate_by_name=True, validate_default=True
     )
 
     # -- how to reach rank1 ------------------------------------------------------------------
@@ -76,8 +72,7 @@ class Rank1Settings(BaseSettings):
         description="Embedded: the model's path or hub id. Servers: the served model's name (default: the only one).",
     )
     servers: Annotated[tuple[str, ...], NoDecode] = Field(
-        (),
-        description="vLLM OpenAI-compatible server URLs (replicas); none: an embedded engine.",
+        (), description="vLLM OpenAI-compatible server URLs (replicas); none: an embedded engine."
     )
     api_key: SecretStr | None = Field(
         None,
