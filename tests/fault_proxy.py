@@ -153,6 +153,11 @@ class FaultProxy:
         with self._lock:
             return [entry.outcome for entry in self.log if entry.path.startswith(path)]
 
+    def bodies(self, path: str = "/v1/completions") -> list[Any]:
+        """The decoded JSON bodies of the requests on ``path`` (None where a body was not JSON)."""
+        with self._lock:
+            return [entry.body for entry in self.log if entry.path.startswith(path)]
+
     def __enter__(self) -> FaultProxy:
         return self.start()
 
