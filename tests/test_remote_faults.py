@@ -73,6 +73,12 @@ def remote_on(urls: str | list[str], model: str, **kwargs) -> Rank1Reranker:
     return Rank1Reranker.from_server(urls, model, max_reasoning_tokens=SCRIPTED_BUDGET, **{**FAST, **kwargs})
 
 
+def in_order_on(url: str, model: str, **kwargs) -> Rank1Reranker:
+    """One request at a time, sent in the passages' order: prompts built ahead with the local tokenizer
+    copy go in one submission (the server's tokenizer builds them on a pool, sent as each is ready)."""
+    return remote_on(url, model, max_concurrency=1, tokenizer=None, **kwargs)
+
+
 def run(reranker: Rank1Reranker, mode: str, batches=BATCHES) -> list[list[Judgment]]:
     return reranker.judge_many(batches) if mode == "sync" else asyncio.run(reranker.ajudge_many(batches))
 
@@ -129,7 +135,7 @@ def test_transient_faults_are_retried_and_every_passage_is_judged(proxy, server,
 @pytest.mark.parametrize("mode", MODES)
 def test_client_errors_are_not_retried(proxy, server, reference, mode) -> None:
     proxy.add(Fault("status", status=400, times=1))
-    reranker = remote_on(proxy.base_url, server.model, max_concurrency=1)
+    reranker = in_order_on(proxy.base_url, server.model)
     with pytest.raises(PassagesFailedError) as caught:
         run(reranker, mode)
     assert [(f.batch, f.index) for f in caught.value.failures] == [(0, 0)]
@@ -154,7 +160,7 @@ def test_client_errors_are_not_retried(proxy, server, reference, mode) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_exhausted_retries_name_the_passages_that_failed(proxy, server, reference, mode) -> None:
     batch = [(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE])]
-    reranker = remote_on(proxy.base_url, server.model, max_concurrency=1, max_retries=2)
+    reranker = in_order_on(proxy.base_url, server.model, max_retries=2)
     proxy.add(Fault("status", status=500, times=-1, skip=1))
     with pytest.raises(PassagesFailedError, match=r"2 of 3 passages could not be judged: indices 1, 2") as caught:
         run(reranker, mode, batch)
@@ -201,30 +207,24 @@ def test_a_server_killed_mid_batch_is_routed_around(server, reference, mode) -> 
     assert_each_matches_its_passage(got, batches, reference)
 
 
-def assert_judged_or_lost_to_the_kill(judgments, batch, reference, mode) -> None:
-    """Passages finished before the kill are judged (each its own), the rest lost to it.
-
-    Sync judges in order: passage 0 (one request) passes, the kill takes 1 and 2. Async
-    sends whichever prompt is ready first, and the open() passage needs a second (forced)
-    request, so only "at most one judged, the rest lost" holds there."""
+def assert_judged_or_lost_to_the_kill(judgments, batch, reference) -> None:
+    """Requests go one at a time in the passages' order: passage 0 (one request) is judged, the
+    kill at the second request takes passages 1 and 2."""
     ((query, passages),) = batch
     judged = [j for j in judgments if j is not None and j.judged]
-    for judgment in judged:
-        assert_matches(judgment, judgment.index, reference[(query, passages[judgment.index])])
-    assert len(judged) <= 1
-    if mode == "sync":
-        assert [j.index for j in judged] == [0]
+    assert [j.index for j in judged] == [0]
+    assert_matches(judged[0], 0, reference[(query, passages[0])])
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_only_server_killed_mid_batch(proxy, server, reference, mode) -> None:
     batch = [(LEN_QUERY, [LEN_PASSAGE, SORTED_PASSAGE, OPEN_PASSAGE])]
-    reranker = remote_on(proxy.base_url, server.model, max_concurrency=1, max_retries=1)
+    reranker = in_order_on(proxy.base_url, server.model, max_retries=1)
     proxy.add(Fault("kill", skip=1))
     with pytest.raises(PassagesFailedError) as caught:
         run(reranker, mode, batch)
     assert all(isinstance(f.error, ServerConnectionError) for f in caught.value.failures)
-    assert_judged_or_lost_to_the_kill(caught.value.batches[0], batch, reference, mode)
+    assert_judged_or_lost_to_the_kill(caught.value.batches[0], batch, reference)
     # It comes back: the router tries it again and everything is judged.
     proxy.revive()
     proxy.clear()
@@ -236,7 +236,7 @@ def test_the_only_server_killed_mid_batch(proxy, server, reference, mode) -> Non
         reranker.backend, max_reasoning_tokens=SCRIPTED_BUDGET, on_failure="mark_unjudged", cache=False
     )
     (got,) = run(lenient, mode, batch)
-    assert_judged_or_lost_to_the_kill(got, batch, reference, mode)
+    assert_judged_or_lost_to_the_kill(got, batch, reference)
     assert all("ServerConnectionError" in (j.error or "") for j in got if not j.judged)
 
 
